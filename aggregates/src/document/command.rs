@@ -1,0 +1,107 @@
+//! Commands a document accepts. They arrive already parsed (the API checks syntax and the
+//! configured vector dimension); the aggregate checks the domain rules and decides.
+
+use crate::document::event::{BlobRef, Chunk};
+use crate::envelope::Version;
+
+/// Longest title, in characters.
+pub const MAX_TITLE_CHARS: usize = 1024;
+/// Longest source type, in characters.
+pub const MAX_SOURCE_TYPE_CHARS: usize = 64;
+/// Longest business tag, in characters (the MySQL column's width).
+pub const MAX_BUSINESS_TAG_CHARS: usize = 255;
+
+/// Create or replace a document.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PutDocument {
+    /// Required, at most [`MAX_TITLE_CHARS`] characters.
+    pub title: String,
+    /// Required, at most [`MAX_SOURCE_TYPE_CHARS`] characters.
+    pub source_type: String,
+    /// Optional tag.
+    pub business_tag: Option<String>,
+    /// Free-form attributes.
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// The blob's identity (its bytes travel beside the command to the log).
+    pub blob: Option<BlobRef>,
+    /// Chunks, indexed 0.. in order.
+    pub chunks: Vec<Chunk>,
+    /// Refuse unless the document is at this version.
+    pub expected_version: Option<Version>,
+}
+
+/// Everything a document can be asked to do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DocumentCommand {
+    /// Create or replace.
+    Put(PutDocument),
+    /// Withdraw from every store.
+    Delete {
+        /// Refuse unless the document is at this version.
+        expected_version: Option<Version>,
+    },
+    /// A store refused `version`; record it so the document can be made consistent again.
+    RequestCompensation {
+        /// The refused version.
+        version: Version,
+        /// The refusing store.
+        target: String,
+        /// The store's error.
+        reason: String,
+    },
+}
+
+impl PutDocument {
+    /// Checks the domain rules that need no configuration.
+    ///
+    /// # Errors
+    /// [`crate::DocumentError::Invalid`] naming the first broken rule.
+    pub fn validate(&self) -> Result<(), String> {
+        fn text_field(name: &str, value: &str, max: usize, required: bool) -> Result<(), String> {
+            if required && value.trim().is_empty() {
+                return Err(format!("{name} is required"));
+            }
+            let n = value.chars().count();
+            if n > max {
+                return Err(format!("{name} is {n} characters, at most {max} allowed"));
+            }
+            Ok(())
+        }
+        text_field("title", &self.title, MAX_TITLE_CHARS, true)?;
+        text_field(
+            "source_type",
+            &self.source_type,
+            MAX_SOURCE_TYPE_CHARS,
+            true,
+        )?;
+        if let Some(tag) = &self.business_tag {
+            text_field("business_tag", tag, MAX_BUSINESS_TAG_CHARS, false)?;
+        }
+        let dim = self.chunks.first().map(|c| c.vector.len());
+        for (i, chunk) in self.chunks.iter().enumerate() {
+            if chunk.index as usize != i {
+                return Err(format!("chunk {i} has index {}", chunk.index));
+            }
+            if Some(chunk.vector.len()) != dim || chunk.vector.is_empty() {
+                return Err(format!(
+                    "chunk {i} has a vector of {} values",
+                    chunk.vector.len()
+                ));
+            }
+            if chunk.vector.iter().any(|x| !x.is_finite()) {
+                return Err(format!("chunk {i} has a value that is not a finite number"));
+            }
+        }
+        if let Some(blob) = &self.blob {
+            let hex_ok = blob.sha256.len() == 64
+                && blob
+                    .sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !hex_ok {
+                return Err("blob sha256 must be 64 lowercase hex digits".to_owned());
+            }
+        }
+        Ok(())
+    }
+}

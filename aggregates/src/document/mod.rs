@@ -1,0 +1,13 @@
+//! The document aggregate: one stream of events per `doc_id`.
+
+mod command;
+mod error;
+mod event;
+mod state;
+mod store_change;
+
+pub use command::{DocumentCommand, PutDocument};
+pub use error::DocumentError;
+pub use event::{BlobRef, Chunk, DocumentEvent, EVENT_TYPES};
+pub use state::{chunk_digest, Document, DocumentContent};
+pub use store_change::{StoreChange, StoreKind};

@@ -1,0 +1,13 @@
+//! docledger's pure domain: the document aggregate, its commands, events and refusals.
+//!
+//! Nothing here does I/O, reads a clock or draws random numbers: the same events applied in
+//! the same order always give the same state, which is what makes the log replayable.
+
+pub mod document;
+pub mod envelope;
+
+pub use document::{
+    BlobRef, Chunk, Document, DocumentCommand, DocumentContent, DocumentError, DocumentEvent,
+    PutDocument, StoreChange, StoreKind,
+};
+pub use envelope::{DocId, DocIdError, LogCursor, RecordedEvent, Version};

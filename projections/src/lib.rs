@@ -1,0 +1,18 @@
+//! docledger's projections: the store adapters (MySQL, Milvus, S3) and the single runtime
+//! that drives them — one read → coalesce → apply → checkpoint loop, one retry policy, one
+//! error taxonomy. Stores plug in through [`Sink`]; the log plugs in through [`LogSource`].
+
+pub mod error;
+pub mod milvus;
+pub mod mysql;
+pub mod retry;
+pub mod runner;
+pub mod s3;
+pub mod sink;
+pub mod source;
+
+pub use error::{ErrorClass, SinkError};
+pub use retry::RetryPolicy;
+pub use runner::{Runner, RunnerConfig, RunnerStatus};
+pub use sink::{Applied, Batch, DocChange, Partition, Sink};
+pub use source::{AppliedVersion, LogSource, SourceError};

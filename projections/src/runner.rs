@@ -1,0 +1,481 @@
+//! The only read → coalesce → apply → checkpoint loop. One runner per (store, partition);
+//! each owns its retries, so one partition's trouble never blocks another.
+//!
+//! Invariants: the checkpoint only moves after the batch it covers is durably applied (or
+//! durably parked); a transient failure is retried forever with backoff; a permanent one is
+//! narrowed to the documents that cause it, which are parked and reported, never dropped.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aggregates::LogCursor;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::error::{ErrorClass, SinkError};
+use crate::retry::{RetryOutcome, RetryPolicy};
+use crate::sink::{Batch, DocChange, Partition, Sink};
+use crate::source::{AppliedVersion, LogSource, SourceError};
+
+/// Tuning of a runner.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Most events read per batch.
+    pub batch_size: usize,
+    /// Longest wait for a NOTIFY before polling the log again.
+    pub idle_poll: Duration,
+    /// Backoff for store and log failures.
+    pub retry: RetryPolicy,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            idle_poll: Duration::from_millis(500),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// What a runner is doing, for status pages and the API.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RunnerState {
+    /// `starting` | `running` | `retrying` | `paused` | `failed` | `stopped`.
+    pub state: &'static str,
+    /// Checkpoint: everything up to here is applied.
+    pub applied: LogCursor,
+    /// Unix milliseconds of the newest applied event's recording time.
+    pub applied_recorded_at_ms: Option<i64>,
+    /// Last error seen (cleared by the next success).
+    pub last_error: Option<String>,
+    /// Changes parked since start.
+    pub num_parked: u64,
+    /// Events applied since start.
+    pub num_events: u64,
+}
+
+/// Shared, observable status of a runner plus its pause switch.
+#[derive(Debug)]
+pub struct RunnerStatus {
+    /// The store.
+    pub sink: &'static str,
+    /// The partition.
+    pub partition: Partition,
+    state: Mutex<RunnerState>,
+    paused: watch::Sender<bool>,
+}
+
+impl RunnerStatus {
+    fn new(sink: &'static str, partition: Partition) -> Self {
+        Self {
+            sink,
+            partition,
+            state: Mutex::new(RunnerState {
+                state: "starting",
+                ..Default::default()
+            }),
+            paused: watch::Sender::new(false),
+        }
+    }
+
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> RunnerState {
+        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut RunnerState)) {
+        if let Ok(mut s) = self.state.lock() {
+            f(&mut s);
+        }
+    }
+
+    /// Pauses or resumes the runner (it finishes the batch in hand first).
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+
+    /// Whether the runner is paused.
+    pub fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+}
+
+/// Drives one sink over one partition of the log.
+pub struct Runner<S: Sink, L: LogSource> {
+    sink: S,
+    source: L,
+    partition: Partition,
+    config: RunnerConfig,
+    status: Arc<RunnerStatus>,
+    consistent: Option<mpsc::Sender<Vec<AppliedVersion>>>,
+}
+
+enum Stop {
+    Cancelled,
+    Fatal(String),
+}
+
+impl<S: Sink, L: LogSource> Runner<S, L> {
+    /// A runner for `sink` over `partition`. `consistent` receives the documents that became
+    /// consistent across all stores after each batch.
+    pub fn new(
+        sink: S,
+        source: L,
+        partition: Partition,
+        config: RunnerConfig,
+        consistent: Option<mpsc::Sender<Vec<AppliedVersion>>>,
+    ) -> Self {
+        Self {
+            sink,
+            source,
+            partition,
+            config,
+            status: Arc::new(RunnerStatus::new(S::NAME, partition)),
+            consistent,
+        }
+    }
+
+    /// The runner's observable status (keep it before calling [`Runner::run`]).
+    pub fn status(&self) -> Arc<RunnerStatus> {
+        Arc::clone(&self.status)
+    }
+
+    /// Runs until `cancel`; the batch in hand is finished and checkpointed first.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let part = self.partition;
+        match self.run_inner(&cancel).await {
+            Stop::Cancelled => {
+                self.status.update(|s| s.state = "stopped");
+                info!(sink = S::NAME, partition = part.index, "projector stopped");
+            }
+            Stop::Fatal(message) => {
+                error!(sink = S::NAME, partition = part.index, error = %message, "projector stopped on a fatal error");
+                self.status.update(|s| {
+                    s.state = "failed";
+                    s.last_error = Some(message);
+                });
+            }
+        }
+    }
+
+    async fn with_retry<T, E, Fut>(
+        &self,
+        cancel: &CancellationToken,
+        what: &'static str,
+        class: impl Fn(&E) -> ErrorClass,
+        op: impl FnMut() -> Fut,
+    ) -> Result<T, RetryOutcome<E>>
+    where
+        E: std::fmt::Display,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let status = &self.status;
+        let part = self.partition;
+        let result = self
+            .config
+            .retry
+            .run(
+                cancel,
+                |e| class(e) == ErrorClass::Transient,
+                |attempt, e| {
+                    warn!(sink = S::NAME, partition = part.index, attempt, error = %e, what, "projection step failed, retrying");
+                    status.update(|s| {
+                        s.state = "retrying";
+                        s.last_error = Some(e.to_string());
+                    });
+                },
+                op,
+            )
+            .await;
+        if result.is_ok() {
+            status.update(|s| {
+                if s.state == "retrying" {
+                    s.state = "running";
+                    s.last_error = None;
+                }
+            });
+        }
+        result
+    }
+
+    async fn source_step<T, Fut>(
+        &self,
+        cancel: &CancellationToken,
+        what: &'static str,
+        op: impl FnMut() -> Fut,
+    ) -> Result<T, Stop>
+    where
+        Fut: std::future::Future<Output = Result<T, SourceError>>,
+    {
+        self.with_retry(cancel, what, |_: &SourceError| ErrorClass::Transient, op)
+            .await
+            .map_err(|_| Stop::Cancelled)
+    }
+
+    async fn start_cursor(&mut self, cancel: &CancellationToken) -> Result<LogCursor, Stop> {
+        let part = self.partition;
+        let stored = if S::KEEPS_OWN_CHECKPOINT {
+            let sink = &self.sink;
+            let retry = self.config.retry;
+            retry
+                .run(
+                    cancel,
+                    |e: &SinkError| e.class == ErrorClass::Transient,
+                    |attempt, e| warn!(sink = S::NAME, attempt, error = %e, "reading checkpoint failed, retrying"),
+                    || sink.checkpoint(part),
+                )
+                .await
+                .map_err(|e| match e {
+                    RetryOutcome::Cancelled => Stop::Cancelled,
+                    RetryOutcome::Failed(e) => Stop::Fatal(e.to_string()),
+                })?
+        } else {
+            let source = self.source.clone();
+            self.source_step(cancel, "load checkpoint", || {
+                source.load_checkpoint(S::NAME, part)
+            })
+            .await?
+        };
+        match stored {
+            None => Ok(LogCursor::START),
+            Some((log_id, cursor)) if log_id == self.source.log_id() => Ok(cursor),
+            Some((log_id, _)) => Err(Stop::Fatal(format!(
+                "checkpoint belongs to log {log_id}, not to this log {}: rebuild the store",
+                self.source.log_id()
+            ))),
+        }
+    }
+
+    async fn run_inner(&mut self, cancel: &CancellationToken) -> Stop {
+        let part = self.partition;
+        {
+            let sink = &self.sink;
+            let prepared = self
+                .config
+                .retry
+                .run(
+                    cancel,
+                    |e: &SinkError| e.class == ErrorClass::Transient,
+                    |attempt, e| warn!(sink = S::NAME, attempt, error = %e, "preparing store failed, retrying"),
+                    || sink.prepare(),
+                )
+                .await;
+            match prepared {
+                Ok(()) => {}
+                Err(RetryOutcome::Cancelled) => return Stop::Cancelled,
+                Err(RetryOutcome::Failed(e)) => return Stop::Fatal(e.to_string()),
+            }
+        }
+        let mut cursor = match self.start_cursor(cancel).await {
+            Ok(c) => c,
+            Err(stop) => return stop,
+        };
+        self.status.update(|s| {
+            s.state = "running";
+            s.applied = cursor;
+        });
+        info!(sink = S::NAME, partition = part.index, partitions = part.count, %cursor, "projector started");
+        let mut paused = self.status.paused.subscribe();
+        loop {
+            if cancel.is_cancelled() {
+                return Stop::Cancelled;
+            }
+            if *paused.borrow_and_update() {
+                self.status.update(|s| s.state = "paused");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Stop::Cancelled,
+                    _ = paused.changed() => continue,
+                }
+            }
+            let source = self.source.clone();
+            let limit = self.config.batch_size;
+            let events = match self
+                .source_step(cancel, "read", || source.read_after(cursor, part, limit))
+                .await
+            {
+                Ok(e) => e,
+                Err(stop) => return stop,
+            };
+            let Some(last) = events.last() else {
+                self.status.update(|s| {
+                    if s.state != "retrying" {
+                        s.state = "running";
+                    }
+                });
+                tokio::select! {
+                    _ = cancel.cancelled() => return Stop::Cancelled,
+                    _ = paused.changed() => {}
+                    _ = self.source.wait_for_append(self.config.idle_poll) => {}
+                }
+                continue;
+            };
+            let end = last.cursor;
+            let recorded_at = last.recorded_at_ms;
+            let mut batch = Batch::coalesce(S::STORE, end, &events);
+            drop(events);
+            match self.apply_batch(cancel, &mut batch).await {
+                Ok(()) => {}
+                Err(stop) => return stop,
+            }
+            cursor = end;
+            self.status.update(|s| {
+                s.applied = end;
+                s.applied_recorded_at_ms = Some(recorded_at);
+                s.num_events += batch.num_events as u64;
+            });
+        }
+    }
+
+    /// Applies a batch under the retry policy; on a permanent failure, narrows it down to the
+    /// refused documents, parks them and applies the rest.
+    async fn apply_batch(
+        &mut self,
+        cancel: &CancellationToken,
+        batch: &mut Batch,
+    ) -> Result<(), Stop> {
+        let part = self.partition;
+        if S::NEEDS_BLOBS {
+            let shas = batch.blob_shas();
+            if !shas.is_empty() {
+                let source = self.source.clone();
+                batch.blobs = self
+                    .source_step(cancel, "load blobs", || source.load_blobs(&shas))
+                    .await?;
+            }
+        }
+        debug!(sink = S::NAME, partition = part.index, from = ?batch.changes.first().map(|c| c.cursor), to = %batch.end, events = batch.num_events, changes = batch.changes.len(), "applying batch");
+        let applied = match self.apply_with_retry(cancel, batch).await? {
+            Ok(()) => batch
+                .changes
+                .iter()
+                .map(|c| AppliedVersion {
+                    doc_id: c.doc_id.clone(),
+                    version: c.version,
+                })
+                .collect(),
+            Err(first) => {
+                warn!(sink = S::NAME, partition = part.index, error = %first, "batch refused, applying its documents one by one");
+                self.apply_one_by_one(cancel, batch).await?
+            }
+        };
+        if !S::KEEPS_OWN_CHECKPOINT {
+            let source = self.source.clone();
+            let end = batch.end;
+            self.source_step(cancel, "save checkpoint", || {
+                source.save_checkpoint(S::NAME, part, end)
+            })
+            .await?;
+        }
+        if !applied.is_empty() {
+            let source = self.source.clone();
+            let consistent = self
+                .source_step(cancel, "record applied versions", || {
+                    source.record_applied(S::STORE, &applied)
+                })
+                .await?;
+            if let (Some(tx), false) = (&self.consistent, consistent.is_empty()) {
+                // Bounded: a slow tracker slows projection down instead of growing memory.
+                // A closed tracker is fine: readiness is recomputed from the log database.
+                let _ = tx.send(consistent).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// `Ok(Ok(()))` applied; `Ok(Err(e))` permanently refused; `Err` cancelled.
+    async fn apply_with_retry(
+        &mut self,
+        cancel: &CancellationToken,
+        batch: &Batch,
+    ) -> Result<Result<(), SinkError>, Stop> {
+        let part = self.partition;
+        let log_id = self.source.log_id().to_owned();
+        let sink = &self.sink;
+        let status = &self.status;
+        let result = self
+            .config
+            .retry
+            .run(
+                cancel,
+                |e: &SinkError| e.class == ErrorClass::Transient,
+                |attempt, e| {
+                    warn!(sink = S::NAME, partition = part.index, attempt, error = %e, "batch apply failed, retrying");
+                    status.update(|s| {
+                        s.state = "retrying";
+                        s.last_error = Some(e.to_string());
+                    });
+                },
+                || sink.apply(&log_id, part, batch),
+            )
+            .await;
+        match result {
+            Ok(_) => {
+                status.update(|s| {
+                    s.state = "running";
+                    s.last_error = None;
+                });
+                Ok(Ok(()))
+            }
+            Err(RetryOutcome::Cancelled) => Err(Stop::Cancelled),
+            Err(RetryOutcome::Failed(e)) => Ok(Err(e)),
+        }
+    }
+
+    async fn apply_one_by_one(
+        &mut self,
+        cancel: &CancellationToken,
+        batch: &Batch,
+    ) -> Result<Vec<AppliedVersion>, Stop> {
+        let mut applied = Vec::with_capacity(batch.changes.len());
+        let n = batch.changes.len();
+        for (i, change) in batch.changes.iter().enumerate() {
+            // Each piece checkpoints at its own event; the last one at the batch's end.
+            // State transfer makes that safe: a restart re-reads only newer states.
+            let end = if i + 1 == n { batch.end } else { change.cursor };
+            let single = Batch::single(change.clone(), end, &batch.blobs);
+            match self.apply_with_retry(cancel, &single).await? {
+                Ok(()) => applied.push(AppliedVersion {
+                    doc_id: change.doc_id.clone(),
+                    version: change.version,
+                }),
+                Err(e) => {
+                    self.park(cancel, change, &e).await?;
+                    let only_checkpoint = Batch {
+                        end,
+                        ..Batch::default()
+                    };
+                    if let Err(e) = self.apply_with_retry(cancel, &only_checkpoint).await? {
+                        return Err(Stop::Fatal(format!(
+                            "cannot move checkpoint past a parked change: {e}"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(applied)
+    }
+
+    async fn park(
+        &self,
+        cancel: &CancellationToken,
+        change: &DocChange,
+        e: &SinkError,
+    ) -> Result<(), Stop> {
+        error!(sink = S::NAME, partition = self.partition.index, doc_id = %change.doc_id, version = change.version, error = %e, "store refused a change; parked, compensation required");
+        let source = self.source.clone();
+        self.source_step(cancel, "park", || source.park(S::NAME, change, e))
+            .await?;
+        self.status.update(|s| s.num_parked += 1);
+        Ok(())
+    }
+}
+
+/// Milliseconds since the Unix epoch, for lag computations.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,262 @@
+//! The port every store adapter implements, and the batch it receives.
+//!
+//! A [`Batch`] is already coalesced: at most one [`DocChange`] per document, the newest one
+//! the batch saw, because events carry full state and only the newest state matters.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use aggregates::{DocId, DocumentEvent, LogCursor, RecordedEvent, StoreChange, StoreKind, Version};
+use bytes::Bytes;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::error::SinkError;
+
+/// The stable 31-bit hash of a document id that the log stores with every event and that
+/// partitions are cut from. Never change it: stored rows and checkpoints depend on it.
+pub fn stream_hash(doc_id: &str) -> i32 {
+    // Top 31 bits: non-negative, so PostgreSQL's `%` gives the same partition as Rust's.
+    (xxh3_64(doc_id.as_bytes()) >> 33) as i32
+}
+
+/// One slice of a store's work: the documents whose `stream_hash % count == index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Partition {
+    /// This partition, `0..count`.
+    pub index: u32,
+    /// How many partitions the store is cut into.
+    pub count: u32,
+}
+
+impl Partition {
+    /// The whole log as one partition.
+    pub const ALL: Partition = Partition { index: 0, count: 1 };
+
+    /// Every partition of a store cut into `count`.
+    pub fn all(count: u32) -> impl Iterator<Item = Partition> {
+        (0..count.max(1)).map(move |index| Partition {
+            index,
+            count: count.max(1),
+        })
+    }
+
+    /// Whether `doc_id` belongs to this partition.
+    pub fn contains(&self, doc_id: &str) -> bool {
+        self.count <= 1 || (stream_hash(doc_id) as u32) % self.count == self.index
+    }
+}
+
+/// What a store must do for one document.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// Hold exactly the state this event carries.
+    Upsert(DocumentEvent),
+    /// Hold nothing for the document.
+    Remove,
+}
+
+/// The newest change of one document within a batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DocChange {
+    /// The document.
+    pub doc_id: DocId,
+    /// The version the store holds once applied.
+    pub version: Version,
+    /// The log position of the event that carries it.
+    pub cursor: LogCursor,
+    /// The change.
+    pub change: Change,
+}
+
+/// A coalesced slice of the log for one store and partition.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Batch {
+    /// Position after which the next batch starts; the checkpoint to persist with it.
+    pub end: LogCursor,
+    /// Events read (before coalescing).
+    pub num_events: usize,
+    /// At most one change per document, in log order of their newest event.
+    pub changes: Vec<DocChange>,
+    /// Blob bytes by sha256, loaded for sinks that need them.
+    pub blobs: HashMap<String, Bytes>,
+}
+
+impl Batch {
+    /// Coalesces `events` (in log order) into the newest change per document for `store`.
+    /// `end` is the cursor of the last event read, relevant to the store or not.
+    pub fn coalesce(
+        store: StoreKind,
+        end: LogCursor,
+        events: &[RecordedEvent<DocumentEvent>],
+    ) -> Batch {
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut slots: Vec<Option<DocChange>> = Vec::new();
+        for recorded in events {
+            let Some(change) = recorded.event.change_for(store) else {
+                continue;
+            };
+            let doc_change = DocChange {
+                doc_id: recorded.doc_id.clone(),
+                version: change.version(),
+                cursor: recorded.cursor,
+                change: match change {
+                    StoreChange::Upsert(e) => Change::Upsert(e.clone()),
+                    StoreChange::Remove(_) => Change::Remove,
+                },
+            };
+            // Later in the log = newer for the same document: move it to the end.
+            if let Some(old) = index.insert(recorded.doc_id.as_str(), slots.len()) {
+                slots[old] = None;
+            }
+            slots.push(Some(doc_change));
+        }
+        Batch {
+            end,
+            num_events: events.len(),
+            changes: slots.into_iter().flatten().collect(),
+            blobs: HashMap::new(),
+        }
+    }
+
+    /// The sha256 of every blob the batch writes.
+    pub fn blob_shas(&self) -> Vec<String> {
+        let mut shas: Vec<String> = self
+            .changes
+            .iter()
+            .filter_map(|c| match &c.change {
+                Change::Upsert(DocumentEvent::BlobStored { sha256, .. }) => Some(sha256.clone()),
+                _ => None,
+            })
+            .collect();
+        shas.sort();
+        shas.dedup();
+        shas
+    }
+
+    /// A batch of one change, ending at `end`.
+    pub fn single(change: DocChange, end: LogCursor, blobs: &HashMap<String, Bytes>) -> Batch {
+        let blobs = match &change.change {
+            Change::Upsert(DocumentEvent::BlobStored { sha256, .. }) => blobs
+                .get(sha256)
+                .map(|b| HashMap::from([(sha256.clone(), b.clone())]))
+                .unwrap_or_default(),
+            _ => HashMap::new(),
+        };
+        Batch {
+            end,
+            num_events: 1,
+            changes: vec![change],
+            blobs,
+        }
+    }
+}
+
+/// What a sink reports after applying a batch.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Applied {
+    /// Number of changes written to the store.
+    pub num_changes: usize,
+}
+
+/// A derived store. Implementations write; they never loop, sleep or retry (the runner does).
+pub trait Sink: Send + Sync + 'static {
+    /// `mysql` | `milvus` | `s3`: checkpoint key and metric label.
+    const NAME: &'static str;
+    /// The store this sink projects.
+    const STORE: StoreKind;
+    /// The sink persists its checkpoint itself, atomically with the data (exactly once).
+    /// Otherwise the runner saves it in the log database after `apply` (at least once).
+    const KEEPS_OWN_CHECKPOINT: bool;
+    /// The runner loads blob bytes into [`Batch::blobs`] before `apply`.
+    const NEEDS_BLOBS: bool = false;
+
+    /// Creates what the store needs (database, table, collection, bucket) when missing.
+    fn prepare(&self) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// The checkpoint the sink keeps for `part` (only when `KEEPS_OWN_CHECKPOINT`):
+    /// `(log_id, cursor)`.
+    fn checkpoint(
+        &self,
+        part: Partition,
+    ) -> impl Future<Output = Result<Option<(String, LogCursor)>, SinkError>> + Send;
+
+    /// Applies a coalesced batch and, when `KEEPS_OWN_CHECKPOINT`, persists `batch.end` for
+    /// `part` with it. Idempotent: re-applying any suffix of the log changes nothing. An
+    /// empty batch only moves the checkpoint.
+    fn apply(
+        &self,
+        log_id: &str,
+        part: Partition,
+        batch: &Batch,
+    ) -> impl Future<Output = Result<Applied, SinkError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(pos: i64, doc: &str, event: DocumentEvent) -> RecordedEvent<DocumentEvent> {
+        RecordedEvent {
+            cursor: LogCursor {
+                epoch: 1,
+                xid: 10,
+                position: pos,
+            },
+            doc_id: DocId::parse(doc).expect("valid id"),
+            stream_version: pos,
+            recorded_at_ms: 0,
+            event,
+        }
+    }
+
+    fn vectors(version: Version, n: u32) -> DocumentEvent {
+        DocumentEvent::VectorsIndexed {
+            version,
+            chunks: (0..n)
+                .map(|index| aggregates::Chunk {
+                    index,
+                    text: format!("t{index}"),
+                    vector: vec![0.5; 4],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn coalesce_keeps_the_newest_change_per_document_in_log_order() {
+        let events = vec![
+            rec(1, "a", vectors(1, 2)),
+            rec(2, "b", vectors(1, 1)),
+            rec(3, "a", vectors(2, 3)),
+            rec(4, "b", DocumentEvent::DocumentDeleted { version: 2 }),
+            rec(
+                5,
+                "c",
+                DocumentEvent::CompensationRequested {
+                    version: 1,
+                    target: "s3".into(),
+                    reason: "x".into(),
+                },
+            ),
+        ];
+        let end = events[4].cursor;
+        let batch = Batch::coalesce(StoreKind::Milvus, end, &events);
+        assert_eq!(batch.end, end);
+        assert_eq!(batch.num_events, 5);
+        assert_eq!(batch.changes.len(), 2);
+        assert_eq!(batch.changes[0].doc_id.as_str(), "a");
+        assert_eq!(batch.changes[0].version, 2);
+        assert_eq!(batch.changes[0].change, Change::Upsert(vectors(2, 3)));
+        assert_eq!(batch.changes[1].doc_id.as_str(), "b");
+        assert_eq!(batch.changes[1].change, Change::Remove);
+    }
+
+    #[test]
+    fn partitions_cover_every_document_exactly_once() {
+        for doc in ["a", "b", "Report-1", "report-1", "x/y:z"] {
+            let owners = Partition::all(4).filter(|p| p.contains(doc)).count();
+            assert_eq!(owners, 1, "{doc}");
+            assert!(stream_hash(doc) >= 0);
+        }
+    }
+}

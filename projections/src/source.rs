@@ -1,0 +1,87 @@
+//! The port through which the runtime reads the log and records progress. Implemented by the
+//! PostgreSQL log in the `docledger` crate; the runner knows nothing of SQL.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use aggregates::{DocId, DocumentEvent, LogCursor, RecordedEvent, StoreKind, Version};
+use bytes::Bytes;
+
+use crate::error::SinkError;
+use crate::sink::{DocChange, Partition};
+
+/// A failure of the log database (always worth retrying: the log is the system of record and
+/// the runner cannot progress without it).
+#[derive(Debug, thiserror::Error)]
+#[error("log {operation} failed: {message}")]
+pub struct SourceError {
+    /// What was being done.
+    pub operation: &'static str,
+    /// The database's message.
+    pub message: String,
+}
+
+/// A store's applied version of one document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedVersion {
+    /// The document.
+    pub doc_id: DocId,
+    /// The version the store now holds.
+    pub version: Version,
+}
+
+/// The log, as the projection runtime sees it.
+pub trait LogSource: Clone + Send + Sync + 'static {
+    /// Identity of this log (a UUID fixed at its creation); checkpoints of another log are refused.
+    fn log_id(&self) -> &str;
+
+    /// Up to `limit` events of `part` after `after`, in log order, only of transactions older
+    /// than every transaction still running, so nothing can later appear before them.
+    fn read_after(
+        &self,
+        after: LogCursor,
+        part: Partition,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent<DocumentEvent>>, SourceError>> + Send;
+
+    /// Returns when something was appended (NOTIFY) or after `timeout` (polling fallback).
+    fn wait_for_append(&self, timeout: Duration) -> impl Future<Output = ()> + Send;
+
+    /// Blob bytes by sha256.
+    fn load_blobs(
+        &self,
+        sha256s: &[String],
+    ) -> impl Future<Output = Result<HashMap<String, Bytes>, SourceError>> + Send;
+
+    /// The checkpoint kept in the log database for `sink`/`part`: `(log_id, cursor)`.
+    fn load_checkpoint(
+        &self,
+        sink: &'static str,
+        part: Partition,
+    ) -> impl Future<Output = Result<Option<(String, LogCursor)>, SourceError>> + Send;
+
+    /// Moves the checkpoint of `sink`/`part` forward to `cursor` (never backwards).
+    fn save_checkpoint(
+        &self,
+        sink: &'static str,
+        part: Partition,
+        cursor: LogCursor,
+    ) -> impl Future<Output = Result<(), SourceError>> + Send;
+
+    /// Records that `store` holds these versions; returns the documents that thereby became
+    /// consistent (all three stores at the document's current version).
+    fn record_applied(
+        &self,
+        store: StoreKind,
+        applied: &[AppliedVersion],
+    ) -> impl Future<Output = Result<Vec<AppliedVersion>, SourceError>> + Send;
+
+    /// Parks a change the store refused, durably, with the store's error.
+    fn park(
+        &self,
+        sink: &'static str,
+        change: &DocChange,
+        error: &SinkError,
+    ) -> impl Future<Output = Result<(), SourceError>> + Send;
+}

@@ -1,0 +1,448 @@
+//! docledger's configuration: defaults < TOML file < `DOCLEDGER_*` environment.
+//!
+//! Every key is parsed into its type at load and a bad value fails fast naming the key.
+//! `Config::load` takes the environment as a map so tests never touch the process's own.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::time::Duration;
+
+/// Prefix of every environment variable.
+pub const ENV_PREFIX: &str = "DOCLEDGER_";
+
+/// `(key, default)`; the key is the environment variable without [`ENV_PREFIX`], lowercase in
+/// the TOML file. `None` = unset by default.
+const KEYS: &[(&str, Option<&str>)] = &[
+    ("LISTEN", Some("127.0.0.1:8080")),
+    (
+        "EVENTSTORE_URL",
+        Some("postgres://postgres@127.0.0.1:5432/docledger"),
+    ),
+    ("MYSQL_URL", Some("mysql://root@127.0.0.1:3306/docledger")),
+    ("MILVUS_URL", Some("http://127.0.0.1:19530")),
+    ("MILVUS_COLLECTION", Some("doc_chunks")),
+    ("S3_ENDPOINT", Some("http://127.0.0.1:9000")),
+    ("S3_BUCKET", Some("documents")),
+    ("S3_ACCESS_KEY", Some("minioadmin")),
+    ("S3_SECRET_KEY", Some("minioadmin")),
+    ("S3_REGION", Some("us-east-1")),
+    ("VECTOR_DIM", Some("384")),
+    ("API_TOKENS", None),
+    ("MAX_BODY_BYTES", Some("104857600")),
+    ("MAX_BLOB_BYTES", Some("67108864")),
+    // Tuning knobs (not part of the contract; documented in the README).
+    ("PARTITIONS", Some("2")),
+    ("BATCH_SIZE", Some("500")),
+    ("IDLE_POLL_MS", Some("500")),
+    ("RETRY_BASE_MS", Some("50")),
+    ("RETRY_MAX_MS", Some("10000")),
+    ("LOG_POOL_SIZE", Some("16")),
+    ("MAILBOX_CAPACITY", Some("64")),
+    ("ACTOR_IDLE_SECS", Some("60")),
+    ("MAX_LIVE_ACTORS", Some("100000")),
+    ("MAX_CHUNKS", Some("10000")),
+];
+
+/// A secret whose `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A URL whose password (if any) is hidden when printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreUrl(url::Url);
+
+impl StoreUrl {
+    /// The full URL, password included.
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+    /// The parsed URL.
+    pub fn url(&self) -> &url::Url {
+        &self.0
+    }
+}
+
+impl fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut u = self.0.clone();
+        if u.password().is_some() {
+            let _ = u.set_password(Some("***"));
+        }
+        write!(f, "{u}")
+    }
+}
+
+/// Projection tuning.
+#[derive(Debug, Clone)]
+pub struct ProjectionConfig {
+    /// Partitions per store.
+    pub partitions: NonZeroU32,
+    /// Most events per batch.
+    pub batch_size: usize,
+    /// Poll interval when no NOTIFY arrives.
+    pub idle_poll: Duration,
+    /// First backoff ceiling.
+    pub retry_base: Duration,
+    /// Largest backoff ceiling.
+    pub retry_max: Duration,
+}
+
+/// Actor tuning.
+#[derive(Debug, Clone)]
+pub struct ActorConfig {
+    /// Bounded mailbox of each document actor.
+    pub mailbox_capacity: usize,
+    /// An actor idle this long is passivated.
+    pub idle_timeout: Duration,
+    /// Most live actors; beyond it the idlest are passivated.
+    pub max_live: usize,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// The log database.
+    pub eventstore_url: StoreUrl,
+    /// The MySQL catalogue.
+    pub mysql_url: StoreUrl,
+    /// Milvus.
+    pub milvus_url: StoreUrl,
+    /// Milvus collection.
+    pub milvus_collection: String,
+    /// S3 endpoint.
+    pub s3_endpoint: StoreUrl,
+    /// Bucket.
+    pub s3_bucket: String,
+    /// Access key.
+    pub s3_access_key: String,
+    /// Secret key.
+    pub s3_secret_key: Secret,
+    /// Region.
+    pub s3_region: String,
+    /// Dimension of every vector.
+    pub vector_dim: usize,
+    /// Bearer tokens; empty = no authentication.
+    pub api_tokens: Vec<Secret>,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Largest blob.
+    pub max_blob_bytes: usize,
+    /// Most chunks per document.
+    pub max_chunks: usize,
+    /// Connections to the log database.
+    pub log_pool_size: usize,
+    /// Projection tuning.
+    pub projection: ProjectionConfig,
+    /// Actor tuning.
+    pub actors: ActorConfig,
+}
+
+/// A configuration value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value does not parse.
+    #[error("configuration key {key}: {message}")]
+    Invalid {
+        /// `DOCLEDGER_…` name.
+        key: String,
+        /// Why.
+        message: String,
+    },
+    /// The file cannot be read or parsed.
+    #[error("configuration file {path}: {message}")]
+    File {
+        /// Path.
+        path: String,
+        /// Why.
+        message: String,
+    },
+}
+
+struct Values(BTreeMap<&'static str, Option<String>>);
+
+impl Values {
+    fn raw(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.as_deref())
+    }
+
+    fn get<T>(
+        &self,
+        key: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        let raw = self
+            .raw(key)
+            .ok_or_else(|| invalid(key, "is required".into()))?;
+        parse(raw.trim()).map_err(|m| invalid(key, m))
+    }
+
+    fn num<T: std::str::FromStr>(&self, key: &'static str) -> Result<T, ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        self.get(key, |s| {
+            s.parse::<T>()
+                .map_err(|e| format!("{s:?} is not a valid number: {e}"))
+        })
+    }
+
+    fn url(&self, key: &'static str, schemes: &[&str]) -> Result<StoreUrl, ConfigError> {
+        self.get(key, |s| {
+            let u = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+            if !schemes.contains(&u.scheme()) {
+                return Err(format!(
+                    "scheme must be one of {schemes:?}, got {:?}",
+                    u.scheme()
+                ));
+            }
+            Ok(StoreUrl(u))
+        })
+    }
+
+    fn name(&self, key: &'static str) -> Result<String, ConfigError> {
+        self.get(key, |s| {
+            let ok = !s.is_empty()
+                && s.len() <= 63
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+            if ok {
+                Ok(s.to_owned())
+            } else {
+                Err(format!("{s:?} must be 1-63 characters of [A-Za-z0-9_.-]"))
+            }
+        })
+    }
+}
+
+fn invalid(key: &str, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        key: format!("{ENV_PREFIX}{key}"),
+        message,
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then `DOCLEDGER_*` entries of `env`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first bad key.
+    pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let mut values = Values(
+            KEYS.iter()
+                .map(|(k, d)| (*k, d.map(str::to_owned)))
+                .collect(),
+        );
+        if let Some(path) = file {
+            let file_err = |message: String| ConfigError::File {
+                path: path.display().to_string(),
+                message,
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
+            let table: toml::Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| file_err(e.to_string()))?;
+            for (k, v) in table {
+                let upper = k.to_ascii_uppercase();
+                let Some((key, _)) = KEYS.iter().find(|(key, _)| *key == upper) else {
+                    return Err(file_err(format!("unknown key {k:?}")));
+                };
+                let s = match v {
+                    toml::Value::String(s) => s,
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Array(a) => a
+                        .iter()
+                        .map(|x| {
+                            x.as_str()
+                                .map(str::to_owned)
+                                .unwrap_or_else(|| x.to_string())
+                        })
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    other => other.to_string(),
+                };
+                values.0.insert(key, Some(s));
+            }
+        }
+        for (k, v) in env {
+            let Some(suffix) = k.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if suffix == "CONFIG" || suffix == "LOG" || suffix == "LOG_FORMAT" {
+                continue; // read by main, not configuration keys
+            }
+            let Some((key, _)) = KEYS.iter().find(|(key, _)| *key == suffix) else {
+                return Err(invalid(suffix, "unknown variable (typo?)".into()));
+            };
+            values.0.insert(key, Some(v.clone()));
+        }
+        Self::from_values(&values)
+    }
+
+    fn from_values(v: &Values) -> Result<Config, ConfigError> {
+        let positive = |key: &'static str| -> Result<usize, ConfigError> {
+            let n: usize = v.num(key)?;
+            if n == 0 {
+                return Err(invalid(key, "must be greater than 0".into()));
+            }
+            Ok(n)
+        };
+        let api_tokens = v
+            .raw("API_TOKENS")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| Secret(t.to_owned()))
+            .collect();
+        let vector_dim = positive("VECTOR_DIM")?;
+        if vector_dim > 32_768 {
+            return Err(invalid(
+                "VECTOR_DIM",
+                "must be at most 32768 (Milvus' limit)".into(),
+            ));
+        }
+        let partitions = v.num::<u32>("PARTITIONS")?;
+        Ok(Config {
+            listen: v.get("LISTEN", |s| {
+                s.parse()
+                    .map_err(|e| format!("{s:?} is not host:port: {e}"))
+            })?,
+            eventstore_url: v.url("EVENTSTORE_URL", &["postgres", "postgresql"])?,
+            mysql_url: v.url("MYSQL_URL", &["mysql"])?,
+            milvus_url: v.url("MILVUS_URL", &["http", "https"])?,
+            milvus_collection: v.name("MILVUS_COLLECTION")?,
+            s3_endpoint: v.url("S3_ENDPOINT", &["http", "https"])?,
+            s3_bucket: v.name("S3_BUCKET")?,
+            s3_access_key: v.get("S3_ACCESS_KEY", |s| Ok(s.to_owned()))?,
+            s3_secret_key: Secret(v.get("S3_SECRET_KEY", |s| Ok(s.to_owned()))?),
+            s3_region: v.get("S3_REGION", |s| Ok(s.to_owned()))?,
+            vector_dim,
+            api_tokens,
+            max_body_bytes: positive("MAX_BODY_BYTES")?,
+            max_blob_bytes: positive("MAX_BLOB_BYTES")?,
+            max_chunks: positive("MAX_CHUNKS")?,
+            log_pool_size: positive("LOG_POOL_SIZE")?,
+            projection: ProjectionConfig {
+                partitions: NonZeroU32::new(partitions)
+                    .ok_or_else(|| invalid("PARTITIONS", "must be greater than 0".into()))?,
+                batch_size: positive("BATCH_SIZE")?,
+                idle_poll: Duration::from_millis(positive("IDLE_POLL_MS")? as u64),
+                retry_base: Duration::from_millis(positive("RETRY_BASE_MS")? as u64),
+                retry_max: Duration::from_millis(positive("RETRY_MAX_MS")? as u64),
+            },
+            actors: ActorConfig {
+                mailbox_capacity: positive("MAILBOX_CAPACITY")?,
+                idle_timeout: Duration::from_secs(positive("ACTOR_IDLE_SECS")? as u64),
+                max_live: positive("MAX_LIVE_ACTORS")?,
+            },
+        })
+    }
+
+    /// The configuration from defaults only.
+    ///
+    /// # Errors
+    /// Never in practice (defaults are valid); kept fallible for symmetry with [`Config::load`].
+    pub fn defaults() -> Result<Config, ConfigError> {
+        Self::load(None, &HashMap::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::defaults().expect("defaults are valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            c.eventstore_url.expose(),
+            "postgres://postgres@127.0.0.1:5432/docledger"
+        );
+        assert_eq!(c.milvus_collection, "doc_chunks");
+        assert_eq!(c.s3_bucket, "documents");
+        assert_eq!(c.vector_dim, 384);
+        assert!(c.api_tokens.is_empty());
+        assert_eq!(c.max_body_bytes, 100 * 1024 * 1024);
+        assert_eq!(c.max_blob_bytes, 64 * 1024 * 1024);
+    }
+
+    #[test]
+    fn env_overrides_and_bad_values_name_the_key() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("DOCLEDGER_VECTOR_DIM", "8"),
+                ("DOCLEDGER_API_TOKENS", "a, b,"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.vector_dim, 8);
+        assert_eq!(c.api_tokens.len(), 2);
+        assert_eq!(format!("{:?}", c.api_tokens), "[***, ***]");
+        let empty = Config::load(None, &env(&[("DOCLEDGER_API_TOKENS", "")])).expect("valid");
+        assert!(empty.api_tokens.is_empty());
+        let err = Config::load(None, &env(&[("DOCLEDGER_VECTOR_DIM", "x")])).expect_err("invalid");
+        assert!(err.to_string().contains("DOCLEDGER_VECTOR_DIM"), "{err}");
+        let err = Config::load(None, &env(&[("DOCLEDGER_VECTR_DIM", "8")])).expect_err("typo");
+        assert!(err.to_string().contains("DOCLEDGER_VECTR_DIM"), "{err}");
+        let err = Config::load(None, &env(&[("DOCLEDGER_MYSQL_URL", "postgres://x")]))
+            .expect_err("scheme");
+        assert!(err.to_string().contains("DOCLEDGER_MYSQL_URL"), "{err}");
+    }
+
+    #[test]
+    fn file_sits_between_defaults_and_env() {
+        let dir = std::env::temp_dir().join(format!("docledger-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "vector_dim = 16\ns3_bucket = \"from-file\"\n").expect("write");
+        let c = Config::load(Some(&path), &env(&[("DOCLEDGER_VECTOR_DIM", "32")])).expect("valid");
+        assert_eq!(c.vector_dim, 32);
+        assert_eq!(c.s3_bucket, "from-file");
+        std::fs::write(&path, "no_such_key = 1\n").expect("write");
+        assert!(Config::load(Some(&path), &HashMap::new()).is_err());
+    }
+
+    #[test]
+    fn passwords_are_hidden_when_printed() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("DOCLEDGER_MYSQL_URL", "mysql://root:hunter2@db:3306/x"),
+                ("DOCLEDGER_S3_SECRET_KEY", "hunter3"),
+            ]),
+        )
+        .expect("valid");
+        let printed = format!("{c:?}");
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("hunter3"),
+            "{printed}"
+        );
+    }
+}

@@ -1,0 +1,279 @@
+//! Appends: all events of one command in one transaction.
+//!
+//! The stream row is the lock: it is inserted (first append) or updated only where its
+//! event count equals the expected one, and the events are inserted only through that row,
+//! in the same statement. A concurrent append to the same stream waits on the row and then
+//! finds the count changed: a typed conflict, never a silent overwrite. The idempotency key
+//! is inserted first in the same transaction, so concurrent retries of one request serialise
+//! on its primary key and all but the first see the first one's result.
+
+use aggregates::{DocId, DocumentEvent, LogCursor};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio_postgres::types::ToSql;
+
+use projections::sink::stream_hash;
+
+use super::codec::encode;
+use super::{LogError, PgLog, NOTIFY_CHANNEL};
+
+/// An idempotency key and the hash of the request it was sent with.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    /// The client's key.
+    pub key: String,
+    /// sha256 of the canonical request; reusing the key for another request is refused.
+    pub request_hash: [u8; 32],
+}
+
+impl IdempotencyKey {
+    /// A key for a request whose canonical bytes are `request`.
+    pub fn new(key: String, request: &[u8]) -> Self {
+        Self {
+            key,
+            request_hash: Sha256::digest(request).into(),
+        }
+    }
+}
+
+/// What an idempotent request answered the first time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdempotentResult {
+    /// Document version after the command.
+    pub version: u64,
+    /// Log position of the command's last event (None when it appended nothing).
+    pub log_position: Option<i64>,
+    /// The command changed nothing.
+    pub unchanged: bool,
+}
+
+/// One command's events.
+#[derive(Debug)]
+pub struct AppendRequest<'a> {
+    /// The stream.
+    pub doc_id: &'a DocId,
+    /// The stream's event count the command was decided on.
+    pub expected_stream_version: i64,
+    /// The events, in order (may be empty only with an idempotency key).
+    pub events: &'a [DocumentEvent],
+    /// The document's version after the events.
+    pub doc_version: u64,
+    /// Whether the document is deleted after the events.
+    pub deleted: bool,
+    /// Blob bytes to store (sha256 hex, bytes).
+    pub blob: Option<(&'a str, Bytes)>,
+    /// Optional idempotency key.
+    pub idempotency: Option<&'a IdempotencyKey>,
+}
+
+/// The outcome of an append.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Appended {
+    /// The events are durable.
+    Committed {
+        /// Cursor of the last event.
+        last: LogCursor,
+        /// The stream's event count now.
+        stream_version: i64,
+    },
+    /// The idempotency key was seen: nothing appended, here is the first answer.
+    Duplicate(IdempotentResult),
+}
+
+/// Inserts the stream row (first append) or moves it from the expected count, then the
+/// events, only if that succeeded; returns one row per inserted event.
+const APPEND_EVENTS: &str = r#"
+WITH created AS (
+    INSERT INTO streams (stream_id, stream_version, doc_version, deleted)
+    SELECT $1, $3, $4, $5 WHERE $2::bigint = 0
+    ON CONFLICT (stream_id) DO NOTHING
+    RETURNING stream_id
+), moved AS (
+    UPDATE streams
+       SET stream_version = $3, doc_version = $4, deleted = $5, updated_at = now()
+     WHERE stream_id = $1 AND stream_version = $2 AND $2::bigint > 0
+    RETURNING stream_id
+), stream AS (
+    SELECT stream_id FROM created UNION ALL SELECT stream_id FROM moved
+)
+INSERT INTO events (epoch, stream_id, stream_version, stream_hash, event_type, event_version, payload, vectors)
+SELECT (SELECT epoch FROM log_meta), stream.stream_id, e.stream_version, $6, e.event_type, e.event_version, e.payload, e.vectors
+FROM stream, unnest($7::bigint[], $8::text[], $9::smallint[], $10::jsonb[], $11::bytea[])
+     AS e(stream_version, event_type, event_version, payload, vectors)
+ORDER BY e.stream_version
+RETURNING epoch, xid::text, position
+"#;
+
+impl PgLog {
+    /// Appends one command's events atomically.
+    ///
+    /// # Errors
+    /// [`LogError::Conflict`] when the stream moved past `expected_stream_version`;
+    /// [`LogError::IdempotencyKeyReused`]; [`LogError::Unavailable`].
+    pub async fn append(&self, req: AppendRequest<'_>) -> Result<Appended, LogError> {
+        let stored: Vec<_> = req.events.iter().map(encode).collect();
+        let n = stored.len() as i64;
+        let versions: Vec<i64> = (1..=n).map(|i| req.expected_stream_version + i).collect();
+        let types: Vec<&str> = stored.iter().map(|s| s.event_type.as_str()).collect();
+        let event_versions: Vec<i16> = stored.iter().map(|s| s.event_version).collect();
+        let payloads: Vec<&serde_json::Value> = stored.iter().map(|s| &s.payload).collect();
+        let vectors: Vec<Option<&[u8]>> = stored.iter().map(|s| s.vectors.as_deref()).collect();
+        let new_stream_version = req.expected_stream_version + n;
+        let doc_version = req.doc_version as i64;
+        let hash = stream_hash(req.doc_id.as_str());
+
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(LogError::pool("get connection"))?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(LogError::db("begin append"))?;
+
+        if let Some(key) = req.idempotency {
+            let inserted = tx
+                .execute(
+                    "INSERT INTO idempotency_keys (key, stream_id, request_hash, result)
+                     VALUES ($1, $2, $3, 'null') ON CONFLICT (key) DO NOTHING",
+                    &[&key.key, &req.doc_id.as_str(), &&key.request_hash[..]],
+                )
+                .await
+                .map_err(LogError::db("insert idempotency key"))?;
+            if inserted == 0 {
+                let row = tx
+                    .query_one(
+                        "SELECT request_hash, result FROM idempotency_keys WHERE key = $1",
+                        &[&key.key],
+                    )
+                    .await
+                    .map_err(LogError::db("read idempotency key"))?;
+                let hash: Vec<u8> = row.get(0);
+                if hash != key.request_hash {
+                    return Err(LogError::IdempotencyKeyReused {
+                        key: key.key.clone(),
+                    });
+                }
+                let result: serde_json::Value = row.get(1);
+                let result = serde_json::from_value(result).map_err(|e| LogError::Unavailable {
+                    operation: "decode idempotency result",
+                    message: e.to_string(),
+                })?;
+                return Ok(Appended::Duplicate(result));
+            }
+        }
+
+        if let Some((sha, bytes)) = &req.blob {
+            let sha = hex::decode(sha).map_err(|e| LogError::Unavailable {
+                operation: "decode blob sha256",
+                message: e.to_string(),
+            })?;
+            tx.execute(
+                "INSERT INTO blobs (sha256, size, content) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING",
+                &[&sha, &(bytes.len() as i64), &&bytes[..]],
+            )
+            .await
+            .map_err(LogError::db("insert blob"))?;
+        }
+
+        let params: [&(dyn ToSql + Sync); 11] = [
+            &req.doc_id.as_str(),
+            &req.expected_stream_version,
+            &new_stream_version,
+            &doc_version,
+            &req.deleted,
+            &hash,
+            &versions,
+            &types,
+            &event_versions,
+            &payloads,
+            &vectors,
+        ];
+        let rows = tx
+            .query(APPEND_EVENTS, &params)
+            .await
+            .map_err(LogError::db("insert events"))?;
+        if rows.len() as i64 != n || n == 0 {
+            drop(tx);
+            let actual = self.stream_version(req.doc_id).await?;
+            return Err(LogError::Conflict {
+                stream: req.doc_id.to_string(),
+                expected: req.expected_stream_version,
+                actual,
+            });
+        }
+        let last = rows.last().map(|r| LogCursor {
+            epoch: r.get(0),
+            xid: r.get::<_, &str>(1).parse().unwrap_or_default(),
+            position: r.get(2),
+        });
+        let last = last.expect("n > 0 rows were returned");
+        if let Some(key) = req.idempotency {
+            let result = IdempotentResult {
+                version: req.doc_version,
+                log_position: Some(last.position),
+                unchanged: false,
+            };
+            tx.execute(
+                "UPDATE idempotency_keys SET result = $2 WHERE key = $1",
+                &[
+                    &key.key,
+                    &serde_json::to_value(&result).expect("serializable"),
+                ],
+            )
+            .await
+            .map_err(LogError::db("store idempotency result"))?;
+        }
+        tx.execute(&format!("NOTIFY {NOTIFY_CHANNEL}"), &[])
+            .await
+            .map_err(LogError::db("notify"))?;
+        tx.commit().await.map_err(LogError::db("commit append"))?;
+        Ok(Appended::Committed {
+            last,
+            stream_version: new_stream_version,
+        })
+    }
+
+    /// Records the answer to an idempotent request that appended nothing (an unchanged put).
+    /// Returns the first answer when the key was already used.
+    ///
+    /// # Errors
+    /// [`LogError::IdempotencyKeyReused`]; [`LogError::Unavailable`].
+    pub async fn record_idempotent(
+        &self,
+        doc_id: &DocId,
+        key: &IdempotencyKey,
+        result: &IdempotentResult,
+    ) -> Result<IdempotentResult, LogError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(LogError::pool("get connection"))?;
+        let value = serde_json::to_value(result).expect("serializable");
+        let row = client
+            .query_one(
+                "WITH ins AS (
+                     INSERT INTO idempotency_keys (key, stream_id, request_hash, result)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING RETURNING request_hash, result)
+                 SELECT request_hash, result FROM ins
+                 UNION ALL
+                 SELECT request_hash, result FROM idempotency_keys WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM ins)",
+                &[&key.key, &doc_id.as_str(), &&key.request_hash[..], &value],
+            )
+            .await
+            .map_err(LogError::db("record idempotency key"))?;
+        let hash: Vec<u8> = row.get(0);
+        if hash != key.request_hash {
+            return Err(LogError::IdempotencyKeyReused {
+                key: key.key.clone(),
+            });
+        }
+        serde_json::from_value(row.get(1)).map_err(|e| LogError::Unavailable {
+            operation: "decode idempotency result",
+            message: e.to_string(),
+        })
+    }
+}

@@ -1,0 +1,293 @@
+//! The PostgreSQL event log: migrations, optimistic appends, gap-free ordered reads, the
+//! consistency tracker's per-store versions, checkpoints and parked changes.
+//!
+//! Invariants: an append is one transaction guarded by the stream row and
+//! `UNIQUE (stream_id, stream_version)`; readers only see events of transactions older than
+//! every running one, ordered and paged by `(epoch, xid, position)`; blob bytes are written
+//! once per sha256 in the append's transaction.
+
+mod append;
+pub mod codec;
+mod listen;
+mod reader;
+pub mod schema;
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::watch;
+use tokio_postgres::NoTls;
+use tracing::{info, warn};
+
+pub use append::{AppendRequest, Appended, IdempotencyKey, IdempotentResult};
+pub use reader::{HorizonStatus, StreamState};
+
+use crate::config::StoreUrl;
+
+/// The channel NOTIFY wakes readers on. Notifications never carry data.
+pub const NOTIFY_CHANNEL: &str = "docledger_log";
+
+/// A failure of the log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// Another append to the stream won: the expected version is stale.
+    #[error("stream {stream} is at version {actual}, expected {expected}")]
+    Conflict {
+        /// The stream.
+        stream: String,
+        /// What the append expected.
+        expected: i64,
+        /// What the stream holds.
+        actual: i64,
+    },
+    /// An idempotency key was reused for a different request.
+    #[error("idempotency key {key:?} was already used for a different request")]
+    IdempotencyKeyReused {
+        /// The key.
+        key: String,
+    },
+    /// The database failed or is unreachable.
+    #[error("log database {operation} failed: {message}")]
+    Unavailable {
+        /// What was being done.
+        operation: &'static str,
+        /// The database's message.
+        message: String,
+    },
+    /// A stored event cannot be decoded.
+    #[error("stored event at position {position} is corrupt: {source}")]
+    Corrupt {
+        /// The event's position.
+        position: i64,
+        /// Why.
+        #[source]
+        source: codec::DecodeError,
+    },
+}
+
+impl LogError {
+    pub(crate) fn db(operation: &'static str) -> impl FnOnce(tokio_postgres::Error) -> LogError {
+        move |e| LogError::Unavailable {
+            operation,
+            message: db_message(&e),
+        }
+    }
+
+    pub(crate) fn pool(
+        operation: &'static str,
+    ) -> impl FnOnce(deadpool_postgres::PoolError) -> LogError {
+        move |e| LogError::Unavailable {
+            operation,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The server's message of a database error, with its SQLSTATE.
+pub fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// A handle on the log. Cheap to clone.
+#[derive(Clone)]
+pub struct PgLog {
+    pub(crate) pool: Pool,
+    log_id: Arc<str>,
+    appended: watch::Receiver<u64>,
+}
+
+impl std::fmt::Debug for PgLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgLog")
+            .field("log_id", &self.log_id)
+            .finish()
+    }
+}
+
+/// Creates the database named in `url` when it does not exist.
+///
+/// # Errors
+/// [`LogError::Unavailable`] when the server cannot be reached or refuses.
+pub async fn ensure_database(url: &StoreUrl) -> Result<(), LogError> {
+    let config =
+        tokio_postgres::Config::from_str(url.expose()).map_err(LogError::db("parse url"))?;
+    let db = config.get_dbname().unwrap_or("postgres").to_owned();
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    let (client, conn) = admin
+        .connect(NoTls)
+        .await
+        .map_err(LogError::db("connect"))?;
+    let conn = tokio::spawn(conn);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
+        .await
+        .map_err(LogError::db("look up database"))?
+        .is_some();
+    if !exists {
+        let quoted = format!("\"{}\"", db.replace('"', "\"\""));
+        match client
+            .batch_execute(&format!("CREATE DATABASE {quoted}"))
+            .await
+        {
+            Ok(()) => info!(database = %db, "created log database"),
+            // Another process created it between our check and our CREATE.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+            Err(e) => return Err(LogError::db("create database")(e)),
+        }
+    }
+    drop(client);
+    let _ = conn.await;
+    Ok(())
+}
+
+impl PgLog {
+    /// Connects (creating the database when missing), migrates, and starts listening for
+    /// appends.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`] when the database cannot be reached or migrated.
+    pub async fn connect(url: &StoreUrl, pool_size: usize) -> Result<PgLog, LogError> {
+        ensure_database(url).await?;
+        let config =
+            tokio_postgres::Config::from_str(url.expose()).map_err(LogError::db("parse url"))?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| LogError::Unavailable {
+                operation: "build pool",
+                message: e.to_string(),
+            })?;
+        let log_id = migrate(&pool).await?;
+        let appended = listen::spawn(config);
+        Ok(PgLog {
+            pool,
+            log_id: log_id.into(),
+            appended,
+        })
+    }
+
+    /// This log's identity.
+    pub fn log_id(&self) -> &str {
+        &self.log_id
+    }
+
+    /// A pooled connection (for tests and tools that inspect the log directly).
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`].
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, LogError> {
+        self.pool
+            .get()
+            .await
+            .map_err(LogError::pool("get connection"))
+    }
+}
+
+/// Applies pending migrations and makes sure the log has an identity and a current epoch.
+/// Returns the log id.
+///
+/// The epoch grows when the database's transaction counter is not past every recorded
+/// transaction id, which happens when the log was restored into another cluster: events
+/// written from then on sort after all earlier ones.
+async fn migrate(pool: &Pool) -> Result<String, LogError> {
+    let mut client = pool.get().await.map_err(LogError::pool("get connection"))?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(LogError::db("begin migration"))?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&schema::MIGRATION_LOCK_KEY],
+    )
+    .await
+    .map_err(LogError::db("lock migrations"))?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await
+    .map_err(LogError::db("create schema_migrations"))?;
+    let applied: Vec<i32> = tx
+        .query("SELECT version FROM schema_migrations", &[])
+        .await
+        .map_err(LogError::db("read schema_migrations"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for (version, name, sql) in schema::MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        tx.batch_execute(sql)
+            .await
+            .map_err(LogError::db("apply migration"))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+            &[version, name],
+        )
+        .await
+        .map_err(LogError::db("record migration"))?;
+        info!(version, name, "applied log migration");
+    }
+    tx.execute(
+        "INSERT INTO log_meta (log_id, epoch) VALUES (gen_random_uuid(), 1) ON CONFLICT DO NOTHING",
+        &[],
+    )
+    .await
+    .map_err(LogError::db("create log identity"))?;
+    let row = tx
+        .query_one(
+            "SELECT m.log_id::text, m.epoch,
+                    pg_current_xact_id() <= COALESCE(
+                        (SELECT max(xid) FROM events WHERE epoch = m.epoch), '0'::xid8) AS reused
+             FROM log_meta m",
+            &[],
+        )
+        .await
+        .map_err(LogError::db("read log identity"))?;
+    let log_id: String = row.get(0);
+    let epoch: i32 = row.get(1);
+    if row.get::<_, bool>(2) {
+        warn!(epoch, "transaction ids of this database do not follow the log's: starting a new log epoch (restored or migrated database?)");
+        tx.execute("UPDATE log_meta SET epoch = epoch + 1", &[])
+            .await
+            .map_err(LogError::db("bump epoch"))?;
+    }
+    tx.commit()
+        .await
+        .map_err(LogError::db("commit migration"))?;
+    Ok(log_id)
+}
+
+/// Runs the migrations (for `docledger migrate`).
+///
+/// # Errors
+/// [`LogError::Unavailable`].
+pub async fn migrate_only(url: &StoreUrl) -> Result<String, LogError> {
+    ensure_database(url).await?;
+    let config =
+        tokio_postgres::Config::from_str(url.expose()).map_err(LogError::db("parse url"))?;
+    let manager = Manager::from_config(config, NoTls, ManagerConfig::default());
+    let pool = Pool::builder(manager)
+        .max_size(1)
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| LogError::Unavailable {
+            operation: "build pool",
+            message: e.to_string(),
+        })?;
+    migrate(&pool).await
+}

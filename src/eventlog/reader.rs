@@ -1,0 +1,535 @@
+//! Reading the log: the gap-free ordered reader, stream loading, per-document state, and the
+//! [`projections::LogSource`] port (checkpoints, applied versions, parked changes).
+//!
+//! Why `(epoch, xid, position)` and the snapshot horizon: positions are handed out when rows
+//! are inserted, not when their transactions commit, so "position > last seen" skips rows of
+//! a transaction that commits after a later one. Only transactions older than the oldest one
+//! still running (`pg_snapshot_xmin`) are final; among those, `(xid, position)` is a stable
+//! total order, and paging on exactly that tuple never skips a row.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aggregates::{DocId, Document, DocumentEvent, LogCursor, RecordedEvent, StoreKind};
+use bytes::Bytes;
+use projections::sink::DocChange;
+use projections::{AppliedVersion, LogSource, Partition, SinkError, SourceError};
+use serde::Serialize;
+use tokio_postgres::Row;
+
+use super::codec::decode;
+use super::{db_message, LogError, PgLog};
+
+/// Events after a cursor, below the horizon, in log order; `$4 = 1` reads every partition.
+const READ_AFTER: &str = r#"
+SELECT epoch, xid::text, position, stream_id, stream_version, event_type, event_version,
+       payload, vectors, (extract(epoch FROM recorded_at) * 1000)::bigint
+FROM events
+WHERE (epoch, xid, position) > ($1, $2::text::xid8, $3)
+  AND (epoch < (SELECT epoch FROM log_meta)
+       OR xid < pg_snapshot_xmin(pg_current_snapshot()))
+  AND ($4::integer = 1 OR stream_hash % $4::integer = $5::integer)
+ORDER BY epoch, xid, position
+LIMIT $6
+"#;
+
+/// A document's bookkeeping row: its version and what each store holds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StreamState {
+    /// Number of events.
+    pub stream_version: i64,
+    /// Document version.
+    pub version: u64,
+    /// Deleted at `version`.
+    pub deleted: bool,
+    /// Applied version per store (None = nothing applied yet).
+    pub mysql: Option<u64>,
+    /// Milvus' applied version.
+    pub milvus: Option<u64>,
+    /// S3's applied version.
+    pub s3: Option<u64>,
+}
+
+impl StreamState {
+    /// All three stores hold the document's version.
+    pub fn consistent(&self) -> bool {
+        [self.mysql, self.milvus, self.s3]
+            .iter()
+            .all(|v| *v == Some(self.version))
+    }
+}
+
+/// How far the log's read horizon is held back.
+#[derive(Debug, Clone, Serialize)]
+pub struct HorizonStatus {
+    /// Newest position in the log.
+    pub head_position: i64,
+    /// Age in seconds of the oldest transaction with an id that is still running, anywhere in
+    /// the cluster (it holds every reader back).
+    pub oldest_running_xact_seconds: f64,
+}
+
+fn decode_row(row: &Row) -> Result<RecordedEvent<DocumentEvent>, LogError> {
+    let position: i64 = row.get(2);
+    let event = decode(
+        row.get(5),
+        row.get(6),
+        row.get(7),
+        row.get::<_, Option<&[u8]>>(8),
+    )
+    .map_err(|source| LogError::Corrupt { position, source })?;
+    let stream_id: &str = row.get(3);
+    let doc_id = DocId::parse(stream_id).map_err(|e| LogError::Corrupt {
+        position,
+        source: super::codec::DecodeError {
+            event_type: row.get::<_, String>(5),
+            event_version: row.get(6),
+            message: format!("stream id {stream_id:?}: {e}"),
+        },
+    })?;
+    Ok(RecordedEvent {
+        cursor: LogCursor {
+            epoch: row.get(0),
+            xid: row.get::<_, &str>(1).parse().unwrap_or_default(),
+            position,
+        },
+        doc_id,
+        stream_version: row.get(4),
+        recorded_at_ms: row.get(9),
+        event,
+    })
+}
+
+impl PgLog {
+    /// Up to `limit` events of `part` after `after` (see the module doc for why this order).
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
+    pub async fn read_after(
+        &self,
+        after: LogCursor,
+        part: Partition,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent<DocumentEvent>>, LogError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(LogError::pool("get connection"))?;
+        let stmt = client
+            .prepare_cached(READ_AFTER)
+            .await
+            .map_err(LogError::db("prepare read"))?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &after.epoch,
+                    &after.xid.to_string(),
+                    &after.position,
+                    &(part.count as i32),
+                    &(part.index as i32),
+                    &(limit as i64),
+                ],
+            )
+            .await
+            .map_err(LogError::db("read events"))?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    /// Every event of a stream, in stream order, starting after its snapshot if any; returns
+    /// the rebuilt document.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
+    pub async fn load(&self, doc_id: &DocId) -> Result<Document, LogError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(LogError::pool("get connection"))?;
+        let snapshot = client
+            .query_opt(
+                "SELECT stream_version, state FROM snapshots WHERE stream_id = $1",
+                &[&doc_id.as_str()],
+            )
+            .await
+            .map_err(LogError::db("read snapshot"))?;
+        let (mut doc, from) = match snapshot {
+            Some(row) => match serde_json::from_value::<Document>(row.get(1)) {
+                Ok(doc) => (doc, row.get::<_, i64>(0)),
+                Err(_) => (Document::default(), 0), // an outdated snapshot shape: replay all
+            },
+            None => (Document::default(), 0),
+        };
+        let rows = client
+            .query(
+                "SELECT epoch, xid::text, position, stream_id, stream_version, event_type, event_version,
+                        payload, vectors, (extract(epoch FROM recorded_at) * 1000)::bigint
+                 FROM events WHERE stream_id = $1 AND stream_version > $2 ORDER BY stream_version",
+                &[&doc_id.as_str(), &from],
+            )
+            .await
+            .map_err(LogError::db("load stream"))?;
+        for row in &rows {
+            doc.apply_event(&decode_row(row)?.event);
+        }
+        Ok(doc)
+    }
+
+    /// Stores a snapshot of a document (best effort: a missing snapshot only costs load time).
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`].
+    pub async fn save_snapshot(&self, doc_id: &DocId, doc: &Document) -> Result<(), LogError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(LogError::pool("get connection"))?;
+        let state = serde_json::to_value(doc).expect("document serializes");
+        client
+            .execute(
+                "INSERT INTO snapshots (stream_id, stream_version, state) VALUES ($1, $2, $3)
+                 ON CONFLICT (stream_id) DO UPDATE SET stream_version = EXCLUDED.stream_version,
+                     state = EXCLUDED.state, taken_at = now()
+                 WHERE snapshots.stream_version < EXCLUDED.stream_version",
+                &[&doc_id.as_str(), &doc.stream_version, &state],
+            )
+            .await
+            .map_err(LogError::db("save snapshot"))?;
+        Ok(())
+    }
+
+    /// The stream's event count (0 when unknown).
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`].
+    pub async fn stream_version(&self, doc_id: &DocId) -> Result<i64, LogError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(LogError::pool("get connection"))?;
+        let row = client
+            .query_opt(
+                "SELECT stream_version FROM streams WHERE stream_id = $1",
+                &[&doc_id.as_str()],
+            )
+            .await
+            .map_err(LogError::db("read stream version"))?;
+        Ok(row.map_or(0, |r| r.get(0)))
+    }
+
+    /// A document's version and per-store applied versions, None when never seen.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`].
+    pub async fn stream_state(&self, doc_id: &DocId) -> Result<Option<StreamState>, LogError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(LogError::pool("get connection"))?;
+        let row = client
+            .query_opt(
+                "SELECT stream_version, doc_version, deleted, mysql_version, milvus_version, s3_version
+                 FROM streams WHERE stream_id = $1",
+                &[&doc_id.as_str()],
+            )
+            .await
+            .map_err(LogError::db("read stream state"))?;
+        let applied = |v: i64| (v > 0).then_some(v as u64);
+        Ok(row.map(|r| StreamState {
+            stream_version: r.get(0),
+            version: r.get::<_, i64>(1) as u64,
+            deleted: r.get(2),
+            mysql: applied(r.get(3)),
+            milvus: applied(r.get(4)),
+            s3: applied(r.get(5)),
+        }))
+    }
+
+    /// The head position and how long the oldest running transaction has held the horizon.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`].
+    pub async fn horizon(&self) -> Result<HorizonStatus, LogError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(LogError::pool("get connection"))?;
+        let row = client
+            .query_one(
+                "SELECT COALESCE((SELECT max(position) FROM events), 0),
+                        COALESCE((SELECT extract(epoch FROM now() - min(xact_start))::float8
+                                  FROM pg_stat_activity WHERE backend_xid IS NOT NULL), 0)",
+                &[],
+            )
+            .await
+            .map_err(LogError::db("read horizon"))?;
+        Ok(HorizonStatus {
+            head_position: row.get(0),
+            oldest_running_xact_seconds: row.get(1),
+        })
+    }
+
+    /// Documents whose three stores hold their version but whose readiness was not recorded
+    /// (the tracker stopped between the two): the tracker finishes them at start.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`].
+    pub async fn unfinished_ready(&self, limit: i64) -> Result<Vec<AppliedVersion>, LogError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(LogError::pool("get connection"))?;
+        let rows = client
+            .query(
+                "SELECT stream_id, doc_version FROM streams
+                 WHERE ready_version < doc_version AND mysql_version = doc_version
+                   AND milvus_version = doc_version AND s3_version = doc_version
+                 LIMIT $1",
+                &[&limit],
+            )
+            .await
+            .map_err(LogError::db("read unfinished readiness"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some(AppliedVersion {
+                    doc_id: DocId::parse(r.get(0)).ok()?,
+                    version: r.get::<_, i64>(1) as u64,
+                })
+            })
+            .collect())
+    }
+
+    /// Records that readiness of these versions is reflected in MySQL.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`].
+    pub async fn record_ready(&self, done: &[AppliedVersion]) -> Result<(), LogError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(LogError::pool("get connection"))?;
+        let ids: Vec<&str> = done.iter().map(|d| d.doc_id.as_str()).collect();
+        let versions: Vec<i64> = done.iter().map(|d| d.version as i64).collect();
+        client
+            .execute(
+                "UPDATE streams s SET ready_version = GREATEST(s.ready_version, u.v)
+                 FROM unnest($1::text[], $2::bigint[]) AS u(id, v) WHERE s.stream_id = u.id",
+                &[&ids, &versions],
+            )
+            .await
+            .map_err(LogError::db("record readiness"))?;
+        Ok(())
+    }
+}
+
+fn source_error(operation: &'static str) -> impl FnOnce(LogError) -> SourceError {
+    move |e| SourceError {
+        operation,
+        message: e.to_string(),
+    }
+}
+
+fn pg_source_error(operation: &'static str) -> impl FnOnce(tokio_postgres::Error) -> SourceError {
+    move |e| SourceError {
+        operation,
+        message: db_message(&e),
+    }
+}
+
+/// The store's applied-version column in `streams` (a fixed name per store, never input).
+fn applied_column(store: StoreKind) -> &'static str {
+    match store {
+        StoreKind::Mysql => "mysql_version",
+        StoreKind::Milvus => "milvus_version",
+        StoreKind::S3 => "s3_version",
+    }
+}
+
+impl LogSource for PgLog {
+    fn log_id(&self) -> &str {
+        PgLog::log_id(self)
+    }
+
+    async fn read_after(
+        &self,
+        after: LogCursor,
+        part: Partition,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent<DocumentEvent>>, SourceError> {
+        PgLog::read_after(self, after, part, limit)
+            .await
+            .map_err(source_error("read"))
+    }
+
+    async fn wait_for_append(&self, timeout: Duration) {
+        let mut rx = self.appended.clone();
+        rx.mark_unchanged();
+        let _ = tokio::time::timeout(timeout, rx.changed()).await;
+    }
+
+    async fn load_blobs(&self, sha256s: &[String]) -> Result<HashMap<String, Bytes>, SourceError> {
+        let client = self.pool.get().await.map_err(|e| SourceError {
+            operation: "get connection",
+            message: e.to_string(),
+        })?;
+        let keys: Vec<Vec<u8>> = sha256s.iter().filter_map(|s| hex::decode(s).ok()).collect();
+        let rows = client
+            .query(
+                "SELECT sha256, content FROM blobs WHERE sha256 = ANY($1)",
+                &[&keys],
+            )
+            .await
+            .map_err(pg_source_error("load blobs"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    hex::encode(r.get::<_, &[u8]>(0)),
+                    Bytes::copy_from_slice(r.get::<_, &[u8]>(1)),
+                )
+            })
+            .collect())
+    }
+
+    async fn load_checkpoint(
+        &self,
+        sink: &'static str,
+        part: Partition,
+    ) -> Result<Option<(String, LogCursor)>, SourceError> {
+        let client = self.pool.get().await.map_err(|e| SourceError {
+            operation: "get connection",
+            message: e.to_string(),
+        })?;
+        let row = client
+            .query_opt(
+                "SELECT log_id::text, epoch, xid::text, position FROM projection_checkpoints
+                 WHERE sink = $1 AND partition = $2",
+                &[&sink, &(part.index as i32)],
+            )
+            .await
+            .map_err(pg_source_error("load checkpoint"))?;
+        Ok(row.map(|r| {
+            (
+                r.get(0),
+                LogCursor {
+                    epoch: r.get(1),
+                    xid: r.get::<_, &str>(2).parse().unwrap_or_default(),
+                    position: r.get(3),
+                },
+            )
+        }))
+    }
+
+    async fn save_checkpoint(
+        &self,
+        sink: &'static str,
+        part: Partition,
+        cursor: LogCursor,
+    ) -> Result<(), SourceError> {
+        let client = self.pool.get().await.map_err(|e| SourceError {
+            operation: "get connection",
+            message: e.to_string(),
+        })?;
+        // Never backwards: only a greater (epoch, xid, position) replaces the stored one.
+        client
+            .execute(
+                "INSERT INTO projection_checkpoints AS c (sink, partition, log_id, epoch, xid, position)
+                 VALUES ($1, $2, $3::text::uuid, $4, $5::text::xid8, $6)
+                 ON CONFLICT (sink, partition) DO UPDATE
+                    SET epoch = EXCLUDED.epoch, xid = EXCLUDED.xid, position = EXCLUDED.position,
+                        log_id = EXCLUDED.log_id, updated_at = now()
+                  WHERE (c.epoch, c.xid, c.position) < (EXCLUDED.epoch, EXCLUDED.xid, EXCLUDED.position)",
+                &[
+                    &sink,
+                    &(part.index as i32),
+                    &self.log_id(),
+                    &cursor.epoch,
+                    &cursor.xid.to_string(),
+                    &cursor.position,
+                ],
+            )
+            .await
+            .map_err(pg_source_error("save checkpoint"))?;
+        Ok(())
+    }
+
+    async fn record_applied(
+        &self,
+        store: StoreKind,
+        applied: &[AppliedVersion],
+    ) -> Result<Vec<AppliedVersion>, SourceError> {
+        let client = self.pool.get().await.map_err(|e| SourceError {
+            operation: "get connection",
+            message: e.to_string(),
+        })?;
+        let mut sorted: Vec<&AppliedVersion> = applied.iter().collect();
+        sorted.sort_by(|a, b| a.doc_id.cmp(&b.doc_id));
+        let ids: Vec<&str> = sorted.iter().map(|a| a.doc_id.as_str()).collect();
+        let versions: Vec<i64> = sorted.iter().map(|a| a.version as i64).collect();
+        let column = applied_column(store);
+        // Rows are locked in doc_id order so the three stores' runners never deadlock.
+        let sql = format!(
+            "WITH u AS (SELECT * FROM unnest($1::text[], $2::bigint[]) AS u(id, v)),
+                  locked AS (SELECT s.stream_id FROM streams s WHERE s.stream_id = ANY($1)
+                             ORDER BY s.stream_id FOR UPDATE)
+             UPDATE streams s SET {column} = GREATEST(s.{column}, u.v)
+             FROM u WHERE s.stream_id = u.id AND s.stream_id IN (SELECT stream_id FROM locked)
+             RETURNING s.stream_id, s.doc_version, s.mysql_version, s.milvus_version, s.s3_version, s.ready_version"
+        );
+        let rows = client
+            .query(&sql, &[&ids, &versions])
+            .await
+            .map_err(pg_source_error("record applied versions"))?;
+        Ok(rows
+            .iter()
+            .filter(|r| {
+                let v: i64 = r.get(1);
+                r.get::<_, i64>(2) == v
+                    && r.get::<_, i64>(3) == v
+                    && r.get::<_, i64>(4) == v
+                    && r.get::<_, i64>(5) < v
+            })
+            .filter_map(|r| {
+                Some(AppliedVersion {
+                    doc_id: DocId::parse(r.get(0)).ok()?,
+                    version: r.get::<_, i64>(1) as u64,
+                })
+            })
+            .collect())
+    }
+
+    async fn park(
+        &self,
+        sink: &'static str,
+        change: &DocChange,
+        error: &SinkError,
+    ) -> Result<(), SourceError> {
+        let client = self.pool.get().await.map_err(|e| SourceError {
+            operation: "get connection",
+            message: e.to_string(),
+        })?;
+        client
+            .execute(
+                "INSERT INTO parked_changes (sink, stream_id, version, position, error) VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &sink,
+                    &change.doc_id.as_str(),
+                    &(change.version as i64),
+                    &change.cursor.position,
+                    &error.to_string(),
+                ],
+            )
+            .await
+            .map_err(pg_source_error("park change"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,96 @@
+//! Versioned migrations of the log database, applied in order under an advisory lock by
+//! `docledger migrate` and at every start. Never edit a released migration: add one.
+
+/// Advisory lock key serialising migrations across processes ("docledger" in ASCII).
+pub const MIGRATION_LOCK_KEY: i64 = 0x646f_636c_6564;
+
+/// `(version, name, sql)`.
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "initial log schema", MIGRATION_1)];
+
+/// The log's tables. Invariants:
+/// - `events`: one row per event; `(stream_id, stream_version)` unique (optimistic appends);
+///   `xid` is the appending transaction's id, and readers order by `(epoch, xid, position)`.
+/// - `streams`: one row per document, locked by every append of that document, holding its
+///   event count (the append's expected version), its document version and each store's
+///   applied version (the consistency tracker).
+/// - `blobs`: bytes once per sha256, written in the append's transaction.
+const MIGRATION_1: &str = r#"
+CREATE TABLE log_meta (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    log_id     uuid NOT NULL,
+    epoch      integer NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE streams (
+    stream_id      text PRIMARY KEY,
+    stream_version bigint NOT NULL,
+    doc_version    bigint NOT NULL,
+    deleted        boolean NOT NULL DEFAULT false,
+    mysql_version  bigint NOT NULL DEFAULT 0,
+    milvus_version bigint NOT NULL DEFAULT 0,
+    s3_version     bigint NOT NULL DEFAULT 0,
+    ready_version  bigint NOT NULL DEFAULT 0,
+    updated_at     timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE events (
+    position       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    epoch          integer NOT NULL,
+    xid            xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    stream_id      text NOT NULL,
+    stream_version bigint NOT NULL,
+    stream_hash    integer NOT NULL CHECK (stream_hash >= 0),
+    event_type     text NOT NULL,
+    event_version  smallint NOT NULL,
+    payload        jsonb NOT NULL,
+    vectors        bytea,
+    recorded_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    UNIQUE (stream_id, stream_version)
+);
+CREATE INDEX events_log_order ON events (epoch, xid, position);
+
+CREATE TABLE blobs (
+    sha256  bytea PRIMARY KEY,
+    size    bigint NOT NULL,
+    content bytea NOT NULL
+);
+
+CREATE TABLE idempotency_keys (
+    key          text PRIMARY KEY,
+    stream_id    text NOT NULL,
+    request_hash bytea NOT NULL,
+    result       jsonb NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE snapshots (
+    stream_id      text PRIMARY KEY,
+    stream_version bigint NOT NULL,
+    state          jsonb NOT NULL,
+    taken_at       timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE projection_checkpoints (
+    sink       text NOT NULL,
+    partition  integer NOT NULL,
+    log_id     uuid NOT NULL,
+    epoch      integer NOT NULL,
+    xid        xid8 NOT NULL,
+    position   bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (sink, partition)
+);
+
+CREATE TABLE parked_changes (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    sink        text NOT NULL,
+    stream_id   text NOT NULL,
+    version     bigint NOT NULL,
+    position    bigint NOT NULL,
+    error       text NOT NULL,
+    parked_at   timestamptz NOT NULL DEFAULT now(),
+    resolved_at timestamptz
+);
+CREATE INDEX parked_changes_open ON parked_changes (stream_id) WHERE resolved_at IS NULL;
+"#;
