@@ -10,6 +10,7 @@ pub mod runner;
 pub mod s3;
 pub mod sink;
 pub mod source;
+pub mod testing;
 
 pub use error::{ErrorClass, SinkError};
 pub use retry::RetryPolicy;
