@@ -112,6 +112,33 @@ impl PgLog {
     /// [`LogError::Conflict`] when the stream moved past `expected_stream_version`;
     /// [`LogError::IdempotencyKeyReused`]; [`LogError::Unavailable`].
     pub async fn append(&self, req: AppendRequest<'_>) -> Result<Appended, LogError> {
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(LogError::pool("get connection"))?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(LogError::db("begin append"))?;
+        let appended = self.append_in(&tx, req).await?;
+        if matches!(appended, Appended::Committed { .. }) {
+            tx.commit().await.map_err(LogError::db("commit append"))?;
+        }
+        Ok(appended)
+    }
+
+    /// The statements of [`PgLog::append`] inside a transaction the caller commits (or rolls
+    /// back). The result is durable only once the caller commits; tests use this to hold a
+    /// transaction open across other appends.
+    ///
+    /// # Errors
+    /// As [`PgLog::append`].
+    pub async fn append_in(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        req: AppendRequest<'_>,
+    ) -> Result<Appended, LogError> {
         let stored: Vec<_> = req.events.iter().map(encode).collect();
         let n = stored.len() as i64;
         let versions: Vec<i64> = (1..=n).map(|i| req.expected_stream_version + i).collect();
@@ -196,7 +223,6 @@ impl PgLog {
             .await
             .map_err(LogError::db("insert events"))?;
         if rows.len() as i64 != n || n == 0 {
-            drop(tx);
             let actual = self.stream_version(req.doc_id).await?;
             return Err(LogError::Conflict {
                 stream: req.doc_id.to_string(),
@@ -229,7 +255,6 @@ impl PgLog {
         tx.execute(&format!("NOTIFY {NOTIFY_CHANNEL}"), &[])
             .await
             .map_err(LogError::db("notify"))?;
-        tx.commit().await.map_err(LogError::db("commit append"))?;
         Ok(Appended::Committed {
             last,
             stream_version: new_stream_version,
