@@ -150,16 +150,6 @@ impl PgLog {
         let doc_version = req.doc_version as i64;
         let hash = stream_hash(req.doc_id.as_str());
 
-        let mut client = self
-            .pool
-            .get()
-            .await
-            .map_err(LogError::pool("get connection"))?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(LogError::db("begin append"))?;
-
         if let Some(key) = req.idempotency {
             let inserted = tx
                 .execute(
