@@ -1,1 +1,388 @@
-//! s3 sink
+//! The S3 projection: one object `docs/{doc_id}` per document that has a blob, holding the
+//! exact bytes and the user metadata `docledger-version` and `docledger-sha256` (DESIGN.md,
+//! "what the stores hold").
+//!
+//! At least once, idempotent, version-guarded: the runner saves the checkpoint in the log
+//! database after [`S3Sink::apply`], so a batch may be applied again after a crash. Every
+//! write first reads the stored object's `docledger-version` (HEAD) and is skipped when the
+//! store already holds that version or a newer one, so an older change never wins and a
+//! replay costs one HEAD per document. The documents of a batch are written concurrently;
+//! the first failure fails the batch (the runner retries it whole, which the guard makes
+//! cheap and safe).
+//!
+//! The adapter never retries or sleeps: the SDK's retries are disabled so that the runner's
+//! [`crate::RetryPolicy`] is the only one.
+
+pub mod classify;
+
+use std::time::Duration;
+
+use aggregates::{DocumentEvent, LogCursor, StoreKind, Version};
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{Builder, Credentials, Region};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    BucketLocationConstraint, CreateBucketConfiguration, Delete, ObjectIdentifier,
+};
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+use futures::stream::{self, StreamExt};
+
+use crate::error::SinkError;
+use crate::sink::{Applied, Batch, Change, DocChange, Partition, Sink};
+
+use self::classify::sink_error;
+
+/// The sink's name: checkpoint key and metric label.
+pub const NAME: &str = "s3";
+/// Prefix of every document object: the object of `doc_id` is `docs/{doc_id}`.
+pub const KEY_PREFIX: &str = "docs/";
+/// User metadata: the document version the object holds.
+pub const META_VERSION: &str = "docledger-version";
+/// User metadata: lowercase hex sha256 of the object's bytes.
+pub const META_SHA256: &str = "docledger-sha256";
+
+/// Documents of one batch written at the same time.
+const CONCURRENCY: usize = 16;
+/// Longest wait for a TCP connection to the endpoint.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest silence while reading an answer; a hung request becomes a transient timeout.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most keys per DeleteObjects request (the S3 limit).
+const DELETE_OBJECTS_MAX_KEYS: usize = 1000;
+/// The region whose buckets are created without a location constraint.
+const DEFAULT_REGION: &str = "us-east-1";
+
+/// The object key of `doc_id`.
+pub fn object_key(doc_id: &str) -> String {
+    format!("{KEY_PREFIX}{doc_id}")
+}
+
+/// An object as S3 holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredObject {
+    /// The object's bytes.
+    pub bytes: Bytes,
+    /// `docledger-version`, when present and a number.
+    pub version: Option<Version>,
+    /// `docledger-sha256`, when present.
+    pub sha256: Option<String>,
+    /// The object's content type.
+    pub content_type: Option<String>,
+}
+
+/// Projects `BlobStored` and removals into an S3 bucket.
+#[derive(Clone, Debug)]
+pub struct S3Sink {
+    client: Client,
+    bucket: String,
+}
+
+/// What HEAD says about a document's object.
+enum Stored {
+    /// No object.
+    Absent,
+    /// An object at this version (0 when its metadata does not say: any version replaces it).
+    At(Version),
+}
+
+impl S3Sink {
+    /// A sink writing to `bucket` at `endpoint` (`http://host:9000`) with static
+    /// credentials and path-style addressing. Nothing is sent until [`Sink::prepare`].
+    pub fn new(
+        endpoint: &str,
+        access_key: &str,
+        secret_key: &str,
+        region: &str,
+        bucket: &str,
+    ) -> S3Sink {
+        let config = Builder::new()
+            .behavior_version_latest()
+            .endpoint_url(endpoint)
+            .region(Region::new(region.to_owned()))
+            .credentials_provider(Credentials::new(
+                access_key,
+                secret_key,
+                None,
+                None,
+                "docledger",
+            ))
+            .force_path_style(true)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .read_timeout(READ_TIMEOUT)
+                    .build(),
+            )
+            .build();
+        S3Sink {
+            client: Client::from_conf(config),
+            bucket: bucket.to_owned(),
+        }
+    }
+
+    /// The bucket this sink writes.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    async fn stored(&self, doc_id: &str) -> Result<Stored, SinkError> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(object_key(doc_id))
+            .send()
+            .await;
+        match head {
+            Ok(out) => Ok(Stored::At(
+                out.metadata()
+                    .and_then(|m| m.get(META_VERSION))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            )),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(Stored::Absent),
+            Err(e) => Err(sink_error("head object", Some(doc_id), &e)),
+        }
+    }
+
+    /// Applies one document's change; `Ok(true)` when it wrote something.
+    async fn apply_change(&self, change: &DocChange, batch: &Batch) -> Result<bool, SinkError> {
+        let doc_id = change.doc_id.as_str();
+        match &change.change {
+            Change::Upsert(DocumentEvent::BlobStored {
+                version,
+                sha256,
+                size,
+                content_type,
+            }) => {
+                let bytes = batch.blobs.get(sha256).ok_or_else(|| {
+                    SinkError::permanent(
+                        NAME,
+                        "put object",
+                        format!("blob {sha256} of {doc_id} v{version} was not loaded"),
+                    )
+                    .for_doc(doc_id)
+                })?;
+                if bytes.len() as u64 != *size {
+                    return Err(SinkError::permanent(
+                        NAME,
+                        "put object",
+                        format!(
+                            "blob {sha256} of {doc_id} v{version} has {} bytes, the event says {size}",
+                            bytes.len()
+                        ),
+                    )
+                    .for_doc(doc_id));
+                }
+                if let Stored::At(stored) = self.stored(doc_id).await? {
+                    if stored >= *version {
+                        return Ok(false);
+                    }
+                }
+                let mut put = self
+                    .client
+                    .put_object()
+                    .bucket(&self.bucket)
+                    .key(object_key(doc_id))
+                    .body(ByteStream::from(bytes.clone()))
+                    .metadata(META_VERSION, version.to_string())
+                    .metadata(META_SHA256, sha256);
+                if !content_type.is_empty() {
+                    put = put.content_type(content_type);
+                }
+                put.send()
+                    .await
+                    .map_err(|e| sink_error("put object", Some(doc_id), &e))?;
+                Ok(true)
+            }
+            Change::Remove => match self.stored(doc_id).await? {
+                Stored::Absent => Ok(false),
+                Stored::At(stored) if stored > change.version => Ok(false),
+                Stored::At(_) => {
+                    self.client
+                        .delete_object()
+                        .bucket(&self.bucket)
+                        .key(object_key(doc_id))
+                        .send()
+                        .await
+                        .map_err(|e| sink_error("delete object", Some(doc_id), &e))?;
+                    Ok(true)
+                }
+            },
+            Change::Upsert(other) => Err(SinkError::permanent(
+                NAME,
+                "apply",
+                format!("{} is not an event for S3", other.type_name()),
+            )
+            .for_doc(doc_id)),
+        }
+    }
+
+    /// The object of `doc_id` with its bytes and metadata, `None` when there is none.
+    ///
+    /// # Errors
+    /// The classified S3 failure.
+    pub async fn object(&self, doc_id: &str) -> Result<Option<StoredObject>, SinkError> {
+        let got = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(object_key(doc_id))
+            .send()
+            .await;
+        let out = match got {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(sink_error("get object", Some(doc_id), &e)),
+        };
+        let metadata = out.metadata().cloned().unwrap_or_default();
+        let content_type = out.content_type().map(str::to_owned);
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| {
+                SinkError::transient(NAME, "get object", format!("reading the body failed: {e}"))
+                    .for_doc(doc_id)
+            })?
+            .into_bytes();
+        Ok(Some(StoredObject {
+            bytes,
+            version: metadata.get(META_VERSION).and_then(|v| v.parse().ok()),
+            sha256: metadata.get(META_SHA256).cloned(),
+            content_type,
+        }))
+    }
+
+    /// Every key under `prefix`, in S3's (lexicographic) order.
+    ///
+    /// # Errors
+    /// The classified S3 failure.
+    pub async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, SinkError> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| sink_error("list objects", None, &e))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_owned()),
+                _ => return Ok(keys),
+            }
+        }
+    }
+
+    /// Deletes every object of the bucket, then the bucket (a test's cleanup, or a rebuild
+    /// from scratch). A missing bucket is fine.
+    ///
+    /// # Errors
+    /// The classified S3 failure.
+    pub async fn drop_bucket(&self) -> Result<(), SinkError> {
+        let exists = self.client.head_bucket().bucket(&self.bucket).send().await;
+        match exists {
+            Ok(_) => {}
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => return Ok(()),
+            Err(e) => return Err(sink_error("head bucket", None, &e)),
+        }
+        let keys = self.list_keys("").await?;
+        for group in keys.chunks(DELETE_OBJECTS_MAX_KEYS) {
+            let objects = group
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| SinkError::permanent(NAME, "delete objects", e.to_string()))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| SinkError::permanent(NAME, "delete objects", e.to_string()))?;
+            self.client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| sink_error("delete objects", None, &e))?;
+        }
+        self.client
+            .delete_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| sink_error("delete bucket", None, &e))?;
+        Ok(())
+    }
+}
+
+impl Sink for S3Sink {
+    const NAME: &'static str = NAME;
+    const STORE: StoreKind = StoreKind::S3;
+    const KEEPS_OWN_CHECKPOINT: bool = false;
+    const NEEDS_BLOBS: bool = true;
+
+    /// Creates the bucket when missing; one that already exists is fine.
+    async fn prepare(&self) -> Result<(), SinkError> {
+        let mut create = self.client.create_bucket().bucket(&self.bucket);
+        let region = self.client.config().region().map(|r| r.as_ref().to_owned());
+        if let Some(region) = region.filter(|r| r != DEFAULT_REGION) {
+            create = create.create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(region.as_str()))
+                    .build(),
+            );
+        }
+        match create.send().await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error().is_some_and(|s| {
+                    s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists()
+                }) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sink_error("create bucket", None, &e)),
+        }
+    }
+
+    async fn checkpoint(&self, _part: Partition) -> Result<Option<(String, LogCursor)>, SinkError> {
+        // At least once: the runner keeps this sink's checkpoint in the log database.
+        Ok(None)
+    }
+
+    async fn apply(
+        &self,
+        _log_id: &str,
+        _part: Partition,
+        batch: &Batch,
+    ) -> Result<Applied, SinkError> {
+        // The futures are built before they enter the stream: a closure inside the stream
+        // would make the returned future fail the `Send` check (rust-lang/rust#89976).
+        let changes: Vec<_> = batch
+            .changes
+            .iter()
+            .map(|change| self.apply_change(change, batch))
+            .collect();
+        let mut results = stream::iter(changes).buffer_unordered(CONCURRENCY);
+        let mut num_changes = 0;
+        while let Some(result) = results.next().await {
+            if result? {
+                num_changes += 1;
+            }
+        }
+        Ok(Applied { num_changes })
+    }
+}
