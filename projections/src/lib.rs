@@ -13,6 +13,9 @@ pub mod source;
 pub mod testing;
 
 pub use error::{ErrorClass, SinkError};
+// `self::`: the `milvus` module shares its name with the milvus-sdk-rust crate.
+pub use self::milvus::MilvusSink;
+pub use self::s3::S3Sink;
 pub use retry::RetryPolicy;
 pub use runner::{Runner, RunnerConfig, RunnerStatus};
 pub use sink::{Applied, Batch, DocChange, Partition, Sink};
