@@ -1,5 +1,210 @@
 //! docledger's runtime: the PostgreSQL log, the document actors, the projectors, the HTTP API
-//! and the command line's building blocks. `serve` is what `main` and the tests start.
+//! and the command line's building blocks. [`serve`] is what `main` and the tests start.
 
+pub mod actors;
+pub mod api;
+pub mod cli;
 pub mod config;
 pub mod eventlog;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::{web, App, HttpServer};
+use projections::milvus::MilvusSink;
+use projections::mysql::MysqlSink;
+use projections::s3::S3Sink;
+use projections::{RetryPolicy, RunnerConfig, SinkError};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::actors::projector::Projectors;
+use crate::actors::registry::Registry;
+use crate::actors::tracker;
+use crate::api::error::ApiError;
+use crate::api::AppState;
+use crate::config::Config;
+use crate::eventlog::{LogError, PgLog};
+
+/// Capacity of the projectors → tracker channel (batches of newly consistent documents).
+const CONSISTENT_CHANNEL_CAPACITY: usize = 256;
+
+/// Why the service could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The log database.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// A store.
+    #[error(transparent)]
+    Store(#[from] SinkError),
+    /// The HTTP server.
+    #[error("http server: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// The three store clients, shared by projectors and tools.
+#[derive(Clone)]
+pub struct Stores {
+    /// MySQL catalogue.
+    pub mysql: Arc<MysqlSink>,
+    /// Milvus vectors.
+    pub milvus: Arc<MilvusSink>,
+    /// S3 blobs.
+    pub s3: Arc<S3Sink>,
+}
+
+impl Stores {
+    /// Connects to the three stores named in `config`.
+    ///
+    /// # Errors
+    /// A [`SinkError`] when a store cannot be reached or its URL is wrong.
+    pub async fn connect(config: &Config) -> Result<Stores, SinkError> {
+        Ok(Stores {
+            mysql: Arc::new(MysqlSink::new(config.mysql_url.expose())?),
+            milvus: Arc::new(
+                MilvusSink::connect(
+                    config.milvus_url.expose().trim_end_matches('/'),
+                    &config.milvus_collection,
+                    config.vector_dim,
+                )
+                .await?,
+            ),
+            s3: Arc::new(S3Sink::new(
+                config.s3_endpoint.expose().trim_end_matches('/'),
+                &config.s3_access_key,
+                config.s3_secret_key.expose(),
+                &config.s3_region,
+                &config.s3_bucket,
+            )),
+        })
+    }
+}
+
+/// Runs the service on `listener` until `shutdown` fires: the log, the document actors, one
+/// projector per store and partition, the consistency tracker and the HTTP API. Must run
+/// inside an actix system (`actix_rt::System` / `#[actix_rt::test]`).
+///
+/// Shutdown: the HTTP server stops accepting and lets in-flight requests finish, then the
+/// projectors finish their batch and checkpoint, then the actors' arbiters stop.
+///
+/// # Errors
+/// [`ServeError`] when the log or a store cannot be reached at start, or the server fails.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let config = Arc::new(config);
+    if config.api_tokens.is_empty() {
+        warn!("DOCLEDGER_API_TOKENS is not set: the API accepts requests without authentication");
+    }
+    info!(config = ?config, "starting docledger");
+    let log = PgLog::connect(&config.eventstore_url, config.log_pool_size).await?;
+    info!(log_id = log.log_id(), "log ready");
+    let stores = Stores::connect(&config).await?;
+
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let arbiters: Vec<actix::Arbiter> = (0..workers).map(|_| actix::Arbiter::new()).collect();
+    let registry = Registry::new(
+        log.clone(),
+        config.actors.clone(),
+        arbiters.iter().map(|a| a.handle()).collect(),
+    );
+
+    let retry = RetryPolicy {
+        base: config.projection.retry_base,
+        max: config.projection.retry_max,
+        max_attempts: None,
+    };
+    let runner_config = RunnerConfig {
+        batch_size: config.projection.batch_size,
+        idle_poll: config.projection.idle_poll,
+        retry,
+    };
+    let projection_cancel = CancellationToken::new();
+    let (consistent_tx, consistent_rx) = mpsc::channel(CONSISTENT_CHANNEL_CAPACITY);
+    let (ready_tx, ready_rx) = watch::channel(0u64);
+    let partitions = config.projection.partitions.get();
+    let mut projectors = Projectors::default();
+    projectors.start(
+        stores.mysql.clone(),
+        &log,
+        partitions,
+        &runner_config,
+        &consistent_tx,
+        &projection_cancel,
+    );
+    projectors.start(
+        stores.milvus.clone(),
+        &log,
+        partitions,
+        &runner_config,
+        &consistent_tx,
+        &projection_cancel,
+    );
+    projectors.start(
+        stores.s3.clone(),
+        &log,
+        partitions,
+        &runner_config,
+        &consistent_tx,
+        &projection_cancel,
+    );
+    drop(consistent_tx);
+    let tracker = tracker::spawn(
+        log.clone(),
+        stores.mysql.clone(),
+        consistent_rx,
+        ready_tx,
+        retry,
+        projection_cancel.clone(),
+    );
+
+    let state = AppState {
+        config: config.clone(),
+        registry,
+        log: log.clone(),
+        projections: projectors.view(),
+        ready: ready_rx,
+    };
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(state.clone()))
+            .app_data(
+                web::QueryConfig::default()
+                    .error_handler(|e, _| ApiError::InvalidQuery(e.to_string()).into()),
+            )
+            .configure(api::routes)
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(30)
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    let server_task = actix_rt::spawn(server);
+    info!(addr = ?handle_addr(&config), "docledger serving");
+
+    shutdown.cancelled().await;
+    info!("shutting down: draining requests");
+    handle.stop(true).await;
+    let served = server_task.await;
+    info!("stopping projectors");
+    projection_cancel.cancel();
+    projectors.join().await;
+    let _ = tracker.await;
+    for arbiter in arbiters {
+        arbiter.stop();
+    }
+    info!("docledger stopped");
+    match served {
+        Ok(result) => result.map_err(ServeError::Http),
+        Err(e) => Err(ServeError::Http(std::io::Error::other(e.to_string()))),
+    }
+}
+
+fn handle_addr(config: &Config) -> String {
+    config.listen.to_string()
+}

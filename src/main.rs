@@ -1,1 +1,166 @@
-fn main() {}
+//! The `docledger` command line: parses arguments and calls into the library, nothing else.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use docledger::config::Config;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "docledger",
+    version,
+    about = "Keeps a RAG knowledge base's S3 blobs, MySQL catalogue and Milvus vectors consistent through one event log"
+)]
+struct Cli {
+    /// TOML configuration file (environment variables DOCLEDGER_* override it).
+    #[arg(long, global = true, env = "DOCLEDGER_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: API, document actors, projectors.
+    Serve,
+    /// Create the log database and apply its migrations.
+    Migrate,
+    /// Send an NDJSON file of batch lines to a running service.
+    Ingest {
+        /// The NDJSON file.
+        file: PathBuf,
+        /// The service.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+    /// Rebuild a store from the log.
+    Rebuild {
+        /// mysql | milvus | s3 | all
+        store: String,
+    },
+    /// Compare every store with the log.
+    Verify {
+        /// Repair what differs.
+        #[arg(long)]
+        repair: bool,
+        /// Print the full report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ingest generated documents through a running service and show what each store holds.
+    Demo {
+        /// Number of documents.
+        #[arg(long, default_value_t = 20)]
+        docs: usize,
+        /// The service.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("DOCLEDGER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("DOCLEDGER_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load_config(file: Option<&PathBuf>) -> anyhow::Result<Config> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    Ok(Config::load(file.map(PathBuf::as_path), &env)?)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = load_config(cli.config.as_ref())?;
+    let system = actix_rt::System::new();
+    match cli.command {
+        Command::Serve => system.block_on(async move {
+            let listener = TcpListener::bind(config.listen)
+                .with_context(|| format!("bind {}", config.listen))?;
+            let shutdown = CancellationToken::new();
+            let signal = shutdown.clone();
+            actix_rt::spawn(async move {
+                wait_for_signal().await;
+                signal.cancel();
+            });
+            docledger::serve(config, listener, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Migrate => system.block_on(async move {
+            let log_id = docledger::eventlog::migrate_only(&config.eventstore_url).await?;
+            println!("log {log_id} migrated");
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Ingest { file, url } => system.block_on(async move {
+            let summary =
+                docledger::cli::ingest::ingest(&file, &url, docledger::cli::bearer(&config))
+                    .await?;
+            println!(
+                "{} lines: {} accepted, {} refused",
+                summary.lines, summary.ok, summary.failed
+            );
+            Ok(if summary.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }),
+        Command::Demo { docs, url } => system.block_on(async move {
+            let report =
+                docledger::cli::demo::run(&config, &url, docs, docledger::cli::bearer(&config))
+                    .await?;
+            Ok(if report.mismatches.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }),
+        Command::Rebuild { store } => {
+            eprintln!("docledger rebuild {store}: not available in this version yet (blue/green rebuild is planned work)");
+            Ok(ExitCode::from(2))
+        }
+        Command::Verify { .. } => {
+            eprintln!("docledger verify: not available in this version yet; `docledger demo` checks its own documents");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

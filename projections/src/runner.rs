@@ -272,6 +272,11 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
             Ok(c) => c,
             Err(stop) => return stop,
         };
+        if S::KEEPS_OWN_CHECKPOINT {
+            if let Err(stop) = self.catch_up_records(cancel, cursor).await {
+                return stop;
+            }
+        }
         self.status.update(|s| {
             s.state = "running";
             s.applied = cursor;
@@ -360,26 +365,81 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
                 self.apply_one_by_one(cancel, batch).await?
             }
         };
-        if !S::KEEPS_OWN_CHECKPOINT {
+        // Applied versions are recorded before the log-side checkpoint moves: a crash in
+        // between re-applies (idempotent) and re-records (idempotent), never skips a record.
+        self.record(cancel, &applied).await?;
+        let source = self.source.clone();
+        let end = batch.end;
+        self.source_step(cancel, "save checkpoint", || {
+            source.save_checkpoint(S::NAME, part, end)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn record(
+        &self,
+        cancel: &CancellationToken,
+        applied: &[AppliedVersion],
+    ) -> Result<(), Stop> {
+        if applied.is_empty() {
+            return Ok(());
+        }
+        let source = self.source.clone();
+        let consistent = self
+            .source_step(cancel, "record applied versions", || {
+                source.record_applied(S::STORE, applied)
+            })
+            .await?;
+        if let (Some(tx), false) = (&self.consistent, consistent.is_empty()) {
+            // Bounded: a slow tracker slows projection down instead of growing memory.
+            // A closed tracker is fine: readiness is recomputed from the log database.
+            let _ = tx.send(consistent).await;
+        }
+        Ok(())
+    }
+
+    /// For sinks that checkpoint with their data: the log-side checkpoint marks how far
+    /// applied versions were recorded. After a crash between the store's commit and that
+    /// record, re-record the versions of the events in between (without re-applying them).
+    async fn catch_up_records(
+        &self,
+        cancel: &CancellationToken,
+        own: LogCursor,
+    ) -> Result<(), Stop> {
+        let part = self.partition;
+        let source = self.source.clone();
+        let mut cursor = self
+            .source_step(cancel, "load checkpoint", || {
+                source.load_checkpoint(S::NAME, part)
+            })
+            .await?
+            .map_or(LogCursor::START, |(_, c)| c);
+        while cursor < own {
             let source = self.source.clone();
-            let end = batch.end;
+            let limit = self.config.batch_size;
+            let events = self
+                .source_step(cancel, "read", || source.read_after(cursor, part, limit))
+                .await?;
+            let within: Vec<_> = events.into_iter().take_while(|e| e.cursor <= own).collect();
+            let Some(last) = within.last() else { break };
+            let end = last.cursor;
+            let batch = Batch::coalesce(S::STORE, end, &within);
+            let applied: Vec<AppliedVersion> = batch
+                .changes
+                .iter()
+                .map(|c| AppliedVersion {
+                    doc_id: c.doc_id.clone(),
+                    version: c.version,
+                })
+                .collect();
+            self.record(cancel, &applied).await?;
+            let source = self.source.clone();
             self.source_step(cancel, "save checkpoint", || {
                 source.save_checkpoint(S::NAME, part, end)
             })
             .await?;
-        }
-        if !applied.is_empty() {
-            let source = self.source.clone();
-            let consistent = self
-                .source_step(cancel, "record applied versions", || {
-                    source.record_applied(S::STORE, &applied)
-                })
-                .await?;
-            if let (Some(tx), false) = (&self.consistent, consistent.is_empty()) {
-                // Bounded: a slow tracker slows projection down instead of growing memory.
-                // A closed tracker is fine: readiness is recomputed from the log database.
-                let _ = tx.send(consistent).await;
-            }
+            cursor = end;
         }
         Ok(())
     }

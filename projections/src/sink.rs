@@ -191,6 +191,34 @@ pub trait Sink: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Applied, SinkError>> + Send;
 }
 
+/// A shared sink is a sink: one store client serves every partition's runner.
+impl<S: Sink> Sink for std::sync::Arc<S> {
+    const NAME: &'static str = S::NAME;
+    const STORE: StoreKind = S::STORE;
+    const KEEPS_OWN_CHECKPOINT: bool = S::KEEPS_OWN_CHECKPOINT;
+    const NEEDS_BLOBS: bool = S::NEEDS_BLOBS;
+
+    fn prepare(&self) -> impl Future<Output = Result<(), SinkError>> + Send {
+        S::prepare(self)
+    }
+
+    fn checkpoint(
+        &self,
+        part: Partition,
+    ) -> impl Future<Output = Result<Option<(String, LogCursor)>, SinkError>> + Send {
+        S::checkpoint(self, part)
+    }
+
+    fn apply(
+        &self,
+        log_id: &str,
+        part: Partition,
+        batch: &Batch,
+    ) -> impl Future<Output = Result<Applied, SinkError>> + Send {
+        S::apply(self, log_id, part, batch)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,6 +48,8 @@ pub struct StreamState {
     pub milvus: Option<u64>,
     /// S3's applied version.
     pub s3: Option<u64>,
+    /// Newest version whose readiness (all stores applied, MySQL row `ready`) is recorded.
+    pub ready_version: u64,
 }
 
 impl StreamState {
@@ -233,7 +235,8 @@ impl PgLog {
             .map_err(LogError::pool("get connection"))?;
         let row = client
             .query_opt(
-                "SELECT stream_version, doc_version, deleted, mysql_version, milvus_version, s3_version
+                "SELECT stream_version, doc_version, deleted, mysql_version, milvus_version, s3_version,
+                        ready_version
                  FROM streams WHERE stream_id = $1",
                 &[&doc_id.as_str()],
             )
@@ -247,6 +250,7 @@ impl PgLog {
             mysql: applied(r.get(3)),
             milvus: applied(r.get(4)),
             s3: applied(r.get(5)),
+            ready_version: r.get::<_, i64>(6) as u64,
         }))
     }
 
@@ -273,6 +277,73 @@ impl PgLog {
             head_position: row.get(0),
             oldest_running_xact_seconds: row.get(1),
         })
+    }
+
+    /// Events of `part` after `after`: how many, and the recording time (Unix ms) of the
+    /// oldest of them (the projection's lag).
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`].
+    pub async fn lag_after(
+        &self,
+        after: LogCursor,
+        part: Partition,
+    ) -> Result<(i64, Option<i64>), LogError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(LogError::pool("get connection"))?;
+        let row = client
+            .query_one(
+                "SELECT count(*), (extract(epoch FROM min(recorded_at)) * 1000)::bigint FROM events
+                 WHERE (epoch, xid, position) > ($1, $2::text::xid8, $3)
+                   AND ($4::integer = 1 OR stream_hash % $4::integer = $5::integer)",
+                &[
+                    &after.epoch,
+                    &after.xid.to_string(),
+                    &after.position,
+                    &(part.count as i32),
+                    &(part.index as i32),
+                ],
+            )
+            .await
+            .map_err(LogError::db("read lag"))?;
+        Ok((row.get(0), row.get(1)))
+    }
+
+    /// A stream's events as stored, without vectors or blob bytes (for the API).
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`].
+    pub async fn stream_events(&self, doc_id: &DocId) -> Result<Vec<serde_json::Value>, LogError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(LogError::pool("get connection"))?;
+        let rows = client
+            .query(
+                "SELECT stream_version, position, event_type, event_version, payload,
+                        to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+                 FROM events WHERE stream_id = $1 ORDER BY stream_version",
+                &[&doc_id.as_str()],
+            )
+            .await
+            .map_err(LogError::db("read stream events"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "stream_version": r.get::<_, i64>(0),
+                    "log_position": r.get::<_, i64>(1),
+                    "type": r.get::<_, &str>(2),
+                    "event_version": r.get::<_, i16>(3),
+                    "data": r.get::<_, serde_json::Value>(4),
+                    "recorded_at": r.get::<_, String>(5),
+                })
+            })
+            .collect())
     }
 
     /// Documents whose three stores hold their version but whose readiness was not recorded

@@ -1,1 +1,339 @@
-//! mysql sink
+//! The MySQL catalogue sink: one row per live document, written with multi-row version-
+//! guarded upserts, and its checkpoint in the same transaction (exactly once).
+
+mod classify;
+pub mod schema;
+
+use aggregates::{DocumentEvent, LogCursor, StoreKind};
+use mysql_async::prelude::*;
+use mysql_async::{Opts, OptsBuilder, Pool, TxOpts, Value};
+
+use crate::error::SinkError;
+use crate::sink::{Applied, Batch, Change, Partition, Sink};
+use crate::source::AppliedVersion;
+pub use classify::classify;
+use classify::sink_error;
+use schema::{blob_key, ROWS_PER_STATEMENT, UPSERT_HEAD, UPSERT_ROW, UPSERT_TAIL};
+
+/// The sink's name.
+pub const NAME: &str = "mysql";
+
+/// A catalogue row as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocumentRow {
+    /// Document id.
+    pub doc_id: String,
+    /// Version.
+    pub version: u64,
+    /// Title.
+    pub title: String,
+    /// Source type.
+    pub source_type: String,
+    /// Business tag.
+    pub business_tag: Option<String>,
+    /// Attributes.
+    pub attributes: serde_json::Value,
+    /// `docs/{doc_id}` or None.
+    pub blob_key: Option<String>,
+    /// Blob sha256.
+    pub blob_sha256: Option<String>,
+    /// Blob size.
+    pub blob_size: Option<u64>,
+    /// Number of chunks.
+    pub chunk_count: u32,
+    /// `pending` or `ready`.
+    pub status: String,
+}
+
+/// Writes the catalogue to MySQL or MariaDB.
+#[derive(Clone, Debug)]
+pub struct MysqlSink {
+    pool: Pool,
+    admin_opts: Opts,
+    database: String,
+}
+
+impl MysqlSink {
+    /// A sink for the database named in `url` (created by [`Sink::prepare`] when missing).
+    ///
+    /// # Errors
+    /// A permanent [`SinkError`] for a URL without database or that does not parse.
+    pub fn new(url: &str) -> Result<MysqlSink, SinkError> {
+        let opts = Opts::from_url(url)
+            .map_err(|e| SinkError::permanent(NAME, "parse url", e.to_string()))?;
+        let database = opts
+            .db_name()
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| {
+                SinkError::permanent(NAME, "parse url", "the MySQL URL names no database")
+            })?
+            .to_owned();
+        if !database
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(SinkError::permanent(
+                NAME,
+                "parse url",
+                format!("database name {database:?} must be [A-Za-z0-9_]"),
+            ));
+        }
+        let admin_opts: Opts = OptsBuilder::from_opts(opts.clone())
+            .db_name(None::<String>)
+            .into();
+        Ok(MysqlSink {
+            pool: Pool::new(opts),
+            admin_opts,
+            database,
+        })
+    }
+
+    /// The connection pool (for tools and tests that read the catalogue).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Marks documents `ready` where the row is still at the given version.
+    ///
+    /// # Errors
+    /// A classified [`SinkError`].
+    pub async fn mark_ready(&self, docs: &[AppliedVersion]) -> Result<(), SinkError> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.pool.get_conn().await.map_err(sink_error("connect"))?;
+        for part in docs.chunks(ROWS_PER_STATEMENT) {
+            let cond = vec!["(doc_id = ? AND version = ?)"; part.len()].join(" OR ");
+            let params: Vec<Value> = part
+                .iter()
+                .flat_map(|d| [Value::from(d.doc_id.as_str()), Value::from(d.version)])
+                .collect();
+            conn.exec_drop(
+                format!(
+                    "UPDATE documents SET status = 'ready' WHERE status <> 'ready' AND ({cond})"
+                ),
+                params,
+            )
+            .await
+            .map_err(sink_error("mark ready"))?;
+        }
+        Ok(())
+    }
+
+    /// The row of a document, if any.
+    ///
+    /// # Errors
+    /// A classified [`SinkError`].
+    pub async fn row(&self, doc_id: &str) -> Result<Option<DocumentRow>, SinkError> {
+        let mut conn = self.pool.get_conn().await.map_err(sink_error("connect"))?;
+        let row: Option<mysql_async::Row> = conn
+            .exec_first(
+                "SELECT doc_id, version, title, source_type, business_tag, CAST(attributes AS CHAR),
+                        blob_key, blob_sha256, blob_size, chunk_count, CAST(status AS CHAR)
+                 FROM documents WHERE doc_id = ?",
+                (doc_id,),
+            )
+            .await
+            .map_err(sink_error("read row"))?;
+        row.map(decode_row).transpose()
+    }
+
+    /// Number of rows, and of those `ready`.
+    ///
+    /// # Errors
+    /// A classified [`SinkError`].
+    pub async fn counts(&self) -> Result<(u64, u64), SinkError> {
+        let mut conn = self.pool.get_conn().await.map_err(sink_error("connect"))?;
+        let r: Option<(u64, Option<u64>)> = conn
+            .query_first("SELECT COUNT(*), SUM(status = 'ready') FROM documents")
+            .await
+            .map_err(sink_error("count rows"))?;
+        Ok(r.map_or((0, 0), |(n, ready)| (n, ready.unwrap_or(0))))
+    }
+
+    /// Closes the pool's connections.
+    pub async fn close(self) {
+        let _ = self.pool.disconnect().await;
+    }
+}
+
+fn decode_row(row: mysql_async::Row) -> Result<DocumentRow, SinkError> {
+    let bad = |m: String| SinkError::permanent(NAME, "decode row", m);
+    type Cols = (
+        String,
+        u64,
+        String,
+        String,
+        Option<String>,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<u64>,
+        u32,
+        String,
+    );
+    let c: Cols = mysql_async::from_row_opt(row).map_err(|e| bad(e.to_string()))?;
+    Ok(DocumentRow {
+        doc_id: c.0,
+        version: c.1,
+        title: c.2,
+        source_type: c.3,
+        business_tag: c.4,
+        attributes: serde_json::from_str(&c.5).map_err(|e| bad(e.to_string()))?,
+        blob_key: c.6,
+        blob_sha256: c.7,
+        blob_size: c.8,
+        chunk_count: c.9,
+        status: c.10,
+    })
+}
+
+fn upsert_params(doc_id: &str, event: &DocumentEvent) -> Option<[Value; 10]> {
+    let DocumentEvent::RowInserted {
+        version,
+        title,
+        source_type,
+        business_tag,
+        attributes,
+        blob_sha256,
+        blob_size,
+        chunk_count,
+    } = event
+    else {
+        return None;
+    };
+    Some([
+        Value::from(doc_id),
+        Value::from(*version),
+        Value::from(title.as_str()),
+        Value::from(source_type.as_str()),
+        Value::from(business_tag.as_deref()),
+        Value::from(serde_json::Value::Object(attributes.clone()).to_string()),
+        Value::from(blob_sha256.as_ref().map(|_| blob_key(doc_id))),
+        Value::from(blob_sha256.as_deref()),
+        Value::from(*blob_size),
+        Value::from(*chunk_count),
+    ])
+}
+
+impl Sink for MysqlSink {
+    const NAME: &'static str = NAME;
+    const STORE: StoreKind = StoreKind::Mysql;
+    const KEEPS_OWN_CHECKPOINT: bool = true;
+
+    async fn prepare(&self) -> Result<(), SinkError> {
+        let mut admin = mysql_async::Conn::new(self.admin_opts.clone())
+            .await
+            .map_err(sink_error("connect"))?;
+        admin
+            .query_drop(format!("CREATE DATABASE IF NOT EXISTS `{}`", self.database))
+            .await
+            .map_err(sink_error("create database"))?;
+        let _ = admin.disconnect().await;
+        let mut conn = self.pool.get_conn().await.map_err(sink_error("connect"))?;
+        conn.query_drop(schema::CREATE_DOCUMENTS)
+            .await
+            .map_err(sink_error("create table documents"))?;
+        conn.query_drop(schema::CREATE_CHECKPOINTS)
+            .await
+            .map_err(sink_error("create table projection_checkpoints"))?;
+        Ok(())
+    }
+
+    async fn checkpoint(&self, part: Partition) -> Result<Option<(String, LogCursor)>, SinkError> {
+        let mut conn = self.pool.get_conn().await.map_err(sink_error("connect"))?;
+        let row: Option<(String, i32, u64, i64)> = conn
+            .exec_first(
+                "SELECT log_id, epoch, xid, position FROM projection_checkpoints WHERE sink = ? AND partition_index = ?",
+                (NAME, part.index),
+            )
+            .await
+            .map_err(sink_error("read checkpoint"))?;
+        Ok(row.map(|(log_id, epoch, xid, position)| {
+            (
+                log_id,
+                LogCursor {
+                    epoch,
+                    xid,
+                    position,
+                },
+            )
+        }))
+    }
+
+    async fn apply(
+        &self,
+        log_id: &str,
+        part: Partition,
+        batch: &Batch,
+    ) -> Result<Applied, SinkError> {
+        let mut upserts: Vec<[Value; 10]> = Vec::new();
+        let mut removes: Vec<(&str, u64)> = Vec::new();
+        for change in &batch.changes {
+            match &change.change {
+                Change::Upsert(event) => {
+                    if let Some(params) = upsert_params(change.doc_id.as_str(), event) {
+                        upserts.push(params);
+                    }
+                }
+                Change::Remove => removes.push((change.doc_id.as_str(), change.version)),
+            }
+        }
+        let mut conn = self.pool.get_conn().await.map_err(sink_error("connect"))?;
+        let mut tx = conn
+            .start_transaction(TxOpts::default())
+            .await
+            .map_err(sink_error("begin"))?;
+        for rows in upserts.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "{UPSERT_HEAD}{}{UPSERT_TAIL}",
+                vec![UPSERT_ROW; rows.len()].join(", ")
+            );
+            let params: Vec<Value> = rows.iter().flat_map(|r| r.iter().cloned()).collect();
+            tx.exec_drop(sql, params)
+                .await
+                .map_err(sink_error("upsert rows"))?;
+        }
+        for docs in removes.chunks(ROWS_PER_STATEMENT) {
+            // Guarded: a row newer than the deletion is kept.
+            let cond = vec!["(doc_id = ? AND version < ?)"; docs.len()].join(" OR ");
+            let params: Vec<Value> = docs
+                .iter()
+                .flat_map(|(d, v)| [Value::from(*d), Value::from(*v)])
+                .collect();
+            tx.exec_drop(format!("DELETE FROM documents WHERE {cond}"), params)
+                .await
+                .map_err(sink_error("delete rows"))?;
+        }
+        let end = batch.end;
+        tx.exec_drop(
+            "INSERT IGNORE INTO projection_checkpoints (sink, partition_index, log_id, epoch, xid, position)
+             VALUES (?, ?, ?, 0, 0, 0)",
+            (NAME, part.index, log_id),
+        )
+        .await
+        .map_err(sink_error("create checkpoint"))?;
+        // Never backwards.
+        tx.exec_drop(
+            "UPDATE projection_checkpoints SET log_id = ?, epoch = ?, xid = ?, position = ?
+             WHERE sink = ? AND partition_index = ? AND (epoch, xid, position) < (?, ?, ?)",
+            (
+                log_id,
+                end.epoch,
+                end.xid,
+                end.position,
+                NAME,
+                part.index,
+                end.epoch,
+                end.xid,
+                end.position,
+            ),
+        )
+        .await
+        .map_err(sink_error("save checkpoint"))?;
+        tx.commit().await.map_err(sink_error("commit"))?;
+        Ok(Applied {
+            num_changes: batch.changes.len(),
+        })
+    }
+}

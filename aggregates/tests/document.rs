@@ -1,0 +1,279 @@
+//! Given/when/then tests of the document aggregate (cqrs-es TestFramework) and property
+//! tests: replaying a stream rebuilds the state the commands produced, whatever the commands.
+
+use aggregates::{
+    BlobRef, Chunk, Document, DocumentCommand, DocumentError, DocumentEvent, PutDocument,
+};
+use cqrs_es::test::TestFramework;
+use proptest::prelude::*;
+
+type DocumentTest = TestFramework<Document>;
+
+fn chunk(index: u32, text: &str) -> Chunk {
+    Chunk {
+        index,
+        text: text.into(),
+        vector: vec![0.25, -1.0, 3.5],
+    }
+}
+
+fn put(title: &str, chunks: Vec<Chunk>, blob: Option<BlobRef>) -> PutDocument {
+    PutDocument {
+        title: title.into(),
+        source_type: "pdf".into(),
+        business_tag: None,
+        attributes: Default::default(),
+        blob,
+        chunks,
+        expected_version: None,
+    }
+}
+
+fn blob(seed: char) -> BlobRef {
+    BlobRef {
+        sha256: seed.to_string().repeat(64),
+        size: 10,
+        content_type: "text/plain".into(),
+    }
+}
+
+fn events_of(version: u64, p: &PutDocument) -> Vec<DocumentEvent> {
+    let mut out = Vec::new();
+    if let Some(b) = &p.blob {
+        out.push(DocumentEvent::BlobStored {
+            version,
+            sha256: b.sha256.clone(),
+            size: b.size,
+            content_type: b.content_type.clone(),
+        });
+    }
+    out.push(DocumentEvent::RowInserted {
+        version,
+        title: p.title.clone(),
+        source_type: p.source_type.clone(),
+        business_tag: p.business_tag.clone(),
+        attributes: p.attributes.clone(),
+        blob_sha256: p.blob.as_ref().map(|b| b.sha256.clone()),
+        blob_size: p.blob.as_ref().map(|b| b.size),
+        chunk_count: p.chunks.len() as u32,
+    });
+    out.push(DocumentEvent::VectorsIndexed {
+        version,
+        chunks: p.chunks.clone(),
+    });
+    out
+}
+
+#[test]
+fn a_new_document_stores_blob_row_and_vectors_at_version_1() {
+    let p = put("t", vec![chunk(0, "a"), chunk(1, "b")], Some(blob('a')));
+    DocumentTest::with(())
+        .given_no_previous_events()
+        .when(DocumentCommand::Put(p.clone()))
+        .then_expect_events(events_of(1, &p));
+}
+
+#[test]
+fn a_put_equal_to_the_current_state_appends_nothing() {
+    let p = put("t", vec![chunk(0, "a")], Some(blob('a')));
+    DocumentTest::with(())
+        .given(events_of(1, &p))
+        .when(DocumentCommand::Put(p))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn a_changed_put_is_the_next_version_and_a_blobless_one_has_no_blob_event() {
+    let first = put("t", vec![chunk(0, "a"), chunk(1, "b")], Some(blob('a')));
+    let second = put("t2", vec![chunk(0, "a")], None);
+    DocumentTest::with(())
+        .given(events_of(1, &first))
+        .when(DocumentCommand::Put(second.clone()))
+        .then_expect_events(events_of(2, &second));
+}
+
+#[test]
+fn expected_version_must_match() {
+    let p = put("t", vec![], None);
+    let mut stale = put("t2", vec![], None);
+    stale.expected_version = Some(3);
+    DocumentTest::with(())
+        .given(events_of(1, &p))
+        .when(DocumentCommand::Put(stale))
+        .then_expect_error(DocumentError::VersionConflict {
+            expected: 3,
+            actual: 1,
+        });
+    let mut create_only = put("t2", vec![], None);
+    create_only.expected_version = Some(0);
+    DocumentTest::with(())
+        .given(events_of(1, &p))
+        .when(DocumentCommand::Put(create_only))
+        .then_expect_error(DocumentError::VersionConflict {
+            expected: 0,
+            actual: 1,
+        });
+}
+
+#[test]
+fn delete_of_unknown_or_deleted_documents_is_not_found() {
+    DocumentTest::with(())
+        .given_no_previous_events()
+        .when(DocumentCommand::Delete {
+            expected_version: None,
+        })
+        .then_expect_error(DocumentError::NotFound);
+    let mut history = events_of(1, &put("t", vec![], None));
+    history.push(DocumentEvent::DocumentDeleted { version: 2 });
+    DocumentTest::with(())
+        .given(history)
+        .when(DocumentCommand::Delete {
+            expected_version: None,
+        })
+        .then_expect_error(DocumentError::NotFound);
+}
+
+#[test]
+fn delete_is_the_next_version_and_a_put_after_it_revives_the_document() {
+    let p = put("t", vec![chunk(0, "a")], None);
+    DocumentTest::with(())
+        .given(events_of(1, &p))
+        .when(DocumentCommand::Delete {
+            expected_version: Some(1),
+        })
+        .then_expect_events(vec![DocumentEvent::DocumentDeleted { version: 2 }]);
+    let mut history = events_of(1, &p);
+    history.push(DocumentEvent::DocumentDeleted { version: 2 });
+    // The same content as before the delete is a change: the document comes back.
+    DocumentTest::with(())
+        .given(history)
+        .when(DocumentCommand::Put(p.clone()))
+        .then_expect_events(events_of(3, &p));
+}
+
+#[test]
+fn invalid_puts_are_refused() {
+    let cases = [
+        put("", vec![], None),
+        put(&"x".repeat(1025), vec![], None),
+        put("t", vec![chunk(1, "a")], None),
+        put(
+            "t",
+            vec![
+                chunk(0, "a"),
+                Chunk {
+                    index: 1,
+                    text: "b".into(),
+                    vector: vec![1.0],
+                },
+            ],
+            None,
+        ),
+        put(
+            "t",
+            vec![Chunk {
+                index: 0,
+                text: "a".into(),
+                vector: vec![f32::NAN, 1.0, 2.0],
+            }],
+            None,
+        ),
+        put(
+            "t",
+            vec![],
+            Some(BlobRef {
+                sha256: "ABC".into(),
+                size: 1,
+                content_type: "x".into(),
+            }),
+        ),
+    ];
+    for p in cases {
+        let result = DocumentTest::with(())
+            .given_no_previous_events()
+            .when(DocumentCommand::Put(p))
+            .inspect_result();
+        assert!(
+            matches!(result, Err(DocumentError::Invalid(_))),
+            "{result:?}"
+        );
+    }
+}
+
+#[test]
+fn compensation_requests_are_recorded_once() {
+    let p = put("t", vec![], None);
+    let request = DocumentCommand::RequestCompensation {
+        version: 1,
+        target: "milvus".into(),
+        reason: "refused".into(),
+    };
+    let recorded = DocumentEvent::CompensationRequested {
+        version: 1,
+        target: "milvus".into(),
+        reason: "refused".into(),
+    };
+    DocumentTest::with(())
+        .given(events_of(1, &p))
+        .when(request.clone())
+        .then_expect_events(vec![recorded.clone()]);
+    let mut history = events_of(1, &p);
+    history.push(recorded);
+    DocumentTest::with(())
+        .given(history)
+        .when(request)
+        .then_expect_events(vec![]);
+}
+
+fn arb_command() -> impl Strategy<Value = DocumentCommand> {
+    let put_cmd = (
+        0u8..3,
+        0usize..4,
+        proptest::option::of(0u8..3),
+        proptest::option::of(0u64..6),
+    )
+        .prop_map(|(title, n, blob_seed, expected)| {
+            let mut p = put(
+                &format!("title {title}"),
+                (0..n as u32)
+                    .map(|i| chunk(i, &format!("text {i}")))
+                    .collect(),
+                blob_seed.map(|s| blob((b'a' + s) as char)),
+            );
+            p.expected_version = expected;
+            DocumentCommand::Put(p)
+        });
+    prop_oneof![
+        4 => put_cmd,
+        1 => proptest::option::of(0u64..6).prop_map(|expected_version| DocumentCommand::Delete { expected_version }),
+    ]
+}
+
+proptest! {
+    /// Whatever commands arrive, replaying the events they produced rebuilds exactly the
+    /// state the aggregate reached, versions grow by one per accepted change, and every
+    /// accepted change yields exactly one change per store.
+    #[test]
+    fn replaying_the_stream_rebuilds_the_same_state(commands in proptest::collection::vec(arb_command(), 0..25)) {
+        let mut doc = Document::default();
+        let mut stream = Vec::new();
+        for command in &commands {
+            let before = doc.version;
+            if let Ok(events) = doc.decide(command) {
+                if !events.is_empty() {
+                    prop_assert!(events.iter().all(|e| e.version() == before + 1));
+                    for store in aggregates::StoreKind::ALL {
+                        prop_assert_eq!(events.iter().filter(|e| e.change_for(store).is_some()).count(), 1);
+                    }
+                }
+                for e in &events {
+                    doc.apply_event(e);
+                }
+                stream.extend(events);
+            }
+        }
+        prop_assert_eq!(Document::replay(&stream), doc.clone());
+        let roundtrip: Vec<DocumentEvent> = serde_json::from_value(serde_json::to_value(&stream).expect("serialize")).expect("deserialize");
+        prop_assert_eq!(Document::replay(&roundtrip), doc);
+    }
+}

@@ -1,0 +1,31 @@
+//! MySQL/MariaDB errors to [`ErrorClass`], decided once, here.
+
+use mysql_async::Error;
+
+use crate::error::{ErrorClass, SinkError};
+
+/// Server error codes worth retrying: deadlock, lock wait timeout, too many connections,
+/// server shutdown, read-only failover, query interrupted.
+const TRANSIENT_SERVER_CODES: &[u16] = &[1213, 1205, 1040, 1053, 1290, 1317, 1927, 2006, 2013];
+
+/// Classifies a client error.
+pub fn classify(e: &Error) -> ErrorClass {
+    match e {
+        Error::Server(s) if TRANSIENT_SERVER_CODES.contains(&s.code) => ErrorClass::Transient,
+        // The server refused this statement's data: constraint, length, JSON, type.
+        Error::Server(_) => ErrorClass::Permanent,
+        // Connection, I/O, driver and URL problems may heal (server restarting, network).
+        _ => ErrorClass::Transient,
+    }
+}
+
+/// A classified [`SinkError`] for `operation`.
+pub fn sink_error(operation: &'static str) -> impl FnOnce(Error) -> SinkError {
+    move |e| SinkError {
+        sink: super::NAME,
+        operation,
+        class: classify(&e),
+        message: e.to_string(),
+        doc_id: None,
+    }
+}

@@ -1,0 +1,294 @@
+//! The document actor: holds one document's state in memory after one load, and handles its
+//! commands strictly one at a time (`AtomicResponse`), so decide → append → apply never
+//! interleaves with another command of the same document in this process. Another process
+//! writing the same document shows up as a log conflict: the actor reloads, decides again
+//! once, and only then reports the conflict.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use aggregates::{DocId, Document, DocumentCommand, DocumentError, DocumentEvent};
+use bytes::Bytes;
+use tracing::{debug, warn, Instrument};
+
+use crate::eventlog::{AppendRequest, Appended, IdempotencyKey, IdempotentResult, LogError, PgLog};
+
+/// Every this many events a snapshot of the state is stored, so loading stays short.
+const SNAPSHOT_EVERY_EVENTS: i64 = 64;
+
+/// What an accepted command did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandOutcome {
+    /// The document's version afterwards.
+    pub version: u64,
+    /// Log position of the command's last event; None when nothing was appended.
+    pub log_position: Option<i64>,
+    /// The command changed nothing (equal put, or an idempotent repeat of one).
+    pub unchanged: bool,
+}
+
+/// Why a command did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The domain refused it.
+    #[error(transparent)]
+    Refused(#[from] DocumentError),
+    /// The log failed or reported a conflict.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The actor could not be reached in time (mailbox full or stopped).
+    #[error("document actor unavailable: {0}")]
+    Busy(String),
+}
+
+/// Execute a command on the document.
+#[derive(Message, Clone)]
+#[rtype(result = "Result<CommandOutcome, CommandError>")]
+pub struct ExecuteCommand {
+    /// The command.
+    pub command: DocumentCommand,
+    /// Blob bytes of a put (verified against the command's sha256 by the caller).
+    pub blob: Option<Bytes>,
+    /// Optional idempotency key.
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+/// Read the current state.
+#[derive(Message)]
+#[rtype(result = "Result<Document, CommandError>")]
+pub struct GetState;
+
+/// Stop when idle (sent by the registry to keep the number of live actors bounded).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Passivate;
+
+/// Called when a document actor stops (the registry forgets it).
+pub type OnStop = Arc<dyn Fn(&DocId, &Addr<DocumentActor>) + Send + Sync>;
+
+/// One document.
+pub struct DocumentActor {
+    doc_id: DocId,
+    log: PgLog,
+    state: Option<Document>,
+    last_active: Instant,
+    idle_timeout: Duration,
+    mailbox_capacity: usize,
+    on_stop: OnStop,
+}
+
+impl DocumentActor {
+    /// A new actor for `doc_id`; `on_stop` is called when it stops (the registry forgets it).
+    pub fn new(
+        doc_id: DocId,
+        log: PgLog,
+        idle_timeout: Duration,
+        mailbox_capacity: usize,
+        on_stop: OnStop,
+    ) -> Self {
+        Self {
+            doc_id,
+            log,
+            state: None,
+            last_active: Instant::now(),
+            idle_timeout,
+            mailbox_capacity,
+            on_stop,
+        }
+    }
+}
+
+impl Actor for DocumentActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.mailbox_capacity);
+        let check = (self.idle_timeout / 2).max(Duration::from_millis(100));
+        ctx.run_interval(check, |act, ctx| {
+            if act.last_active.elapsed() >= act.idle_timeout {
+                debug!(doc_id = %act.doc_id, "passivating idle document actor");
+                ctx.stop();
+            }
+        });
+    }
+
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        (self.on_stop)(&self.doc_id, &ctx.address());
+    }
+}
+
+impl Handler<Passivate> for DocumentActor {
+    type Result = ();
+    fn handle(&mut self, _: Passivate, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<GetState> for DocumentActor {
+    type Result = AtomicResponse<Self, Result<Document, CommandError>>;
+
+    fn handle(&mut self, _: GetState, _: &mut Self::Context) -> Self::Result {
+        self.last_active = Instant::now();
+        let log = self.log.clone();
+        let doc_id = self.doc_id.clone();
+        let cached = self.state.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                match cached {
+                    Some(doc) => Ok(doc),
+                    None => log.load(&doc_id).await.map_err(CommandError::from),
+                }
+            }
+            .into_actor(self)
+            .map(|result, act, _| {
+                if let Ok(doc) = &result {
+                    act.state = Some(doc.clone());
+                }
+                result
+            }),
+        ))
+    }
+}
+
+impl Handler<ExecuteCommand> for DocumentActor {
+    type Result = AtomicResponse<Self, Result<CommandOutcome, CommandError>>;
+
+    fn handle(&mut self, msg: ExecuteCommand, _: &mut Self::Context) -> Self::Result {
+        self.last_active = Instant::now();
+        let log = self.log.clone();
+        let doc_id = self.doc_id.clone();
+        let cached = self.state.clone();
+        let kind = match &msg.command {
+            DocumentCommand::Put(_) => "put",
+            DocumentCommand::Delete { .. } => "delete",
+            DocumentCommand::RequestCompensation { .. } => "compensate",
+        };
+        let span = tracing::info_span!("command", doc_id = %doc_id, kind);
+        AtomicResponse::new(Box::pin(
+            execute(log, doc_id, cached, msg)
+                .instrument(span)
+                .into_actor(self)
+                .map(|(state, result), act, _| {
+                    // On failure the state may be stale (another writer): reload next time.
+                    act.state = state;
+                    result
+                }),
+        ))
+    }
+}
+
+/// decide → append → apply, with one reload-and-retry on a log conflict.
+async fn execute(
+    log: PgLog,
+    doc_id: DocId,
+    cached: Option<Document>,
+    msg: ExecuteCommand,
+) -> (Option<Document>, Result<CommandOutcome, CommandError>) {
+    let mut state = match cached {
+        Some(s) => s,
+        None => match log.load(&doc_id).await {
+            Ok(s) => s,
+            Err(e) => return (None, Err(e.into())),
+        },
+    };
+    for attempt in 0..2 {
+        let events = match state.decide(&msg.command) {
+            Ok(events) => events,
+            Err(refusal) => return (Some(state), Err(refusal.into())),
+        };
+        if events.is_empty() {
+            let result = IdempotentResult {
+                version: state.version,
+                log_position: None,
+                unchanged: true,
+            };
+            let result = match &msg.idempotency {
+                Some(key) => match log.record_idempotent(&doc_id, key, &result).await {
+                    Ok(first) => first,
+                    Err(e) => return (Some(state), Err(e.into())),
+                },
+                None => result,
+            };
+            return (Some(state), Ok(outcome(result)));
+        }
+        let mut next = state.clone();
+        for e in &events {
+            next.apply_event(e);
+        }
+        let blob = blob_of(&events, msg.blob.as_ref());
+        let request = AppendRequest {
+            doc_id: &doc_id,
+            expected_stream_version: state.stream_version,
+            events: &events,
+            doc_version: next.version,
+            deleted: next.deleted,
+            blob,
+            idempotency: msg.idempotency.as_ref(),
+        };
+        match log.append(request).await {
+            Ok(Appended::Committed {
+                last,
+                stream_version,
+            }) => {
+                debug_assert_eq!(stream_version, next.stream_version);
+                if next.stream_version / SNAPSHOT_EVERY_EVENTS
+                    > state.stream_version / SNAPSHOT_EVERY_EVENTS
+                {
+                    let (log, doc_id, snapshot) = (log.clone(), doc_id.clone(), next.clone());
+                    actix::spawn(async move {
+                        if let Err(e) = log.save_snapshot(&doc_id, &snapshot).await {
+                            warn!(doc_id = %doc_id, error = %e, "saving snapshot failed (load will replay)");
+                        }
+                    });
+                }
+                let result = CommandOutcome {
+                    version: next.version,
+                    log_position: Some(last.position),
+                    unchanged: false,
+                };
+                return (Some(next), Ok(result));
+            }
+            Ok(Appended::Duplicate(first)) => {
+                // Our state may be behind the first request's effect: reload next time.
+                return (None, Ok(outcome(first)));
+            }
+            Err(LogError::Conflict { .. }) if attempt == 0 => {
+                debug!(doc_id = %doc_id, "append conflict, reloading and deciding again");
+                match log.load(&doc_id).await {
+                    Ok(fresh) => state = fresh,
+                    Err(e) => return (None, Err(e.into())),
+                }
+            }
+            Err(e) => return (None, Err(e.into())),
+        }
+    }
+    unreachable_conflict(doc_id)
+}
+
+fn unreachable_conflict(doc_id: DocId) -> (Option<Document>, Result<CommandOutcome, CommandError>) {
+    // The loop returns on every path of its second attempt; kept total for the compiler.
+    (
+        None,
+        Err(CommandError::Log(LogError::Conflict {
+            stream: doc_id.to_string(),
+            expected: -1,
+            actual: -1,
+        })),
+    )
+}
+
+fn outcome(r: IdempotentResult) -> CommandOutcome {
+    CommandOutcome {
+        version: r.version,
+        log_position: r.log_position,
+        unchanged: r.unchanged,
+    }
+}
+
+fn blob_of<'a>(events: &'a [DocumentEvent], bytes: Option<&Bytes>) -> Option<(&'a str, Bytes)> {
+    events.iter().find_map(|e| match (e, bytes) {
+        (DocumentEvent::BlobStored { sha256, .. }, Some(b)) => Some((sha256.as_str(), b.clone())),
+        _ => None,
+    })
+}

@@ -1,0 +1,193 @@
+//! Request and response shapes of the HTTP API, and their mapping to commands. Unknown
+//! fields are refused so a pipeline's typo never passes silently.
+
+use aggregates::{BlobRef, Chunk, PutDocument};
+use base64::Engine;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::error::ApiError;
+use crate::config::Config;
+
+/// A blob in a request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobBody {
+    /// Bytes, standard base64.
+    pub content_base64: String,
+    /// MIME type.
+    pub content_type: String,
+}
+
+/// A chunk in a request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkBody {
+    /// Text.
+    pub text: String,
+    /// Embedding.
+    pub vector: Vec<f32>,
+}
+
+/// `PUT /v1/documents/{doc_id}` body (and a batch put line without `op`/`doc_id`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutBody {
+    /// Required title.
+    pub title: String,
+    /// Required source type.
+    pub source_type: String,
+    /// Optional tag.
+    #[serde(default)]
+    pub business_tag: Option<String>,
+    /// Optional attributes object.
+    #[serde(default)]
+    pub attributes: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Optional blob.
+    #[serde(default)]
+    pub blob: Option<BlobBody>,
+    /// Optional chunks.
+    #[serde(default)]
+    pub chunks: Option<Vec<ChunkBody>>,
+    /// Optional expected version.
+    #[serde(default)]
+    pub expected_version: Option<u64>,
+}
+
+/// A validated put: the command and the blob bytes.
+pub struct ValidPut {
+    /// The command.
+    pub command: PutDocument,
+    /// Blob bytes.
+    pub blob: Option<Bytes>,
+}
+
+impl PutBody {
+    /// Checks what needs the configuration (dimension, sizes), decodes and hashes the blob.
+    /// CPU-heavy for large blobs: call from a blocking thread.
+    ///
+    /// # Errors
+    /// [`ApiError`] for the first broken rule.
+    pub fn validate(self, config: &Config) -> Result<ValidPut, ApiError> {
+        let chunks = self.chunks.unwrap_or_default();
+        if chunks.len() > config.max_chunks {
+            return Err(ApiError::InvalidField(format!(
+                "{} chunks, at most {} allowed",
+                chunks.len(),
+                config.max_chunks
+            )));
+        }
+        for (i, c) in chunks.iter().enumerate() {
+            if c.vector.len() != config.vector_dim {
+                return Err(ApiError::InvalidField(format!(
+                    "chunks[{i}].vector has {} values, expected {}",
+                    c.vector.len(),
+                    config.vector_dim
+                )));
+            }
+            if let Some(j) = c.vector.iter().position(|x| !x.is_finite()) {
+                return Err(ApiError::InvalidField(format!(
+                    "chunks[{i}].vector[{j}] is not a finite 32-bit float"
+                )));
+            }
+        }
+        let (blob_ref, blob) = match self.blob {
+            None => (None, None),
+            Some(b) => {
+                if b.content_type.trim().is_empty() || b.content_type.len() > 255 {
+                    return Err(ApiError::InvalidField(
+                        "blob.content_type must be 1-255 characters".into(),
+                    ));
+                }
+                // Decoded size is at most 3/4 of the text: refuse early without decoding.
+                if b.content_base64.len() / 4 * 3 > config.max_blob_bytes + 3 {
+                    return Err(ApiError::PayloadTooLarge(format!(
+                        "blob is larger than {} bytes",
+                        config.max_blob_bytes
+                    )));
+                }
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b.content_base64.as_bytes())
+                    .map_err(|e| {
+                        ApiError::InvalidField(format!("blob.content_base64 is not base64: {e}"))
+                    })?;
+                if bytes.len() > config.max_blob_bytes {
+                    return Err(ApiError::PayloadTooLarge(format!(
+                        "blob is {} bytes, at most {} allowed",
+                        bytes.len(),
+                        config.max_blob_bytes
+                    )));
+                }
+                let sha256 = hex::encode(Sha256::digest(&bytes));
+                (
+                    Some(BlobRef {
+                        sha256,
+                        size: bytes.len() as u64,
+                        content_type: b.content_type,
+                    }),
+                    Some(Bytes::from(bytes)),
+                )
+            }
+        };
+        let command = PutDocument {
+            title: self.title,
+            source_type: self.source_type,
+            business_tag: self.business_tag,
+            attributes: self.attributes.unwrap_or_default(),
+            blob: blob_ref,
+            chunks: chunks
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| Chunk {
+                    index: i as u32,
+                    text: c.text,
+                    vector: c.vector,
+                })
+                .collect(),
+            expected_version: self.expected_version,
+        };
+        command.validate().map_err(ApiError::InvalidField)?;
+        Ok(ValidPut { command, blob })
+    }
+}
+
+/// Per-store applied versions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoresBody {
+    /// MySQL.
+    pub mysql: Option<u64>,
+    /// Milvus.
+    pub milvus: Option<u64>,
+    /// S3.
+    pub s3: Option<u64>,
+}
+
+/// Answer to a put or delete.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CommandResponse {
+    /// The document.
+    pub doc_id: String,
+    /// Its version after the command.
+    pub version: u64,
+    /// Position of the command's last event (null when nothing was appended).
+    pub log_position: Option<i64>,
+    /// Nothing changed.
+    pub unchanged: bool,
+    /// Applied versions.
+    pub stores: StoresBody,
+    /// All three stores hold `version`.
+    pub consistent: bool,
+}
+
+/// Query options of put and delete.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyQuery {
+    /// `accepted` (default) or `applied`.
+    #[serde(default)]
+    pub consistency: Option<String>,
+    /// Wait at most this long for `applied`.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}

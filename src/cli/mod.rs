@@ -1,0 +1,13 @@
+//! Command-line work beyond `serve`: the demo and NDJSON ingestion, both through the HTTP
+//! API (the path pipelines use).
+
+pub mod demo;
+pub mod ingest;
+
+/// `Authorization` header value for the first configured token, if any.
+pub fn bearer(config: &crate::config::Config) -> Option<String> {
+    config
+        .api_tokens
+        .first()
+        .map(|t| format!("Bearer {}", t.expose()))
+}

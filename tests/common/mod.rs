@@ -1,0 +1,122 @@
+//! Starts `docledger::serve` in-process on 127.0.0.1:0 against the real stores, with its own
+//! log database, MySQL database, Milvus collection and S3 bucket named after the test.
+
+#![allow(dead_code)] // reason: each test binary uses a different subset of these helpers
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use docledger::config::Config;
+use projections::testing::{unique_name, StoreEnv};
+use tokio_util::sync::CancellationToken;
+
+/// A running service and where its stores are.
+pub struct TestService {
+    pub addr: SocketAddr,
+    pub config: Config,
+    pub env: StoreEnv,
+    pub name: String,
+    shutdown: CancellationToken,
+    handle: Option<actix_rt::task::JoinHandle<Result<(), docledger::ServeError>>>,
+}
+
+/// Waits until `probe` returns Some, polling; panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl TestService {
+    /// Starts a service for test `test`, with `extra` DOCLEDGER_* settings.
+    pub async fn start(test: &str, extra: &[(&str, &str)]) -> TestService {
+        let env = StoreEnv::require();
+        let name = unique_name(test);
+        let bucket = name.replace('_', "-");
+        let mut vars: HashMap<String, String> = [
+            ("DOCLEDGER_EVENTSTORE_URL", env.pg_database_url(&name)),
+            ("DOCLEDGER_MYSQL_URL", env.mysql_database_url(&name)),
+            ("DOCLEDGER_MILVUS_URL", env.milvus_uri.clone()),
+            ("DOCLEDGER_MILVUS_COLLECTION", name.clone()),
+            ("DOCLEDGER_S3_ENDPOINT", env.s3_endpoint.clone()),
+            ("DOCLEDGER_S3_BUCKET", bucket),
+            ("DOCLEDGER_S3_ACCESS_KEY", env.s3_access_key.clone()),
+            ("DOCLEDGER_S3_SECRET_KEY", env.s3_secret_key.clone()),
+            ("DOCLEDGER_S3_REGION", env.s3_region.clone()),
+            ("DOCLEDGER_VECTOR_DIM", "8".to_owned()),
+            ("DOCLEDGER_IDLE_POLL_MS", "100".to_owned()),
+            ("DOCLEDGER_RETRY_MAX_MS", "1000".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        for (k, v) in extra {
+            vars.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let config = Config::load(None, &vars).expect("test configuration is valid");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let addr = listener.local_addr().expect("local addr");
+        let shutdown = CancellationToken::new();
+        let handle = actix_rt::spawn(docledger::serve(config.clone(), listener, shutdown.clone()));
+        let service = TestService {
+            addr,
+            config,
+            env,
+            name,
+            shutdown,
+            handle: Some(handle),
+        };
+        let client = reqwest::Client::new();
+        let url = service.url("/readyz");
+        eventually(
+            Duration::from_secs(60),
+            "the service to become ready",
+            || {
+                let client = client.clone();
+                let url = url.clone();
+                async move {
+                    client
+                        .get(&url)
+                        .send()
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                }
+            },
+        )
+        .await;
+        service
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// URL of a document, its id percent-encoded as one path segment.
+    pub fn doc_url(&self, doc_id: &str, rest: &str) -> String {
+        let enc = percent_encoding::utf8_percent_encode(doc_id, percent_encoding::NON_ALPHANUMERIC);
+        self.url(&format!("/v1/documents/{enc}{rest}"))
+    }
+
+    /// Stops the service gracefully and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.expect("serve task").expect("serve ends cleanly");
+        }
+    }
+}
