@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 scripts/stores.sh up
 . scripts/env.sh
 cargo build --locked --bin docledger
-bin=target/debug/docledger
+bin=${CARGO_TARGET_DIR:-target}/debug/docledger
 listen=${DOCLEDGER_LISTEN:-127.0.0.1:8080}
 export DOCLEDGER_LISTEN=$listen
 log=$STORES_DATA/log/docledger-serve.log
