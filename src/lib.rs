@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod eventlog;
+pub mod metrics;
 
 use std::net::TcpListener;
 use std::sync::Arc;

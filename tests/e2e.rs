@@ -440,5 +440,21 @@ async fn ids_are_case_sensitive_and_bad_requests_change_nothing() {
         },
     )
     .await;
+    let metrics = http
+        .get(svc.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("docledger_log_oldest_running_transaction_seconds "),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("docledger_projection_lag_events{sink=\"milvus\",partition=\"1\"} 0"),
+        "{metrics}"
+    );
     svc.stop().await;
 }

@@ -44,6 +44,7 @@ pub const DEFAULT_APPLIED_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(ops::healthz))
         .route("/readyz", web::get().to(ops::readyz))
+        .route("/metrics", web::get().to(ops::metrics))
         .route("/v1/documents:batch", web::post().to(documents::batch))
         .route("/v1/documents/{doc_id}", web::put().to(documents::put))
         .route(

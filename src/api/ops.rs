@@ -17,6 +17,17 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
 }
 
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let stores = state.projections.status(&state.log).await?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(crate::metrics::render(
+            &stores,
+            state.registry.live_actors(),
+        )))
+}
+
 /// `GET /v1/projections`.
 pub async fn projections(
     req: HttpRequest,
