@@ -37,6 +37,9 @@ enum Command {
         /// The service.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
+        /// Batch requests in flight (one document's lines always go in order).
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
     },
     /// Rebuild a store from the log.
     Rebuild {
@@ -115,15 +118,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("log {log_id} migrated");
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Ingest { file, url } => system.block_on(async move {
-            let summary =
-                docledger::cli::ingest::ingest(&file, &url, docledger::cli::bearer(&config))
-                    .await?;
-            println!(
-                "{} lines: {} accepted, {} refused",
-                summary.lines, summary.ok, summary.failed
-            );
-            Ok(if summary.failed == 0 {
+        Command::Ingest {
+            file,
+            url,
+            concurrency,
+        } => system.block_on(async move {
+            let bearer = docledger::cli::bearer(&config);
+            let summary = docledger::cli::ingest::ingest(&file, &url, concurrency, bearer).await?;
+            println!("{summary}");
+            Ok(if summary.num_refused() == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

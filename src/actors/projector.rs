@@ -21,7 +21,7 @@ pub struct Projectors {
 }
 
 /// One partition's status.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PartitionStatus {
     /// Partition index.
     pub partition: u32,
@@ -38,7 +38,7 @@ pub struct PartitionStatus {
 }
 
 /// One store's status (the contract's `GET /v1/projections` element).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StoreStatus {
     /// `mysql` | `milvus` | `s3`.
     pub name: &'static str,

@@ -8,7 +8,7 @@ use aggregates::{DocId, DocumentCommand};
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
-use super::dto::{CommandResponse, ConsistencyQuery, PutBody, StoresBody};
+use super::dto::{CommandResponse, ConsistencyQuery, ErrorBody, PutBody, StoresBody};
 use super::error::ApiError;
 use super::{authorize, read_body, AppState, DEFAULT_APPLIED_TIMEOUT, MAX_APPLIED_TIMEOUT};
 use crate::actors::document::{CommandOutcome, ExecuteCommand};
@@ -161,7 +161,20 @@ fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError>
     serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))
 }
 
-/// `PUT /v1/documents/{doc_id}`.
+/// `PUT /v1/documents/{doc_id}`: create or replace.
+#[utoipa::path(put, path = "/v1/documents/{doc_id}", tag = "documents",
+    params(("doc_id" = String, Path, description = "1-255 bytes of [A-Za-z0-9._:@/-], one percent-encoded segment"),
+           ("Idempotency-Key" = Option<String>, Header, description = "repeat-safe key"), ConsistencyQuery),
+    request_body = PutBody,
+    responses(
+        (status = 200, description = "accepted (and applied, with consistency=applied)", body = CommandResponse),
+        (status = 202, description = "consistency=applied timed out; stores' state included", body = CommandResponse),
+        (status = 400, description = "invalid input (invalid_json, invalid_doc_id, invalid_field, invalid_query, invalid_idempotency_key)", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 409, description = "version_conflict", body = ErrorBody),
+        (status = 413, description = "payload_too_large", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn put(
     req: HttpRequest,
     payload: web::Payload,
@@ -193,7 +206,16 @@ struct DeleteBody {
     expected_version: Option<u64>,
 }
 
-/// `DELETE /v1/documents/{doc_id}`.
+/// `DELETE /v1/documents/{doc_id}`: withdraw from every store.
+#[utoipa::path(delete, path = "/v1/documents/{doc_id}", tag = "documents",
+    params(("doc_id" = String, Path), ("Idempotency-Key" = Option<String>, Header), ConsistencyQuery),
+    responses(
+        (status = 200, body = CommandResponse), (status = 202, body = CommandResponse),
+        (status = 400, description = "invalid input (invalid_json, invalid_doc_id, invalid_field, invalid_query, invalid_idempotency_key)", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 404, description = "unknown or already deleted", body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn delete(
     req: HttpRequest,
     payload: web::Payload,
@@ -222,7 +244,14 @@ pub async fn delete(
     Ok(HttpResponse::build(status).json(response))
 }
 
-/// `GET /v1/documents/{doc_id}`.
+/// `GET /v1/documents/{doc_id}`: current state and per-store applied versions.
+#[utoipa::path(get, path = "/v1/documents/{doc_id}", tag = "documents",
+    params(("doc_id" = String, Path)),
+    responses((status = 200, description = "the document (deleted: true after a delete)", body = Object),
+        (status = 400, description = "invalid input (invalid_json, invalid_doc_id, invalid_field, invalid_query, invalid_idempotency_key)", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state.config)?;
     let doc_id = doc_id_of(&req)?;
@@ -248,7 +277,12 @@ pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     })))
 }
 
-/// `GET /v1/documents/{doc_id}/events`.
+/// `GET /v1/documents/{doc_id}/events`: the document's events without vectors or bytes.
+#[utoipa::path(get, path = "/v1/documents/{doc_id}/events", tag = "documents",
+    params(("doc_id" = String, Path)),
+    responses((status = 200, body = Object), (status = 400, description = "invalid input (invalid_json, invalid_doc_id, invalid_field, invalid_query, invalid_idempotency_key)", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn events(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -262,25 +296,29 @@ pub async fn events(
     Ok(HttpResponse::Ok().json(serde_json::json!({"doc_id": doc_id.as_str(), "events": events})))
 }
 
-/// One NDJSON batch line: the put body plus `op`, `doc_id` and an optional key.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchLine {
-    op: String,
-    doc_id: String,
-    #[serde(default)]
-    idempotency_key: Option<String>,
-    #[serde(flatten)]
-    rest: serde_json::Map<String, serde_json::Value>,
-}
-
 async fn batch_line(
     state: &AppState,
     line: &[u8],
 ) -> Result<(StatusCode, CommandResponse), ApiError> {
-    let parsed: BatchLine = parse_json(line)?;
-    let doc_id = DocId::parse(&parsed.doc_id).map_err(|e| ApiError::InvalidDocId(e.to_string()))?;
-    let idempotency = match parsed.idempotency_key {
+    // A line is the PUT body plus `op`, `doc_id` and an optional `idempotency_key`; the rest
+    // goes to the same strict decoders as PUT and DELETE, so unknown fields are refused here too.
+    let mut rest: serde_json::Map<String, serde_json::Value> = parse_json(line)?;
+    let mut take_str = |field: &str| -> Result<Option<String>, ApiError> {
+        match rest.remove(field) {
+            None => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(ApiError::InvalidJson(format!("{field} must be a string"))),
+        }
+    };
+    let line_fields = BatchLine {
+        op: take_str("op")?.ok_or_else(|| ApiError::InvalidJson("missing field `op`".into()))?,
+        doc_id: take_str("doc_id")?
+            .ok_or_else(|| ApiError::InvalidJson("missing field `doc_id`".into()))?,
+        idempotency_key: take_str("idempotency_key")?,
+    };
+    let doc_id =
+        DocId::parse(&line_fields.doc_id).map_err(|e| ApiError::InvalidDocId(e.to_string()))?;
+    let idempotency = match line_fields.idempotency_key {
         Some(k) if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_BYTES => {
             return Err(ApiError::InvalidIdempotencyKey(format!(
                 "idempotency_key must be 1-{MAX_IDEMPOTENCY_KEY_BYTES} characters"
@@ -289,8 +327,8 @@ async fn batch_line(
         Some(k) => Some(IdempotencyKey::new(k, line)),
         None => None,
     };
-    let rest = serde_json::Value::Object(parsed.rest);
-    match parsed.op.as_str() {
+    let rest = serde_json::Value::Object(rest);
+    match line_fields.op.as_str() {
         "put" => {
             let body: PutBody =
                 serde_json::from_value(rest).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
@@ -314,59 +352,118 @@ async fn batch_line(
     }
 }
 
+/// The routing fields of a batch line.
+struct BatchLine {
+    op: String,
+    doc_id: String,
+    idempotency_key: Option<String>,
+}
+
 /// `POST /v1/documents:batch`: NDJSON in, one result line per input line, in order. A bad
 /// line fails alone. Lines are read as they arrive, so memory is bounded by the longest line.
+#[utoipa::path(post, path = "/v1/documents:batch", tag = "documents",
+    request_body(content = String, content_type = "application/x-ndjson",
+        description = "one {\"op\":\"put\"|\"delete\",\"doc_id\":…} per line; a put line is the PUT body plus op, doc_id, optional idempotency_key"),
+    responses((status = 200, content_type = "application/x-ndjson",
+        description = "one {line, status, result|error} per input line, in order", body = String),
+        (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn batch(
     req: HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    use futures::StreamExt;
     authorize(&req, &state.config)?;
     let limit = state.config.max_body_bytes;
-    let mut pending: Vec<u8> = Vec::new();
-    let mut out: Vec<u8> = Vec::new();
-    let mut line_no = 0usize;
-    let mut finished = false;
-    while !finished {
-        match payload.next().await {
-            Some(chunk) => {
-                let chunk = chunk
-                    .map_err(|e| ApiError::InvalidJson(format!("reading the body failed: {e}")))?;
-                pending.extend_from_slice(&chunk);
-            }
-            None => {
-                finished = true;
-                pending.push(b'\n');
-            }
+    let reader = BatchReader {
+        payload,
+        pending: Vec::new(),
+        line_no: 0,
+        finished: false,
+        limit,
+        state,
+    };
+    // Results stream out as lines complete: memory holds one line in and one line out.
+    let body = futures::stream::unfold(Some(reader), |reader| async move {
+        let mut reader = reader?;
+        match reader.next_result().await {
+            Some(Ok(line)) => Some((Ok::<_, actix_web::Error>(line), Some(reader))),
+            Some(Err(fatal)) => Some((Ok(fatal), None)),
+            None => None,
         }
-        while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=nl).collect();
-            let line = &line[..line.len() - 1];
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            line_no += 1;
-            let result = match batch_line(&state, line).await {
-                Ok((status, r)) => {
-                    serde_json::json!({"line": line_no, "status": status.as_u16(), "result": r})
-                }
-                Err(e) => {
-                    use actix_web::ResponseError;
-                    serde_json::json!({"line": line_no, "status": e.status_code().as_u16(), "error": e.body()["error"]})
-                }
-            };
-            out.extend_from_slice(result.to_string().as_bytes());
-            out.push(b'\n');
-        }
-        if pending.len() > limit {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "batch line {} is larger than {limit} bytes",
-                line_no + 1
-            )));
-        }
-    }
+    });
     Ok(HttpResponse::Ok()
         .content_type("application/x-ndjson")
-        .body(out))
+        .streaming(body))
+}
+
+struct BatchReader {
+    payload: web::Payload,
+    pending: Vec<u8>,
+    line_no: usize,
+    finished: bool,
+    limit: usize,
+    state: web::Data<AppState>,
+}
+
+impl BatchReader {
+    /// The next result line; `Err` carries a last line for a batch that cannot go on (body
+    /// broken off, or a line over the size limit).
+    async fn next_result(&mut self) -> Option<Result<web::Bytes, web::Bytes>> {
+        use futures::StreamExt;
+        loop {
+            if let Some(nl) = self.pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=nl).collect();
+                let line = &line[..line.len() - 1];
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                self.line_no += 1;
+                let result = match batch_line(&self.state, line).await {
+                    Ok((status, r)) => {
+                        serde_json::json!({"line": self.line_no, "status": status.as_u16(), "result": r})
+                    }
+                    Err(e) => error_line(self.line_no, &e),
+                };
+                return Some(Ok(to_line(&result)));
+            }
+            if self.finished {
+                return None;
+            }
+            if self.pending.len() > self.limit {
+                self.finished = true;
+                let e = ApiError::PayloadTooLarge(format!(
+                    "batch line {} is larger than {} bytes; the rest of the batch was not read",
+                    self.line_no + 1,
+                    self.limit
+                ));
+                return Some(Err(to_line(&error_line(self.line_no + 1, &e))));
+            }
+            match self.payload.next().await {
+                Some(Ok(chunk)) => self.pending.extend_from_slice(&chunk),
+                Some(Err(e)) => {
+                    self.finished = true;
+                    let e = ApiError::InvalidJson(format!(
+                        "reading the body failed: {e}; the rest of the batch was not read"
+                    ));
+                    return Some(Err(to_line(&error_line(self.line_no + 1, &e))));
+                }
+                None => {
+                    self.finished = true;
+                    self.pending.push(b'\n');
+                }
+            }
+        }
+    }
+}
+
+fn error_line(line_no: usize, e: &ApiError) -> serde_json::Value {
+    use actix_web::ResponseError;
+    serde_json::json!({"line": line_no, "status": e.status_code().as_u16(), "error": e.body()["error"]})
+}
+
+fn to_line(v: &serde_json::Value) -> web::Bytes {
+    let mut out = v.to_string().into_bytes();
+    out.push(b'\n');
+    web::Bytes::from(out)
 }

@@ -11,7 +11,7 @@ use super::error::ApiError;
 use crate::config::Config;
 
 /// A blob in a request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BlobBody {
     /// Bytes, standard base64.
@@ -21,7 +21,7 @@ pub struct BlobBody {
 }
 
 /// A chunk in a request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChunkBody {
     /// Text.
@@ -31,7 +31,7 @@ pub struct ChunkBody {
 }
 
 /// `PUT /v1/documents/{doc_id}` body (and a batch put line without `op`/`doc_id`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutBody {
     /// Required title.
@@ -43,6 +43,7 @@ pub struct PutBody {
     pub business_tag: Option<String>,
     /// Optional attributes object.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub attributes: Option<serde_json::Map<String, serde_json::Value>>,
     /// Optional blob.
     #[serde(default)]
@@ -153,7 +154,7 @@ impl PutBody {
 }
 
 /// Per-store applied versions.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct StoresBody {
     /// MySQL.
     pub mysql: Option<u64>,
@@ -164,7 +165,7 @@ pub struct StoresBody {
 }
 
 /// Answer to a put or delete.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct CommandResponse {
     /// The document.
     pub doc_id: String,
@@ -181,8 +182,9 @@ pub struct CommandResponse {
 }
 
 /// Query options of put and delete.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ConsistencyQuery {
     /// `accepted` (default) or `applied`.
     #[serde(default)]
@@ -190,4 +192,22 @@ pub struct ConsistencyQuery {
     /// Wait at most this long for `applied`.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// An error's code and message.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// snake_case code: invalid_json, invalid_doc_id, invalid_field, invalid_query,
+    /// invalid_idempotency_key, unauthorized, not_found, version_conflict,
+    /// payload_too_large, unavailable.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
 }

@@ -1,10 +1,11 @@
 //! The HTTP API (DESIGN.md's contract): handlers map requests to commands and answers;
 //! they hold no SQL and no domain rules.
 
-mod documents;
+pub mod documents;
 pub mod dto;
 pub mod error;
-mod ops;
+pub mod openapi;
+pub mod ops;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +57,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/v1/documents/{doc_id}/events",
             web::get().to(documents::events),
         )
+        .route("/v1/openapi.json", web::get().to(ops::openapi))
         .route("/v1/projections", web::get().to(ops::projections))
         .route(
             "/v1/projections/{name}/{action}",

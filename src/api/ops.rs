@@ -3,21 +3,28 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use aggregates::StoreKind;
 
+use super::dto::ErrorBody;
 use super::error::ApiError;
 use super::{authorize, AppState};
+use crate::actors::projector::StoreStatus;
 
 /// `GET /healthz`: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Object)))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
 /// `GET /readyz`: the log answers (commands can be accepted).
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = Object), (status = 503, body = ErrorBody)))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state.log.horizon().await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
 }
 
 /// `GET /metrics`: Prometheus text.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let stores = state.projections.status(&state.log).await?;
     Ok(HttpResponse::Ok()
@@ -28,7 +35,10 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
         )))
 }
 
-/// `GET /v1/projections`.
+/// `GET /v1/projections`: per store state, positions, lag and last error.
+#[utoipa::path(get, path = "/v1/projections", tag = "projections",
+    responses((status = 200, body = Vec<StoreStatus>), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn projections(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -39,6 +49,10 @@ pub async fn projections(
 }
 
 /// `POST /v1/projections/{name}/pause|resume` (`rebuild` comes with the rebuild work).
+#[utoipa::path(post, path = "/v1/projections/{name}/{action}", tag = "projections",
+    params(("name" = String, Path, description = "mysql | milvus | s3"), ("action" = String, Path, description = "pause | resume")),
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn projection_action(
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -67,4 +81,13 @@ pub async fn projection_action(
 /// Anything else.
 pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound("no such endpoint".into()))
+}
+
+/// `GET /v1/openapi.json`: this API's OpenAPI description.
+pub async fn openapi(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state.config)?;
+    Ok(HttpResponse::Ok().json(super::openapi::document()))
 }

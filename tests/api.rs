@@ -1,0 +1,405 @@
+//! The HTTP contract: every error code refuses without changing anything, concurrency on one
+//! document and across many, idempotent retries, authentication, size limits, the NDJSON
+//! batch, the OpenAPI description and the `ingest` command. Real stores, real HTTP.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::TestService;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+fn doc_body(title: &str, n_chunks: usize) -> Value {
+    json!({
+        "title": title,
+        "source_type": "note",
+        "chunks": (0..n_chunks).map(|i| json!({"text": format!("{title} {i}"), "vector": vec![i as f32; 8]})).collect::<Vec<_>>(),
+    })
+}
+
+async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let res = req.send().await.expect("request");
+    let status = res.status().as_u16();
+    let text = res.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// `(version, number of events)` of a document as the API reports them.
+async fn version_and_events(
+    svc: &TestService,
+    http: &reqwest::Client,
+    doc: &str,
+) -> (Value, usize) {
+    let (_, got) = send(http.get(svc.doc_url(doc, ""))).await;
+    let (_, events) = send(http.get(svc.doc_url(doc, "/events"))).await;
+    (
+        got["version"].clone(),
+        events["events"].as_array().map_or(0, Vec::len),
+    )
+}
+
+#[actix_rt::test]
+async fn every_refusal_has_its_code_and_changes_nothing() {
+    let svc = TestService::start(
+        "api_refusals",
+        &[
+            ("DOCLEDGER_MAX_BODY_BYTES", "4096"),
+            ("DOCLEDGER_MAX_BLOB_BYTES", "64"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let doc = "refusals/doc";
+    let (status, _) = send(
+        http.put(svc.doc_url(doc, ""))
+            .json(&doc_body("original", 2)),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let before = version_and_events(&svc, &http, doc).await;
+    assert_eq!(before, (json!(1), 2));
+
+    let mut unknown_field = doc_body("x", 1);
+    unknown_field["chunks"][0]["vectr"] = json!([1]);
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (http.put(svc.doc_url(doc, "")).body("{"), 400, "invalid_json"),
+        (http.put(svc.doc_url(doc, "")).json(&unknown_field), 400, "invalid_json"),
+        (http.put(svc.doc_url(doc, "")).json(&json!({"title": "x"})), 400, "invalid_json"),
+        (http.put(svc.doc_url(doc, "")).json(&json!({"title": "x", "source_type": "s", "chunks": [{"text": "t", "vector": [1e39, 0, 0, 0, 0, 0, 0, 0]}]})), 400, "invalid_field"),
+        (http.put(svc.doc_url(doc, "")).json(&json!({"title": "x", "source_type": "s", "chunks": [{"text": "t", "vector": [1, 2]}]})), 400, "invalid_field"),
+        (http.put(svc.doc_url(doc, "")).json(&json!({"title": "x".repeat(1025), "source_type": "s"})), 400, "invalid_field"),
+        (http.put(svc.doc_url(doc, "")).json(&json!({"title": "x", "source_type": "s", "blob": {"content_base64": "***", "content_type": "text/plain"}})), 400, "invalid_field"),
+        (http.put(svc.url("/v1/documents/a%22b")).json(&doc_body("x", 1)), 400, "invalid_doc_id"),
+        (http.put(svc.url("/v1/documents/a%2F..%2Fb")).json(&doc_body("x", 1)), 400, "invalid_doc_id"),
+        (http.put(svc.url("/v1/documents/%2Fa")).json(&doc_body("x", 1)), 400, "invalid_doc_id"),
+        (http.put(svc.doc_url(doc, "?timeout_ms=5")).json(&doc_body("x", 1)), 400, "invalid_query"),
+        (http.put(svc.doc_url(doc, "?consistency=applied&timeout_ms=abc")).json(&doc_body("x", 1)), 400, "invalid_query"),
+        (http.put(svc.doc_url(doc, "")).header("Idempotency-Key", "").json(&doc_body("x", 1)), 400, "invalid_idempotency_key"),
+        (http.put(svc.doc_url(doc, "")).json(&json!({"title": "x", "source_type": "s", "expected_version": 5})), 409, "version_conflict"),
+        (http.delete(svc.doc_url(doc, "")).json(&json!({"expected_version": 9})), 409, "version_conflict"),
+        (http.put(svc.doc_url(doc, "")).json(&json!({"title": "x".repeat(5000), "source_type": "s"})), 413, "payload_too_large"),
+        (http.put(svc.doc_url(doc, "")).json(&json!({"title": "x", "source_type": "s", "blob": {"content_base64": "QUFB".repeat(40), "content_type": "text/plain"}})), 413, "payload_too_large"),
+        (http.delete(svc.doc_url("never-seen", "")), 404, "not_found"),
+        (http.get(svc.doc_url("never-seen", "")), 404, "not_found"),
+        (http.get(svc.url("/v1/nothing-here")), 404, "not_found"),
+    ];
+    for (i, (req, want_status, want_code)) in cases.into_iter().enumerate() {
+        let (status, body) = send(req).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (want_status, Some(want_code)),
+            "case {i}: {body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "case {i}: {body}"
+        );
+        assert_eq!(
+            version_and_events(&svc, &http, doc).await,
+            before,
+            "case {i} changed the document"
+        );
+    }
+    svc.stop().await;
+}
+
+#[actix_rt::test]
+async fn concurrent_puts_to_one_document_lose_no_update() {
+    let svc = TestService::start("api_same_doc", &[]).await;
+    let http = reqwest::Client::new();
+    let doc = "contended";
+    let puts = (0..32).map(|i| {
+        let req = http
+            .put(svc.doc_url(doc, ""))
+            .json(&doc_body(&format!("writer {i}"), 1));
+        async move { send(req).await }
+    });
+    let results: Vec<(u16, Value)> = futures::future::join_all(puts).await;
+    let mut versions: Vec<u64> = results
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 200, "{body}");
+            body["version"].as_u64().expect("version")
+        })
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(
+        versions,
+        (1..=32).collect::<Vec<u64>>(),
+        "every put is its own version, none lost"
+    );
+    assert_eq!(version_and_events(&svc, &http, doc).await, (json!(32), 64));
+    svc.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_thousand_documents_in_parallel_are_each_in_the_log_once() {
+    let svc = TestService::start("api_many_docs", &[]).await;
+    let http = reqwest::Client::new();
+    let n = 1000;
+    let results: Vec<(u16, Value)> = futures::stream::iter((0..n).map(|i| {
+        let req = http
+            .put(svc.doc_url(&format!("many/{i}"), ""))
+            .json(&doc_body(&format!("doc {i}"), 1));
+        async move { send(req).await }
+    }))
+    .buffer_unordered(32)
+    .collect()
+    .await;
+    assert!(
+        results.iter().all(|(s, b)| *s == 200 && b["version"] == 1),
+        "every put acknowledged at version 1"
+    );
+    let (client, conn) =
+        tokio_postgres::connect(svc.config.eventstore_url.expose(), tokio_postgres::NoTls)
+            .await
+            .expect("log database");
+    actix_rt::spawn(conn);
+    let rows = client
+        .query(
+            "SELECT stream_id, count(*) FROM events GROUP BY stream_id",
+            &[],
+        )
+        .await
+        .expect("count events");
+    let streams: HashSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+    assert_eq!(streams.len(), n);
+    assert!(
+        rows.iter().all(|r| r.get::<_, i64>(1) == 2),
+        "one RowInserted and one VectorsIndexed each"
+    );
+    svc.stop().await;
+}
+
+#[actix_rt::test]
+async fn idempotent_retries_get_the_first_answer() {
+    let svc = TestService::start("api_idempotency", &[]).await;
+    let http = reqwest::Client::new();
+    let body = doc_body("once", 2);
+    let first = send(
+        http.put(svc.doc_url("idem", ""))
+            .header("Idempotency-Key", "k-1")
+            .json(&body),
+    )
+    .await;
+    assert_eq!(first.0, 200);
+    // A concurrent change in between must not change the retry's answer.
+    let (s, _) = send(
+        http.put(svc.doc_url("idem", ""))
+            .json(&doc_body("other", 1)),
+    )
+    .await;
+    assert_eq!(s, 200);
+    for _ in 0..3 {
+        let retry = send(
+            http.put(svc.doc_url("idem", ""))
+                .header("Idempotency-Key", "k-1")
+                .json(&body),
+        )
+        .await;
+        assert_eq!(retry.0, 200);
+        assert_eq!(
+            (
+                &retry.1["version"],
+                &retry.1["log_position"],
+                &retry.1["unchanged"]
+            ),
+            (
+                &first.1["version"],
+                &first.1["log_position"],
+                &first.1["unchanged"]
+            )
+        );
+    }
+    let (s, e) = send(
+        http.put(svc.doc_url("idem", ""))
+            .header("Idempotency-Key", "k-1")
+            .json(&doc_body("different", 1)),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (400, Some("invalid_idempotency_key"))
+    );
+    assert_eq!(version_and_events(&svc, &http, "idem").await, (json!(2), 4));
+    svc.stop().await;
+}
+
+#[actix_rt::test]
+async fn tokens_guard_every_v1_endpoint() {
+    let svc = TestService::start(
+        "api_auth",
+        &[("DOCLEDGER_API_TOKENS", "alpha-token,beta-token")],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let endpoints = [
+        ("PUT", svc.doc_url("a", "")),
+        ("DELETE", svc.doc_url("a", "")),
+        ("GET", svc.doc_url("a", "")),
+        ("GET", svc.doc_url("a", "/events")),
+        ("POST", svc.url("/v1/documents:batch")),
+        ("GET", svc.url("/v1/projections")),
+        ("POST", svc.url("/v1/projections/mysql/pause")),
+        ("GET", svc.url("/v1/openapi.json")),
+    ];
+    for (method, url) in &endpoints {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        for auth in [
+            None,
+            Some("Bearer wrong"),
+            Some("Bearer alpha-toke"),
+            Some("alpha-token"),
+        ] {
+            let mut req = http.request(m.clone(), url).json(&doc_body("t", 1));
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let (status, body) = send(req).await;
+            assert_eq!(
+                (status, body["error"]["code"].as_str()),
+                (401, Some("unauthorized")),
+                "{method} {url} {auth:?}"
+            );
+        }
+    }
+    let (status, _) = send(
+        http.put(svc.doc_url("a", ""))
+            .bearer_auth("beta-token")
+            .json(&doc_body("t", 1)),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = send(
+        http.get(svc.url("/v1/projections"))
+            .bearer_auth("alpha-token"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = send(
+        http.post(svc.url("/v1/projections/mysql/resume"))
+            .bearer_auth("alpha-token"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = send(http.get(svc.url("/healthz"))).await;
+    assert_eq!(status, 200, "health checks need no token");
+    svc.stop().await;
+}
+
+#[actix_rt::test]
+async fn batch_answers_each_line_in_order_and_a_bad_line_fails_alone() {
+    let svc = TestService::start("api_batch", &[]).await;
+    let http = reqwest::Client::new();
+    let mut lines = Vec::new();
+    for i in 0..5 {
+        let mut l = doc_body(&format!("b{i}"), 1);
+        l["op"] = json!("put");
+        l["doc_id"] = json!(format!("batch/{i}"));
+        lines.push(l.to_string());
+    }
+    lines.insert(2, "{not json".to_owned());
+    lines.insert(
+        3,
+        json!({"op": "put", "doc_id": "bad id", "title": "t", "source_type": "s"}).to_string(),
+    );
+    lines.push(json!({"op": "delete", "doc_id": "batch/0"}).to_string());
+    lines.push(json!({"op": "delete", "doc_id": "batch/never"}).to_string());
+    lines.push(json!({"op": "upsert", "doc_id": "batch/9"}).to_string());
+    let res = http
+        .post(svc.url("/v1/documents:batch"))
+        .body(lines.join("\n"))
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(res.status().as_u16(), 200);
+    let out: Vec<Value> = res
+        .text()
+        .await
+        .expect("text")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let statuses: Vec<u64> = out
+        .iter()
+        .map(|v| v["status"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(statuses, [200, 200, 400, 400, 200, 200, 200, 200, 404, 400]);
+    let lines_no: Vec<u64> = out
+        .iter()
+        .map(|v| v["line"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(lines_no, (1..=10).collect::<Vec<u64>>());
+    assert_eq!(out[2]["error"]["code"], "invalid_json");
+    assert_eq!(out[3]["error"]["code"], "invalid_doc_id");
+    assert_eq!(
+        out[7]["result"]["version"], 2,
+        "the delete of batch/0 is its version 2"
+    );
+    let (status, got) = send(http.get(svc.doc_url("batch/4", ""))).await;
+    assert_eq!((status, got["title"].as_str()), (200, Some("b4")));
+    svc.stop().await;
+}
+
+#[actix_rt::test]
+async fn openapi_describes_the_contract_and_ingest_sends_a_file() {
+    let svc = TestService::start("api_openapi_ingest", &[]).await;
+    let http = reqwest::Client::new();
+    let (status, doc) = send(http.get(svc.url("/v1/openapi.json"))).await;
+    assert_eq!(status, 200);
+    for path in [
+        "/v1/documents/{doc_id}",
+        "/v1/documents:batch",
+        "/v1/projections",
+        "/v1/documents/{doc_id}/events",
+    ] {
+        assert!(doc["paths"][path].is_object(), "missing {path}");
+    }
+    assert!(doc["components"]["schemas"]["PutBody"]["properties"]["chunks"].is_object());
+
+    let dir = std::env::temp_dir().join(&svc.name);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("docs.ndjson");
+    let mut text = String::new();
+    for i in 0..1200 {
+        let mut l = doc_body(&format!("ingested {i}"), 1);
+        l["op"] = json!("put");
+        l["doc_id"] = json!(format!("ingest/{i}"));
+        text.push_str(&l.to_string());
+        text.push('\n');
+    }
+    text.push_str("{\"op\":\"put\",\"doc_id\":\"ingest/bad\"}\n");
+    std::fs::write(&file, text).expect("write ndjson");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_docledger"))
+        .args([
+            "ingest",
+            file.to_str().expect("utf-8 path"),
+            "--url",
+            &svc.url(""),
+        ])
+        .output()
+        .await
+        .expect("run docledger ingest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("1201 lines: 1200 accepted, 0 unchanged, 1 refused")
+            && stdout.contains("invalid_json: 1"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a refused line makes ingest exit 1"
+    );
+    let (status, got) = send(http.get(svc.doc_url("ingest/1199", ""))).await;
+    assert_eq!((status, got["version"].clone()), (200, json!(1)));
+    std::fs::remove_dir_all(&dir).ok();
+    svc.stop().await;
+}
