@@ -27,7 +27,23 @@ const SHARDS: usize = 16;
 /// How long a request waits for its document actor before answering 503.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-type Shard = Mutex<HashMap<DocId, Addr<DocumentActor>>>;
+/// A live actor and the number of requests sent to it and not yet answered.
+#[derive(Clone)]
+struct Entry {
+    addr: Addr<DocumentActor>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+type Shard = Mutex<HashMap<DocId, Entry>>;
+
+/// Decrements an actor's in-flight count when the request ends, however it ends.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 struct Inner {
     shards: Vec<Shard>,
@@ -70,21 +86,31 @@ impl Registry {
         &self.inner.shards[stream_hash(doc_id.as_str()) as usize % SHARDS]
     }
 
-    fn addr(&self, doc_id: &DocId) -> Addr<DocumentActor> {
+    fn entry(&self, doc_id: &DocId) -> Entry {
         let mut evict = None;
-        let addr = {
+        let entry = {
             let mut shard = self
                 .shard(doc_id)
                 .lock()
                 .expect("registry shard lock poisoned");
-            if let Some(addr) = shard.get(doc_id).filter(|a| a.connected()) {
-                return addr.clone();
+            if let Some(entry) = shard.get(doc_id).filter(|e| e.addr.connected()) {
+                return entry.clone();
             }
             if self.inner.live.load(Ordering::Relaxed) >= self.inner.config.max_live {
-                evict = shard
-                    .iter()
-                    .find(|(id, _)| *id != doc_id)
-                    .map(|(_, a)| a.clone());
+                // Evict an idle actor (none waiting on it): this shard first, then any other
+                // shard not locked right now (try_lock: never wait on a second lock).
+                let idle = |map: &HashMap<DocId, Entry>| {
+                    map.iter()
+                        .find(|(id, e)| *id != doc_id && e.in_flight.load(Ordering::Acquire) == 0)
+                        .map(|(_, e)| e.addr.clone())
+                };
+                evict = idle(&shard).or_else(|| {
+                    self.inner
+                        .shards
+                        .iter()
+                        .filter_map(|other| other.try_lock().ok())
+                        .find_map(|map| idle(&map))
+                });
             }
             let weak: Weak<Inner> = Arc::downgrade(&self.inner);
             let on_stop = Arc::new(move |id: &DocId, addr: &Addr<DocumentActor>| {
@@ -92,7 +118,7 @@ impl Registry {
                     inner.live.fetch_sub(1, Ordering::Relaxed);
                     let shard = &inner.shards[stream_hash(id.as_str()) as usize % SHARDS];
                     if let Ok(mut map) = shard.lock() {
-                        if map.get(id) == Some(addr) {
+                        if map.get(id).map(|e| &e.addr) == Some(addr) {
                             map.remove(id);
                         }
                     }
@@ -109,13 +135,31 @@ impl Registry {
                 DocumentActor::new(id, log, cfg.idle_timeout, cfg.mailbox_capacity, on_stop)
             });
             self.inner.live.fetch_add(1, Ordering::Relaxed);
-            shard.insert(doc_id.clone(), addr.clone());
-            addr
+            let entry = Entry {
+                addr,
+                in_flight: Arc::new(AtomicUsize::new(0)),
+            };
+            shard.insert(doc_id.clone(), entry.clone());
+            entry
         };
         if let Some(other) = evict {
             other.do_send(Passivate);
         }
-        addr
+        entry
+    }
+
+    /// Reserves a place in the document's mailbox, or refuses at once when it is full
+    /// (back-pressure: the API answers 503 with Retry-After instead of queueing without bound).
+    fn reserve(&self, doc_id: &DocId) -> Result<(Addr<DocumentActor>, InFlight), CommandError> {
+        let entry = self.entry(doc_id);
+        let before = entry.in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(entry.in_flight);
+        if before >= self.inner.config.mailbox_capacity {
+            return Err(CommandError::Busy(format!(
+                "document {doc_id} already has {before} requests waiting; retry later"
+            )));
+        }
+        Ok((entry.addr, guard))
     }
 
     /// Executes a command on the document's actor.
@@ -128,7 +172,7 @@ impl Registry {
         msg: ExecuteCommand,
     ) -> Result<CommandOutcome, CommandError> {
         for _ in 0..2 {
-            let addr = self.addr(doc_id);
+            let (addr, _in_flight) = self.reserve(doc_id)?;
             match tokio::time::timeout(REQUEST_TIMEOUT, addr.send(msg.clone())).await {
                 Ok(Ok(result)) => return result,
                 // Stopped between lookup and send (passivation): start a fresh one.
@@ -149,7 +193,7 @@ impl Registry {
     /// As [`Registry::execute`].
     pub async fn state(&self, doc_id: &DocId) -> Result<Document, CommandError> {
         for _ in 0..2 {
-            let addr = self.addr(doc_id);
+            let (addr, _in_flight) = self.reserve(doc_id)?;
             match tokio::time::timeout(REQUEST_TIMEOUT, addr.send(GetState)).await {
                 Ok(Ok(result)) => return result,
                 Ok(Err(MailboxError::Closed)) => continue,
