@@ -222,8 +222,20 @@ pub async fn delete(
     Ok(HttpResponse::build(status).json(response))
 }
 
-/// `GET /v1/documents/{doc_id}`.
-pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// Query of `GET /v1/documents/{doc_id}`.
+#[derive(Debug, Deserialize, Default)]
+pub struct GetQuery {
+    /// Also compare every store with the log for this document (`verification` field).
+    #[serde(default)]
+    verify: bool,
+}
+
+/// `GET /v1/documents/{doc_id}` (`?verify=true` adds `verification`).
+pub async fn get(
+    req: HttpRequest,
+    query: web::Query<GetQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state.config)?;
     let doc_id = doc_id_of(&req)?;
     let Some(stream) = state.log.stream_state(&doc_id).await? else {
@@ -231,7 +243,7 @@ pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     };
     let doc = state.registry.state(&doc_id).await?;
     let content = doc.content.as_ref().filter(|_| !doc.deleted);
-    Ok(HttpResponse::Ok().json(serde_json::json!({
+    let mut body = serde_json::json!({
         "doc_id": doc_id.as_str(),
         "version": doc.version,
         "deleted": doc.deleted,
@@ -245,7 +257,13 @@ pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
         "consistent": stream.consistent(),
         "ready": stream.ready_version >= stream.version,
         "compensations": doc.compensations,
-    })))
+    });
+    if query.verify {
+        let verification = state.verifier.verify_document(&doc_id).await?;
+        body["verification"] = serde_json::to_value(verification)
+            .map_err(|e| ApiError::Unavailable(format!("encoding the verification: {e}")))?;
+    }
+    Ok(HttpResponse::Ok().json(body))
 }
 
 /// `GET /v1/documents/{doc_id}/events`.
