@@ -44,6 +44,9 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("ACTOR_IDLE_SECS", Some("60")),
     ("MAX_LIVE_ACTORS", Some("100000")),
     ("MAX_CHUNKS", Some("10000")),
+    // Background verifier: seconds between sample runs (0 = off) and documents per run.
+    ("VERIFY_INTERVAL_SECS", Some("300")),
+    ("VERIFY_SAMPLE", Some("100")),
 ];
 
 /// A secret whose `Debug` and `Display` never show it.
@@ -114,6 +117,15 @@ pub struct ActorConfig {
     pub max_live: usize,
 }
 
+/// Background verifier tuning.
+#[derive(Debug, Clone)]
+pub struct VerifyConfig {
+    /// Time between sample runs; `None` = the background verifier is off.
+    pub interval: Option<Duration>,
+    /// Documents verified per run.
+    pub sample: u32,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -153,6 +165,8 @@ pub struct Config {
     pub projection: ProjectionConfig,
     /// Actor tuning.
     pub actors: ActorConfig,
+    /// Background verifier tuning.
+    pub verify: VerifyConfig,
 }
 
 /// A configuration value that cannot be used.
@@ -352,6 +366,13 @@ impl Config {
                 mailbox_capacity: positive("MAILBOX_CAPACITY")?,
                 idle_timeout: Duration::from_secs(positive("ACTOR_IDLE_SECS")? as u64),
                 max_live: positive("MAX_LIVE_ACTORS")?,
+            },
+            verify: VerifyConfig {
+                interval: Some(v.num::<u64>("VERIFY_INTERVAL_SECS")?)
+                    .filter(|s| *s > 0)
+                    .map(Duration::from_secs),
+                sample: u32::try_from(positive("VERIFY_SAMPLE")?)
+                    .map_err(|_| invalid("VERIFY_SAMPLE", "must fit 32 bits".into()))?,
             },
         })
     }

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod eventlog;
 pub mod metrics;
+pub mod verify;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::api::error::ApiError;
 use crate::api::AppState;
 use crate::config::Config;
 use crate::eventlog::{LogError, PgLog};
+use crate::verify::Verifier;
 
 /// Capacity of the projectors → tracker channel (batches of newly consistent documents).
 const CONSISTENT_CHANNEL_CAPACITY: usize = 256;
@@ -163,7 +165,17 @@ pub async fn serve(
         projection_cancel.clone(),
     );
 
+    let verifier = Verifier::new(log.clone(), stores.clone(), partitions);
+    let background_verifier = config.verify.interval.map(|interval| {
+        tokio::spawn(verifier.clone().run_background(
+            interval,
+            config.verify.sample,
+            projection_cancel.clone(),
+        ))
+    });
+
     let state = AppState {
+        verifier,
         config: config.clone(),
         registry,
         log: log.clone(),
@@ -196,6 +208,9 @@ pub async fn serve(
     projection_cancel.cancel();
     projectors.join().await;
     let _ = tracker.await;
+    if let Some(task) = background_verifier {
+        let _ = task.await;
+    }
     for arbiter in arbiters {
         arbiter.stop();
     }

@@ -146,10 +146,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("docledger rebuild {store}: not available in this version yet (blue/green rebuild is planned work)");
             Ok(ExitCode::from(2))
         }
-        Command::Verify { .. } => {
-            eprintln!("docledger verify: not available in this version yet; `docledger demo` checks its own documents");
-            Ok(ExitCode::from(2))
-        }
+        Command::Verify { repair, json } => system.block_on(async move {
+            let outcome = docledger::cli::verify::run(&config, repair).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&outcome)?);
+            } else {
+                println!("{}", outcome.report.summary());
+                if let (Some(summary), Some(after)) = (&outcome.repair, &outcome.after_repair) {
+                    println!(
+                        "repair: {} changes re-applied, {} removals, {} strays deleted",
+                        summary.num_reapplied, summary.num_removed, summary.num_strays_deleted
+                    );
+                    println!("after repair:\n{}", after.summary());
+                }
+            }
+            Ok(if outcome.matches() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }),
     }
 }
 

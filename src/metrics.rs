@@ -3,8 +3,10 @@
 //! `docledger_<subsystem>_<what>_<unit>`; labels are low-cardinality (`sink`, `partition`).
 
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::actors::projector::StoreStatus;
+use crate::verify::VerifyStats;
 
 /// Renders the gauges.
 pub fn render(stores: &[StoreStatus], live_actors: usize) -> String {
@@ -71,13 +73,61 @@ pub fn render(stores: &[StoreStatus], live_actors: usize) -> String {
     out
 }
 
+/// Renders the background verifier's counters and drift gauge.
+pub fn render_verify(stats: &VerifyStats) -> String {
+    let mut out = String::new();
+    let get = |v: &AtomicU64| v.load(Ordering::Relaxed) as f64;
+    counter(
+        &mut out,
+        "docledger_verify_runs_total",
+        "Background verification runs, by outcome.",
+        &[
+            ("outcome=\"ok\"", get(&stats.runs_total)),
+            ("outcome=\"failed\"", get(&stats.failed_runs_total)),
+        ],
+    );
+    counter(
+        &mut out,
+        "docledger_verify_documents_total",
+        "Documents verified by the background verifier.",
+        &[("", get(&stats.documents_total))],
+    );
+    counter(
+        &mut out,
+        "docledger_verify_drift_findings_total",
+        "Differences between a store and the log found by the background verifier (projection lag excluded).",
+        &[("", get(&stats.drift_findings_total))],
+    );
+    gauge(
+        &mut out,
+        "docledger_verify_drifted_documents",
+        "Documents of the last background sample whose stores differ from the log.",
+        &[("", get(&stats.drifted_documents))],
+    );
+    gauge(
+        &mut out,
+        "docledger_verify_last_run_timestamp_seconds",
+        "Unix time of the last completed background verification (0 = none yet).",
+        &[("", get(&stats.last_run_unix_seconds))],
+    );
+    out
+}
+
+fn counter(out: &mut String, name: &str, help: &str, samples: &[(&str, f64)]) {
+    metric(out, "counter", name, help, samples);
+}
+
 fn refs(v: &[(String, f64)]) -> Vec<(&str, f64)> {
     v.iter().map(|(l, x)| (l.as_str(), *x)).collect()
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, samples: &[(&str, f64)]) {
+    metric(out, "gauge", name, help, samples);
+}
+
+fn metric(out: &mut String, kind: &str, name: &str, help: &str, samples: &[(&str, f64)]) {
     let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} gauge");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
     for (labels, value) in samples {
         if labels.is_empty() {
             let _ = writeln!(out, "{name} {value}");

@@ -14,7 +14,14 @@ fn doc_body(title: &str) -> Value {
 }
 
 async fn live_actors(http: &reqwest::Client, svc: &TestService) -> Option<u64> {
-    let text = http.get(svc.url("/metrics")).send().await.ok()?.text().await.ok()?;
+    let text = http
+        .get(svc.url("/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("docledger_actors_live "))
         .and_then(|v| v.trim().parse::<f64>().ok())
@@ -23,10 +30,16 @@ async fn live_actors(http: &reqwest::Client, svc: &TestService) -> Option<u64> {
 
 #[actix_rt::test]
 async fn a_full_mailbox_answers_503_and_accepted_puts_stay_contiguous() {
-    let svc = TestService::start("actors_backpressure", &[("DOCLEDGER_MAILBOX_CAPACITY", "2")]).await;
+    let svc = TestService::start(
+        "actors_backpressure",
+        &[("DOCLEDGER_MAILBOX_CAPACITY", "2")],
+    )
+    .await;
     let http = reqwest::Client::new();
     let puts = (0..48).map(|i| {
-        let req = http.put(svc.doc_url("hot", "")).json(&doc_body(&format!("w{i}")));
+        let req = http
+            .put(svc.doc_url("hot", ""))
+            .json(&doc_body(&format!("w{i}")));
         async move {
             let res = req.send().await.expect("request");
             let status = res.status().as_u16();
@@ -49,11 +62,25 @@ async fn a_full_mailbox_answers_503_and_accepted_puts_stay_contiguous() {
             other => panic!("unexpected {other}: {body}"),
         }
     }
-    assert!(refused > 0, "48 simultaneous puts into a mailbox of 2 must see back-pressure");
+    assert!(
+        refused > 0,
+        "48 simultaneous puts into a mailbox of 2 must see back-pressure"
+    );
     versions.sort_unstable();
     let n = versions.len() as u64;
-    assert_eq!(versions, (1..=n).collect::<Vec<u64>>(), "accepted puts are contiguous versions");
-    let got: Value = http.get(svc.doc_url("hot", "")).send().await.expect("get").json().await.expect("json");
+    assert_eq!(
+        versions,
+        (1..=n).collect::<Vec<u64>>(),
+        "accepted puts are contiguous versions"
+    );
+    let got: Value = http
+        .get(svc.doc_url("hot", ""))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(got["version"], n, "refused puts changed nothing");
     svc.stop().await;
 }
@@ -62,27 +89,53 @@ async fn a_full_mailbox_answers_503_and_accepted_puts_stay_contiguous() {
 async fn idle_actors_passivate_the_cap_holds_and_state_reloads_from_the_log() {
     let svc = TestService::start(
         "actors_passivation",
-        &[("DOCLEDGER_ACTOR_IDLE_SECS", "1"), ("DOCLEDGER_MAX_LIVE_ACTORS", "5")],
+        &[
+            ("DOCLEDGER_ACTOR_IDLE_SECS", "1"),
+            ("DOCLEDGER_MAX_LIVE_ACTORS", "5"),
+        ],
     )
     .await;
     let http = reqwest::Client::new();
     let mut peak = 0;
     for i in 0..30 {
-        let res = http.put(svc.doc_url(&format!("p/{i}"), "")).json(&doc_body("v1")).send().await.expect("put");
+        let res = http
+            .put(svc.doc_url(&format!("p/{i}"), ""))
+            .json(&doc_body("v1"))
+            .send()
+            .await
+            .expect("put");
         assert_eq!(res.status().as_u16(), 200);
         peak = peak.max(live_actors(&http, &svc).await.expect("metrics"));
     }
     assert!(peak <= 6, "live actors stay near the cap of 5, saw {peak}");
-    eventually(Duration::from_secs(10), "idle actors to passivate", || async {
-        (live_actors(&http, &svc).await? == 0).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "idle actors to passivate",
+        || async { (live_actors(&http, &svc).await? == 0).then_some(()) },
+    )
     .await;
     // A passivated document continues at the right version from the log.
-    let res = http.put(svc.doc_url("p/3", "")).json(&doc_body("v2")).send().await.expect("put");
+    let res = http
+        .put(svc.doc_url("p/3", ""))
+        .json(&doc_body("v2"))
+        .send()
+        .await
+        .expect("put");
     let body: Value = res.json().await.expect("json");
-    assert_eq!((body["version"].clone(), body["unchanged"].clone()), (json!(2), json!(false)));
-    let res = http.put(svc.doc_url("p/4", "")).json(&doc_body("v1")).send().await.expect("put");
+    assert_eq!(
+        (body["version"].clone(), body["unchanged"].clone()),
+        (json!(2), json!(false))
+    );
+    let res = http
+        .put(svc.doc_url("p/4", ""))
+        .json(&doc_body("v1"))
+        .send()
+        .await
+        .expect("put");
     let body: Value = res.json().await.expect("json");
-    assert_eq!((body["version"].clone(), body["unchanged"].clone()), (json!(1), json!(true)));
+    assert_eq!(
+        (body["version"].clone(), body["unchanged"].clone()),
+        (json!(1), json!(true))
+    );
     svc.stop().await;
 }

@@ -244,15 +244,30 @@ pub async fn delete(
     Ok(HttpResponse::build(status).json(response))
 }
 
-/// `GET /v1/documents/{doc_id}`: current state and per-store applied versions.
+/// Query of `GET /v1/documents/{doc_id}`.
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct GetQuery {
+    /// Also compare every store with the log for this document (`verification` field).
+    #[serde(default)]
+    verify: bool,
+}
+
+/// `GET /v1/documents/{doc_id}`: current state and per-store applied versions
+/// (`?verify=true` adds `verification`).
 #[utoipa::path(get, path = "/v1/documents/{doc_id}", tag = "documents",
-    params(("doc_id" = String, Path)),
+    params(("doc_id" = String, Path), GetQuery),
     responses((status = 200, description = "the document (deleted: true after a delete)", body = Object),
         (status = 400, description = "invalid input (invalid_json, invalid_doc_id, invalid_field, invalid_query, invalid_idempotency_key)", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn get(
+    req: HttpRequest,
+    query: web::Query<GetQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state.config)?;
     let doc_id = doc_id_of(&req)?;
     let Some(stream) = state.log.stream_state(&doc_id).await? else {
@@ -260,7 +275,7 @@ pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     };
     let doc = state.registry.state(&doc_id).await?;
     let content = doc.content.as_ref().filter(|_| !doc.deleted);
-    Ok(HttpResponse::Ok().json(serde_json::json!({
+    let mut body = serde_json::json!({
         "doc_id": doc_id.as_str(),
         "version": doc.version,
         "deleted": doc.deleted,
@@ -274,7 +289,13 @@ pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
         "consistent": stream.consistent(),
         "ready": stream.ready_version >= stream.version,
         "compensations": doc.compensations,
-    })))
+    });
+    if query.verify {
+        let verification = state.verifier.verify_document(&doc_id).await?;
+        body["verification"] = serde_json::to_value(verification)
+            .map_err(|e| ApiError::Unavailable(format!("encoding the verification: {e}")))?;
+    }
+    Ok(HttpResponse::Ok().json(body))
 }
 
 /// `GET /v1/documents/{doc_id}/events`: the document's events without vectors or bytes.

@@ -124,3 +124,12 @@ impl From<CommandError> for ApiError {
         }
     }
 }
+
+impl From<crate::verify::VerifyError> for ApiError {
+    fn from(e: crate::verify::VerifyError) -> Self {
+        match e {
+            crate::verify::VerifyError::Log(e) => e.into(),
+            crate::verify::VerifyError::Store(e) => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}

@@ -19,6 +19,7 @@ use crate::actors::projector::ProjectionView;
 use crate::actors::registry::Registry;
 use crate::config::Config;
 use crate::eventlog::PgLog;
+use crate::verify::Verifier;
 use error::ApiError;
 
 /// What every handler can reach.
@@ -34,6 +35,8 @@ pub struct AppState {
     pub projections: ProjectionView,
     /// Changes whenever the tracker marked documents ready.
     pub ready: watch::Receiver<u64>,
+    /// Compares stores with the log (`?verify=true`, background verifier metrics).
+    pub verifier: Verifier,
 }
 
 /// Longest wait a `consistency=applied` request may ask for.

@@ -29,10 +29,10 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
     let stores = state.projections.status(&state.log).await?;
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(crate::metrics::render(
-            &stores,
-            state.registry.live_actors(),
-        )))
+        .body(
+            crate::metrics::render(&stores, state.registry.live_actors())
+                + &crate::metrics::render_verify(&state.verifier.stats()),
+        ))
 }
 
 /// `GET /v1/projections`: per store state, positions, lag and last error.

@@ -1,8 +1,9 @@
 //! Command-line work beyond `serve`: the demo and NDJSON ingestion, both through the HTTP
-//! API (the path pipelines use).
+//! API (the path pipelines use), and verification, which reads the stores directly.
 
 pub mod demo;
 pub mod ingest;
+pub mod verify;
 
 /// `Authorization` header value for the first configured token, if any.
 pub fn bearer(config: &crate::config::Config) -> Option<String> {

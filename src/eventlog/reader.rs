@@ -179,6 +179,66 @@ impl PgLog {
         Ok(doc)
     }
 
+    /// Every event of a stream with its place in the log, in stream order (what verification
+    /// compares a document's stores with).
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
+    pub async fn stream_records(
+        &self,
+        doc_id: &DocId,
+    ) -> Result<Vec<RecordedEvent<DocumentEvent>>, LogError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(LogError::pool("get connection"))?;
+        let rows = client
+            .query(
+                "SELECT epoch, xid::text, position, stream_id, stream_version, event_type, event_version,
+                        payload, vectors, (extract(epoch FROM recorded_at) * 1000)::bigint
+                 FROM events WHERE stream_id = $1 ORDER BY stream_version",
+                &[&doc_id.as_str()],
+            )
+            .await
+            .map_err(LogError::db("read stream records"))?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    /// Up to `limit` document ids, starting at a random point of the id space and wrapping
+    /// around (a cheap sample for the background verifier: one index range scan).
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`].
+    pub async fn sample_stream_ids(&self, limit: i64) -> Result<Vec<DocId>, LogError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(LogError::pool("get connection"))?;
+        let start: String = {
+            use rand::Rng;
+            let mut rng = rand::rng();
+            (0..4)
+                .map(|_| char::from(rng.random_range(b'0'..=b'z')))
+                .collect()
+        };
+        let rows = client
+            .query(
+                "(SELECT stream_id FROM streams WHERE stream_id >= $1 ORDER BY stream_id LIMIT $2)
+                 UNION ALL
+                 (SELECT stream_id FROM streams WHERE stream_id < $1 ORDER BY stream_id LIMIT $2)
+                 LIMIT $2",
+                &[&start, &limit],
+            )
+            .await
+            .map_err(LogError::db("sample streams"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| DocId::parse(r.get(0)).ok())
+            .collect())
+    }
+
     /// Stores a snapshot of a document (best effort: a missing snapshot only costs load time).
     ///
     /// # Errors

@@ -18,6 +18,8 @@ pub struct TestService {
     pub config: Config,
     pub env: StoreEnv,
     pub name: String,
+    /// The DOCLEDGER_* settings the service runs with (to run the CLI against its stores).
+    pub vars: HashMap<String, String>,
     shutdown: CancellationToken,
     handle: Option<actix_rt::task::JoinHandle<Result<(), docledger::ServeError>>>,
 }
@@ -77,6 +79,7 @@ impl TestService {
             config,
             env,
             name,
+            vars,
             shutdown,
             handle: Some(handle),
         };

@@ -57,6 +57,20 @@ const MAX_DIM: usize = 32_768;
 /// `count(*)` output field of a Milvus query.
 const COUNT_STAR: &str = "count(*)";
 
+/// Most rows one query answers (Milvus' `limit` ceiling for queries).
+pub const SCAN_MAX_ROWS: usize = 16_384;
+
+/// A row's identity and version, as a key scan reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowKey {
+    /// `"{doc_id}#{chunk_index}"`.
+    pub pk: String,
+    /// The row's `doc_id` field.
+    pub doc_id: String,
+    /// The row's `version` field.
+    pub version: i64,
+}
+
 /// One chunk row as Milvus holds it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChunkRow {
@@ -306,11 +320,93 @@ impl MilvusSink {
     /// The classified Milvus failure; permanent when `doc_id` cannot be quoted or a stored
     /// row is out of the contract's ranges.
     pub async fn rows_of(&self, doc_id: &str) -> Result<Vec<ChunkRow>, SinkError> {
+        self.rows_of_docs(&[doc_id]).await
+    }
+
+    /// The key, document and version of every row whose `doc_id` lies in `[from, to)`
+    /// (`None` = unbounded), Strong consistency: a slice of a full scan, without texts or
+    /// vectors. Milvus answers at most [`SCAN_MAX_ROWS`] rows per query, so a slice that
+    /// holds more is refused rather than silently cut.
+    ///
+    /// # Errors
+    /// The classified Milvus failure; permanent when a bound cannot be quoted or the slice
+    /// holds more than [`SCAN_MAX_ROWS`] rows (scan narrower slices).
+    pub async fn keys_between(
+        &self,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<Vec<RowKey>, SinkError> {
+        const OPERATION: &str = "scan keys";
+        let mut conditions = Vec::new();
+        if let Some(from) = from {
+            conditions.push(format!(
+                "{FIELD_DOC_ID} >= {}",
+                schema::string_literal(from)?
+            ));
+        }
+        if let Some(to) = to {
+            conditions.push(format!("{FIELD_DOC_ID} < {}", schema::string_literal(to)?));
+        }
+        if conditions.is_empty() {
+            // Milvus refuses a query with neither filter nor limit; every pk is non-empty.
+            conditions.push(format!("{FIELD_PK} != \"\""));
+        }
+        let request = QueryRequest::builder()
+            .collection_name(&self.collection)
+            .filter(conditions.join(" and "))
+            .output_fields([FIELD_PK, FIELD_DOC_ID, FIELD_VERSION])
+            .limit(SCAN_MAX_ROWS as i64)
+            .consistency_level(ConsistencyLevel::Strong)
+            .build()
+            .map_err(|e| sink_error(OPERATION, &e))?;
+        let response = self
+            .client
+            .query(request)
+            .await
+            .map_err(|e| sink_error(OPERATION, &e))?;
+        let results = response.results();
+        let pks = varchar_column(results, FIELD_PK)?;
+        let doc_ids = varchar_column(results, FIELD_DOC_ID)?;
+        let versions = int64_column(results, FIELD_VERSION)?;
+        if pks.len() >= SCAN_MAX_ROWS {
+            return Err(SinkError::permanent(
+                NAME,
+                OPERATION,
+                format!(
+                    "doc_id range [{from:?}, {to:?}) holds {SCAN_MAX_ROWS} rows or more: scan narrower ranges"
+                ),
+            ));
+        }
+        if doc_ids.len() != pks.len() || versions.len() != pks.len() {
+            return Err(malformed(OPERATION, "columns of different lengths"));
+        }
+        Ok(pks
+            .iter()
+            .zip(doc_ids)
+            .zip(versions)
+            .map(|((pk, doc_id), version)| RowKey {
+                pk: pk.clone(),
+                doc_id: doc_id.clone(),
+                version: *version,
+            })
+            .collect())
+    }
+
+    /// Every row of `doc_ids`, ordered by document then chunk index (Strong consistency).
+    /// The caller keeps the answer below gRPC's 4 MiB response limit by asking for few
+    /// enough documents.
+    ///
+    /// # Errors
+    /// As [`MilvusSink::rows_of`].
+    pub async fn rows_of_docs(&self, doc_ids: &[&str]) -> Result<Vec<ChunkRow>, SinkError> {
         const OPERATION: &str = "read rows";
+        if doc_ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let results = self
             .query(
                 OPERATION,
-                schema::doc_id_in([doc_id])?,
+                schema::doc_id_in(doc_ids.iter().copied())?,
                 &[
                     FIELD_PK,
                     FIELD_DOC_ID,
@@ -333,7 +429,7 @@ impl MilvusSink {
                 OPERATION,
                 format!("row {pk} has {what} {value}, outside the contract's range"),
             )
-            .for_doc(doc_id)
+            .for_doc(schema::doc_id_of_pk(pk))
         };
         let mut rows = Vec::with_capacity(pks.len());
         for (i, pk) in pks.iter().enumerate() {
@@ -357,8 +453,19 @@ impl MilvusSink {
                 embedding: embedding.clone(),
             });
         }
-        rows.sort_by_key(|r| r.chunk_index);
+        rows.sort_by(|a, b| (&a.doc_id, a.chunk_index).cmp(&(&b.doc_id, b.chunk_index)));
         Ok(rows)
+    }
+
+    /// Deletes every row whose `doc_id` field is `doc_id` (verification's repair of stray
+    /// rows that no valid document owns; documents' rows go through [`Sink::apply`]).
+    ///
+    /// # Errors
+    /// The classified Milvus failure; permanent when `doc_id` cannot be quoted.
+    pub async fn delete_doc_id_field(&self, doc_id: &str) -> Result<(), SinkError> {
+        self.delete("delete stray rows", schema::doc_id_in([doc_id])?)
+            .await
+            .map(|_| ())
     }
 
     /// Number of rows in the collection (Strong consistency).

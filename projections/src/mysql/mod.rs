@@ -127,15 +127,31 @@ impl MysqlSink {
     pub async fn row(&self, doc_id: &str) -> Result<Option<DocumentRow>, SinkError> {
         let mut conn = self.pool.get_conn().await.map_err(sink_error("connect"))?;
         let row: Option<mysql_async::Row> = conn
-            .exec_first(
-                "SELECT doc_id, version, title, source_type, business_tag, CAST(attributes AS CHAR),
-                        blob_key, blob_sha256, blob_size, chunk_count, CAST(status AS CHAR)
-                 FROM documents WHERE doc_id = ?",
-                (doc_id,),
-            )
+            .exec_first(format!("{SELECT_ROW} WHERE doc_id = ?"), (doc_id,))
             .await
             .map_err(sink_error("read row"))?;
         row.map(decode_row).transpose()
+    }
+
+    /// Up to `limit` rows with `doc_id` greater than `after` (all rows when `None`), in
+    /// `doc_id` order: a page of a full scan, as verification reads the catalogue.
+    ///
+    /// # Errors
+    /// A classified [`SinkError`].
+    pub async fn rows_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DocumentRow>, SinkError> {
+        let mut conn = self.pool.get_conn().await.map_err(sink_error("connect"))?;
+        let rows: Vec<mysql_async::Row> = conn
+            .exec(
+                format!("{SELECT_ROW} WHERE doc_id > ? ORDER BY doc_id LIMIT ?"),
+                (after.unwrap_or(""), limit as u64),
+            )
+            .await
+            .map_err(sink_error("scan rows"))?;
+        rows.into_iter().map(decode_row).collect()
     }
 
     /// Number of rows, and of those `ready`.
@@ -156,6 +172,12 @@ impl MysqlSink {
         let _ = self.pool.disconnect().await;
     }
 }
+
+/// Every column of a catalogue row, in [`decode_row`]'s order.
+const SELECT_ROW: &str = "SELECT doc_id, version, title, source_type, business_tag,
+        CAST(attributes AS CHAR), blob_key, blob_sha256, blob_size, chunk_count,
+        CAST(status AS CHAR)
+    FROM documents";
 
 fn decode_row(row: mysql_async::Row) -> Result<DocumentRow, SinkError> {
     let bad = |m: String| SinkError::permanent(NAME, "decode row", m);

@@ -257,6 +257,22 @@ impl S3Sink {
         }))
     }
 
+    /// Deletes the object at `key`, whatever it holds (verification's repair of a stray
+    /// object that no document owns; documents' objects go through [`Sink::apply`]).
+    ///
+    /// # Errors
+    /// The classified S3 failure.
+    pub async fn delete_key(&self, key: &str) -> Result<(), SinkError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| sink_error("delete object", None, &e))?;
+        Ok(())
+    }
+
     /// Every key under `prefix`, in S3's (lexicographic) order.
     ///
     /// # Errors
