@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::actors::projector::Projectors;
 use crate::actors::registry::Registry;
-use crate::actors::tracker;
+use crate::actors::{compensator, tracker};
 use crate::api::error::ApiError;
 use crate::api::AppState;
 use crate::config::Config;
@@ -86,7 +86,8 @@ impl Stores {
 }
 
 /// Runs the service on `listener` until `shutdown` fires: the log, the document actors, one
-/// projector per store and partition, the consistency tracker and the HTTP API. Must run
+/// projector per store and partition, the consistency tracker, the compensator (parked
+/// changes → `RequestCompensation`) and the HTTP API. Must run
 /// inside an actix system (`actix_rt::System` / `#[actix_rt::test]`).
 ///
 /// Shutdown: the HTTP server stops accepting and lets in-flight requests finish, then the
@@ -173,6 +174,14 @@ pub async fn serve(
             projection_cancel.clone(),
         ))
     });
+    // After the projectors: parked changes left from a previous run are compensated first.
+    let compensator = compensator::spawn(
+        log.clone(),
+        registry.clone(),
+        retry,
+        config.projection.idle_poll,
+        projection_cancel.clone(),
+    );
 
     let state = AppState {
         verifier,
@@ -211,6 +220,7 @@ pub async fn serve(
     if let Some(task) = background_verifier {
         let _ = task.await;
     }
+    let _ = compensator.await;
     for arbiter in arbiters {
         arbiter.stop();
     }

@@ -7,7 +7,7 @@ pub mod document;
 pub mod envelope;
 
 pub use document::{
-    BlobRef, Chunk, Document, DocumentCommand, DocumentContent, DocumentError, DocumentEvent,
-    PutDocument, StoreChange, StoreKind,
+    restore_point, BlobRef, Chunk, CompensationOutcome, Document, DocumentCommand, DocumentContent,
+    DocumentError, DocumentEvent, PutDocument, Restore, StoreChange, StoreKind,
 };
 pub use envelope::{DocId, DocIdError, LogCursor, RecordedEvent, Version};

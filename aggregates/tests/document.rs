@@ -2,7 +2,8 @@
 //! tests: replaying a stream rebuilds the state the commands produced, whatever the commands.
 
 use aggregates::{
-    BlobRef, Chunk, Document, DocumentCommand, DocumentError, DocumentEvent, PutDocument,
+    restore_point, BlobRef, Chunk, CompensationOutcome, Document, DocumentCommand, DocumentError,
+    DocumentEvent, PutDocument, Restore,
 };
 use cqrs_es::test::TestFramework;
 use proptest::prelude::*;
@@ -200,29 +201,157 @@ fn invalid_puts_are_refused() {
     }
 }
 
+fn compensation(version: u64, restore: Restore) -> DocumentCommand {
+    DocumentCommand::RequestCompensation {
+        version,
+        target: "mysql".into(),
+        reason: "refused".into(),
+        restore,
+    }
+}
+
+fn requested(version: u64) -> DocumentEvent {
+    DocumentEvent::CompensationRequested {
+        version,
+        target: "mysql".into(),
+        reason: "refused".into(),
+    }
+}
+
 #[test]
-fn compensation_requests_are_recorded_once() {
-    let p = put("t", vec![], None);
-    let request = DocumentCommand::RequestCompensation {
-        version: 1,
-        target: "milvus".into(),
-        reason: "refused".into(),
-    };
-    let recorded = DocumentEvent::CompensationRequested {
-        version: 1,
-        target: "milvus".into(),
-        reason: "refused".into(),
-    };
+fn a_refused_current_version_is_rolled_back_to_the_restore_point_as_a_new_version() {
+    let v1 = put("good", vec![chunk(0, "a")], Some(blob('a')));
+    let v2 = put("poison", vec![chunk(0, "b")], Some(blob('b')));
+    let mut history = events_of(1, &v1);
+    history.extend(events_of(2, &v2));
+    let command = compensation(
+        2,
+        Restore::Version {
+            version: 1,
+            content: v1.clone(),
+        },
+    );
+    let mut expected = vec![requested(2)];
+    expected.extend(events_of(3, &v1));
     DocumentTest::with(())
-        .given(events_of(1, &p))
-        .when(request.clone())
-        .then_expect_events(vec![recorded.clone()]);
-    let mut history = events_of(1, &p);
-    history.push(recorded);
+        .given(history.clone())
+        .when(command.clone())
+        .then_expect_events(expected.clone());
+    let doc = Document::replay(&history);
+    let (_, outcome) = doc.decide_compensation(&command);
+    assert_eq!(outcome, CompensationOutcome::RolledBack { from: 1, to: 3 });
+    history.extend(expected);
+    let after = Document::replay(&history);
+    assert_eq!(after.version, 3);
+    assert!(after.compensations.is_empty(), "the rollback settles it");
+    assert_eq!(
+        after.content.as_ref().map(|c| c.title.as_str()),
+        Some("good")
+    );
+}
+
+#[test]
+fn a_refused_first_version_is_withdrawn() {
+    let v1 = put("poison", vec![], None);
+    DocumentTest::with(())
+        .given(events_of(1, &v1))
+        .when(compensation(1, Restore::Withdraw))
+        .then_expect_events(vec![
+            requested(1),
+            DocumentEvent::DocumentDeleted { version: 2 },
+        ]);
+}
+
+#[test]
+fn superseded_unknown_and_refused_deletions_append_nothing() {
+    let v1 = put("a", vec![], None);
+    let v2 = put("b", vec![], None);
+    let mut history = events_of(1, &v1);
+    history.extend(events_of(2, &v2));
+    let doc = Document::replay(&history);
+    for (version, outcome) in [
+        (1, CompensationOutcome::Superseded { by: 2 }),
+        (3, CompensationOutcome::Unknown),
+        (0, CompensationOutcome::Unknown),
+    ] {
+        let (events, got) = doc.decide_compensation(&compensation(version, Restore::Withdraw));
+        assert!(events.is_empty());
+        assert_eq!(got, outcome);
+    }
+    history.push(DocumentEvent::DocumentDeleted { version: 3 });
+    let deleted = Document::replay(&history);
+    let (events, got) = deleted.decide_compensation(&compensation(3, Restore::Withdraw));
+    assert!(events.is_empty());
+    assert_eq!(got, CompensationOutcome::NeedsOperator);
+    assert!(!got.resolves());
+}
+
+#[test]
+fn the_restore_point_is_the_newest_earlier_version_no_store_refused() {
+    let v1 = put("one", vec![chunk(0, "a")], Some(blob('a')));
+    let v2 = put("two", vec![chunk(0, "b")], None);
+    let v3 = put("three", vec![], None);
+    let mut history = events_of(1, &v1);
+    history.extend(events_of(2, &v2));
+    history.extend(events_of(3, &v3));
+    let none = std::collections::BTreeSet::new();
+    assert_eq!(
+        restore_point(&history, &none, 3),
+        Restore::Version {
+            version: 2,
+            content: v2.clone()
+        }
+    );
+    let refused_2: std::collections::BTreeSet<u64> = [2, 3].into();
+    assert_eq!(
+        restore_point(&history, &refused_2, 3),
+        Restore::Version {
+            version: 1,
+            content: v1.clone()
+        }
+    );
+    assert_eq!(restore_point(&history, &none, 1), Restore::Withdraw);
+    // A deletion before the refused version: the document was withdrawn then.
+    let mut deleted = events_of(1, &v1);
+    deleted.push(DocumentEvent::DocumentDeleted { version: 2 });
+    deleted.extend(events_of(3, &v3));
+    assert_eq!(restore_point(&deleted, &none, 3), Restore::Withdraw);
+    // A refused rollback is not rolled back again (it would be refused again): withdraw.
+    let mut rolled = history.clone();
+    rolled.push(requested(3));
+    rolled.extend(events_of(4, &v1));
+    assert_eq!(restore_point(&rolled, &[3, 4].into(), 4), Restore::Withdraw);
+}
+
+#[test]
+fn redrive_re_emits_the_current_state_as_a_new_version() {
+    let v1 = put("one", vec![chunk(0, "a")], None);
+    DocumentTest::with(())
+        .given(events_of(1, &v1))
+        .when(DocumentCommand::Redrive {
+            current_version: 1,
+            content: Some(v1.clone()),
+        })
+        .then_expect_events(events_of(2, &v1));
+    let mut history = events_of(1, &v1);
+    history.push(DocumentEvent::DocumentDeleted { version: 2 });
     DocumentTest::with(())
         .given(history)
-        .when(request)
-        .then_expect_events(vec![]);
+        .when(DocumentCommand::Redrive {
+            current_version: 2,
+            content: None,
+        })
+        .then_expect_events(vec![DocumentEvent::DocumentDeleted { version: 3 }]);
+    DocumentTest::with(())
+        .given(events_of(1, &v1))
+        .when(DocumentCommand::Redrive {
+            current_version: 5,
+            content: Some(v1),
+        })
+        .then_expect_error(DocumentError::VersionConflict {
+            expected: 5,
+            actual: 1,
+        });
 }
 
 fn arb_command() -> impl Strategy<Value = DocumentCommand> {

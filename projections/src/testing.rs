@@ -1,5 +1,6 @@
-//! Test support shared by every crate's tests: where the real stores are, and a clear
-//! failure (with how to start them) when one is not running. Never a mock.
+//! Test support shared by every crate's tests: where the real stores are, a clear failure
+//! (with how to start them) when one is not running, and the sink conformance suite
+//! ([`sink_suite`]) every store adapter passes. Never a mock.
 //!
 //! Addresses come from `PG_URL`, `MYSQL_URL`, `MILVUS_URI`, `S3_ENDPOINT`, `S3_ACCESS_KEY`,
 //! `S3_SECRET_KEY`, `S3_REGION`; unset ones are read from the env file that
@@ -7,6 +8,11 @@
 
 use std::collections::HashMap;
 use std::net::TcpStream;
+
+use aggregates::Version;
+
+use crate::error::SinkError;
+use crate::sink::Sink;
 use std::time::Duration;
 
 /// How to start the stores, printed when one is missing.
@@ -138,4 +144,331 @@ pub fn unique_name(test: &str) -> String {
         std::process::id(),
         nanos & 0xffffff
     )
+}
+
+/// What a store holds for one document, as the conformance suite compares it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holding {
+    /// The version the store holds.
+    pub version: Version,
+    /// A fingerprint of the content (changes whenever the stored state does).
+    pub fingerprint: String,
+}
+
+/// A sink whose stored state of a document can be read back (for the conformance suite).
+pub trait Held: Sink + Sync {
+    /// What the store holds for `doc_id`, `None` when nothing.
+    fn held(
+        &self,
+        doc_id: &str,
+    ) -> impl std::future::Future<Output = Result<Option<Holding>, SinkError>> + Send;
+}
+
+impl Held for crate::mysql::MysqlSink {
+    async fn held(&self, doc_id: &str) -> Result<Option<Holding>, SinkError> {
+        Ok(self.row(doc_id).await?.map(|r| Holding {
+            version: r.version,
+            fingerprint: format!("{}|{}|{:?}", r.title, r.chunk_count, r.blob_sha256),
+        }))
+    }
+}
+
+impl Held for crate::milvus::MilvusSink {
+    async fn held(&self, doc_id: &str) -> Result<Option<Holding>, SinkError> {
+        let rows = self.rows_of(doc_id).await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let versions: Vec<Version> = rows.iter().map(|r| r.version).collect();
+        assert!(
+            versions.iter().all(|v| *v == first.version),
+            "{doc_id} has rows of several versions: {versions:?}"
+        );
+        let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
+        Ok(Some(Holding {
+            version: first.version,
+            fingerprint: texts.join("|"),
+        }))
+    }
+}
+
+impl Held for crate::s3::S3Sink {
+    async fn held(&self, doc_id: &str) -> Result<Option<Holding>, SinkError> {
+        Ok(self.object(doc_id).await?.map(|o| Holding {
+            version: o.version.unwrap_or_default(),
+            fingerprint: format!("{:?}|{}", o.sha256, o.bytes.len()),
+        }))
+    }
+}
+
+/// The sink conformance suite (STYLE.md §7): the same checks against every store adapter.
+///
+/// - re-applying any suffix of the log changes nothing;
+/// - an older version never wins over a newer one;
+/// - a deletion followed by a replay of a suffix that still holds an older put converges
+///   to nothing. An *isolated* late re-delivery of an older put after a deletion would
+///   resurrect the document in every adapter: none keeps tombstones (a deleted document has
+///   no row, no chunk, no object, by contract). The runner never re-delivers that way: it
+///   replays suffixes in log order, and coalescing keeps the deletion, which is what the
+///   suite checks;
+/// - the checkpoint a sink keeps itself only moves forward (the log-side checkpoint is the
+///   log's, tested with it).
+///
+/// A crash between the store write and the checkpoint needs a log and a runner; the
+/// `docledger` crate tests it against the PostgreSQL log.
+pub mod sink_suite {
+    use std::collections::HashMap;
+
+    use aggregates::{Chunk, DocId, DocumentEvent, LogCursor, RecordedEvent, StoreKind, Version};
+    use bytes::Bytes;
+
+    use super::{Held, Holding};
+    use crate::sink::{Batch, Partition};
+
+    const LOG_ID: &str = "conformance-log";
+
+    /// A small log of several documents, their blobs by sha256, and the documents' ids.
+    pub struct SuiteLog {
+        /// Events in log order.
+        pub events: Vec<RecordedEvent<DocumentEvent>>,
+        /// Blob bytes by sha256.
+        pub blobs: HashMap<String, Bytes>,
+    }
+
+    fn cursor(position: i64) -> LogCursor {
+        LogCursor {
+            epoch: 1,
+            xid: 100,
+            position,
+        }
+    }
+
+    impl SuiteLog {
+        fn new() -> SuiteLog {
+            SuiteLog {
+                events: Vec::new(),
+                blobs: HashMap::new(),
+            }
+        }
+
+        fn push(&mut self, doc: &str, event: DocumentEvent) {
+            let position = self.events.len() as i64 + 1;
+            self.events.push(RecordedEvent {
+                cursor: cursor(position),
+                doc_id: DocId::parse(doc).expect("suite ids are valid"),
+                stream_version: position,
+                recorded_at_ms: 0,
+                event,
+            });
+        }
+
+        /// A put of `doc` at `version` with `num_chunks` chunks of `dim` and a blob.
+        pub fn put(&mut self, doc: &str, version: Version, num_chunks: u32, dim: usize) {
+            let bytes = Bytes::from(format!("{doc} blob v{version}"));
+            // A stand-in content address (the sinks trust the log's hashing).
+            let sha = format!("{:064x}", xxhash_rust::xxh3::xxh3_64(&bytes));
+            self.blobs.insert(sha.clone(), bytes.clone());
+            self.push(
+                doc,
+                DocumentEvent::BlobStored {
+                    version,
+                    sha256: sha.clone(),
+                    size: bytes.len() as u64,
+                    content_type: "text/plain".into(),
+                },
+            );
+            self.push(
+                doc,
+                DocumentEvent::RowInserted {
+                    version,
+                    title: format!("{doc} v{version}"),
+                    source_type: "suite".into(),
+                    business_tag: None,
+                    attributes: serde_json::Map::new(),
+                    blob_sha256: Some(sha),
+                    blob_size: Some(bytes.len() as u64),
+                    chunk_count: num_chunks,
+                },
+            );
+            self.push(
+                doc,
+                DocumentEvent::VectorsIndexed {
+                    version,
+                    chunks: (0..num_chunks)
+                        .map(|index| Chunk {
+                            index,
+                            text: format!("{doc} v{version} chunk {index}"),
+                            vector: (0..dim)
+                                .map(|k| version as f32 + index as f32 / 10.0 + k as f32 / 100.0)
+                                .collect(),
+                        })
+                        .collect(),
+                },
+            );
+        }
+
+        /// A deletion of `doc` at `version`.
+        pub fn delete(&mut self, doc: &str, version: Version) {
+            self.push(doc, DocumentEvent::DocumentDeleted { version });
+        }
+
+        /// The coalesced batch of `events[from..to]` for `store`, with blobs.
+        pub fn batch(&self, store: StoreKind, from: usize, to: usize) -> Batch {
+            let slice = &self.events[from..to];
+            let end = slice.last().map_or(LogCursor::START, |e| e.cursor);
+            let mut batch = Batch::coalesce(store, end, slice);
+            batch.blobs = self.blobs.clone();
+            batch
+        }
+    }
+
+    async fn apply<S: Held>(sink: &S, batch: &Batch) {
+        sink.apply(LOG_ID, Partition::ALL, batch)
+            .await
+            .unwrap_or_else(|e| panic!("{} applies the batch: {e}", S::NAME));
+    }
+
+    async fn held<S: Held>(sink: &S, doc: &str) -> Option<Holding> {
+        sink.held(doc)
+            .await
+            .unwrap_or_else(|e| panic!("{} reads {doc}: {e}", S::NAME))
+    }
+
+    /// Runs every check against `sink` (prepared, empty or not: documents are prefixed with
+    /// `prefix`); `dim` is the vector dimension the store expects.
+    pub async fn run<S: Held>(sink: &S, prefix: &str, dim: usize) {
+        reapplying_any_suffix_changes_nothing(sink, prefix, dim).await;
+        an_older_version_never_wins(sink, prefix, dim).await;
+        delete_then_suffix_replay_with_an_older_put_converges(sink, prefix, dim).await;
+        own_checkpoint_only_moves_forward(sink).await;
+    }
+
+    /// Applies a log of several documents, then every suffix of it again: nothing changes.
+    pub async fn reapplying_any_suffix_changes_nothing<S: Held>(
+        sink: &S,
+        prefix: &str,
+        dim: usize,
+    ) {
+        let (a, b, c) = (
+            format!("{prefix}-a"),
+            format!("{prefix}-b"),
+            format!("{prefix}-c"),
+        );
+        let mut log = SuiteLog::new();
+        log.put(&a, 1, 3, dim);
+        log.put(&b, 1, 2, dim);
+        log.put(&a, 2, 1, dim);
+        log.put(&c, 1, 2, dim);
+        log.delete(&a, 3);
+        log.put(&b, 2, 4, dim);
+        log.delete(&c, 2);
+        log.put(&a, 4, 2, dim);
+        let n = log.events.len();
+        apply(sink, &log.batch(S::STORE, 0, n)).await;
+        let mut expected = Vec::new();
+        for doc in [&a, &b, &c] {
+            expected.push(held(sink, doc).await);
+        }
+        assert_eq!(
+            expected[0].as_ref().map(|h| h.version),
+            Some(4),
+            "{}",
+            S::NAME
+        );
+        assert_eq!(
+            expected[1].as_ref().map(|h| h.version),
+            Some(2),
+            "{}",
+            S::NAME
+        );
+        assert_eq!(expected[2], None, "{}", S::NAME);
+        for from in (0..n).rev() {
+            apply(sink, &log.batch(S::STORE, from, n)).await;
+            for (doc, want) in [&a, &b, &c].into_iter().zip(&expected) {
+                assert_eq!(
+                    &held(sink, doc).await,
+                    want,
+                    "{}: replaying the suffix from event {from} changed {doc}",
+                    S::NAME
+                );
+            }
+        }
+    }
+
+    /// A newer version applied first is kept when an older put or removal arrives after it.
+    pub async fn an_older_version_never_wins<S: Held>(sink: &S, prefix: &str, dim: usize) {
+        let doc = format!("{prefix}-older");
+        let mut log = SuiteLog::new();
+        log.put(&doc, 1, 3, dim);
+        log.delete(&doc, 1);
+        log.put(&doc, 2, 2, dim);
+        apply(sink, &log.batch(S::STORE, 4, 7)).await;
+        let newer = held(sink, &doc).await;
+        assert_eq!(newer.as_ref().map(|h| h.version), Some(2), "{}", S::NAME);
+        apply(sink, &log.batch(S::STORE, 0, 3)).await;
+        assert_eq!(
+            held(sink, &doc).await,
+            newer,
+            "{}: an older put won",
+            S::NAME
+        );
+        apply(sink, &log.batch(S::STORE, 3, 4)).await;
+        assert_eq!(
+            held(sink, &doc).await,
+            newer,
+            "{}: an older removal won",
+            S::NAME
+        );
+    }
+
+    /// A deleted document stays deleted when a suffix holding an older put is replayed.
+    pub async fn delete_then_suffix_replay_with_an_older_put_converges<S: Held>(
+        sink: &S,
+        prefix: &str,
+        dim: usize,
+    ) {
+        let doc = format!("{prefix}-deleted");
+        let mut log = SuiteLog::new();
+        log.put(&doc, 1, 2, dim);
+        log.delete(&doc, 2);
+        apply(sink, &log.batch(S::STORE, 0, 3)).await;
+        apply(sink, &log.batch(S::STORE, 3, 4)).await;
+        assert_eq!(held(sink, &doc).await, None, "{}", S::NAME);
+        for from in 0..4 {
+            apply(sink, &log.batch(S::STORE, from, 4)).await;
+            assert_eq!(
+                held(sink, &doc).await,
+                None,
+                "{}: replaying from event {from} resurrected the document",
+                S::NAME
+            );
+        }
+    }
+
+    /// A sink that keeps its checkpoint never moves it backwards.
+    pub async fn own_checkpoint_only_moves_forward<S: Held>(sink: &S) {
+        if !S::KEEPS_OWN_CHECKPOINT {
+            return;
+        }
+        let part = Partition { index: 7, count: 8 };
+        let empty = |position| Batch {
+            end: cursor(position),
+            ..Batch::default()
+        };
+        for (position, want) in [(50, 50), (20, 50), (80, 80), (79, 80)] {
+            sink.apply(LOG_ID, part, &empty(position))
+                .await
+                .unwrap_or_else(|e| panic!("{} moves its checkpoint: {e}", S::NAME));
+            let stored = sink
+                .checkpoint(part)
+                .await
+                .unwrap_or_else(|e| panic!("{} reads its checkpoint: {e}", S::NAME));
+            assert_eq!(
+                stored,
+                Some((LOG_ID.to_owned(), cursor(want))),
+                "{}: checkpoint after {position}",
+                S::NAME
+            );
+        }
+    }
 }

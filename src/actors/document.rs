@@ -8,11 +8,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use aggregates::{DocId, Document, DocumentCommand, DocumentError, DocumentEvent};
+use aggregates::{
+    CompensationOutcome, DocId, Document, DocumentCommand, DocumentError, DocumentEvent,
+};
 use bytes::Bytes;
 use tracing::{debug, warn, Instrument};
 
-use crate::eventlog::{AppendRequest, Appended, IdempotencyKey, IdempotentResult, LogError, PgLog};
+use crate::eventlog::{
+    AppendRequest, Appended, IdempotencyKey, IdempotentResult, LogError, ParkedResolution, PgLog,
+    ResolveTarget,
+};
 
 /// Every this many events a snapshot of the state is stored, so loading stays short.
 const SNAPSHOT_EVERY_EVENTS: i64 = 64;
@@ -26,6 +31,8 @@ pub struct CommandOutcome {
     pub log_position: Option<i64>,
     /// The command changed nothing (equal put, or an idempotent repeat of one).
     pub unchanged: bool,
+    /// What a compensation did (only for [`DocumentCommand::RequestCompensation`]).
+    pub compensation: Option<CompensationOutcome>,
 }
 
 /// Why a command did not succeed.
@@ -52,6 +59,9 @@ pub struct ExecuteCommand {
     pub blob: Option<Bytes>,
     /// Optional idempotency key.
     pub idempotency: Option<IdempotencyKey>,
+    /// The parked change a [`DocumentCommand::RequestCompensation`] compensates; it is
+    /// resolved in the transaction that appends the compensation's events.
+    pub compensates: Option<i64>,
 }
 
 /// Read the current state.
@@ -163,6 +173,7 @@ impl Handler<ExecuteCommand> for DocumentActor {
             DocumentCommand::Put(_) => "put",
             DocumentCommand::Delete { .. } => "delete",
             DocumentCommand::RequestCompensation { .. } => "compensate",
+            DocumentCommand::Redrive { .. } => "retry",
         };
         let span = tracing::info_span!("command", doc_id = %doc_id, kind);
         AtomicResponse::new(Box::pin(
@@ -193,11 +204,39 @@ async fn execute(
         },
     };
     for attempt in 0..2 {
-        let events = match state.decide(&msg.command) {
-            Ok(events) => events,
-            Err(refusal) => return (Some(state), Err(refusal.into())),
+        let (events, compensation) = match &msg.command {
+            DocumentCommand::RequestCompensation { .. } => {
+                let (events, outcome) = state.decide_compensation(&msg.command);
+                (events, Some(outcome))
+            }
+            command => match state.decide(command) {
+                Ok(events) => (events, None),
+                Err(refusal) => return (Some(state), Err(refusal.into())),
+            },
         };
+        let resolution = resolution_of(&doc_id, &msg, compensation.as_ref(), state.version + 1);
         if events.is_empty() {
+            if let (Some(resolution), Some(outcome)) = (&resolution, &compensation) {
+                let done = match (outcome.resolves(), &resolution.target) {
+                    (true, _) => log.resolve_parked(resolution).await.map(|_| ()),
+                    (false, ResolveTarget::One(id)) => {
+                        log.mark_needs_operator(*id, &resolution.resolution).await
+                    }
+                    (false, ResolveTarget::OpenOf(_)) => Ok(()),
+                };
+                if let Err(e) = done {
+                    return (Some(state), Err(e.into()));
+                }
+                return (
+                    Some(state.clone()),
+                    Ok(CommandOutcome {
+                        version: state.version,
+                        log_position: None,
+                        unchanged: true,
+                        compensation,
+                    }),
+                );
+            }
             let result = IdempotentResult {
                 version: state.version,
                 log_position: None,
@@ -225,6 +264,7 @@ async fn execute(
             deleted: next.deleted,
             blob,
             idempotency: msg.idempotency.as_ref(),
+            resolves: resolution.as_ref(),
         };
         match log.append(request).await {
             Ok(Appended::Committed {
@@ -246,8 +286,19 @@ async fn execute(
                     version: next.version,
                     log_position: Some(last.position),
                     unchanged: false,
+                    compensation,
                 };
                 return (Some(next), Ok(result));
+            }
+            Ok(Appended::AlreadyResolved) => {
+                // Another compensator handled it; our state may be behind its events.
+                let result = CommandOutcome {
+                    version: state.version,
+                    log_position: None,
+                    unchanged: true,
+                    compensation: None,
+                };
+                return (None, Ok(result));
             }
             Ok(Appended::Duplicate(first)) => {
                 // Our state may be behind the first request's effect: reload next time.
@@ -283,6 +334,32 @@ fn outcome(r: IdempotentResult) -> CommandOutcome {
         version: r.version,
         log_position: r.log_position,
         unchanged: r.unchanged,
+        compensation: None,
+    }
+}
+
+/// Which parked changes the command resolves, and how: a compensation closes its own parked
+/// change; a retry closes every open one of the document (its new version supersedes them).
+fn resolution_of(
+    doc_id: &DocId,
+    msg: &ExecuteCommand,
+    compensation: Option<&CompensationOutcome>,
+    next_version: u64,
+) -> Option<ParkedResolution> {
+    match (&msg.command, msg.compensates, compensation) {
+        (DocumentCommand::RequestCompensation { .. }, Some(id), Some(outcome)) => {
+            Some(ParkedResolution {
+                target: ResolveTarget::One(id),
+                resolution: outcome.describe(),
+                resolved_version: outcome.restoring_version(),
+            })
+        }
+        (DocumentCommand::Redrive { .. }, _, _) => Some(ParkedResolution {
+            target: ResolveTarget::OpenOf(doc_id.clone()),
+            resolution: format!("superseded by a retry at version {next_version}"),
+            resolved_version: Some(next_version),
+        }),
+        _ => None,
     }
 }
 

@@ -1,7 +1,8 @@
 //! The actors: one `DocumentActor` per document (decide → append → apply, one message at a
-//! time), the registry that routes to them and passivates idle ones, the projectors and the
-//! consistency tracker.
+//! time), the registry that routes to them and passivates idle ones, the projectors, the
+//! consistency tracker and the compensator.
 
+pub mod compensator;
 pub mod document;
 pub mod projector;
 pub mod registry;

@@ -12,7 +12,7 @@ use super::dto::{CommandResponse, ConsistencyQuery, ErrorBody, PutBody, StoresBo
 use super::error::ApiError;
 use super::{authorize, read_body, AppState, DEFAULT_APPLIED_TIMEOUT, MAX_APPLIED_TIMEOUT};
 use crate::actors::document::{CommandOutcome, ExecuteCommand};
-use crate::eventlog::{IdempotencyKey, StreamState};
+use crate::eventlog::{IdempotencyKey, StreamState, UNSETTLED_STATES};
 
 const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
@@ -136,6 +136,7 @@ async fn execute_put(
         command: DocumentCommand::Put(valid.command),
         blob: valid.blob,
         idempotency,
+        compensates: None,
     };
     let outcome = state.registry.execute(&doc_id, msg).await?;
     respond(state, &doc_id, outcome, wait).await
@@ -152,6 +153,7 @@ async fn execute_delete(
         command: DocumentCommand::Delete { expected_version },
         blob: None,
         idempotency,
+        compensates: None,
     };
     let outcome = state.registry.execute(&doc_id, msg).await?;
     respond(state, &doc_id, outcome, wait).await
@@ -275,6 +277,14 @@ pub async fn get(
     };
     let doc = state.registry.state(&doc_id).await?;
     let content = doc.content.as_ref().filter(|_| !doc.deleted);
+    // Open compensations come from the parked changes (the durable record), not the actor.
+    let compensations: Vec<_> = state
+        .log
+        .compensations(Some(&doc_id), MAX_DOC_COMPENSATIONS)
+        .await?
+        .into_iter()
+        .filter(|c| UNSETTLED_STATES.contains(&c.state))
+        .collect();
     let mut body = serde_json::json!({
         "doc_id": doc_id.as_str(),
         "version": doc.version,
@@ -288,7 +298,7 @@ pub async fn get(
         "stores": stores_of(Some(&stream)),
         "consistent": stream.consistent(),
         "ready": stream.ready_version >= stream.version,
-        "compensations": doc.compensations,
+        "compensations": compensations,
     });
     if query.verify {
         let verification = state.verifier.verify_document(&doc_id).await?;
@@ -296,6 +306,96 @@ pub async fn get(
             .map_err(|e| ApiError::Unavailable(format!("encoding the verification: {e}")))?;
     }
     Ok(HttpResponse::Ok().json(body))
+}
+
+/// Most compensations a document's `GET` lists.
+const MAX_DOC_COMPENSATIONS: i64 = 100;
+
+/// `POST /v1/documents/{doc_id}/retry`: re-drives a document whose stores disagree or
+/// whose compensation needs an operator, by re-emitting its current state (or its deletion)
+/// as a new version. State transfer makes every store converge on that version; every open
+/// parked change of the document is resolved with it (superseded). A document that is
+/// consistent and has nothing open answers `unchanged` without appending. Takes the same
+/// `consistency` query as a put.
+pub async fn retry(
+    req: HttpRequest,
+    query: web::Query<ConsistencyQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state.config)?;
+    let doc_id = doc_id_of(&req)?;
+    let wait = wait_of(&query)?;
+    let Some(stream) = state.log.stream_state(&doc_id).await? else {
+        return Err(ApiError::NotFound("document not found".into()));
+    };
+    let open = state
+        .log
+        .compensations(Some(&doc_id), MAX_DOC_COMPENSATIONS)
+        .await?
+        .iter()
+        .any(|c| c.state == "open" || c.state == "needs_operator");
+    if stream.consistent() && !open {
+        let outcome = CommandOutcome {
+            version: stream.version,
+            log_position: None,
+            unchanged: true,
+            compensation: None,
+        };
+        let (status, response) = respond(&state, &doc_id, outcome, wait).await?;
+        return Ok(HttpResponse::build(status).json(response));
+    }
+    let content = if stream.deleted {
+        None
+    } else {
+        state.log.content_at(&doc_id, stream.version).await?
+    };
+    let msg = ExecuteCommand {
+        command: DocumentCommand::Redrive {
+            current_version: stream.version,
+            content,
+        },
+        blob: None,
+        idempotency: None,
+        compensates: None,
+    };
+    let outcome = state.registry.execute(&doc_id, msg).await?;
+    let (status, response) = respond(&state, &doc_id, outcome, wait).await?;
+    Ok(HttpResponse::build(status).json(response))
+}
+
+/// Query of `GET /v1/compensations`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompensationsQuery {
+    /// Most entries (default 100, at most 1000).
+    #[serde(default)]
+    limit: Option<i64>,
+    /// Only this document's.
+    #[serde(default)]
+    doc_id: Option<String>,
+}
+
+/// `GET /v1/compensations`: open compensations first (waiting, needing an operator, or
+/// restoring), then the most recent resolved ones; each with its document, store, refused
+/// version, the store's reason, its state and what was done.
+pub async fn compensations(
+    req: HttpRequest,
+    query: web::Query<CompensationsQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state.config)?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::InvalidQuery("limit must be 1 to 1000".into()));
+    }
+    let doc_id = query
+        .doc_id
+        .as_deref()
+        .map(DocId::parse)
+        .transpose()
+        .map_err(|e| ApiError::InvalidDocId(e.to_string()))?;
+    let list = state.log.compensations(doc_id.as_ref(), limit).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "compensations": list })))
 }
 
 /// `GET /v1/documents/{doc_id}/events`: the document's events without vectors or bytes.

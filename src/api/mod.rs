@@ -61,6 +61,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::get().to(documents::events),
         )
         .route("/v1/openapi.json", web::get().to(ops::openapi))
+        .route(
+            "/v1/documents/{doc_id}/retry",
+            web::post().to(documents::retry),
+        )
+        .route("/v1/compensations", web::get().to(documents::compensations))
         .route("/v1/projections", web::get().to(ops::projections))
         .route(
             "/v1/projections/{name}/{action}",

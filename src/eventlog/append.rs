@@ -16,7 +16,7 @@ use tokio_postgres::types::ToSql;
 use projections::sink::stream_hash;
 
 use super::codec::encode;
-use super::{LogError, PgLog, NOTIFY_CHANNEL};
+use super::{LogError, ParkedResolution, PgLog, NOTIFY_CHANNEL};
 
 /// An idempotency key and the hash of the request it was sent with.
 #[derive(Debug, Clone)]
@@ -65,6 +65,8 @@ pub struct AppendRequest<'a> {
     pub blob: Option<(&'a str, Bytes)>,
     /// Optional idempotency key.
     pub idempotency: Option<&'a IdempotencyKey>,
+    /// Parked changes this append compensates, resolved in the same transaction.
+    pub resolves: Option<&'a ParkedResolution>,
 }
 
 /// The outcome of an append.
@@ -79,6 +81,9 @@ pub enum Appended {
     },
     /// The idempotency key was seen: nothing appended, here is the first answer.
     Duplicate(IdempotentResult),
+    /// The parked change to resolve was already resolved (by another compensator):
+    /// nothing appended.
+    AlreadyResolved,
 }
 
 /// Inserts the stream row (first append) or moves it from the expected count, then the
@@ -179,6 +184,14 @@ impl PgLog {
                     message: e.to_string(),
                 })?;
                 return Ok(Appended::Duplicate(result));
+            }
+        }
+
+        if let Some(resolution) = req.resolves {
+            // First: a concurrent compensator of the same parked change waits on its row
+            // here and then appends nothing.
+            if !PgLog::resolve_in(tx, resolution).await? {
+                return Ok(Appended::AlreadyResolved);
             }
         }
 

@@ -9,6 +9,7 @@
 mod append;
 pub mod codec;
 mod listen;
+mod parked;
 mod reader;
 pub mod schema;
 
@@ -21,6 +22,9 @@ use tokio_postgres::NoTls;
 use tracing::{info, warn};
 
 pub use append::{AppendRequest, Appended, IdempotencyKey, IdempotentResult};
+pub use parked::{
+    CompensationView, ParkedResolution, PendingParked, ResolveTarget, UNSETTLED_STATES,
+};
 pub use reader::{HorizonStatus, StreamState};
 
 use crate::config::StoreUrl;

@@ -71,7 +71,7 @@ pub struct HorizonStatus {
     pub oldest_running_xact_seconds: f64,
 }
 
-fn decode_row(row: &Row) -> Result<RecordedEvent<DocumentEvent>, LogError> {
+pub(super) fn decode_row(row: &Row) -> Result<RecordedEvent<DocumentEvent>, LogError> {
     let position: i64 = row.get(2);
     let event = decode(
         row.get(5),
@@ -661,6 +661,11 @@ impl LogSource for PgLog {
             )
             .await
             .map_err(pg_source_error("park change"))?;
+        // Wakes the compensator (and, harmlessly, the readers) without waiting for a poll.
+        client
+            .batch_execute(&format!("NOTIFY {}", super::NOTIFY_CHANNEL))
+            .await
+            .map_err(pg_source_error("notify parked change"))?;
         Ok(())
     }
 }

@@ -5,7 +5,10 @@
 pub const MIGRATION_LOCK_KEY: i64 = 0x646f_636c_6564;
 
 /// `(version, name, sql)`.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "initial log schema", MIGRATION_1)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "initial log schema", MIGRATION_1),
+    (2, "compensation of parked changes", MIGRATION_2),
+];
 
 /// The log's tables. Invariants:
 /// - `events`: one row per event; `(stream_id, stream_version)` unique (optimistic appends);
@@ -93,4 +96,19 @@ CREATE TABLE parked_changes (
     resolved_at timestamptz
 );
 CREATE INDEX parked_changes_open ON parked_changes (stream_id) WHERE resolved_at IS NULL;
+"#;
+
+/// Compensation bookkeeping on parked changes. Invariants: a parked change is resolved
+/// (`resolved_at`) in the same transaction that appends its compensation's events, so it is
+/// compensated exactly once; `resolution` says what was done and `resolved_version` is the
+/// version whose consistency restores the document; `needs_operator` marks a change the
+/// domain cannot compensate (a refused deletion), which the compensator then leaves alone.
+const MIGRATION_2: &str = r#"
+ALTER TABLE parked_changes
+    ADD COLUMN resolution       text,
+    ADD COLUMN resolved_version bigint,
+    ADD COLUMN needs_operator   boolean NOT NULL DEFAULT false;
+CREATE INDEX parked_changes_pending ON parked_changes (id)
+    WHERE resolved_at IS NULL AND NOT needs_operator;
+CREATE INDEX parked_changes_recent ON parked_changes (parked_at DESC);
 "#;

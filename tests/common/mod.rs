@@ -70,6 +70,35 @@ impl TestService {
             vars.insert((*k).to_owned(), (*v).to_owned());
         }
         let config = Config::load(None, &vars).expect("test configuration is valid");
+        Self::start_with(config, env, name, vars).await
+    }
+
+    /// Stops the service and starts a new one on the same databases, collection and bucket
+    /// (a process restart).
+    pub async fn restart(self) -> TestService {
+        let (config, env, name, vars) = (
+            self.config.clone(),
+            self.env.clone(),
+            self.name.clone(),
+            self.vars.clone(),
+        );
+        self.stop().await;
+        Self::start_with(config, env, name, vars).await
+    }
+
+    /// Starts a service with the configuration of one that was stopped (same databases,
+    /// collection and bucket).
+    pub async fn start_again(config: Config) -> TestService {
+        let name = config.milvus_collection.clone();
+        Self::start_with(config, StoreEnv::require(), name, HashMap::new()).await
+    }
+
+    async fn start_with(
+        config: Config,
+        env: StoreEnv,
+        name: String,
+        vars: HashMap<String, String>,
+    ) -> TestService {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
         let addr = listener.local_addr().expect("local addr");
         let shutdown = CancellationToken::new();

@@ -1,6 +1,7 @@
 //! Commands a document accepts. They arrive already parsed (the API checks syntax and the
 //! configured vector dimension); the aggregate checks the domain rules and decides.
 
+use crate::document::compensation::Restore;
 use crate::document::event::{BlobRef, Chunk};
 use crate::envelope::Version;
 
@@ -40,7 +41,8 @@ pub enum DocumentCommand {
         /// Refuse unless the document is at this version.
         expected_version: Option<Version>,
     },
-    /// A store refused `version`; record it so the document can be made consistent again.
+    /// A store permanently refused `version`: make every store hold the same version again
+    /// (see [`crate::document::compensation`]).
     RequestCompensation {
         /// The refused version.
         version: Version,
@@ -48,6 +50,16 @@ pub enum DocumentCommand {
         target: String,
         /// The store's error.
         reason: String,
+        /// What to restore when `version` is the current one ([`crate::restore_point`]).
+        restore: Restore,
+    },
+    /// Re-apply the current version to every store by re-emitting its full state (or its
+    /// deletion) as a new version (`POST /v1/documents/{doc_id}/retry`).
+    Redrive {
+        /// The version the caller read `content` at; refused when the document moved since.
+        current_version: Version,
+        /// The full state of that version; `None` when it is a deletion.
+        content: Option<PutDocument>,
     },
 }
 

@@ -1,12 +1,14 @@
 //! The document aggregate: one stream of events per `doc_id`.
 
 mod command;
+pub mod compensation;
 mod error;
 mod event;
 mod state;
 mod store_change;
 
 pub use command::{DocumentCommand, PutDocument};
+pub use compensation::{content_at, restore_point, CompensationOutcome, Restore};
 pub use error::DocumentError;
 pub use event::{BlobRef, Chunk, DocumentEvent, EVENT_TYPES};
 pub use state::{chunk_digest, Document, DocumentContent};

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::document::command::{DocumentCommand, PutDocument};
+use crate::document::compensation::{CompensationOutcome, Restore};
 use crate::document::error::DocumentError;
 use crate::document::event::{BlobRef, Chunk, DocumentEvent};
 use crate::envelope::Version;
@@ -52,7 +53,8 @@ pub struct Document {
     pub deleted: bool,
     /// The live content (None before the first put; kept as last seen after a delete).
     pub content: Option<DocumentContent>,
-    /// Compensations requested and not yet resolved.
+    /// Compensations requested and not yet followed by a newer version (the durable record
+    /// of every compensation is the parked change in the log database).
     pub compensations: Vec<OpenCompensation>,
     /// Number of events applied (the stream's own sequence; the log's expected version).
     pub stream_version: i64,
@@ -74,6 +76,34 @@ pub fn chunk_digest(chunks: &[Chunk]) -> String {
         }
     }
     hex::encode(h.finalize())
+}
+
+/// The events of a put at `version`: its blob (if any), row and vectors, full state each.
+fn put_events(version: Version, put: &PutDocument) -> Vec<DocumentEvent> {
+    let mut events = Vec::with_capacity(3);
+    if let Some(blob) = &put.blob {
+        events.push(DocumentEvent::BlobStored {
+            version,
+            sha256: blob.sha256.clone(),
+            size: blob.size,
+            content_type: blob.content_type.clone(),
+        });
+    }
+    events.push(DocumentEvent::RowInserted {
+        version,
+        title: put.title.clone(),
+        source_type: put.source_type.clone(),
+        business_tag: put.business_tag.clone(),
+        attributes: put.attributes.clone(),
+        blob_sha256: put.blob.as_ref().map(|b| b.sha256.clone()),
+        blob_size: put.blob.as_ref().map(|b| b.size),
+        chunk_count: put.chunks.len() as u32,
+    });
+    events.push(DocumentEvent::VectorsIndexed {
+        version,
+        chunks: put.chunks.clone(),
+    });
+    events
 }
 
 impl Document {
@@ -98,24 +128,77 @@ impl Document {
                     version: self.version + 1,
                 }])
             }
-            DocumentCommand::RequestCompensation {
-                version,
-                target,
-                reason,
+            DocumentCommand::RequestCompensation { .. } => Ok(self.decide_compensation(command).0),
+            DocumentCommand::Redrive {
+                current_version,
+                content,
             } => {
-                let already_open = self
-                    .compensations
-                    .iter()
-                    .any(|c| c.version == *version && &c.target == target);
-                if already_open || *version > self.version || *version == 0 {
-                    return Ok(vec![]);
+                if self.version == 0 {
+                    return Err(DocumentError::NotFound);
                 }
-                Ok(vec![DocumentEvent::CompensationRequested {
-                    version: *version,
-                    target: target.clone(),
-                    reason: reason.clone(),
-                }])
+                self.check_expected(Some(*current_version))?;
+                let version = self.version + 1;
+                match (self.deleted, content) {
+                    (true, _) => Ok(vec![DocumentEvent::DocumentDeleted { version }]),
+                    (false, Some(put)) => Ok(put_events(version, put)),
+                    (false, None) => Err(DocumentError::Invalid(
+                        "redriving a live document needs its content".to_owned(),
+                    )),
+                }
             }
+        }
+    }
+
+    /// Decides a [`DocumentCommand::RequestCompensation`]: the events to append and what
+    /// they do (see [`crate::document::compensation`] for the rule). Any other command
+    /// decides nothing.
+    pub fn decide_compensation(
+        &self,
+        command: &DocumentCommand,
+    ) -> (Vec<DocumentEvent>, CompensationOutcome) {
+        let DocumentCommand::RequestCompensation {
+            version,
+            target,
+            reason,
+            restore,
+        } = command
+        else {
+            return (vec![], CompensationOutcome::Unknown);
+        };
+        if *version == 0 || *version > self.version {
+            return (vec![], CompensationOutcome::Unknown);
+        }
+        if *version < self.version {
+            return (vec![], CompensationOutcome::Superseded { by: self.version });
+        }
+        if self.deleted {
+            return (vec![], CompensationOutcome::NeedsOperator);
+        }
+        let requested = DocumentEvent::CompensationRequested {
+            version: *version,
+            target: target.clone(),
+            reason: reason.clone(),
+        };
+        let next = self.version + 1;
+        match restore {
+            Restore::Version {
+                version: from,
+                content,
+            } => {
+                let mut events = vec![requested];
+                events.extend(put_events(next, content));
+                (
+                    events,
+                    CompensationOutcome::RolledBack {
+                        from: *from,
+                        to: next,
+                    },
+                )
+            }
+            Restore::Withdraw => (
+                vec![requested, DocumentEvent::DocumentDeleted { version: next }],
+                CompensationOutcome::Withdrawn { at: next },
+            ),
         }
     }
 
@@ -144,36 +227,17 @@ impl Document {
         if self.is_live() && self.content.as_ref() == Some(&content) {
             return Ok(vec![]);
         }
-        let version = self.version + 1;
-        let mut events = Vec::with_capacity(3);
-        if let Some(blob) = &put.blob {
-            events.push(DocumentEvent::BlobStored {
-                version,
-                sha256: blob.sha256.clone(),
-                size: blob.size,
-                content_type: blob.content_type.clone(),
-            });
-        }
-        events.push(DocumentEvent::RowInserted {
-            version,
-            title: content.title,
-            source_type: content.source_type,
-            business_tag: content.business_tag,
-            attributes: content.attributes,
-            blob_sha256: put.blob.as_ref().map(|b| b.sha256.clone()),
-            blob_size: put.blob.as_ref().map(|b| b.size),
-            chunk_count: content.chunk_count,
-        });
-        events.push(DocumentEvent::VectorsIndexed {
-            version,
-            chunks: put.chunks.clone(),
-        });
-        Ok(events)
+        Ok(put_events(self.version + 1, put))
     }
 
     /// Applies one event. Total: never fails, never validates.
     pub fn apply_event(&mut self, event: &DocumentEvent) {
         self.stream_version += 1;
+        if !matches!(event, DocumentEvent::CompensationRequested { .. }) {
+            // A newer version (a rollback, a withdrawal, or any later change) settles the
+            // compensations of the versions before it.
+            self.compensations.retain(|c| c.version >= event.version());
+        }
         match event {
             DocumentEvent::BlobStored {
                 version,
@@ -230,7 +294,6 @@ impl Document {
             DocumentEvent::DocumentDeleted { version } => {
                 self.version = *version;
                 self.deleted = true;
-                self.compensations.clear();
             }
             DocumentEvent::CompensationRequested {
                 version,

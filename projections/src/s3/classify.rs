@@ -99,6 +99,28 @@ where
     }
 }
 
+/// A key that DeleteObjects reported as not deleted, classified by its S3 error code
+/// (the per-key answer has no HTTP status; access problems stay transient as above).
+pub fn delete_key_error(doc_id: &str, code: Option<&str>, message: Option<&str>) -> SinkError {
+    let class = match code {
+        Some("AccessDenied") => ErrorClass::Transient,
+        Some(c) => classify_status(400, Some(c)),
+        None => ErrorClass::Transient,
+    };
+    SinkError {
+        sink: NAME,
+        operation: "delete objects",
+        class,
+        message: format!(
+            "{}: {}",
+            code.unwrap_or("no error code"),
+            message.unwrap_or_default()
+        ),
+        doc_id: None,
+    }
+    .for_doc(doc_id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

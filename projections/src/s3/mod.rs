@@ -6,9 +6,13 @@
 //! database after [`S3Sink::apply`], so a batch may be applied again after a crash. Every
 //! write first reads the stored object's `docledger-version` (HEAD) and is skipped when the
 //! store already holds that version or a newer one, so an older change never wins and a
-//! replay costs one HEAD per document. The documents of a batch are written concurrently;
-//! the first failure fails the batch (the runner retries it whole, which the guard makes
-//! cheap and safe).
+//! replay costs one HEAD per document. When the stored object already holds the put's bytes
+//! (same `docledger-sha256`, e.g. a rollback or retry that re-emits an earlier blob), only
+//! its metadata moves to the new version, by a server-side CopyObject onto itself
+//! (`MetadataDirective: REPLACE`): no bytes travel. Puts of a batch are written
+//! concurrently; removals are guarded one HEAD each, then sent as DeleteObjects requests of
+//! up to 1,000 keys. The first failure fails the batch (the runner retries it whole, which
+//! the guard makes cheap and safe).
 //!
 //! The adapter never retries or sleeps: the SDK's retries are disabled so that the runner's
 //! [`crate::RetryPolicy`] is the only one.
@@ -23,7 +27,8 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Builder, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    BucketLocationConstraint, CreateBucketConfiguration, Delete, ObjectIdentifier,
+    BucketLocationConstraint, CreateBucketConfiguration, Delete, MetadataDirective,
+    ObjectIdentifier,
 };
 use aws_sdk_s3::Client;
 use bytes::Bytes;
@@ -83,8 +88,25 @@ pub struct S3Sink {
 enum Stored {
     /// No object.
     Absent,
-    /// An object at this version (0 when its metadata does not say: any version replaces it).
-    At(Version),
+    /// An object at this version (0 when its metadata does not say: any version replaces
+    /// it), with its `docledger-sha256` when present.
+    At(Version, Option<String>),
+}
+
+/// Characters escaped in a CopyObject source (`bucket/key`, `/` kept as the separator).
+const COPY_SOURCE_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// What a removal needs after its guard.
+enum Removal {
+    /// Nothing to delete (absent, or newer than the removal).
+    Skip,
+    /// Delete this document's object.
+    Delete(String),
 }
 
 impl S3Sink {
@@ -142,6 +164,7 @@ impl S3Sink {
                     .and_then(|m| m.get(META_VERSION))
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0),
+                out.metadata().and_then(|m| m.get(META_SHA256)).cloned(),
             )),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(Stored::Absent),
             Err(e) => Err(sink_error("head object", Some(doc_id), &e)),
@@ -177,9 +200,13 @@ impl S3Sink {
                     )
                     .for_doc(doc_id));
                 }
-                if let Stored::At(stored) = self.stored(doc_id).await? {
+                if let Stored::At(stored, stored_sha) = self.stored(doc_id).await? {
                     if stored >= *version {
                         return Ok(false);
+                    }
+                    if stored_sha.as_deref() == Some(sha256.as_str()) {
+                        self.restamp(doc_id, *version, sha256, content_type).await?;
+                        return Ok(true);
                     }
                 }
                 let mut put = self
@@ -198,20 +225,12 @@ impl S3Sink {
                     .map_err(|e| sink_error("put object", Some(doc_id), &e))?;
                 Ok(true)
             }
-            Change::Remove => match self.stored(doc_id).await? {
-                Stored::Absent => Ok(false),
-                Stored::At(stored) if stored > change.version => Ok(false),
-                Stored::At(_) => {
-                    self.client
-                        .delete_object()
-                        .bucket(&self.bucket)
-                        .key(object_key(doc_id))
-                        .send()
-                        .await
-                        .map_err(|e| sink_error("delete object", Some(doc_id), &e))?;
-                    Ok(true)
-                }
-            },
+            Change::Remove => Err(SinkError::permanent(
+                NAME,
+                "apply",
+                "removals are applied in bulk, not one by one",
+            )
+            .for_doc(doc_id)),
             Change::Upsert(other) => Err(SinkError::permanent(
                 NAME,
                 "apply",
@@ -219,6 +238,85 @@ impl S3Sink {
             )
             .for_doc(doc_id)),
         }
+    }
+
+    /// Moves the object's metadata to `version` without sending its bytes again: a
+    /// server-side copy onto itself that replaces the metadata.
+    async fn restamp(
+        &self,
+        doc_id: &str,
+        version: Version,
+        sha256: &str,
+        content_type: &str,
+    ) -> Result<(), SinkError> {
+        let key = object_key(doc_id);
+        let source = percent_encoding::utf8_percent_encode(
+            &format!("{}/{key}", self.bucket),
+            COPY_SOURCE_ESCAPES,
+        )
+        .to_string();
+        let mut copy = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .copy_source(source)
+            .metadata_directive(MetadataDirective::Replace)
+            .metadata(META_VERSION, version.to_string())
+            .metadata(META_SHA256, sha256);
+        if !content_type.is_empty() {
+            copy = copy.content_type(content_type);
+        }
+        copy.send()
+            .await
+            .map_err(|e| sink_error("copy object", Some(doc_id), &e))?;
+        Ok(())
+    }
+
+    /// The version guard of a removal.
+    async fn removal(&self, change: &DocChange) -> Result<Removal, SinkError> {
+        match self.stored(change.doc_id.as_str()).await? {
+            Stored::Absent => Ok(Removal::Skip),
+            Stored::At(stored, _) if stored > change.version => Ok(Removal::Skip),
+            Stored::At(..) => Ok(Removal::Delete(change.doc_id.to_string())),
+        }
+    }
+
+    /// Deletes the objects of `doc_ids` with DeleteObjects, up to 1,000 keys a request;
+    /// fails on the first key S3 reports as not deleted.
+    async fn delete_objects(&self, doc_ids: &[String]) -> Result<(), SinkError> {
+        for group in doc_ids.chunks(DELETE_OBJECTS_MAX_KEYS) {
+            let objects = group
+                .iter()
+                .map(|d| ObjectIdentifier::builder().key(object_key(d)).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| SinkError::permanent(NAME, "delete objects", e.to_string()))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| SinkError::permanent(NAME, "delete objects", e.to_string()))?;
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| sink_error("delete objects", None, &e))?;
+            if let Some(failed) = out.errors().first() {
+                let doc_id = failed
+                    .key()
+                    .and_then(|k| k.strip_prefix(KEY_PREFIX))
+                    .unwrap_or_default();
+                return Err(classify::delete_key_error(
+                    doc_id,
+                    failed.code(),
+                    failed.message(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The object of `doc_id` with its bytes and metadata, `None` when there is none.
@@ -385,20 +483,34 @@ impl Sink for S3Sink {
         _part: Partition,
         batch: &Batch,
     ) -> Result<Applied, SinkError> {
-        // The futures are built before they enter the stream: a closure inside the stream
-        // would make the returned future fail the `Send` check (rust-lang/rust#89976).
-        let changes: Vec<_> = batch
+        let (removals, puts): (Vec<&DocChange>, Vec<&DocChange>) = batch
             .changes
             .iter()
+            .partition(|c| matches!(c.change, Change::Remove));
+        // The futures are built before they enter the stream: a closure inside the stream
+        // would make the returned future fail the `Send` check (rust-lang/rust#89976).
+        let writes: Vec<_> = puts
+            .into_iter()
             .map(|change| self.apply_change(change, batch))
             .collect();
-        let mut results = stream::iter(changes).buffer_unordered(CONCURRENCY);
+        let mut results = stream::iter(writes).buffer_unordered(CONCURRENCY);
         let mut num_changes = 0;
         while let Some(result) = results.next().await {
             if result? {
                 num_changes += 1;
             }
         }
+        let guards: Vec<_> = removals.into_iter().map(|c| self.removal(c)).collect();
+        let mut guards = stream::iter(guards).buffer_unordered(CONCURRENCY);
+        let mut doomed = Vec::new();
+        while let Some(removal) = guards.next().await {
+            if let Removal::Delete(doc_id) = removal? {
+                doomed.push(doc_id);
+            }
+        }
+        drop(guards);
+        self.delete_objects(&doomed).await?;
+        num_changes += doomed.len();
         Ok(Applied { num_changes })
     }
 }
