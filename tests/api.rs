@@ -248,6 +248,8 @@ async fn tokens_guard_every_v1_endpoint() {
         ("GET", svc.url("/v1/projections")),
         ("POST", svc.url("/v1/projections/mysql/pause")),
         ("GET", svc.url("/v1/openapi.json")),
+        ("GET", svc.url("/v1/compensations")),
+        ("POST", svc.doc_url("a", "/retry")),
     ];
     for (method, url) in &endpoints {
         let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
@@ -358,6 +360,8 @@ async fn openapi_describes_the_contract_and_ingest_sends_a_file() {
         "/v1/documents:batch",
         "/v1/projections",
         "/v1/documents/{doc_id}/events",
+        "/v1/documents/{doc_id}/retry",
+        "/v1/compensations",
     ] {
         assert!(doc["paths"][path].is_object(), "missing {path}");
     }

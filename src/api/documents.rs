@@ -317,6 +317,12 @@ const MAX_DOC_COMPENSATIONS: i64 = 100;
 /// parked change of the document is resolved with it (superseded). A document that is
 /// consistent and has nothing open answers `unchanged` without appending. Takes the same
 /// `consistency` query as a put.
+#[utoipa::path(post, path = "/v1/documents/{doc_id}/retry", tag = "documents",
+    params(("doc_id" = String, Path), ConsistencyQuery),
+    responses((status = 200, body = CommandResponse), (status = 202, body = CommandResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn retry(
     req: HttpRequest,
     query: web::Query<ConsistencyQuery>,
@@ -364,8 +370,9 @@ pub async fn retry(
 }
 
 /// Query of `GET /v1/compensations`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct CompensationsQuery {
     /// Most entries (default 100, at most 1000).
     #[serde(default)]
@@ -378,6 +385,11 @@ pub struct CompensationsQuery {
 /// `GET /v1/compensations`: open compensations first (waiting, needing an operator, or
 /// restoring), then the most recent resolved ones; each with its document, store, refused
 /// version, the store's reason, its state and what was done.
+#[utoipa::path(get, path = "/v1/compensations", tag = "compensations",
+    params(CompensationsQuery),
+    responses((status = 200, description = "{compensations: [...]}", body = Object),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn compensations(
     req: HttpRequest,
     query: web::Query<CompensationsQuery>,

@@ -33,6 +33,8 @@ impl Modify for BearerAuth {
         documents::get,
         documents::events,
         documents::batch,
+        documents::retry,
+        documents::compensations,
         ops::projections,
         ops::projection_action,
         ops::healthz,
