@@ -7,6 +7,12 @@ t0=$(date +%s)
 scripts/stores.sh up
 echo "[test] stores ready after $(( $(date +%s) - t0 ))s" >&2
 python3 -c "import yaml" 2>/dev/null || pip install -q pyyaml
+# The status page test drives Debian's headless Chromium.
+if ! command -v chromium >/dev/null; then
+  echo "[test] installing chromium (status page test)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null; }
+fi
 python3 compose/check.py
 cargo test --workspace --locked "$@"
 echo "[test] total $(( $(date +%s) - t0 ))s" >&2

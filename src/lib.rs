@@ -183,7 +183,23 @@ pub async fn serve(
         projection_cancel.clone(),
     );
 
+    let history = actors::history::StatusHistory::default();
+    let sampler = tokio::spawn(history.clone().run(
+        log.clone(),
+        projectors.view(),
+        actors::history::SAMPLE_INTERVAL,
+        projection_cancel.clone(),
+    ));
+    let instance = format!(
+        "{} (pid {})",
+        listener
+            .local_addr()
+            .map_or_else(|_| config.listen.to_string(), |a| a.to_string()),
+        std::process::id()
+    );
     let state = AppState {
+        instance,
+        history,
         verifier,
         config: config.clone(),
         registry,
@@ -217,6 +233,7 @@ pub async fn serve(
     projection_cancel.cancel();
     projectors.join().await;
     let _ = tracker.await;
+    let _ = sampler.await;
     if let Some(task) = background_verifier {
         let _ = task.await;
     }

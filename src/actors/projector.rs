@@ -35,6 +35,8 @@ pub struct PartitionStatus {
     pub lag_seconds: f64,
     /// Last error.
     pub last_error: Option<String>,
+    /// Events this process applied since it started.
+    pub events_applied: u64,
 }
 
 /// One store's status (the contract's `GET /v1/projections` element).
@@ -146,6 +148,7 @@ impl ProjectionView {
                     lag_events,
                     lag_seconds: oldest.map_or(0.0, |t| ((now - t).max(0) as f64) / 1000.0),
                     last_error: snap.last_error,
+                    events_applied: snap.num_events,
                 });
             }
             let state = partitions

@@ -6,6 +6,7 @@ pub mod dto;
 pub mod error;
 pub mod openapi;
 pub mod ops;
+mod status_page;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,10 @@ pub struct AppState {
     pub projections: ProjectionView,
     /// Changes whenever the tracker marked documents ready.
     pub ready: watch::Receiver<u64>,
+    /// This process, as the status page names it (`host:port (pid N)`).
+    pub instance: String,
+    /// Recent projection status, for the status page.
+    pub history: crate::actors::history::StatusHistory,
     /// Compares stores with the log (`?verify=true`, background verifier metrics).
     pub verifier: Verifier,
 }
@@ -46,7 +51,8 @@ pub const DEFAULT_APPLIED_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(ops::healthz))
+    cfg.route("/", web::get().to(status_page::page))
+        .route("/healthz", web::get().to(ops::healthz))
         .route("/readyz", web::get().to(ops::readyz))
         .route("/metrics", web::get().to(ops::metrics))
         .route("/v1/documents:batch", web::post().to(documents::batch))
