@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aggregates::LogCursor;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::error::{ErrorClass, SinkError};
 use crate::retry::{RetryOutcome, RetryPolicy};
@@ -320,7 +320,15 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
             let recorded_at = last.recorded_at_ms;
             let mut batch = Batch::coalesce(S::STORE, end, &events);
             drop(events);
-            match self.apply_batch(cancel, &mut batch).await {
+            let span = tracing::debug_span!(
+                "batch",
+                sink = S::NAME,
+                partition = part.index,
+                from = %cursor,
+                to = %end,
+                events = batch.num_events
+            );
+            match self.apply_batch(cancel, &mut batch).instrument(span).await {
                 Ok(()) => {}
                 Err(stop) => return stop,
             }
