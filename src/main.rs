@@ -20,6 +20,9 @@ struct Cli {
     /// TOML configuration file (environment variables DOCLEDGER_* override it).
     #[arg(long, global = true, env = "DOCLEDGER_CONFIG")]
     config: Option<PathBuf>,
+    /// Log format on stderr: human (default) or json.
+    #[arg(long, global = true, env = "DOCLEDGER_LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,14 +69,14 @@ enum Command {
     },
 }
 
-fn init_tracing() {
+fn init_tracing(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("DOCLEDGER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if std::env::var("DOCLEDGER_LOG_FORMAT").as_deref() == Ok("json") {
+    if json {
         builder.json().init();
     } else {
         builder.init();
@@ -87,7 +90,7 @@ fn load_config(file: Option<&PathBuf>) -> anyhow::Result<Config> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format == "json");
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
