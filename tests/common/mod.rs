@@ -8,6 +8,8 @@ use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
+pub mod sweep;
+
 use docledger::config::Config;
 use projections::testing::{unique_name, StoreEnv};
 use tokio_util::sync::CancellationToken;
@@ -47,6 +49,8 @@ impl TestService {
     /// Starts a service for test `test`, with `extra` DOCLEDGER_* settings.
     pub async fn start(test: &str, extra: &[(&str, &str)]) -> TestService {
         let env = StoreEnv::require();
+        static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+        SWEPT.get_or_init(|| sweep::sweep(&env)).await;
         let name = unique_name(test);
         let bucket = name.replace('_', "-");
         let mut vars: HashMap<String, String> = [
