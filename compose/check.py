@@ -12,15 +12,27 @@
   - every named volume a service mounts is declared under the top-level `volumes:`;
   - every Dockerfile a `build:` names exists and has FROM lines; docledger's has its ENTRYPOINT;
   - no duplicate YAML keys (PyYAML keeps the last one silently, compose refuses the file) and no
-    obsolete top-level `version:`.
+    obsolete top-level `version:`;
+  - every image is pinned to a tag other than `latest`; every service but docledger publishes its
+    ports on 127.0.0.1 only;
+  - every bind-mounted file or directory exists;
+  - monitoring: prometheus' config (the file its --config.file comes from) parses and scrapes
+    docledger:<port of DOCLEDGER_LISTEN>/metrics; grafana lets anonymous users only view, takes its
+    admin password from the environment with a default, provisions a Prometheus datasource at a
+    service it depends on, and its dashboard provider loads grafana/dashboards/docledger.json;
+  - every PromQL expression of the provisioned dashboards only uses metric names and labels that
+    src/metrics.rs exports (names: its "docledger_..." string literals; labels: the names
+    before `=\\"` in its label strings), and every panel's datasource uid is a provisioned one.
 Exit status: 0 = ok (one summary line on stdout), 1 = problems (one line each on stderr),
-2 = cannot check (PyYAML missing, file unreadable, bad arguments).
+2 = cannot check (PyYAML missing, compose file or ../src/metrics.rs unreadable, bad arguments).
 """
 
 from __future__ import annotations
 
+import json
+import re
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 try:
@@ -33,7 +45,19 @@ except ImportError:
     sys.exit(2)
 
 APP = "docledger"
-REQUIRED_SERVICES = ("postgres", "mysql", "minio", "milvus-etcd", "milvus-minio", "milvus", APP)
+PROMETHEUS = "prometheus"
+GRAFANA = "grafana"
+REQUIRED_SERVICES = (
+    "postgres", "mysql", "minio", "milvus-etcd", "milvus-minio", "milvus", APP, PROMETHEUS, GRAFANA)
+
+# Where docledger's metric names come from (relative to this script, not to the compose file).
+METRICS_RS = Path(__file__).resolve().parent.parent / "src" / "metrics.rs"
+# The dashboard the grafana provider must load, relative to the compose file's directory.
+REQUIRED_DASHBOARD = Path("grafana") / "dashboards" / "docledger.json"
+PROMETHEUS_DEFAULT_CONFIG = "/etc/prometheus/prometheus.yml"
+GRAFANA_PROVISIONING = "/etc/grafana/provisioning"
+# Labels Prometheus itself attaches to every scraped series.
+TARGET_LABELS = {"job", "instance"}
 
 # The configuration contract: every variable must be set on the docledger service.
 CONTRACT_VARS = (
@@ -123,6 +147,78 @@ def named_volumes_of(service: dict) -> list[str]:
             if mount.get("type", "volume") == "volume" and mount.get("source"):
                 names.append(str(mount["source"]))
     return names
+
+
+def bind_mounts_of(service: dict, compose_dir: Path) -> list[tuple[Path, str]]:
+    """(host path, container path) of the service's bind mounts; relative host paths are resolved
+    against the compose file's directory, as compose does. Sources with ${...} are skipped."""
+    mounts = []
+    for mount in service.get("volumes") or []:
+        if isinstance(mount, str):
+            parts = mount.split(":")
+            if len(parts) < 2 or not parts[0].startswith((".", "/", "~")):
+                continue
+            source, target = parts[0], parts[1]
+        elif isinstance(mount, dict) and mount.get("type") == "bind":
+            source, target = str(mount.get("source", "")), str(mount.get("target", ""))
+        else:
+            continue
+        if "$" in source or not source:
+            continue
+        mounts.append(((compose_dir / Path(source).expanduser()).resolve(), target))
+    return mounts
+
+
+def host_path(service: dict, compose_dir: Path, container_path: str) -> Path | None:
+    """The host path behind a path inside the container (longest bind-mount prefix), or None."""
+    wanted = PurePosixPath(container_path)
+    best: tuple[int, Path] | None = None
+    for source, target in bind_mounts_of(service, compose_dir):
+        target_path = PurePosixPath(target)
+        if wanted == target_path or target_path in wanted.parents:
+            depth = len(target_path.parts)
+            if best is None or depth > best[0]:
+                best = (depth, source.joinpath(*wanted.relative_to(target_path).parts))
+    return best[1] if best else None
+
+
+def image_is_pinned(image: str) -> bool:
+    """True when the image reference carries a digest or a tag other than 'latest'."""
+    if "@" in image:
+        return True
+    last = image.rsplit("/", 1)[-1]
+    _, sep, tag = last.partition(":")
+    return bool(sep and tag and tag != "latest")
+
+
+def port_is_loopback(port: object) -> bool:
+    """True when a `ports:` entry binds the host side to 127.0.0.1 (an unpublished port is fine)."""
+    if isinstance(port, dict):
+        return "published" not in port or port.get("host_ip") == "127.0.0.1"
+    return str(port).startswith("127.0.0.1:")
+
+
+def load_yaml_file(path: Path, what: str) -> tuple[object, list[str]]:
+    """Parsed YAML of a config file, or (None, [problem])."""
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader), []
+    except OSError as err:
+        return None, [f"{what}: cannot read {path}: {err.strerror}"]
+    except yaml.YAMLError as err:
+        return None, [f"{what}: {path.name} is not valid YAML: " + " ".join(str(err).split())]
+
+
+DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+DURATION_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def duration_seconds(text: object) -> float | None:
+    """A Prometheus duration ('5s', '1m30s') in seconds, or None when it is not one."""
+    text = str(text)
+    parts = DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(int(n) * DURATION_SECONDS[u] for n, u in parts)
 
 
 def has_healthcheck(service: dict) -> bool:
@@ -234,6 +330,17 @@ def check(compose_path: Path) -> tuple[list[str], str]:
         for volume in named_volumes_of(svc):
             if volume not in declared_volumes:
                 problems.append(f"service {name}: volume '{volume}' is not declared under top-level 'volumes'")
+        for source, _target in bind_mounts_of(svc, compose_dir):
+            if not source.exists():
+                problems.append(f"service {name}: bind-mounted {source} does not exist")
+
+        image = svc.get("image")
+        if isinstance(image, str) and not build and not image_is_pinned(image):
+            problems.append(f"service {name}: image '{image}' is not pinned to a tag (other than 'latest')")
+        if name != APP:
+            for port in svc.get("ports") or []:
+                if not port_is_loopback(port):
+                    problems.append(f"service {name}: port {port!r} is not published on 127.0.0.1 only")
 
     cycle = find_cycle(graph)
     if cycle:
@@ -245,7 +352,19 @@ def check(compose_path: Path) -> tuple[list[str], str]:
         problems += check_app(app, services, compose_dir)
         num_app_vars = sum(1 for key in environment_of(app) if key.startswith("DOCLEDGER_"))
 
+    facts: list[str] = []
+    if PROMETHEUS in services:
+        found, fact = check_prometheus(services, compose_dir)
+        problems += found
+        facts += [fact] if fact else []
+    if GRAFANA in services:
+        found, fact = check_grafana(services, compose_dir)
+        problems += found
+        facts += [fact] if fact else []
+
     summary = f"compose ok: {len(services)} services, {num_app_vars} DOCLEDGER_* variables"
+    if facts:
+        summary += "; " + "; ".join(facts)
     return problems, summary
 
 
@@ -309,6 +428,258 @@ def check_app(app: dict, services: dict, compose_dir: Path) -> list[str]:
         elif APP not in entrypoints[-1]:
             problems.append(f"service {APP}: {dockerfile.name} ENTRYPOINT {entrypoints[-1]} does not run {APP}")
     return problems
+
+
+# ------------------------------------------------------------------------------------ monitoring
+
+def check_prometheus(services: dict, compose_dir: Path) -> tuple[list[str], str]:
+    """Prometheus' config is mounted, parses, and scrapes docledger's /metrics."""
+    name = PROMETHEUS
+    svc = services[name]
+    config = PROMETHEUS_DEFAULT_CONFIG
+    command = svc.get("command") or []
+    for arg in command.split() if isinstance(command, str) else command:
+        if str(arg).startswith("--config.file="):
+            config = str(arg).partition("=")[2]
+    source = host_path(svc, compose_dir, config)
+    if source is None:
+        return [f"service {name}: its config {config} is not bind-mounted from compose/"], ""
+    if not source.is_file():
+        # A missing mount source is already reported with the service's bind mounts.
+        return ([f"service {name}: config {source} is not a file"] if source.exists() else []), ""
+    doc, problems = load_yaml_file(source, f"service {name}")
+    if problems:
+        return problems, ""
+    if not isinstance(doc, dict):
+        return [f"service {name}: {source.name}: top level must be a mapping"], ""
+
+    listen = environment_of(services.get(APP, {})).get("DOCLEDGER_LISTEN")
+    port = str(listen).rpartition(":")[2] if isinstance(listen, str) else "8080"
+    wanted = f"{APP}:{port}"
+    glob = doc.get("global") or {}
+    jobs = doc.get("scrape_configs") or []
+    if not isinstance(jobs, list):
+        return [f"service {name}: {source.name}: scrape_configs must be a list"], ""
+    for job in jobs:
+        if not isinstance(job, dict):
+            problems.append(f"service {name}: {source.name}: a scrape_configs entry is not a mapping")
+            continue
+        job_name = job.get("job_name", "?")
+        interval_text = job.get("scrape_interval", glob.get("scrape_interval", "1m"))
+        timeout_text = job.get("scrape_timeout", glob.get("scrape_timeout", "10s"))
+        interval, timeout = duration_seconds(interval_text), duration_seconds(timeout_text)
+        if interval is None or timeout is None:
+            problems.append(f"service {name}: job {job_name}: bad duration in scrape_interval/scrape_timeout")
+            continue
+        if "scrape_timeout" in job and timeout > interval:
+            problems.append(f"service {name}: job {job_name}: scrape_timeout {timeout_text} exceeds "
+                            f"scrape_interval {interval_text} (Prometheus refuses the config)")
+        targets = [str(t) for sc in job.get("static_configs") or [] if isinstance(sc, dict)
+                   for t in sc.get("targets") or []]
+        if wanted in targets:
+            path = job.get("metrics_path", "/metrics")
+            if path != "/metrics":
+                problems.append(f"service {name}: job {job_name} scrapes {wanted}{path}, not /metrics")
+                continue
+            if APP not in depends_on_of(svc):
+                problems.append(f"service {name}: scrapes {APP} but does not depend_on it")
+            return problems, f"prometheus scrapes {wanted}/metrics every {interval_text}"
+    problems.append(f"service {name}: {source.name} has no scrape job with target '{wanted}'")
+    return problems, ""
+
+
+def metrics_vocabulary() -> tuple[set[str], set[str]]:
+    """(metric names, label names) docledger exports, read from src/metrics.rs."""
+    try:
+        text = METRICS_RS.read_text(encoding="utf-8")
+    except OSError as err:
+        raise SystemExit(f"compose check: cannot read {METRICS_RS}: {err.strerror}") from err
+    names = set(re.findall(r'"(docledger_[a-z_]+)"', text))
+    labels = set(re.findall(r'([a-z_]+)=\\"', text))
+    if not names:
+        raise SystemExit(f"compose check: no docledger_* metric names found in {METRICS_RS}")
+    return names, labels
+
+
+PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left",
+                "group_right", "offset", "bool", "inf", "nan"}
+GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+
+
+def promql_vocabulary(expr: str) -> tuple[list[str], list[str]]:
+    """(metric names, label names) an expression uses. Function names, keywords, numbers,
+    durations, strings and Grafana variables ($__rate_interval, ${x}) are not metric names."""
+    text = re.sub(r""""(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`""", '""', expr)
+    text = re.sub(r"\$\{[^}]*\}|\$\w+", " ", text)
+    labels: list[str] = []
+    for matchers in re.findall(r"\{([^}]*)\}", text):
+        labels += re.findall(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)", matchers)
+    for _, grouping in GROUPING.findall(text):
+        labels += re.findall(r"[A-Za-z_]\w*", grouping)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    text = re.sub(r"\[[^\]]*\]", " ", text)
+    text = GROUPING.sub(" ", text)
+    names = []
+    for match in re.finditer(r"(?<![\w.])([A-Za-z_:][\w:]*)(\s*\()?", text):
+        ident, call = match.group(1), match.group(2)
+        if not call and ident.lower() not in PROMQL_WORDS:
+            names.append(ident)
+    return names, [label for label in labels if label != "__name__"]
+
+
+def dashboard_panels(panels: list) -> list[dict]:
+    """Every panel, including those nested in collapsed rows."""
+    out = []
+    for panel in panels or []:
+        if isinstance(panel, dict):
+            out.append(panel)
+            out += dashboard_panels(panel.get("panels") or [])
+    return out
+
+
+def check_dashboard(path: Path, known_names: set[str], known_labels: set[str],
+                    datasource_uids: set[str]) -> tuple[list[str], int, int, set[str]]:
+    """Problems, panels, queries and metric names of one dashboard JSON."""
+    where = f"dashboard {path.name}"
+    try:
+        dash = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        return [f"{where}: cannot read {path}: {err.strerror}"], 0, 0, set()
+    except json.JSONDecodeError as err:
+        return [f"{where}: not valid JSON: {err}"], 0, 0, set()
+    if not isinstance(dash, dict) or not isinstance(dash.get("panels"), list):
+        return [f"{where}: no 'panels' list"], 0, 0, set()
+    problems = []
+    for key in ("uid", "title", "schemaVersion"):
+        if key not in dash:
+            problems.append(f"{where}: '{key}' missing")
+    labels_ok = known_labels | TARGET_LABELS
+    panels = [p for p in dashboard_panels(dash["panels"]) if p.get("type") != "row"]
+    ids, queries, used = set(), 0, set()
+    for panel in panels:
+        title = panel.get("title") or f"id {panel.get('id')}"
+        if panel.get("id") in ids:
+            problems.append(f"{where}: panel '{title}': duplicate id {panel.get('id')}")
+        ids.add(panel.get("id"))
+        targets = panel.get("targets") or []
+        if not targets:
+            problems.append(f"{where}: panel '{title}': no queries")
+        sources = [panel.get("datasource")] + [t.get("datasource") for t in targets if isinstance(t, dict)]
+        panel_uids = {str(s["uid"]) for s in sources if isinstance(s, dict) and s.get("uid")}
+        for uid in sorted(panel_uids):
+            # Variables and Grafana's built-in sources aside; unchecked when nothing is provisioned
+            # (that is reported once, by the caller).
+            if datasource_uids and not uid.startswith(("$", "-- ")) and uid not in datasource_uids:
+                problems.append(f"{where}: panel '{title}': datasource uid '{uid}' is not provisioned")
+        for target in targets:
+            if not isinstance(target, dict):
+                continue
+            ref = target.get("refId", "?")
+            expr = target.get("expr")
+            if not isinstance(expr, str) or not expr.strip():
+                problems.append(f"{where}: panel '{title}' query {ref}: no PromQL 'expr'")
+                continue
+            queries += 1
+            names, labels = promql_vocabulary(expr)
+            if not names:
+                problems.append(f"{where}: panel '{title}' query {ref}: queries no metric: {expr}")
+            for metric in names:
+                if metric not in known_names:
+                    problems.append(f"{where}: panel '{title}' query {ref}: metric '{metric}' is not "
+                                    f"exported by src/metrics.rs")
+                used.add(metric)
+            legend = str(target.get("legendFormat") or "")
+            for label in labels + re.findall(r"\{\{\s*([A-Za-z_]\w*)\s*\}\}", legend):
+                if label not in labels_ok:
+                    problems.append(f"{where}: panel '{title}' query {ref}: label '{label}' is not "
+                                    f"one docledger exports ({', '.join(sorted(labels_ok))})")
+    return problems, len(panels), queries, used & known_names
+
+
+def check_grafana(services: dict, compose_dir: Path) -> tuple[list[str], str]:
+    """Anonymous viewers only, admin password from the environment, provisioned datasource and
+    dashboards, and dashboards that only query what docledger exports."""
+    name = GRAFANA
+    svc = services[name]
+    problems = []
+    env = environment_of(svc)
+    if str(env.get("GF_AUTH_ANONYMOUS_ENABLED")).lower() != "true":
+        problems.append(f"service {name}: GF_AUTH_ANONYMOUS_ENABLED must be \"true\" (anonymous viewers)")
+    if env.get("GF_AUTH_ANONYMOUS_ORG_ROLE") != "Viewer":
+        problems.append(f"service {name}: GF_AUTH_ANONYMOUS_ORG_ROLE must be Viewer "
+                        f"(is {env.get('GF_AUTH_ANONYMOUS_ORG_ROLE')!r})")
+    password = env.get("GF_SECURITY_ADMIN_PASSWORD")
+    if not isinstance(password, str) or not re.fullmatch(r"\$\{\w+:-[^}]+\}", password):
+        problems.append(f"service {name}: GF_SECURITY_ADMIN_PASSWORD must come from the environment "
+                        f"with a default, like ${{GRAFANA_ADMIN_PASSWORD:-admin}}")
+    home = env.get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH")
+    if isinstance(home, str):
+        source = host_path(svc, compose_dir, home)
+        if source is None or not source.is_file():
+            problems.append(f"service {name}: home dashboard {home} is not a mounted file")
+
+    # Datasources.
+    uids: set[str] = set()
+    ds_dir = host_path(svc, compose_dir, f"{GRAFANA_PROVISIONING}/datasources")
+    ds_files = sorted(ds_dir.glob("*.y*ml")) if ds_dir and ds_dir.is_dir() else []
+    if not ds_files:
+        problems.append(f"service {name}: no datasource provisioning mounted at "
+                        f"{GRAFANA_PROVISIONING}/datasources")
+    prometheus_ds = 0
+    for path in ds_files:
+        doc, found = load_yaml_file(path, f"service {name}")
+        problems += found
+        for ds in (doc or {}).get("datasources") or [] if isinstance(doc, dict) else []:
+            if not isinstance(ds, dict):
+                continue
+            if ds.get("uid"):
+                uids.add(str(ds["uid"]))
+            if ds.get("type") != "prometheus":
+                continue
+            prometheus_ds += 1
+            url = urlsplit(str(ds.get("url", "")))
+            if url.hostname not in services:
+                problems.append(f"service {name}: datasource '{ds.get('name')}' url {ds.get('url')} "
+                                f"is not a compose service")
+            elif url.hostname not in depends_on_of(svc):
+                problems.append(f"service {name}: datasource '{ds.get('name')}' uses {url.hostname} "
+                                f"but {name} does not depend_on it")
+    if ds_files and not prometheus_ds:
+        problems.append(f"service {name}: no datasource of type prometheus is provisioned")
+
+    # Dashboard providers and their dashboards.
+    known_names, known_labels = metrics_vocabulary()
+    db_dir = host_path(svc, compose_dir, f"{GRAFANA_PROVISIONING}/dashboards")
+    db_files = sorted(db_dir.glob("*.y*ml")) if db_dir and db_dir.is_dir() else []
+    if not db_files:
+        problems.append(f"service {name}: no dashboard provider mounted at {GRAFANA_PROVISIONING}/dashboards")
+    dashboards: list[Path] = []
+    for path in db_files:
+        doc, found = load_yaml_file(path, f"service {name}")
+        problems += found
+        for provider in (doc or {}).get("providers") or [] if isinstance(doc, dict) else []:
+            if not isinstance(provider, dict):
+                continue
+            inside = str((provider.get("options") or {}).get("path", ""))
+            source = host_path(svc, compose_dir, inside) if inside else None
+            if source is None or not source.exists():
+                problems.append(f"service {name}: dashboard provider '{provider.get('name')}' path "
+                                f"'{inside}' is not a mounted directory")
+                continue
+            dashboards += [source] if source.is_file() else sorted(source.rglob("*.json"))
+    required = (compose_dir / REQUIRED_DASHBOARD).resolve()
+    if db_files and required not in dashboards:
+        problems.append(f"service {name}: no dashboard provider loads {required}")
+
+    panels = queries = 0
+    used: set[str] = set()
+    for path in dashboards:
+        found, num_panels, num_queries, names = check_dashboard(path, known_names, known_labels, uids)
+        problems += found
+        panels, queries, used = panels + num_panels, queries + num_queries, used | names
+    fact = (f"grafana: {len(dashboards)} dashboard(s), {panels} panels, {queries} queries "
+            f"over {len(used)} of {len(known_names)} docledger metrics")
+    return problems, fact
 
 
 def main(argv: list[str]) -> int:
