@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod eventlog;
 pub mod metrics;
+pub mod rebuild;
 pub mod verify;
 
 use std::net::TcpListener;
@@ -183,7 +184,16 @@ pub async fn serve(
         projection_cancel.clone(),
     );
 
+    let rebuilder = rebuild::Rebuilder::new(
+        log.clone(),
+        stores.clone(),
+        partitions,
+        Some(projectors.view()),
+    );
+    let rebuilds = projectors.view().rebuilds().clone();
     let state = AppState {
+        rebuilder,
+        rebuild_cancel: projection_cancel.clone(),
         verifier,
         config: config.clone(),
         registry,
@@ -215,6 +225,7 @@ pub async fn serve(
     let served = server_task.await;
     info!("stopping projectors");
     projection_cancel.cancel();
+    rebuilds.join().await;
     projectors.join().await;
     let _ = tracker.await;
     if let Some(task) = background_verifier {
