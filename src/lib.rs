@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod eventlog;
 pub mod metrics;
+pub mod rebuild;
 pub mod verify;
 
 use std::net::TcpListener;
@@ -197,9 +198,18 @@ pub async fn serve(
             .map_or_else(|_| config.listen.to_string(), |a| a.to_string()),
         std::process::id()
     );
+    let rebuilder = rebuild::Rebuilder::new(
+        log.clone(),
+        stores.clone(),
+        partitions,
+        Some(projectors.view()),
+    );
+    let rebuilds = projectors.view().rebuilds().clone();
     let state = AppState {
         instance,
         history,
+        rebuilder,
+        rebuild_cancel: projection_cancel.clone(),
         verifier,
         config: config.clone(),
         registry,
@@ -231,6 +241,7 @@ pub async fn serve(
     let served = server_task.await;
     info!("stopping projectors");
     projection_cancel.cancel();
+    rebuilds.join().await;
     projectors.join().await;
     let _ = tracker.await;
     let _ = sampler.await;

@@ -44,10 +44,16 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
     },
-    /// Rebuild a store from the log.
+    /// Rebuild a store from the log (through the running service; see --standalone).
     Rebuild {
         /// mysql | milvus | s3 | all
         store: String,
+        /// The service.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Rebuild in this process; only when no service runs (refused if one answers at --url).
+        #[arg(long)]
+        standalone: bool,
     },
     /// Compare every store with the log.
     Verify {
@@ -145,10 +151,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }),
-        Command::Rebuild { store } => {
-            eprintln!("docledger rebuild {store}: not available in this version yet (blue/green rebuild is planned work)");
-            Ok(ExitCode::from(2))
-        }
+        Command::Rebuild {
+            store,
+            url,
+            standalone,
+        } => system.block_on(async move {
+            let stores = docledger::cli::rebuild::stores_of(&store)?;
+            let lines = if standalone {
+                docledger::cli::rebuild::standalone(&config, &url, &stores).await?
+            } else {
+                let bearer = docledger::cli::bearer(&config);
+                docledger::cli::rebuild::through_service(&url, bearer, &stores).await?
+            };
+            for line in lines {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Verify { repair, json } => system.block_on(async move {
             let outcome = docledger::cli::verify::run(&config, repair).await?;
             if json {

@@ -91,7 +91,8 @@ impl RunnerStatus {
         }
     }
 
-    /// Pauses or resumes the runner (it finishes the batch in hand first).
+    /// Pauses or resumes the runner (it finishes the batch in hand first). A resumed runner
+    /// continues from its stored checkpoint, which a rebuild may have moved meanwhile.
     pub fn set_paused(&self, paused: bool) {
         self.paused.send_replace(paused);
     }
@@ -291,8 +292,17 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
                 self.status.update(|s| s.state = "paused");
                 tokio::select! {
                     _ = cancel.cancelled() => return Stop::Cancelled,
-                    _ = paused.changed() => continue,
+                    _ = paused.changed() => {}
                 }
+                if !*paused.borrow() {
+                    // Resumed: a rebuild may have replaced the store and moved the
+                    // checkpoint while the runner was paused; continue from the stored one.
+                    cursor = match self.resume_cursor(cancel).await {
+                        Ok(c) => c,
+                        Err(stop) => return stop,
+                    };
+                }
+                continue;
             }
             let source = self.source.clone();
             let limit = self.config.batch_size;
@@ -339,6 +349,20 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
                 s.num_events += batch.num_events as u64;
             });
         }
+    }
+
+    /// The checkpoint to continue from after a pause (see [`RunnerStatus::set_paused`]).
+    async fn resume_cursor(&mut self, cancel: &CancellationToken) -> Result<LogCursor, Stop> {
+        let cursor = self.start_cursor(cancel).await?;
+        if S::KEEPS_OWN_CHECKPOINT {
+            self.catch_up_records(cancel, cursor).await?;
+        }
+        self.status.update(|s| {
+            s.state = "running";
+            s.applied = cursor;
+        });
+        info!(sink = S::NAME, partition = self.partition.index, %cursor, "projector resumed");
+        Ok(cursor)
     }
 
     /// Applies a batch under the retry policy; on a permanent failure, narrows it down to the

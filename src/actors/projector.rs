@@ -12,12 +12,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::eventlog::{LogError, PgLog};
+use crate::rebuild::{RebuildStatus, Rebuilds};
 
 /// Every runner of the service.
 #[derive(Default)]
 pub struct Projectors {
     statuses: Vec<Arc<RunnerStatus>>,
     handles: Vec<JoinHandle<()>>,
+    rebuilds: Rebuilds,
 }
 
 /// One partition's status.
@@ -60,6 +62,9 @@ pub struct StoreStatus {
     pub oldest_running_xact_seconds: f64,
     /// Per partition.
     pub partitions: Vec<PartitionStatus>,
+    /// The running or last rebuild of the store since the service started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<RebuildStatus>,
 }
 
 fn state_rank(state: &str) -> u8 {
@@ -101,6 +106,7 @@ impl Projectors {
     pub fn view(&self) -> ProjectionView {
         ProjectionView {
             statuses: self.statuses.clone(),
+            rebuilds: self.rebuilds.clone(),
         }
     }
 
@@ -116,9 +122,15 @@ impl Projectors {
 #[derive(Clone, Default)]
 pub struct ProjectionView {
     statuses: Vec<Arc<RunnerStatus>>,
+    rebuilds: Rebuilds,
 }
 
 impl ProjectionView {
+    /// The stores' rebuilds.
+    pub fn rebuilds(&self) -> &Rebuilds {
+        &self.rebuilds
+    }
+
     /// The runners of one store.
     pub fn of(&self, name: &str) -> Vec<Arc<RunnerStatus>> {
         self.statuses
@@ -170,6 +182,7 @@ impl ProjectionView {
                 last_error: partitions.iter().find_map(|p| p.last_error.clone()),
                 oldest_running_xact_seconds: horizon.oldest_running_xact_seconds,
                 partitions,
+                rebuild: self.rebuilds.status(store.name()),
             });
         }
         Ok(out)

@@ -39,6 +39,9 @@ pub enum ApiError {
     /// Body or blob beyond the configured limit.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A rebuild of the store is running (a second rebuild, or a pause/resume of its runners).
+    #[error("{0}")]
+    RebuildRunning(String),
     /// A dependency is down or the document actor is overloaded; try again.
     #[error("{0}")]
     Unavailable(String),
@@ -57,6 +60,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::VersionConflict(_) => "version_conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::RebuildRunning(_) => "rebuild_running",
             ApiError::Unavailable(_) => "unavailable",
         }
     }
@@ -77,7 +81,7 @@ impl ResponseError for ApiError {
             | ApiError::InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::VersionConflict(_) => StatusCode::CONFLICT,
+            ApiError::VersionConflict(_) | ApiError::RebuildRunning(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -50,7 +50,8 @@ impl Modify for BearerAuth {
         ErrorBody,
         ErrorDetail,
         StoreStatus,
-        PartitionStatus
+        PartitionStatus,
+        crate::rebuild::RebuildStatus
     )),
     modifiers(&BearerAuth)
 )]

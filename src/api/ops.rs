@@ -7,6 +7,7 @@ use super::dto::ErrorBody;
 use super::error::ApiError;
 use super::{authorize, AppState};
 use crate::actors::projector::StoreStatus;
+use crate::rebuild::RebuildStatus;
 
 /// `GET /healthz`: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Object)))]
@@ -48,10 +49,13 @@ pub async fn projections(
     Ok(HttpResponse::Ok().json(status))
 }
 
-/// `POST /v1/projections/{name}/pause|resume` (`rebuild` comes with the rebuild work).
+/// `POST /v1/projections/{name}/pause|resume|rebuild`. A rebuild answers 202 with its
+/// progress (then visible as `rebuild` in `GET /v1/projections`); while it runs, the store's
+/// pause and resume are refused (409): the rebuild owns its runners' pause switch.
 #[utoipa::path(post, path = "/v1/projections/{name}/{action}", tag = "projections",
-    params(("name" = String, Path, description = "mysql | milvus | s3"), ("action" = String, Path, description = "pause | resume")),
-    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    params(("name" = String, Path, description = "mysql | milvus | s3"), ("action" = String, Path, description = "pause | resume | rebuild")),
+    responses((status = 200, body = Object), (status = 202, body = RebuildStatus), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn projection_action(
     req: HttpRequest,
@@ -60,18 +64,30 @@ pub async fn projection_action(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state.config)?;
     let (name, action) = path.into_inner();
-    if StoreKind::from_name(&name).is_none() {
+    let Some(store) = StoreKind::from_name(&name) else {
         return Err(ApiError::NotFound(format!("no projection named {name:?}")));
-    }
+    };
+    let rebuilds = state.projections.rebuilds();
     let paused = match action.as_str() {
         "pause" => true,
         "resume" => false,
+        "rebuild" => {
+            let progress = rebuilds
+                .start(store, state.rebuilder.clone(), state.rebuild_cancel.clone())
+                .map_err(|e| ApiError::RebuildRunning(e.to_string()))?;
+            return Ok(HttpResponse::Accepted().json(progress.snapshot()));
+        }
         other => {
             return Err(ApiError::NotFound(format!(
                 "no projection action {other:?}"
             )))
         }
     };
+    if rebuilds.is_running(&name) {
+        return Err(ApiError::RebuildRunning(format!(
+            "a rebuild of {name} is running and owns its pause switch"
+        )));
+    }
     for runner in state.projections.of(&name) {
         runner.set_paused(paused);
     }

@@ -3,6 +3,7 @@
 
 pub mod demo;
 pub mod ingest;
+pub mod rebuild;
 pub mod verify;
 
 /// `Authorization` header value for the first configured token, if any.

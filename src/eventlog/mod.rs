@@ -12,6 +12,7 @@ mod listen;
 mod parked;
 mod reader;
 pub mod schema;
+mod store_reader;
 
 use std::str::FromStr;
 use std::sync::Arc;

@@ -33,6 +33,81 @@ impl StoreKind {
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.name() == name)
     }
+
+    /// The stored type names of the events that can carry a change for this store, derived
+    /// from [`DocumentEvent::change_for`] (so a reader that only reads these types sees every
+    /// change of the store, and nothing here can drift from that mapping).
+    pub fn event_types(self) -> Vec<&'static str> {
+        let mut types: Vec<&'static str> = one_of_each_shape()
+            .iter()
+            .filter(|e| e.change_for(self).is_some())
+            .map(DocumentEvent::type_name)
+            .collect();
+        types.sort_unstable();
+        types.dedup();
+        types
+    }
+}
+
+/// One event of every type and of every shape `change_for` tells apart.
+fn one_of_each_shape() -> [DocumentEvent; 6] {
+    use DocumentEvent as E;
+    let row = |blob_sha256: Option<String>| E::RowInserted {
+        version: 1,
+        title: String::new(),
+        source_type: String::new(),
+        business_tag: None,
+        attributes: serde_json::Map::new(),
+        blob_size: blob_sha256.as_ref().map(|_| 0),
+        blob_sha256,
+        chunk_count: 0,
+    };
+    [
+        E::BlobStored {
+            version: 1,
+            sha256: String::new(),
+            size: 0,
+            content_type: String::new(),
+        },
+        row(None),
+        row(Some(String::new())),
+        E::VectorsIndexed {
+            version: 1,
+            chunks: Vec::new(),
+        },
+        E::DocumentDeleted { version: 1 },
+        E::CompensationRequested {
+            version: 1,
+            target: String::new(),
+            reason: String::new(),
+        },
+    ]
+}
+
+#[cfg(test)]
+mod event_type_tests {
+    use super::*;
+    use crate::document::EVENT_TYPES;
+
+    #[test]
+    fn every_event_type_has_a_shape_and_each_store_reads_its_types() {
+        let shapes: Vec<&str> = one_of_each_shape().iter().map(|e| e.type_name()).collect();
+        for t in EVENT_TYPES {
+            assert!(shapes.contains(&t), "{t} has no sample shape");
+        }
+        assert_eq!(
+            StoreKind::Mysql.event_types(),
+            ["DocumentDeleted", "RowInserted"]
+        );
+        assert_eq!(
+            StoreKind::Milvus.event_types(),
+            ["DocumentDeleted", "VectorsIndexed"]
+        );
+        assert_eq!(
+            StoreKind::S3.event_types(),
+            ["BlobStored", "DocumentDeleted", "RowInserted"]
+        );
+    }
 }
 
 /// What one store must do for one document at one version.

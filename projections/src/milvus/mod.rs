@@ -13,6 +13,7 @@
 
 pub mod classify;
 pub mod plan;
+pub mod rebuild;
 pub mod schema;
 
 use std::collections::HashMap;
@@ -264,29 +265,9 @@ impl MilvusSink {
 
     async fn upsert(&self, rows: &[RowToWrite<'_>]) -> Result<(), SinkError> {
         const OPERATION: &str = "upsert rows";
-        let columns = vec![
-            FieldData::varchar(FIELD_PK, rows.iter().map(|r| r.pk.clone()).collect()),
-            FieldData::varchar(
-                FIELD_DOC_ID,
-                rows.iter().map(|r| r.doc_id.to_owned()).collect(),
-            ),
-            FieldData::int64(
-                FIELD_CHUNK_INDEX,
-                rows.iter().map(|r| i64::from(r.chunk.index)).collect(),
-            ),
-            FieldData::int64(FIELD_VERSION, rows.iter().map(|r| r.version).collect()),
-            FieldData::varchar(
-                FIELD_TEXT,
-                rows.iter().map(|r| r.chunk.text.clone()).collect(),
-            ),
-            FieldData::FloatVector {
-                name: FIELD_EMBEDDING.to_owned(),
-                values: rows.iter().map(|r| r.chunk.vector.clone()).collect(),
-            },
-        ];
         let insert = InsertRequest::builder()
             .collection_name(&self.collection)
-            .columns(columns)
+            .columns(columns(rows))
             .build()
             .map_err(|e| sink_error(OPERATION, &e))?;
         let request = UpsertRequest::builder()
@@ -496,6 +477,30 @@ impl MilvusSink {
             .await
             .map_err(|e| sink_error("drop collection", &e))
     }
+}
+
+/// The collection's columns for `rows`.
+fn columns(rows: &[RowToWrite<'_>]) -> Vec<FieldData> {
+    vec![
+        FieldData::varchar(FIELD_PK, rows.iter().map(|r| r.pk.clone()).collect()),
+        FieldData::varchar(
+            FIELD_DOC_ID,
+            rows.iter().map(|r| r.doc_id.to_owned()).collect(),
+        ),
+        FieldData::int64(
+            FIELD_CHUNK_INDEX,
+            rows.iter().map(|r| i64::from(r.chunk.index)).collect(),
+        ),
+        FieldData::int64(FIELD_VERSION, rows.iter().map(|r| r.version).collect()),
+        FieldData::varchar(
+            FIELD_TEXT,
+            rows.iter().map(|r| r.chunk.text.clone()).collect(),
+        ),
+        FieldData::FloatVector {
+            name: FIELD_EMBEDDING.to_owned(),
+            values: rows.iter().map(|r| r.chunk.vector.clone()).collect(),
+        },
+    ]
 }
 
 fn malformed(operation: &'static str, what: &str) -> SinkError {

@@ -5,8 +5,12 @@ use mysql_async::Error;
 use crate::error::{ErrorClass, SinkError};
 
 /// Server error codes worth retrying: deadlock, lock wait timeout, too many connections,
-/// server shutdown, read-only failover, query interrupted.
-const TRANSIENT_SERVER_CODES: &[u16] = &[1213, 1205, 1040, 1053, 1290, 1317, 1927, 2006, 2013];
+/// server shutdown, read-only failover, query interrupted, and a database or table that is
+/// missing (1049, 1146: the store was dropped behind docledger's back — an environment
+/// problem that a restart's `prepare` or a rebuild fixes, never a reason to park data).
+const TRANSIENT_SERVER_CODES: &[u16] = &[
+    1213, 1205, 1040, 1053, 1290, 1317, 1927, 2006, 2013, 1049, 1146,
+];
 
 /// Classifies a client error.
 pub fn classify(e: &Error) -> ErrorClass {

@@ -3,6 +3,7 @@
 
 mod classify;
 pub mod schema;
+pub mod shadow;
 
 use aggregates::{DocumentEvent, LogCursor, StoreKind};
 use mysql_async::prelude::*;

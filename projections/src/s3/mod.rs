@@ -18,6 +18,7 @@
 //! [`crate::RetryPolicy`] is the only one.
 
 pub mod classify;
+pub mod rebuild;
 
 use std::time::Duration;
 

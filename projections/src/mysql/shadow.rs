@@ -1,0 +1,317 @@
+//! Blue/green rebuild of the catalogue: a shadow table built from the log while the live
+//! table keeps serving, then one atomic `RENAME TABLE` that swaps the rows and the MySQL
+//! projector's checkpoints together.
+//!
+//! Invariants: only the rebuild writes the shadow tables, so they need no guard against a
+//! concurrent writer (the version guard is kept anyway, so a page written twice after a
+//! resumed rebuild is harmless); the swap renames `documents` and `projection_checkpoints`
+//! in one statement, so the live table is never missing and its checkpoint always describes
+//! exactly its rows (exactly once survives the rebuild).
+
+use std::future::Future;
+
+use aggregates::LogCursor;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use mysql_async::prelude::*;
+use mysql_async::Value;
+
+use super::classify::sink_error;
+use super::schema::{CREATE_CHECKPOINTS, CREATE_DOCUMENTS, DOCUMENTS, ROWS_PER_STATEMENT};
+use super::{upsert_params, MysqlSink, NAME};
+use crate::error::SinkError;
+use crate::sink::{Batch, Change, Partition};
+
+/// The table a rebuild fills.
+pub const SHADOW_DOCUMENTS: &str = "documents_shadow";
+/// The MySQL projector's checkpoints that go live with the shadow table.
+pub const SHADOW_CHECKPOINTS: &str = "projection_checkpoints_shadow";
+/// The live checkpoints table.
+pub const CHECKPOINTS: &str = "projection_checkpoints";
+/// Where the previous live table goes during the swap (dropped right after).
+pub const OLD_DOCUMENTS: &str = "documents_old";
+/// Where the previous checkpoints go during the swap (dropped right after).
+pub const OLD_CHECKPOINTS: &str = "projection_checkpoints_old";
+
+/// Upsert statements of one page sent at the same time (each on its own connection). The
+/// documents of a page are distinct, so they never touch the same row.
+const CONCURRENT_STATEMENTS: usize = 2;
+
+/// Shadow upsert: like the sink's, but the status comes with the row (a rebuilt row is
+/// `ready` when the log says every store holds its version) and an older version never
+/// overwrites a newer one. `version` is assigned last (MariaDB evaluates left to right).
+const SHADOW_UPSERT_TAIL: &str = " ON DUPLICATE KEY UPDATE
+    status = IF(VALUES(version) > version, VALUES(status), status),
+    title = IF(VALUES(version) > version, VALUES(title), title),
+    source_type = IF(VALUES(version) > version, VALUES(source_type), source_type),
+    business_tag = IF(VALUES(version) > version, VALUES(business_tag), business_tag),
+    attributes = IF(VALUES(version) > version, VALUES(attributes), attributes),
+    blob_key = IF(VALUES(version) > version, VALUES(blob_key), blob_key),
+    blob_sha256 = IF(VALUES(version) > version, VALUES(blob_sha256), blob_sha256),
+    blob_size = IF(VALUES(version) > version, VALUES(blob_size), blob_size),
+    chunk_count = IF(VALUES(version) > version, VALUES(chunk_count), chunk_count),
+    version = GREATEST(version, VALUES(version))";
+
+/// Columns of a catalogue insert, in [`upsert_params`]' order plus `status`.
+const INSERT_COLUMNS: &str = "(doc_id, version, title, source_type, business_tag, attributes, blob_key, blob_sha256, blob_size, chunk_count, status)";
+
+/// Placeholders of one row.
+const ROW_PLACEHOLDERS: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+/// `CREATE TABLE {table}` with the catalogue's columns and keys.
+pub fn create_documents_table(table: &str) -> String {
+    CREATE_DOCUMENTS.replacen(
+        &format!("CREATE TABLE IF NOT EXISTS {DOCUMENTS} ("),
+        &format!("CREATE TABLE {table} ("),
+        1,
+    )
+}
+
+fn create_checkpoints_table(table: &str) -> String {
+    CREATE_CHECKPOINTS.replacen(
+        &format!("CREATE TABLE IF NOT EXISTS {CHECKPOINTS} ("),
+        &format!("CREATE TABLE {table} ("),
+        1,
+    )
+}
+
+/// A multi-row `INSERT INTO {table}` of `rows` catalogue rows (11 values each, see
+/// [`catalogue_values`]), with `tail` appended (`""` for a plain insert).
+pub fn insert_statement(table: &str, rows: usize, tail: &str) -> String {
+    format!(
+        "INSERT INTO {table} {INSERT_COLUMNS} VALUES {}{tail}",
+        vec![ROW_PLACEHOLDERS; rows].join(", ")
+    )
+}
+
+/// The 11 values of a catalogue row for `change` (an upsert of a `RowInserted`), `None` for
+/// anything else.
+pub fn catalogue_values(doc_id: &str, change: &Change, ready: bool) -> Option<[Value; 11]> {
+    let Change::Upsert(event) = change else {
+        return None;
+    };
+    let p = upsert_params(doc_id, event)?;
+    let [a, b, c, d, e, f, g, h, i, j] = p;
+    let status = if ready { "ready" } else { "pending" };
+    Some([a, b, c, d, e, f, g, h, i, j, Value::from(status)])
+}
+
+/// Runs `statements` (SQL and parameters) on up to `concurrency` pooled connections.
+///
+/// # Errors
+/// The first classified failure.
+pub async fn run_concurrently(
+    pool: &mysql_async::Pool,
+    operation: &'static str,
+    statements: Vec<(String, Vec<Value>)>,
+    concurrency: usize,
+) -> Result<(), SinkError> {
+    // Collected before entering the stream (rust-lang/rust#89976).
+    let sends: Vec<_> = statements
+        .into_iter()
+        .map(|(sql, params)| {
+            let pool = pool.clone();
+            async move {
+                let mut conn = pool.get_conn().await.map_err(sink_error("connect"))?;
+                conn.exec_drop(sql, params)
+                    .await
+                    .map_err(sink_error(operation))
+            }
+        })
+        .collect();
+    stream::iter(sends)
+        .buffer_unordered(concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await
+        .map(|_| ())
+}
+
+impl MysqlSink {
+    async fn admin_exec(&self, operation: &'static str, sql: String) -> Result<(), SinkError> {
+        let mut conn = self.pool.get_conn().await.map_err(sink_error("connect"))?;
+        conn.query_drop(sql).await.map_err(sink_error(operation))
+    }
+
+    async fn table_exists(&self, table: &str) -> Result<bool, SinkError> {
+        let mut conn = self.pool.get_conn().await.map_err(sink_error("connect"))?;
+        let n: Option<u64> = conn
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+                (&self.database, table),
+            )
+            .await
+            .map_err(sink_error("look up table"))?;
+        Ok(n.unwrap_or(0) > 0)
+    }
+
+    /// Starts a rebuild: drops what an interrupted rebuild left (shadow and old tables) and
+    /// creates empty shadow tables.
+    ///
+    /// # Errors
+    /// A classified [`SinkError`].
+    pub async fn create_shadow(&self) -> Result<(), SinkError> {
+        self.admin_exec(
+            "drop stale shadow tables",
+            format!(
+                "DROP TABLE IF EXISTS {SHADOW_DOCUMENTS}, {SHADOW_CHECKPOINTS}, {OLD_DOCUMENTS}, {OLD_CHECKPOINTS}"
+            ),
+        )
+        .await?;
+        self.admin_exec(
+            "create shadow table",
+            create_documents_table(SHADOW_DOCUMENTS),
+        )
+        .await?;
+        self.admin_exec(
+            "create shadow checkpoints",
+            create_checkpoints_table(SHADOW_CHECKPOINTS),
+        )
+        .await
+    }
+
+    /// Writes a coalesced page of the log into the shadow table: upserts in multi-row
+    /// statements (some at the same time), then guarded deletes. `ready(doc_id, version)`
+    /// says whether a row is written `ready`.
+    ///
+    /// # Errors
+    /// A classified [`SinkError`].
+    pub async fn write_shadow(
+        &self,
+        batch: &Batch,
+        ready: impl Fn(&str, u64) -> bool,
+    ) -> Result<(), SinkError> {
+        let mut rows: Vec<[Value; 11]> = Vec::new();
+        let mut removes: Vec<(&str, u64)> = Vec::new();
+        for c in &batch.changes {
+            match &c.change {
+                Change::Remove => removes.push((c.doc_id.as_str(), c.version)),
+                change => {
+                    let ready = ready(c.doc_id.as_str(), c.version);
+                    if let Some(values) = catalogue_values(c.doc_id.as_str(), change, ready) {
+                        rows.push(values);
+                    }
+                }
+            }
+        }
+        let statements = rows
+            .chunks(ROWS_PER_STATEMENT)
+            .map(|part| {
+                (
+                    insert_statement(SHADOW_DOCUMENTS, part.len(), SHADOW_UPSERT_TAIL),
+                    part.iter().flat_map(|r| r.iter().cloned()).collect(),
+                )
+            })
+            .collect();
+        run_concurrently(
+            &self.pool,
+            "upsert shadow rows",
+            statements,
+            CONCURRENT_STATEMENTS,
+        )
+        .await?;
+        let deletes = removes
+            .chunks(ROWS_PER_STATEMENT)
+            .map(|docs| {
+                let cond = vec!["(doc_id = ? AND version < ?)"; docs.len()].join(" OR ");
+                let params = docs
+                    .iter()
+                    .flat_map(|(d, v)| [Value::from(*d), Value::from(*v)])
+                    .collect();
+                (
+                    format!("DELETE FROM {SHADOW_DOCUMENTS} WHERE {cond}"),
+                    params,
+                )
+            })
+            .collect();
+        run_concurrently(&self.pool, "delete shadow rows", deletes, 1).await
+    }
+
+    /// Makes the shadow table live: writes the checkpoint `end` of every partition into the
+    /// shadow checkpoints, then renames both shadow tables over the live ones in one
+    /// statement (atomic: readers see the old table or the new one, never none), then drops
+    /// the old ones.
+    ///
+    /// # Errors
+    /// A classified [`SinkError`]; before the rename nothing live has changed.
+    pub fn swap_shadow(
+        &self,
+        log_id: &str,
+        partitions: u32,
+        end: LogCursor,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send + '_ {
+        let log_id = log_id.to_owned();
+        async move {
+            let mut conn = self.pool.get_conn().await.map_err(sink_error("connect"))?;
+            for part in Partition::all(partitions) {
+                conn.exec_drop(
+                    format!(
+                        "REPLACE INTO {SHADOW_CHECKPOINTS} (sink, partition_index, log_id, epoch, xid, position)
+                         VALUES (?, ?, ?, ?, ?, ?)"
+                    ),
+                    (NAME, part.index, &log_id, end.epoch, end.xid, end.position),
+                )
+                .await
+                .map_err(sink_error("write shadow checkpoint"))?;
+            }
+            let mut renames = Vec::new();
+            if self.table_exists(DOCUMENTS).await? {
+                renames.push(format!("{DOCUMENTS} TO {OLD_DOCUMENTS}"));
+            }
+            renames.push(format!("{SHADOW_DOCUMENTS} TO {DOCUMENTS}"));
+            if self.table_exists(CHECKPOINTS).await? {
+                renames.push(format!("{CHECKPOINTS} TO {OLD_CHECKPOINTS}"));
+            }
+            renames.push(format!("{SHADOW_CHECKPOINTS} TO {CHECKPOINTS}"));
+            conn.query_drop(format!("RENAME TABLE {}", renames.join(", ")))
+                .await
+                .map_err(sink_error("swap shadow table"))?;
+            conn.query_drop(format!(
+                "DROP TABLE IF EXISTS {OLD_DOCUMENTS}, {OLD_CHECKPOINTS}"
+            ))
+            .await
+            .map_err(sink_error("drop old table"))?;
+            Ok(())
+        }
+    }
+
+    /// Up to `limit` `(doc_id, version)` of `pending` rows after `after`, in `doc_id` order.
+    ///
+    /// # Errors
+    /// A classified [`SinkError`].
+    pub async fn pending_after(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, SinkError> {
+        let mut conn = self.pool.get_conn().await.map_err(sink_error("connect"))?;
+        conn.exec(
+            format!(
+                "SELECT doc_id, version FROM {DOCUMENTS} WHERE status = 'pending' AND doc_id > ? ORDER BY doc_id LIMIT ?"
+            ),
+            (after, limit as u64),
+        )
+        .await
+        .map_err(sink_error("read pending rows"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_tables_have_the_live_schema_under_another_name() {
+        let sql = create_documents_table(SHADOW_DOCUMENTS);
+        assert!(sql.contains("CREATE TABLE documents_shadow ("), "{sql}");
+        assert!(sql.contains("PRIMARY KEY (doc_id)"));
+        let sql = create_checkpoints_table(SHADOW_CHECKPOINTS);
+        assert!(
+            sql.contains("CREATE TABLE projection_checkpoints_shadow ("),
+            "{sql}"
+        );
+        assert_eq!(
+            insert_statement("t", 2, "").matches('?').count(),
+            22,
+            "11 values a row"
+        );
+    }
+}

@@ -1,0 +1,183 @@
+//! In-place rebuild of the blobs: the bucket keeps serving while every document's object is
+//! made to hold the log's final state, skipping objects that already do, and objects no
+//! document owns are deleted.
+//!
+//! Invariants: an object is left alone when its `docledger-version` and `docledger-sha256`
+//! are the final state's, or when it holds a newer version; an object with the right bytes
+//! but other metadata is restamped server-side (no bytes sent); the caller runs this while
+//! the S3 projector is paused, so no other writer races these HEAD-then-PUT writes.
+
+use aggregates::DocumentEvent;
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use bytes::Bytes;
+
+use super::classify::{self, sink_error};
+use super::{object_key, S3Sink, Stored, DELETE_OBJECTS_MAX_KEYS, NAME};
+use crate::error::SinkError;
+
+/// What the rebuild did with one object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectOutcome {
+    /// Already the final state (or newer): nothing sent.
+    Identical,
+    /// The bytes were right; only the metadata moved.
+    Restamped,
+    /// The object was written.
+    Written,
+}
+
+impl S3Sink {
+    /// Makes `doc_id`'s object hold `event` (a `BlobStored`) with `bytes`.
+    ///
+    /// # Errors
+    /// The classified S3 failure; permanent when `event` is not a `BlobStored` or the bytes
+    /// do not have its size.
+    pub async fn rebuild_object(
+        &self,
+        doc_id: &str,
+        event: &DocumentEvent,
+        bytes: Bytes,
+    ) -> Result<ObjectOutcome, SinkError> {
+        let DocumentEvent::BlobStored {
+            version,
+            sha256,
+            size,
+            content_type,
+        } = event
+        else {
+            return Err(SinkError::permanent(
+                NAME,
+                "rebuild object",
+                format!("{} is not an event for S3", event.type_name()),
+            )
+            .for_doc(doc_id));
+        };
+        if bytes.len() as u64 != *size {
+            return Err(SinkError::permanent(
+                NAME,
+                "rebuild object",
+                format!(
+                    "blob {sha256} of {doc_id} v{version} has {} bytes, the event says {size}",
+                    bytes.len()
+                ),
+            )
+            .for_doc(doc_id));
+        }
+        if let Stored::At(stored, stored_sha) = self.stored(doc_id).await? {
+            let same_bytes = stored_sha.as_deref() == Some(sha256.as_str());
+            if stored > *version || (stored == *version && same_bytes) {
+                return Ok(ObjectOutcome::Identical);
+            }
+            if same_bytes {
+                self.restamp(doc_id, *version, sha256, content_type).await?;
+                return Ok(ObjectOutcome::Restamped);
+            }
+        }
+        self.write_object(doc_id, event, bytes).await
+    }
+
+    /// Writes `doc_id`'s object for `event` (a `BlobStored`) without looking at what the
+    /// bucket holds: for keys a listing just showed absent.
+    ///
+    /// # Errors
+    /// The classified S3 failure; permanent when `event` is not a `BlobStored`.
+    pub async fn write_object(
+        &self,
+        doc_id: &str,
+        event: &DocumentEvent,
+        bytes: Bytes,
+    ) -> Result<ObjectOutcome, SinkError> {
+        let DocumentEvent::BlobStored {
+            version,
+            sha256,
+            content_type,
+            size,
+        } = event
+        else {
+            return Err(SinkError::permanent(
+                NAME,
+                "write object",
+                format!("{} is not an event for S3", event.type_name()),
+            )
+            .for_doc(doc_id));
+        };
+        if bytes.len() as u64 != *size {
+            return Err(SinkError::permanent(
+                NAME,
+                "write object",
+                format!(
+                    "blob {sha256} of {doc_id} v{version} has {} bytes, the event says {size}",
+                    bytes.len()
+                ),
+            )
+            .for_doc(doc_id));
+        }
+        let mut put = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(object_key(doc_id))
+            .body(bytes.into())
+            .metadata(super::META_VERSION, version.to_string())
+            .metadata(super::META_SHA256, sha256);
+        if !content_type.is_empty() {
+            put = put.content_type(content_type);
+        }
+        put.send()
+            .await
+            .map_err(|e| sink_error("put object", Some(doc_id), &e))?;
+        Ok(ObjectOutcome::Written)
+    }
+
+    /// Deletes the objects at `keys` (whatever they hold), 1,000 a request.
+    ///
+    /// # Errors
+    /// The classified S3 failure of the first request or key that fails.
+    pub async fn delete_keys(&self, keys: &[String]) -> Result<(), SinkError> {
+        for group in keys.chunks(DELETE_OBJECTS_MAX_KEYS) {
+            let objects = group
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| SinkError::permanent(NAME, "delete objects", e.to_string()))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| SinkError::permanent(NAME, "delete objects", e.to_string()))?;
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| sink_error("delete objects", None, &e))?;
+            if let Some(failed) = out.errors().first() {
+                return Err(classify::delete_key_error(
+                    failed.key().unwrap_or_default(),
+                    failed.code(),
+                    failed.message(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts `bytes` at `key` without metadata checks (the benchmark's ceiling: the bare
+    /// write the rebuild cannot beat).
+    ///
+    /// # Errors
+    /// The classified S3 failure.
+    pub async fn put_raw(&self, key: &str, bytes: Bytes) -> Result<(), SinkError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(bytes.into())
+            .send()
+            .await
+            .map_err(|e| sink_error("put object", None, &e))?;
+        Ok(())
+    }
+}

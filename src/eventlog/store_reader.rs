@@ -1,0 +1,108 @@
+//! Reading the log for one store (rebuilds): only the event types that can carry a change
+//! for that store, in log order, below the read horizon — so a rebuild of the catalogue
+//! never transfers vectors, and one of the vectors never transfers catalogue rows.
+
+use aggregates::{DocumentEvent, LogCursor, RecordedEvent, StoreKind};
+
+use super::reader::decode_row;
+use super::{LogError, PgLog};
+
+/// Events of the given types after a cursor, below the horizon, in log order. The horizon
+/// and order are [`PgLog::read_after`]'s.
+const READ_TYPES_AFTER: &str = r#"
+SELECT epoch, xid::text, position, stream_id, stream_version, event_type, event_version,
+       payload, vectors, (extract(epoch FROM recorded_at) * 1000)::bigint
+FROM events
+WHERE (epoch, xid, position) > ($1, $2::text::xid8, $3)
+  AND (epoch < (SELECT epoch FROM log_meta)
+       OR xid < pg_snapshot_xmin(pg_current_snapshot()))
+  AND event_type = ANY($4)
+ORDER BY epoch, xid, position
+LIMIT $5
+"#;
+
+impl PgLog {
+    /// Up to `limit` events after `after` that can carry a change for `store`
+    /// ([`StoreKind::event_types`]), in log order, only of finished transactions.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
+    pub async fn read_store_events(
+        &self,
+        after: LogCursor,
+        store: StoreKind,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent<DocumentEvent>>, LogError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(LogError::pool("get connection"))?;
+        let stmt = client
+            .prepare_cached(READ_TYPES_AFTER)
+            .await
+            .map_err(LogError::db("prepare read"))?;
+        let types = store.event_types();
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &after.epoch,
+                    &after.xid.to_string(),
+                    &after.position,
+                    &types,
+                    &(limit as i64),
+                ],
+            )
+            .await
+            .map_err(LogError::db("read store events"))?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    /// Number of documents the log knows (deleted ones included).
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`].
+    pub async fn count_streams(&self) -> Result<u64, LogError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(LogError::pool("get connection"))?;
+        let row = client
+            .query_one("SELECT count(*) FROM streams", &[])
+            .await
+            .map_err(LogError::db("count streams"))?;
+        Ok(row.get::<_, i64>(0).max(0) as u64)
+    }
+
+    /// Of `docs` (`(doc_id, version)`), those whose version every store holds according to
+    /// the log's bookkeeping (the rebuilt catalogue row may be `ready`).
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`].
+    pub async fn consistent_at(
+        &self,
+        docs: &[(&str, u64)],
+    ) -> Result<std::collections::HashSet<String>, LogError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(LogError::pool("get connection"))?;
+        let ids: Vec<&str> = docs.iter().map(|d| d.0).collect();
+        let versions: Vec<i64> = docs.iter().map(|d| d.1 as i64).collect();
+        let rows = client
+            .query(
+                "SELECT s.stream_id FROM streams s
+                 JOIN unnest($1::text[], $2::bigint[]) AS u(id, v) ON s.stream_id = u.id
+                 WHERE s.doc_version = u.v
+                   AND (s.ready_version >= u.v
+                        OR (s.mysql_version = u.v AND s.milvus_version = u.v AND s.s3_version = u.v))",
+                &[&ids, &versions],
+            )
+            .await
+            .map_err(LogError::db("read consistency"))?;
+        Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+    }
+}

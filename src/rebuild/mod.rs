@@ -1,0 +1,716 @@
+//! Rebuilding a store from the log while the service keeps ingesting (DESIGN.md: the
+//! stores are derived views that can always be thrown away and rebuilt).
+//!
+//! - MySQL: a shadow table filled from the log, caught up, then one `RENAME TABLE` swaps it
+//!   in together with the projector's checkpoints.
+//! - Milvus: a new collection (generation) filled from the log, caught up, then the
+//!   contract's name — an alias — moves to it.
+//! - S3: in place, with the S3 projector paused: objects that already hold the final state
+//!   are skipped (listing, then `docledger-version` + `docledger-sha256`), the rest written,
+//!   objects no document owns deleted.
+//!
+//! The log is read once for the store (only the event types that carry its changes), in
+//! pages coalesced per document (newest state per page; a fresh target needs no version
+//! reads). Hand-over without losing or harmfully re-applying an event: the store's runners
+//! are paused and observed idle, the rebuild reads to the head, switches, moves the
+//! runners' checkpoints to where it stopped, and resumes them; a resumed runner re-reads
+//! its checkpoint. Appends never stop. A rebuild that dies midway leaves the live store
+//! untouched; the next one drops the stale shadow table or generation and starts over.
+
+pub mod progress;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aggregates::{DocumentEvent, LogCursor, RecordedEvent, StoreKind};
+use bytes::Bytes;
+use futures::stream::{self, StreamExt};
+use projections::milvus::rebuild::{generation_name, GenerationWriter};
+use projections::s3::rebuild::ObjectOutcome;
+use projections::s3::KEY_PREFIX;
+use projections::sink::Change;
+use projections::{AppliedVersion, Batch, LogSource, Partition, RunnerStatus, Sink, SinkError};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use progress::{RebuildProgress, RebuildStatus};
+
+use crate::actors::projector::ProjectionView;
+use crate::eventlog::{LogError, PgLog};
+use crate::Stores;
+
+/// Events read per page of the log.
+pub const PAGE_EVENTS: usize = 5000;
+/// Pages read ahead of the writer.
+const READ_AHEAD_PAGES: usize = 2;
+/// Objects written (or checked) at the same time.
+const S3_CONCURRENCY: usize = 32;
+/// Documents whose blobs are loaded from the log in one query.
+const S3_BLOB_GROUP: usize = 32;
+/// How often a pausing rebuild looks at the runners.
+const PAUSE_POLL: Duration = Duration::from_millis(50);
+/// Rows per readiness query after a catalogue swap.
+const READY_PAGE: usize = 1000;
+
+/// Why a rebuild stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    /// The log.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] SinkError),
+    /// The service is shutting down.
+    #[error("rebuild cancelled")]
+    Cancelled,
+    /// A rebuild of the store is already running.
+    #[error("a rebuild of {0} is already running")]
+    AlreadyRunning(&'static str),
+}
+
+/// What a finished rebuild did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RebuildSummary {
+    /// The store.
+    pub store: &'static str,
+    /// Documents written or checked.
+    pub num_documents: u64,
+    /// Log events read.
+    pub num_events: u64,
+    /// Where the rebuilt store's checkpoint stands.
+    pub end: LogCursor,
+    /// Seconds, start to end.
+    pub seconds: f64,
+    /// S3: objects already right; others: 0.
+    pub num_identical: u64,
+    /// S3: orphan objects deleted.
+    pub num_orphans_deleted: u64,
+}
+
+impl RebuildSummary {
+    /// Documents per second.
+    pub fn rate(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.num_documents as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Rebuilds stores; cheap to clone.
+#[derive(Clone)]
+pub struct Rebuilder {
+    log: PgLog,
+    stores: Stores,
+    partitions: u32,
+    /// The service's runners, paused during the hand-over; `None` when no service runs.
+    runners: Option<ProjectionView>,
+}
+
+/// The runners of one store, paused by a rebuild.
+struct Paused {
+    runners: Vec<Arc<RunnerStatus>>,
+    /// Paused by an operator before the rebuild: left paused afterwards.
+    already: Vec<bool>,
+}
+
+impl Paused {
+    fn resume(self) {
+        for (runner, already) in self.runners.iter().zip(self.already) {
+            if !already {
+                runner.set_paused(false);
+            }
+        }
+    }
+}
+
+impl Rebuilder {
+    /// A rebuilder over `log` and `stores` whose projectors cut the log into `partitions`.
+    /// `runners`: the running service's projectors (`None` for a standalone rebuild, which
+    /// must not run next to a service).
+    pub fn new(
+        log: PgLog,
+        stores: Stores,
+        partitions: u32,
+        runners: Option<ProjectionView>,
+    ) -> Rebuilder {
+        Rebuilder {
+            log,
+            stores,
+            partitions: partitions.max(1),
+            runners,
+        }
+    }
+
+    /// Rebuilds `store`, reporting into `progress`.
+    ///
+    /// # Errors
+    /// [`RebuildError`]; the live store is untouched unless the switch happened.
+    pub async fn rebuild(
+        &self,
+        store: StoreKind,
+        progress: &RebuildProgress,
+        cancel: &CancellationToken,
+    ) -> Result<RebuildSummary, RebuildError> {
+        info!(store = store.name(), "rebuild started");
+        let result = match store {
+            StoreKind::Mysql | StoreKind::Milvus => self.blue_green(store, progress, cancel).await,
+            StoreKind::S3 => self.s3_in_place(progress, cancel).await,
+        };
+        match &result {
+            Ok(summary) => {
+                progress.finish();
+                info!(
+                    store = store.name(),
+                    documents = summary.num_documents,
+                    seconds = summary.seconds,
+                    "rebuild finished"
+                );
+            }
+            Err(e) => {
+                progress.fail(e.to_string());
+                progress.finish();
+                warn!(store = store.name(), error = %e, "rebuild failed; the live store is unchanged unless it was switched");
+            }
+        }
+        result
+    }
+
+    async fn pause(
+        &self,
+        store: StoreKind,
+        cancel: &CancellationToken,
+    ) -> Result<Paused, RebuildError> {
+        let runners = self
+            .runners
+            .as_ref()
+            .map(|v| v.of(store.name()))
+            .unwrap_or_default();
+        let already = runners.iter().map(|r| r.is_paused()).collect();
+        for r in &runners {
+            r.set_paused(true);
+        }
+        let paused = Paused { runners, already };
+        // Idle = its loop saw the switch: no batch in hand.
+        loop {
+            let idle = paused
+                .runners
+                .iter()
+                .all(|r| matches!(r.snapshot().state, "paused" | "failed" | "stopped"));
+            if idle {
+                return Ok(paused);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    paused.resume();
+                    return Err(RebuildError::Cancelled);
+                }
+                _ = tokio::time::sleep(PAUSE_POLL) => {}
+            }
+        }
+    }
+
+    /// The lowest checkpoint of `store` over partitions in the log database (changes after
+    /// it may not have been recorded as applied).
+    async fn lowest_checkpoint(&self, store: StoreKind) -> Result<LogCursor, RebuildError> {
+        let mut lowest: Option<LogCursor> = None;
+        for part in Partition::all(self.partitions) {
+            let stored = LogSource::load_checkpoint(&self.log, store.name(), part)
+                .await
+                .map_err(source_error)?
+                .filter(|(log_id, _)| log_id == self.log.log_id())
+                .map_or(LogCursor::START, |(_, c)| c);
+            lowest = Some(lowest.map_or(stored, |l| l.min(stored)));
+        }
+        Ok(lowest.unwrap_or(LogCursor::START))
+    }
+
+    async fn save_checkpoints(&self, store: StoreKind, end: LogCursor) -> Result<(), RebuildError> {
+        for part in Partition::all(self.partitions) {
+            LogSource::save_checkpoint(&self.log, store.name(), part, end)
+                .await
+                .map_err(source_error)?;
+        }
+        Ok(())
+    }
+
+    /// Records that `store` holds these versions, then marks ready (MySQL row and log
+    /// bookkeeping) the documents that thereby became consistent — what the runner and the
+    /// tracker would have done had they applied the changes themselves.
+    async fn record(
+        &self,
+        store: StoreKind,
+        applied: &[AppliedVersion],
+    ) -> Result<(), RebuildError> {
+        for part in applied.chunks(READY_PAGE) {
+            let consistent = LogSource::record_applied(&self.log, store, part)
+                .await
+                .map_err(source_error)?;
+            if !consistent.is_empty() {
+                self.stores.mysql.mark_ready(&consistent).await?;
+                self.log.record_ready(&consistent).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks `ready` the catalogue rows left `pending` whose version every store holds
+    /// (documents that became consistent while their shadow row was being written).
+    async fn settle_readiness(&self) -> Result<(), RebuildError> {
+        let mut after = String::new();
+        loop {
+            let pending = self.stores.mysql.pending_after(&after, READY_PAGE).await?;
+            let Some((last, _)) = pending.last() else {
+                return Ok(());
+            };
+            after = last.clone();
+            let docs: Vec<(&str, u64)> = pending.iter().map(|(d, v)| (d.as_str(), *v)).collect();
+            let consistent = self.log.consistent_at(&docs).await?;
+            let ready: Vec<AppliedVersion> = pending
+                .iter()
+                .filter(|(d, _)| consistent.contains(d))
+                .filter_map(|(d, v)| {
+                    Some(AppliedVersion {
+                        doc_id: aggregates::DocId::parse(d).ok()?,
+                        version: *v,
+                    })
+                })
+                .collect();
+            self.stores.mysql.mark_ready(&ready).await?;
+            if pending.len() < READY_PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn blue_green(
+        &self,
+        store: StoreKind,
+        progress: &RebuildProgress,
+        cancel: &CancellationToken,
+    ) -> Result<RebuildSummary, RebuildError> {
+        let started = std::time::Instant::now();
+        progress.phase("preparing");
+        // A store dropped behind docledger's back: recreate it (empty) so that its runners
+        // stop retrying and can be paused; the rebuild then fills the new target.
+        let mut target = match store {
+            StoreKind::Mysql => {
+                self.stores.mysql.prepare().await?;
+                self.stores.mysql.create_shadow().await?;
+                Target::Mysql
+            }
+            _ => {
+                self.stores.milvus.prepare().await?;
+                let dropped = self.stores.milvus.drop_stale_generations().await?;
+                if !dropped.is_empty() {
+                    info!(collections = ?dropped, "dropped generations of an interrupted rebuild");
+                }
+                let name = generation_name(self.stores.milvus.collection(), unix_ms());
+                Target::Milvus(GenerationWriter::create(&self.stores.milvus, &name).await?)
+            }
+        };
+        let lowest = self.lowest_checkpoint(store).await?;
+        progress.total(self.log.count_streams().await?);
+        let mut applied: Vec<AppliedVersion> = Vec::new();
+        let mut num_documents = 0u64;
+        let mut num_events = 0u64;
+
+        progress.phase("building");
+        let (mut pages, reader) = self.read_ahead(store, LogCursor::START, cancel);
+        let mut cursor = LogCursor::START;
+        while let Some(page) = pages.recv().await {
+            let page = page?;
+            let Some(last) = page.last() else { break };
+            let end = last.cursor;
+            let batch = Batch::coalesce(store, end, &page);
+            self.write(&mut target, &batch).await?;
+            note_applied(&batch, lowest, &mut applied);
+            num_documents += batch.changes.len() as u64;
+            num_events += page.len() as u64;
+            progress.advance(batch.changes.len() as u64, page.len() as u64);
+            cursor = end;
+        }
+        let _ = reader.await;
+        if cancel.is_cancelled() {
+            return Err(RebuildError::Cancelled);
+        }
+
+        progress.phase("pausing");
+        let paused = self.pause(store, cancel).await?;
+        let switched = async {
+            progress.phase("catching_up");
+            loop {
+                let page = self
+                    .log
+                    .read_store_events(cursor, store, PAGE_EVENTS)
+                    .await?;
+                let Some(last) = page.last() else { break };
+                let end = last.cursor;
+                let batch = Batch::coalesce(store, end, &page);
+                self.write(&mut target, &batch).await?;
+                note_applied(&batch, lowest, &mut applied);
+                num_documents += batch.changes.len() as u64;
+                num_events += page.len() as u64;
+                progress.advance(batch.changes.len() as u64, page.len() as u64);
+                cursor = end;
+            }
+            progress.phase("switching");
+            match &target {
+                Target::Mysql => {
+                    self.stores
+                        .mysql
+                        .swap_shadow(self.log.log_id(), self.partitions, cursor)
+                        .await?;
+                    self.settle_readiness().await?;
+                }
+                Target::Milvus(generation) => {
+                    let old = self
+                        .stores
+                        .milvus
+                        .switch_alias(generation.collection())
+                        .await?;
+                    info!(
+                        alias = self.stores.milvus.collection(),
+                        collection = generation.collection(),
+                        "alias switched"
+                    );
+                    self.save_checkpoints(store, cursor).await?;
+                    if let Some(old) = old {
+                        self.stores
+                            .milvus
+                            .on_collection(&old)
+                            .drop_collection()
+                            .await?;
+                    }
+                    progress.phase("recording");
+                    self.record(store, &applied).await?;
+                }
+            }
+            Ok::<(), RebuildError>(())
+        }
+        .await;
+        paused.resume();
+        switched?;
+        Ok(RebuildSummary {
+            store: store.name(),
+            num_documents,
+            num_events,
+            end: cursor,
+            seconds: started.elapsed().as_secs_f64(),
+            num_identical: 0,
+            num_orphans_deleted: 0,
+        })
+    }
+
+    async fn write(&self, target: &mut Target, batch: &Batch) -> Result<(), RebuildError> {
+        match target {
+            Target::Mysql => {
+                let docs: Vec<(&str, u64)> = batch
+                    .changes
+                    .iter()
+                    .filter(|c| matches!(c.change, Change::Upsert(_)))
+                    .map(|c| (c.doc_id.as_str(), c.version))
+                    .collect();
+                let consistent = self.log.consistent_at(&docs).await?;
+                self.stores
+                    .mysql
+                    .write_shadow(batch, |doc, _| consistent.contains(doc))
+                    .await?;
+            }
+            Target::Milvus(generation) => {
+                generation.write(batch).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the store's events after `from` in a task, up to [`READ_AHEAD_PAGES`] pages
+    /// ahead, until a page comes back short (the head is near: the hand-over reads the rest).
+    fn read_ahead(
+        &self,
+        store: StoreKind,
+        from: LogCursor,
+        cancel: &CancellationToken,
+    ) -> (mpsc::Receiver<Page>, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(READ_AHEAD_PAGES);
+        let log = self.log.clone();
+        let cancel = cancel.clone();
+        let handle = tokio::spawn(async move {
+            let mut cursor = from;
+            while !cancel.is_cancelled() {
+                let page = log.read_store_events(cursor, store, PAGE_EVENTS).await;
+                let (short, failed) = match &page {
+                    Ok(events) => {
+                        if let Some(last) = events.last() {
+                            cursor = last.cursor;
+                        }
+                        (events.len() < PAGE_EVENTS, false)
+                    }
+                    Err(_) => (true, true),
+                };
+                let empty = page.as_ref().is_ok_and(Vec::is_empty);
+                if !empty && tx.send(page).await.is_err() {
+                    return;
+                }
+                if short || failed {
+                    return;
+                }
+            }
+        });
+        (rx, handle)
+    }
+
+    async fn s3_in_place(
+        &self,
+        progress: &RebuildProgress,
+        cancel: &CancellationToken,
+    ) -> Result<RebuildSummary, RebuildError> {
+        let store = StoreKind::S3;
+        let started = std::time::Instant::now();
+        let s3 = &self.stores.s3;
+        progress.phase("preparing");
+        s3.prepare().await?;
+        progress.phase("pausing");
+        let paused = self.pause(store, cancel).await?;
+        let result = async {
+            let lowest = self.lowest_checkpoint(store).await?;
+            progress.total(self.log.count_streams().await?);
+            // The final change of every document, by reading the store's events to the head.
+            progress.phase("building");
+            let mut finals: HashMap<String, projections::DocChange> = HashMap::new();
+            let mut cursor = LogCursor::START;
+            let mut num_events = 0u64;
+            loop {
+                let page = self
+                    .log
+                    .read_store_events(cursor, store, PAGE_EVENTS)
+                    .await?;
+                let Some(last) = page.last() else { break };
+                cursor = last.cursor;
+                num_events += page.len() as u64;
+                progress.advance(0, page.len() as u64);
+                for change in Batch::coalesce(store, cursor, &page).changes {
+                    finals.insert(change.doc_id.to_string(), change);
+                }
+                if cancel.is_cancelled() {
+                    return Err(RebuildError::Cancelled);
+                }
+            }
+            let existing: std::collections::HashSet<String> =
+                s3.list_keys("").await?.into_iter().collect();
+            let mut upserts: Vec<&projections::DocChange> = finals
+                .values()
+                .filter(|c| matches!(c.change, Change::Upsert(_)))
+                .collect();
+            upserts.sort_by(|a, b| a.doc_id.cmp(&b.doc_id));
+            let identical = Arc::new(Mutex::new(0u64));
+            // Futures are built before they enter the streams: a closure inside a stream
+            // would fail the spawned task's `Send` check (rust-lang/rust#89976).
+            let groups: Vec<_> = upserts
+                .chunks(S3_BLOB_GROUP)
+                .map(|group| {
+                    let identical = identical.clone();
+                    let existing = &existing;
+                    async move {
+                        let shas: Vec<String> = group
+                            .iter()
+                            .filter_map(|c| match &c.change {
+                                Change::Upsert(DocumentEvent::BlobStored { sha256, .. }) => {
+                                    Some(sha256.clone())
+                                }
+                                _ => None,
+                            })
+                            .collect();
+                        let blobs = LogSource::load_blobs(&self.log, &shas)
+                            .await
+                            .map_err(source_error)?;
+                        let writes: Vec<_> = group
+                            .iter()
+                            .map(|c| {
+                                let blobs = &blobs;
+                                async move {
+                                    let Change::Upsert(event) = &c.change else {
+                                        return Ok(ObjectOutcome::Identical);
+                                    };
+                                    let DocumentEvent::BlobStored { sha256, .. } = event else {
+                                        return Ok(ObjectOutcome::Identical);
+                                    };
+                                    let bytes =
+                                        blobs.get(sha256).cloned().unwrap_or_else(Bytes::new);
+                                    let key = format!("{KEY_PREFIX}{}", c.doc_id);
+                                    if existing.contains(&key) {
+                                        s3.rebuild_object(c.doc_id.as_str(), event, bytes).await
+                                    } else {
+                                        s3.write_object(c.doc_id.as_str(), event, bytes).await
+                                    }
+                                }
+                            })
+                            .collect();
+                        let outcomes: Vec<Result<ObjectOutcome, SinkError>> = stream::iter(writes)
+                            .buffer_unordered(S3_BLOB_GROUP)
+                            .collect()
+                            .await;
+                        let mut same = 0u64;
+                        for o in outcomes {
+                            if o? == ObjectOutcome::Identical {
+                                same += 1;
+                            }
+                        }
+                        if let Ok(mut n) = identical.lock() {
+                            *n += same;
+                        }
+                        progress.advance(group.len() as u64, 0);
+                        Ok::<(), RebuildError>(())
+                    }
+                })
+                .collect();
+            let mut groups =
+                stream::iter(groups).buffer_unordered((S3_CONCURRENCY / S3_BLOB_GROUP).max(1));
+            while let Some(done) = groups.next().await {
+                done?;
+                if cancel.is_cancelled() {
+                    return Err(RebuildError::Cancelled);
+                }
+            }
+            drop(groups);
+            progress.phase("switching");
+            let wanted: std::collections::HashSet<String> = upserts
+                .iter()
+                .map(|c| format!("{KEY_PREFIX}{}", c.doc_id))
+                .collect();
+            let mut orphans: Vec<String> = existing
+                .iter()
+                .filter(|k| !wanted.contains(*k))
+                .cloned()
+                .collect();
+            orphans.sort();
+            s3.delete_keys(&orphans).await?;
+            self.save_checkpoints(store, cursor).await?;
+            progress.phase("recording");
+            let applied: Vec<AppliedVersion> = finals
+                .values()
+                .filter(|c| c.cursor > lowest)
+                .map(|c| AppliedVersion {
+                    doc_id: c.doc_id.clone(),
+                    version: c.version,
+                })
+                .collect();
+            self.record(store, &applied).await?;
+            let num_identical = identical.lock().map(|n| *n).unwrap_or_default();
+            Ok(RebuildSummary {
+                store: store.name(),
+                num_documents: upserts.len() as u64,
+                num_events,
+                end: cursor,
+                seconds: started.elapsed().as_secs_f64(),
+                num_identical,
+                num_orphans_deleted: orphans.len() as u64,
+            })
+        }
+        .await;
+        paused.resume();
+        result
+    }
+}
+
+enum Target {
+    Mysql,
+    Milvus(GenerationWriter),
+}
+
+fn note_applied(batch: &Batch, lowest: LogCursor, applied: &mut Vec<AppliedVersion>) {
+    applied.extend(
+        batch
+            .changes
+            .iter()
+            .filter(|c| c.cursor > lowest)
+            .map(|c| AppliedVersion {
+                doc_id: c.doc_id.clone(),
+                version: c.version,
+            }),
+    );
+}
+
+fn source_error(e: projections::SourceError) -> RebuildError {
+    RebuildError::Log(LogError::Unavailable {
+        operation: e.operation,
+        message: e.message,
+    })
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// A rebuild's progress and its task (taken when joined).
+type RunningRebuild = (Arc<RebuildProgress>, Option<JoinHandle<()>>);
+
+/// A page of the log as the read-ahead task hands it over.
+type Page = Result<Vec<RecordedEvent<DocumentEvent>>, LogError>;
+
+/// The rebuilds a service runs (at most one per store) and their progress.
+#[derive(Clone, Default)]
+pub struct Rebuilds {
+    inner: Arc<Mutex<HashMap<&'static str, RunningRebuild>>>,
+}
+
+impl Rebuilds {
+    /// Starts rebuilding `store` in the background.
+    ///
+    /// # Errors
+    /// [`RebuildError::AlreadyRunning`] while a rebuild of `store` runs.
+    pub fn start(
+        &self,
+        store: StoreKind,
+        rebuilder: Rebuilder,
+        cancel: CancellationToken,
+    ) -> Result<Arc<RebuildProgress>, RebuildError> {
+        let mut map = self
+            .inner
+            .lock()
+            .map_err(|_| RebuildError::AlreadyRunning(store.name()))?;
+        if map
+            .get(store.name())
+            .is_some_and(|(p, _)| !p.snapshot().finished())
+        {
+            return Err(RebuildError::AlreadyRunning(store.name()));
+        }
+        let progress = Arc::new(RebuildProgress::default());
+        let task_progress = progress.clone();
+        let handle = tokio::spawn(async move {
+            let _ = rebuilder.rebuild(store, &task_progress, &cancel).await;
+        });
+        map.insert(store.name(), (progress.clone(), Some(handle)));
+        Ok(progress)
+    }
+
+    /// The progress of `store`'s running or last rebuild.
+    pub fn status(&self, store: &str) -> Option<RebuildStatus> {
+        let map = self.inner.lock().ok()?;
+        map.get(store).map(|(p, _)| p.snapshot())
+    }
+
+    /// A rebuild of `store` is running.
+    pub fn is_running(&self, store: &str) -> bool {
+        self.status(store).is_some_and(|s| !s.finished())
+    }
+
+    /// Waits for every rebuild task (after the service's cancel token fired).
+    pub async fn join(&self) {
+        let handles: Vec<JoinHandle<()>> = match self.inner.lock() {
+            Ok(mut map) => map.values_mut().filter_map(|(_, h)| h.take()).collect(),
+            Err(_) => Vec::new(),
+        };
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+}

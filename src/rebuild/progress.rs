@@ -1,0 +1,125 @@
+//! A rebuild's observable progress: phase, documents done out of the log's documents, rate
+//! and ETA, for `GET /v1/projections` and the command line's progress bar.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+/// A rebuild's progress as the API shows it (the `rebuild` object of a store).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct RebuildStatus {
+    /// `preparing` | `pausing` | `building` | `catching_up` | `switching` | `recording` |
+    /// `done` | `failed`.
+    pub phase: String,
+    /// Documents (coalesced changes) written or checked so far.
+    pub documents_done: u64,
+    /// Documents the log knew at the start (deleted ones included): the ETA's basis.
+    pub documents_total: u64,
+    /// Log events read.
+    pub events_read: u64,
+    /// Documents per second since the start.
+    pub rate_per_second: f64,
+    /// Seconds left at the current rate, while building.
+    pub eta_seconds: Option<f64>,
+    /// Seconds since the start.
+    pub elapsed_seconds: f64,
+    /// Why the rebuild failed.
+    pub error: Option<String>,
+}
+
+impl RebuildStatus {
+    /// The rebuild has ended (done or failed).
+    pub fn finished(&self) -> bool {
+        self.phase == PHASE_DONE || self.phase == PHASE_FAILED
+    }
+}
+
+/// The final phase of a successful rebuild.
+pub const PHASE_DONE: &str = "done";
+/// The final phase of a failed rebuild.
+pub const PHASE_FAILED: &str = "failed";
+
+/// Shared progress of one rebuild.
+#[derive(Debug)]
+pub struct RebuildProgress {
+    started: Instant,
+    state: Mutex<RebuildStatus>,
+}
+
+impl Default for RebuildProgress {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            state: Mutex::new(RebuildStatus {
+                phase: "preparing".into(),
+                ..RebuildStatus::default()
+            }),
+        }
+    }
+}
+
+impl RebuildProgress {
+    fn update(&self, f: impl FnOnce(&mut RebuildStatus)) {
+        if let Ok(mut s) = self.state.lock() {
+            f(&mut s);
+        }
+    }
+
+    /// Enters `phase`.
+    pub fn phase(&self, phase: &str) {
+        self.update(|s| s.phase = phase.to_owned());
+    }
+
+    /// Sets the documents the log knows.
+    pub fn total(&self, total: u64) {
+        self.update(|s| s.documents_total = total);
+    }
+
+    /// Counts `documents` more done and `events` more read.
+    pub fn advance(&self, documents: u64, events: u64) {
+        self.update(|s| {
+            s.documents_done += documents;
+            s.events_read += events;
+        });
+    }
+
+    /// Ends in failure.
+    pub fn fail(&self, error: String) {
+        self.update(|s| {
+            s.phase = PHASE_FAILED.into();
+            s.error = Some(error);
+        });
+    }
+
+    /// A copy with rate, ETA and elapsed time computed now.
+    pub fn snapshot(&self) -> RebuildStatus {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let mut s = self.state.lock().map(|s| s.clone()).unwrap_or_default();
+        if s.elapsed_seconds == 0.0 || !s.finished() {
+            s.elapsed_seconds = elapsed;
+            s.rate_per_second = if elapsed > 0.0 {
+                s.documents_done as f64 / elapsed
+            } else {
+                0.0
+            };
+            s.eta_seconds = (s.phase == "building" && s.rate_per_second > 0.0).then(|| {
+                s.documents_total.saturating_sub(s.documents_done) as f64 / s.rate_per_second
+            });
+        }
+        s
+    }
+
+    /// Freezes the elapsed time and rate (called once at the end).
+    pub fn finish(&self) {
+        let snap = self.snapshot();
+        self.update(|s| {
+            s.elapsed_seconds = snap.elapsed_seconds;
+            s.rate_per_second = snap.rate_per_second;
+            s.eta_seconds = None;
+            if s.phase != PHASE_FAILED {
+                s.phase = PHASE_DONE.into();
+            }
+        });
+    }
+}

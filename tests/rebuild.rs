@@ -1,0 +1,457 @@
+//! Rebuilding each store from the log while ingestion runs, against the real stores: the
+//! store is dropped, cleared or corrupted behind docledger's back (raw clients), a rebuild
+//! runs (API or CLI) while puts, replaces and deletes keep arriving, and afterwards
+//! `verify` passes and every acknowledged write is there.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use common::{eventually, TestService};
+use docledger::eventlog::PgLog;
+use docledger::verify::Verifier;
+use docledger::Stores;
+use milvus::v2::prelude::*;
+use mysql_async::prelude::*;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+const DIM: usize = 8;
+
+fn vector(seed: f32) -> Vec<f32> {
+    (0..DIM).map(|i| seed + i as f32 / 10.0).collect()
+}
+
+fn body(title: &str, chunks: usize, blob: Option<&[u8]>) -> Value {
+    let mut b = json!({
+        "title": title,
+        "source_type": "pdf",
+        "attributes": {"lang": "en"},
+        "chunks": (0..chunks).map(|i| json!({"text": format!("{title} chunk {i}"), "vector": vector(i as f32)})).collect::<Vec<_>>(),
+    });
+    if let Some(bytes) = blob {
+        b["blob"] = json!({
+            "content_base64": base64::engine::general_purpose::STANDARD.encode(bytes),
+            "content_type": "application/pdf",
+        });
+    }
+    b
+}
+
+/// What the service acknowledged last per document: `Some(version)` or `None` (deleted).
+type Acked = Arc<Mutex<BTreeMap<String, Option<u64>>>>;
+
+async fn put(http: &reqwest::Client, svc: &TestService, doc: &str, b: &Value, acked: &Acked) {
+    let res = http
+        .put(svc.doc_url(doc, ""))
+        .json(b)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(
+        res.status(),
+        200,
+        "{}",
+        res.text().await.unwrap_or_default()
+    );
+    let got: Value = res.json().await.expect("json");
+    let version = got["version"].as_u64().expect("version");
+    acked
+        .lock()
+        .expect("lock")
+        .insert(doc.to_owned(), Some(version));
+}
+
+async fn delete(http: &reqwest::Client, svc: &TestService, doc: &str, acked: &Acked) {
+    let res = http
+        .delete(svc.doc_url(doc, ""))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(
+        res.status(),
+        200,
+        "{}",
+        res.text().await.unwrap_or_default()
+    );
+    acked.lock().expect("lock").insert(doc.to_owned(), None);
+}
+
+/// Documents with blobs, chunks, replacements with fewer chunks and no blob, deletions.
+async fn seed(svc: &TestService, acked: &Acked, n: usize) {
+    let http = reqwest::Client::new();
+    for i in 0..n {
+        let doc = format!("doc-{i:03}");
+        let blob = format!("%PDF bytes of {doc}");
+        put(
+            &http,
+            svc,
+            &doc,
+            &body(&doc, 3, Some(blob.as_bytes())),
+            acked,
+        )
+        .await;
+    }
+    for i in (0..n).step_by(7) {
+        let doc = format!("doc-{i:03}");
+        put(
+            &http,
+            svc,
+            &doc,
+            &body(&format!("{doc} v2"), 1, None),
+            acked,
+        )
+        .await;
+    }
+    for i in (3..n).step_by(11) {
+        delete(&http, svc, &format!("doc-{i:03}"), acked).await;
+    }
+}
+
+/// Puts, replaces and deletes through the API until `stop`, recording what was acknowledged.
+fn ingest_until(
+    svc: &TestService,
+    acked: Acked,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<u64> {
+    let base = svc.url("");
+    let docs_url = move |doc: &str| {
+        let enc = percent_encoding::utf8_percent_encode(doc, percent_encoding::NON_ALPHANUMERIC);
+        format!("{base}/v1/documents/{enc}")
+    };
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut n = 0u64;
+        while !stop.is_cancelled() {
+            let doc = format!("live-{:03}", n % 40);
+            let res = if n % 9 == 8 {
+                http.delete(docs_url(&doc)).send().await.expect("delete")
+            } else {
+                let blob = format!("live bytes {n}");
+                let b = body(
+                    &format!("{doc} at {n}"),
+                    1 + (n % 4) as usize,
+                    (!n.is_multiple_of(3)).then_some(blob.as_bytes()),
+                );
+                http.put(docs_url(&doc)).json(&b).send().await.expect("put")
+            };
+            match res.status().as_u16() {
+                200 => {
+                    let got: Value = res.json().await.expect("json");
+                    let deleted = n % 9 == 8;
+                    acked.lock().expect("lock").insert(
+                        doc,
+                        (!deleted).then(|| got["version"].as_u64().expect("version")),
+                    );
+                }
+                404 => {} // deleting what is already deleted
+                other => panic!(
+                    "ingestion refused: {other} {}",
+                    res.text().await.unwrap_or_default()
+                ),
+            }
+            n += 1;
+        }
+        n
+    })
+}
+
+async fn verifier(svc: &TestService) -> Verifier {
+    let log = PgLog::connect(&svc.config.eventstore_url, 4)
+        .await
+        .expect("log");
+    let stores = Stores::connect(&svc.config).await.expect("stores");
+    Verifier::new(log, stores, svc.config.projection.partitions.get())
+}
+
+/// Waits until verify passes (projection lag drains), then checks every acknowledged write.
+async fn assert_converged(svc: &TestService, acked: &Acked) {
+    let verifier = verifier(svc).await;
+    let last = Arc::new(Mutex::new(String::new()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let report = verifier.verify_all(&|_, _| {}).await.expect("verify");
+        if report.matches() {
+            break;
+        }
+        *last.lock().expect("lock") = report.summary();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "verify still fails 90 s after the rebuild:\n{}",
+            last.lock().expect("lock")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let http = reqwest::Client::new();
+    let acked = acked.lock().expect("lock").clone();
+    for (doc, version) in &acked {
+        let res = http.get(svc.doc_url(doc, "")).send().await.expect("get");
+        let got: Value = res.json().await.expect("json");
+        match version {
+            Some(v) => {
+                assert_eq!(got["version"].as_u64(), Some(*v), "{doc}: {got}");
+                assert_eq!(got["deleted"], false, "{doc}: {got}");
+            }
+            None => assert_eq!(got["deleted"], true, "{doc}: {got}"),
+        }
+        assert_eq!(got["consistent"], true, "{doc}: {got}");
+    }
+}
+
+/// Starts a rebuild through the API and waits for it to finish, checking its progress.
+async fn rebuild_via_api(svc: &TestService, store: &str) -> Value {
+    let http = reqwest::Client::new();
+    let res = http
+        .post(svc.url(&format!("/v1/projections/{store}/rebuild")))
+        .send()
+        .await
+        .expect("rebuild");
+    assert_eq!(
+        res.status(),
+        202,
+        "{}",
+        res.text().await.unwrap_or_default()
+    );
+    let url = svc.url("/v1/projections");
+    eventually(Duration::from_secs(120), "the rebuild to finish", || {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            let all: Vec<Value> = http.get(&url).send().await.ok()?.json().await.ok()?;
+            let entry = all.iter().find(|s| s["name"] == store)?;
+            let status = entry["rebuild"].clone();
+            match status["phase"].as_str()? {
+                "done" => Some(status),
+                "failed" => panic!("rebuild failed: {status}"),
+                _ => None,
+            }
+        }
+    })
+    .await
+}
+
+fn mysql_pool(svc: &TestService) -> mysql_async::Pool {
+    mysql_async::Pool::new(
+        mysql_async::Opts::from_url(svc.config.mysql_url.expose()).expect("mysql url"),
+    )
+}
+
+async fn milvus_client(svc: &TestService) -> ClientV2 {
+    ClientV2::new(
+        &ConnectConfig::new()
+            .uri(svc.env.milvus_uri.as_str())
+            .telemetry(TelemetryConfig::new().enabled(false)),
+    )
+    .await
+    .expect("milvus connects")
+}
+
+#[actix_rt::test]
+async fn mysql_dropped_is_rebuilt_while_ingesting() {
+    let svc = TestService::start("rebuild_mysql", &[]).await;
+    let acked: Acked = Arc::default();
+    seed(&svc, &acked, 40).await;
+    let pool = mysql_pool(&svc);
+    let mut conn = pool.get_conn().await.expect("conn");
+    conn.query_drop("DROP TABLE documents")
+        .await
+        .expect("drop table");
+    drop(conn);
+
+    let stop = CancellationToken::new();
+    let ingestion = ingest_until(&svc, acked.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = rebuild_via_api(&svc, "mysql").await;
+    assert!(status["documents_done"].as_u64() >= Some(30), "{status}");
+    // A second rebuild while ingesting: the live table is swapped, never missing.
+    let again = rebuild_via_api(&svc, "mysql").await;
+    assert_eq!(again["phase"], "done");
+    stop.cancel();
+    let writes = ingestion.await.expect("ingestion");
+    assert!(writes > 0);
+    assert_converged(&svc, &acked).await;
+
+    let (rows, ready): (u64, u64) = pool
+        .get_conn()
+        .await
+        .expect("conn")
+        .query_first("SELECT COUNT(*), SUM(status = 'ready') FROM documents")
+        .await
+        .expect("count")
+        .expect("a row");
+    let live = acked
+        .lock()
+        .expect("lock")
+        .values()
+        .filter(|v| v.is_some())
+        .count() as u64;
+    assert_eq!((rows, ready), (live, live));
+    let leftovers: Vec<String> = pool
+        .get_conn()
+        .await
+        .expect("conn")
+        .query("SHOW TABLES LIKE '%\\_%'")
+        .await
+        .expect("tables");
+    assert_eq!(
+        leftovers,
+        ["projection_checkpoints"],
+        "no shadow or old table is left"
+    );
+    pool.disconnect().await.expect("disconnect");
+    svc.stop().await;
+}
+
+#[actix_rt::test]
+async fn milvus_dropped_is_rebuilt_behind_an_alias_while_ingesting() {
+    let svc = TestService::start("rebuild_milvus", &[]).await;
+    let acked: Acked = Arc::default();
+    seed(&svc, &acked, 40).await;
+    let milvus = milvus_client(&svc).await;
+    let collection = svc.config.milvus_collection.clone();
+    milvus
+        .drop_collection(
+            DropCollectionRequest::builder()
+                .collection_name(&collection)
+                .build()
+                .expect("request"),
+        )
+        .await
+        .expect("drop collection");
+
+    let stop = CancellationToken::new();
+    let ingestion = ingest_until(&svc, acked.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rebuild_via_api(&svc, "milvus").await;
+    // The name is now an alias; a second rebuild moves it to a new generation atomically.
+    rebuild_via_api(&svc, "milvus").await;
+    stop.cancel();
+    ingestion.await.expect("ingestion");
+    assert_converged(&svc, &acked).await;
+
+    let listed = milvus
+        .list_collections(ListCollectionsRequest::builder().build().expect("request"))
+        .await
+        .expect("list");
+    let generations: Vec<&String> = listed
+        .collection_names()
+        .iter()
+        .filter(|c| c.starts_with(&format!("{collection}__g")))
+        .collect();
+    assert_eq!(
+        generations.len(),
+        1,
+        "old generations are dropped: {generations:?}"
+    );
+    // A restart prepares the store through the alias.
+    let svc = svc.restart().await;
+    assert_converged(&svc, &acked).await;
+    for g in generations {
+        let _ = milvus
+            .drop_alias(
+                DropAliasRequest::builder()
+                    .alias(&collection)
+                    .build()
+                    .expect("request"),
+            )
+            .await;
+        let _ = milvus
+            .drop_collection(
+                DropCollectionRequest::builder()
+                    .collection_name(g)
+                    .build()
+                    .expect("request"),
+            )
+            .await;
+    }
+    svc.stop().await;
+}
+
+#[actix_rt::test]
+async fn s3_corrupted_is_rebuilt_in_place_through_the_cli_while_ingesting() {
+    let svc = TestService::start("rebuild_s3", &[]).await;
+    let acked: Acked = Arc::default();
+    seed(&svc, &acked, 40).await;
+    let stores = Stores::connect(&svc.config).await.expect("stores");
+    // Behind docledger's back: objects deleted, one stray, one stamped with a wrong version.
+    stores
+        .s3
+        .delete_keys(&["docs/doc-001".into(), "docs/doc-002".into()])
+        .await
+        .expect("delete");
+    stores
+        .s3
+        .put_raw("docs/ghost", "boo".into())
+        .await
+        .expect("stray");
+    stores
+        .s3
+        .put_raw("docs/doc-004", "wrong bytes".into())
+        .await
+        .expect("corrupt");
+
+    let stop = CancellationToken::new();
+    let ingestion = ingest_until(&svc, acked.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_docledger"))
+        .args(["rebuild", "s3", "--url", &svc.url("")])
+        .env_remove("DOCLEDGER_CONFIG")
+        .envs(&svc.vars)
+        .env("DOCLEDGER_LOG", "warn")
+        .output()
+        .await
+        .expect("docledger runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("s3: done"), "{stdout}");
+    stop.cancel();
+    ingestion.await.expect("ingestion");
+    assert_converged(&svc, &acked).await;
+
+    // Standalone is refused while the service answers.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_docledger"))
+        .args(["rebuild", "all", "--standalone", "--url", &svc.url("")])
+        .env_remove("DOCLEDGER_CONFIG")
+        .envs(&svc.vars)
+        .env("DOCLEDGER_LOG", "warn")
+        .output()
+        .await
+        .expect("docledger runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a service answers"));
+    // With the service stopped, a standalone rebuild of every store; the restarted
+    // service continues from the rebuilt stores' checkpoints.
+    let config = svc.config.clone();
+    let vars = svc.vars.clone();
+    let url = svc.url("");
+    svc.stop().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_docledger"))
+        .args(["rebuild", "all", "--standalone", "--url", &url])
+        .env_remove("DOCLEDGER_CONFIG")
+        .envs(&vars)
+        .env("DOCLEDGER_LOG", "warn")
+        .output()
+        .await
+        .expect("docledger runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for store in ["mysql", "milvus", "s3"] {
+        assert!(stdout.contains(&format!("{store}: done")), "{stdout}");
+    }
+    let svc = TestService::start_again(config).await;
+    assert_converged(&svc, &acked).await;
+    svc.stop().await;
+}
