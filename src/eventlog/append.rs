@@ -213,7 +213,17 @@ impl PgLog {
             .await
             .map_err(LogError::db("insert events"))?;
         if rows.len() as i64 != n || n == 0 {
-            let actual = self.stream_version(req.doc_id).await?;
+            // Read in the append's own transaction (a new statement sees the winner's commit
+            // under READ COMMITTED): taking a second pooled connection here waits forever
+            // when every connection of the pool holds a conflicting append.
+            let actual = tx
+                .query_opt(
+                    "SELECT stream_version FROM streams WHERE stream_id = $1",
+                    &[&req.doc_id.as_str()],
+                )
+                .await
+                .map_err(LogError::db("read stream version"))?
+                .map_or(0, |r| r.get(0));
             return Err(LogError::Conflict {
                 stream: req.doc_id.to_string(),
                 expected: req.expected_stream_version,
