@@ -47,6 +47,14 @@ impl TestLog {
         Ok(TestLog { log, database, env })
     }
 
+    /// Another handle on the same database, connected (and migrated) anew.
+    pub async fn connect_again(&self, pool_size: usize) -> Result<PgLog> {
+        let url = store_url(&self.env.pg_database_url(&self.database))?;
+        PgLog::connect(&url, pool_size)
+            .await
+            .with_context(|| format!("reconnect log database {}", self.database))
+    }
+
     /// A plain connection to the test's database (for raw SQL that is not the log's API).
     pub async fn raw_client(&self) -> Result<tokio_postgres::Client> {
         connect(&self.env.pg_database_url(&self.database)).await
