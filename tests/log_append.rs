@@ -13,6 +13,7 @@ use docledger::eventlog::{
     AppendRequest, Appended, IdempotencyKey, IdempotentResult, LogError, PgLog,
 };
 use futures::future::join_all;
+use projections::LogSource;
 
 use common::{blob_bytes, doc, put_document, request, row_events, sha256_hex, Follower, TestLog};
 
@@ -501,5 +502,52 @@ async fn a_fresh_log_is_at_epoch_one_and_cursors_carry_it() -> Result<()> {
     assert_eq!(epoch, 1, "reconnecting must not start a new epoch");
     drop(again);
     drop(raw);
+    t.drop_database().await
+}
+
+/// A committed append wakes a reader waiting in `wait_for_append` (NOTIFY), long before the
+/// wait's timeout; an open append does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_append_wakes_a_waiting_reader() -> Result<()> {
+    const LONG_WAIT: Duration = Duration::from_secs(30);
+    let t = TestLog::create("append_wakes_reader", 4).await?;
+    let log = &t.log;
+    // Once this is read, the log's listener is up (it reads nothing before it listens).
+    log.append(request(&doc("warm-up"), 0, &row_events(1, 1, "warm-up")))
+        .await?;
+    let mut warm_up = Follower::new(10);
+    warm_up.read_exactly(log, 1).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    for round in 0..3i64 {
+        let waiter = tokio::spawn({
+            let log = log.clone();
+            async move {
+                let started = std::time::Instant::now();
+                log.wait_for_append(LONG_WAIT).await;
+                started.elapsed()
+            }
+        });
+        let mut client = log.client().await?;
+        let tx = client.transaction().await?;
+        let held = doc(&format!("held-{round}"));
+        log.append_in(&tx, request(&held, 0, &row_events(1, 1, "held")))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !waiter.is_finished(),
+            "round {round}: woken before any commit"
+        );
+        tx.rollback().await?;
+
+        let woke_doc = doc("woken");
+        log.append(request(&woke_doc, round, &row_events(1, 1, "wake")))
+            .await?;
+        let waited = tokio::time::timeout(NO_HANG, waiter).await??;
+        assert!(
+            waited < Duration::from_secs(5),
+            "round {round}: woken after {waited:?}, not by the append's NOTIFY"
+        );
+    }
     t.drop_database().await
 }
