@@ -18,6 +18,17 @@ use projections::sink::stream_hash;
 use super::codec::encode;
 use super::{LogError, PgLog, NOTIFY_CHANNEL};
 
+/// A statement prepared once per pooled connection.
+async fn prepared(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    operation: &'static str,
+) -> Result<tokio_postgres::Statement, LogError> {
+    tx.prepare_cached(sql)
+        .await
+        .map_err(LogError::db(operation))
+}
+
 /// An idempotency key and the hash of the request it was sent with.
 #[derive(Debug, Clone)]
 pub struct IdempotencyKey {
@@ -105,6 +116,31 @@ ORDER BY e.stream_version
 RETURNING epoch, xid::text, position
 "#;
 
+/// Inserts a blob's bytes once per sha256.
+const INSERT_BLOB: &str =
+    "INSERT INTO blobs (sha256, size, content) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING";
+
+/// Claims an idempotency key; concurrent retries wait on the first claim's row.
+const CLAIM_IDEMPOTENCY_KEY: &str =
+    "INSERT INTO idempotency_keys (key, stream_id, request_hash, result)
+     VALUES ($1, $2, $3, 'null') ON CONFLICT (key) DO NOTHING";
+
+const READ_IDEMPOTENCY_KEY: &str =
+    "SELECT request_hash, result FROM idempotency_keys WHERE key = $1";
+
+const STORE_IDEMPOTENCY_RESULT: &str = "UPDATE idempotency_keys SET result = $2 WHERE key = $1";
+
+const READ_STREAM_VERSION: &str = "SELECT stream_version FROM streams WHERE stream_id = $1";
+
+/// Where an append wakes readers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// NOTIFY inside the transaction (delivered when the caller commits).
+    InTransaction,
+    /// The caller asks the notifier for a NOTIFY once it has committed.
+    AfterCommit,
+}
+
 impl PgLog {
     /// Appends one command's events atomically.
     ///
@@ -121,9 +157,12 @@ impl PgLog {
             .transaction()
             .await
             .map_err(LogError::db("begin append"))?;
-        let appended = self.append_in(&tx, req).await?;
+        let appended = self.append_statements(&tx, req, Wake::AfterCommit).await?;
         if matches!(appended, Appended::Committed { .. }) {
             tx.commit().await.map_err(LogError::db("commit append"))?;
+            // Full: a NOTIFY is already due and starts after this commit. Closed: cannot
+            // happen while this handle lives.
+            let _ = self.notify.try_send(());
         }
         Ok(appended)
     }
@@ -136,8 +175,19 @@ impl PgLog {
     /// As [`PgLog::append`].
     pub async fn append_in(
         &self,
-        tx: &tokio_postgres::Transaction<'_>,
+        tx: &deadpool_postgres::Transaction<'_>,
         req: AppendRequest<'_>,
+    ) -> Result<Appended, LogError> {
+        self.append_statements(tx, req, Wake::InTransaction).await
+    }
+
+    /// The append's statements, prepared once per connection. The blob and the events go to
+    /// the server together (pipelined): one round trip for both.
+    async fn append_statements(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        req: AppendRequest<'_>,
+        wake: Wake,
     ) -> Result<Appended, LogError> {
         let stored: Vec<_> = req.events.iter().map(encode).collect();
         let n = stored.len() as i64;
@@ -149,22 +199,32 @@ impl PgLog {
         let new_stream_version = req.expected_stream_version + n;
         let doc_version = req.doc_version as i64;
         let hash = stream_hash(req.doc_id.as_str());
+        let blob = match &req.blob {
+            Some((sha, bytes)) => Some((
+                hex::decode(sha).map_err(|e| LogError::Unavailable {
+                    operation: "decode blob sha256",
+                    message: e.to_string(),
+                })?,
+                bytes,
+            )),
+            None => None,
+        };
 
+        // The key is claimed before anything else is written, so a duplicate leaves the
+        // transaction without writes whatever the caller does with it.
         if let Some(key) = req.idempotency {
+            let claim = prepared(tx, CLAIM_IDEMPOTENCY_KEY, "prepare idempotency key").await?;
             let inserted = tx
                 .execute(
-                    "INSERT INTO idempotency_keys (key, stream_id, request_hash, result)
-                     VALUES ($1, $2, $3, 'null') ON CONFLICT (key) DO NOTHING",
+                    &claim,
                     &[&key.key, &req.doc_id.as_str(), &&key.request_hash[..]],
                 )
                 .await
                 .map_err(LogError::db("insert idempotency key"))?;
             if inserted == 0 {
+                let read = prepared(tx, READ_IDEMPOTENCY_KEY, "prepare idempotency read").await?;
                 let row = tx
-                    .query_one(
-                        "SELECT request_hash, result FROM idempotency_keys WHERE key = $1",
-                        &[&key.key],
-                    )
+                    .query_one(&read, &[&key.key])
                     .await
                     .map_err(LogError::db("read idempotency key"))?;
                 let hash: Vec<u8> = row.get(0);
@@ -182,19 +242,8 @@ impl PgLog {
             }
         }
 
-        if let Some((sha, bytes)) = &req.blob {
-            let sha = hex::decode(sha).map_err(|e| LogError::Unavailable {
-                operation: "decode blob sha256",
-                message: e.to_string(),
-            })?;
-            tx.execute(
-                "INSERT INTO blobs (sha256, size, content) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING",
-                &[&sha, &(bytes.len() as i64), &&bytes[..]],
-            )
-            .await
-            .map_err(LogError::db("insert blob"))?;
-        }
-
+        let insert_blob = prepared(tx, INSERT_BLOB, "prepare blob insert").await?;
+        let append_events = prepared(tx, APPEND_EVENTS, "prepare event insert").await?;
         let params: [&(dyn ToSql + Sync); 11] = [
             &req.doc_id.as_str(),
             &req.expected_stream_version,
@@ -208,19 +257,31 @@ impl PgLog {
             &payloads,
             &vectors,
         ];
-        let rows = tx
-            .query(APPEND_EVENTS, &params)
-            .await
-            .map_err(LogError::db("insert events"))?;
+        // Both requests are sent before either answer is awaited; the server runs them in
+        // order, and a failed blob insert aborts the transaction, so the events fail too.
+        let blob_written = async {
+            match &blob {
+                Some((sha, bytes)) => tx
+                    .execute(&insert_blob, &[sha, &(bytes.len() as i64), &&bytes[..]])
+                    .await
+                    .map(drop)
+                    .map_err(LogError::db("insert blob")),
+                None => Ok(()),
+            }
+        };
+        let events_written = async {
+            tx.query(&append_events, &params)
+                .await
+                .map_err(LogError::db("insert events"))
+        };
+        let ((), rows) = futures::try_join!(blob_written, events_written)?;
         if rows.len() as i64 != n || n == 0 {
             // Read in the append's own transaction (a new statement sees the winner's commit
             // under READ COMMITTED): taking a second pooled connection here waits forever
             // when every connection of the pool holds a conflicting append.
+            let read = prepared(tx, READ_STREAM_VERSION, "prepare stream version read").await?;
             let actual = tx
-                .query_opt(
-                    "SELECT stream_version FROM streams WHERE stream_id = $1",
-                    &[&req.doc_id.as_str()],
-                )
+                .query_opt(&read, &[&req.doc_id.as_str()])
                 .await
                 .map_err(LogError::db("read stream version"))?
                 .map_or(0, |r| r.get(0));
@@ -236,25 +297,41 @@ impl PgLog {
             position: r.get(2),
         });
         let last = last.expect("n > 0 rows were returned");
-        if let Some(key) = req.idempotency {
+
+        let result_stored = async {
+            let Some(key) = req.idempotency else {
+                return Ok(());
+            };
             let result = IdempotentResult {
                 version: req.doc_version,
                 log_position: Some(last.position),
                 unchanged: false,
             };
+            let store =
+                prepared(tx, STORE_IDEMPOTENCY_RESULT, "prepare idempotency result").await?;
             tx.execute(
-                "UPDATE idempotency_keys SET result = $2 WHERE key = $1",
+                &store,
                 &[
                     &key.key,
                     &serde_json::to_value(&result).expect("serializable"),
                 ],
             )
             .await
-            .map_err(LogError::db("store idempotency result"))?;
-        }
-        tx.execute(&format!("NOTIFY {NOTIFY_CHANNEL}"), &[])
-            .await
-            .map_err(LogError::db("notify"))?;
+            .map(drop)
+            .map_err(LogError::db("store idempotency result"))
+        };
+        let notified = async {
+            if wake != Wake::InTransaction {
+                return Ok(());
+            }
+            let notify =
+                prepared(tx, &format!("NOTIFY {NOTIFY_CHANNEL}"), "prepare notify").await?;
+            tx.execute(&notify, &[])
+                .await
+                .map(drop)
+                .map_err(LogError::db("notify"))
+        };
+        futures::try_join!(result_stored, notified)?;
         Ok(Appended::Committed {
             last,
             stream_version: new_stream_version,
