@@ -202,7 +202,7 @@ async fn stale_appends_filling_the_pool_all_conflict() -> Result<()> {
 }
 
 /// Expecting more events than the stream holds is a conflict too, and appends nothing: not
-/// the events, not the stream row, not the idempotency key.
+/// the events, not the stream row, not the blob, not the idempotency key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_ahead_of_the_stream_conflicts_and_appends_nothing() -> Result<()> {
     let t = TestLog::create("append_ahead_conflicts", 4).await?;
@@ -210,7 +210,11 @@ async fn an_append_ahead_of_the_stream_conflicts_and_appends_nothing() -> Result
     let events = row_events(6, 2, "ahead");
 
     let fresh = doc("fresh");
-    match log.append(request(&fresh, 5, &events)).await {
+    let blob = blob_bytes(5, 4096);
+    let sha = sha256_hex(&blob);
+    let mut ahead_with_blob = request(&fresh, 5, &events);
+    ahead_with_blob.blob = Some((&sha, blob.clone()));
+    match log.append(ahead_with_blob).await {
         Err(LogError::Conflict {
             expected: 5,
             actual: 0,
@@ -220,6 +224,13 @@ async fn an_append_ahead_of_the_stream_conflicts_and_appends_nothing() -> Result
     }
     assert_eq!(log.stream_state(&fresh).await?, None);
     assert_eq!(event_count(&t, &fresh).await?, 0);
+    let client = log.client().await?;
+    let blobs: i64 = client
+        .query_one("SELECT count(*) FROM blobs", &[])
+        .await?
+        .get(0);
+    assert_eq!(blobs, 0, "a conflicting append stores no blob either");
+    drop(client);
 
     let existing = doc("existing");
     log.append(request(&existing, 0, &row_events(1, 3, "setup")))
