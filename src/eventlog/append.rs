@@ -6,9 +6,16 @@
 //! finds the count changed: a typed conflict, never a silent overwrite. The idempotency key
 //! is inserted first in the same transaction, so concurrent retries of one request serialise
 //! on its primary key and all but the first see the first one's result.
+//!
+//! Without idempotency key, the stream row, the blob and the events are written by one
+//! statement, sent on its own (autocommit): one round trip, and the statement's implicit
+//! transaction is the append's. Readers are woken by a NOTIFY sent after the commit (see
+//! `listen::spawn_notifier`), except in [`PgLog::append_in`], whose NOTIFY is part of the
+//! caller's transaction.
 
 use aggregates::{DocId, DocumentEvent, LogCursor};
 use bytes::Bytes;
+use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_postgres::types::ToSql;
@@ -20,11 +27,11 @@ use super::{LogError, PgLog, NOTIFY_CHANNEL};
 
 /// A statement prepared once per pooled connection.
 async fn prepared(
-    tx: &deadpool_postgres::Transaction<'_>,
+    db: &impl GenericClient,
     sql: &str,
     operation: &'static str,
 ) -> Result<tokio_postgres::Statement, LogError> {
-    tx.prepare_cached(sql)
+    db.prepare_cached(sql)
         .await
         .map_err(LogError::db(operation))
 }
@@ -92,8 +99,10 @@ pub enum Appended {
     Duplicate(IdempotentResult),
 }
 
-/// Inserts the stream row (first append) or moves it from the expected count, then the
-/// events, only if that succeeded; returns one row per inserted event.
+/// Inserts the stream row (first append) or moves it from the expected count, then, only if
+/// that succeeded, the blob's bytes (once per sha256; `$12` is NULL without blob) and the
+/// events; returns one row per inserted event. One statement, so an append without
+/// idempotency key is one implicit transaction: a conflict writes nothing, not even the blob.
 const APPEND_EVENTS: &str = r#"
 WITH created AS (
     INSERT INTO streams (stream_id, stream_version, doc_version, deleted)
@@ -107,6 +116,10 @@ WITH created AS (
     RETURNING stream_id
 ), stream AS (
     SELECT stream_id FROM created UNION ALL SELECT stream_id FROM moved
+), blob AS (
+    INSERT INTO blobs (sha256, size, content)
+    SELECT $12::bytea, $13::bigint, $14::bytea FROM stream WHERE $12::bytea IS NOT NULL
+    ON CONFLICT (sha256) DO NOTHING
 )
 INSERT INTO events (epoch, stream_id, stream_version, stream_hash, event_type, event_version, payload, vectors)
 SELECT (SELECT epoch FROM log_meta), stream.stream_id, e.stream_version, $6, e.event_type, e.event_version, e.payload, e.vectors
@@ -115,10 +128,6 @@ FROM stream, unnest($7::bigint[], $8::text[], $9::smallint[], $10::jsonb[], $11:
 ORDER BY e.stream_version
 RETURNING epoch, xid::text, position
 "#;
-
-/// Inserts a blob's bytes once per sha256.
-const INSERT_BLOB: &str =
-    "INSERT INTO blobs (sha256, size, content) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING";
 
 /// Claims an idempotency key; concurrent retries wait on the first claim's row.
 const CLAIM_IDEMPOTENCY_KEY: &str =
@@ -153,6 +162,16 @@ impl PgLog {
             .get()
             .await
             .map_err(LogError::pool("get connection"))?;
+        if req.idempotency.is_none() && !req.events.is_empty() {
+            // One writing statement, its own transaction: no BEGIN and COMMIT round trips.
+            // (Without events the statement would create an empty stream: that request takes
+            // the transaction below, which rolls back its conflict.)
+            let appended = self
+                .append_statements(&client, req, Wake::AfterCommit)
+                .await?;
+            self.wake_readers();
+            return Ok(appended);
+        }
         let tx = client
             .transaction()
             .await
@@ -160,11 +179,15 @@ impl PgLog {
         let appended = self.append_statements(&tx, req, Wake::AfterCommit).await?;
         if matches!(appended, Appended::Committed { .. }) {
             tx.commit().await.map_err(LogError::db("commit append"))?;
-            // Full: a NOTIFY is already due and starts after this commit. Closed: cannot
-            // happen while this handle lives.
-            let _ = self.notify.try_send(());
+            self.wake_readers();
         }
         Ok(appended)
+    }
+
+    /// Asks the notifier for a NOTIFY after a commit. A full channel means one is already due
+    /// (and starts after this commit); a closed one cannot happen while this handle lives.
+    fn wake_readers(&self) {
+        let _ = self.notify.try_send(());
     }
 
     /// The statements of [`PgLog::append`] inside a transaction the caller commits (or rolls
@@ -181,11 +204,12 @@ impl PgLog {
         self.append_statements(tx, req, Wake::InTransaction).await
     }
 
-    /// The append's statements, prepared once per connection. The blob and the events go to
-    /// the server together (pipelined): one round trip for both.
+    /// The append's statements, prepared once per connection, in a transaction or (without
+    /// idempotency key) on a connection in autocommit, where the single writing statement is
+    /// its own transaction.
     async fn append_statements(
         &self,
-        tx: &deadpool_postgres::Transaction<'_>,
+        tx: &impl GenericClient,
         req: AppendRequest<'_>,
         wake: Wake,
     ) -> Result<Appended, LogError> {
@@ -242,9 +266,12 @@ impl PgLog {
             }
         }
 
-        let insert_blob = prepared(tx, INSERT_BLOB, "prepare blob insert").await?;
         let append_events = prepared(tx, APPEND_EVENTS, "prepare event insert").await?;
-        let params: [&(dyn ToSql + Sync); 11] = [
+        let (blob_sha, blob_size, blob_content) = match &blob {
+            Some((sha, bytes)) => (Some(sha), Some(bytes.len() as i64), Some(&bytes[..])),
+            None => (None, None, None),
+        };
+        let params: [&(dyn ToSql + Sync); 14] = [
             &req.doc_id.as_str(),
             &req.expected_stream_version,
             &new_stream_version,
@@ -256,29 +283,19 @@ impl PgLog {
             &event_versions,
             &payloads,
             &vectors,
+            &blob_sha,
+            &blob_size,
+            &blob_content,
         ];
-        // Both requests are sent before either answer is awaited; the server runs them in
-        // order, and a failed blob insert aborts the transaction, so the events fail too.
-        let blob_written = async {
-            match &blob {
-                Some((sha, bytes)) => tx
-                    .execute(&insert_blob, &[sha, &(bytes.len() as i64), &&bytes[..]])
-                    .await
-                    .map(drop)
-                    .map_err(LogError::db("insert blob")),
-                None => Ok(()),
-            }
-        };
-        let events_written = async {
-            tx.query(&append_events, &params)
-                .await
-                .map_err(LogError::db("insert events"))
-        };
-        let ((), rows) = futures::try_join!(blob_written, events_written)?;
+        let rows = tx
+            .query(&append_events, &params)
+            .await
+            .map_err(LogError::db("insert events"))?;
         if rows.len() as i64 != n || n == 0 {
-            // Read in the append's own transaction (a new statement sees the winner's commit
-            // under READ COMMITTED): taking a second pooled connection here waits forever
-            // when every connection of the pool holds a conflicting append.
+            // Read on the append's own connection, in its transaction if any (a new statement
+            // sees the winner's commit under READ COMMITTED): taking a second pooled
+            // connection here waits forever when every connection of the pool holds a
+            // conflicting append.
             let read = prepared(tx, READ_STREAM_VERSION, "prepare stream version read").await?;
             let actual = tx
                 .query_opt(&read, &[&req.doc_id.as_str()])
