@@ -8,7 +8,8 @@
 //! `ROWS_PER_RAW_INSERT` rows per statement, one transaction per statement.
 //!
 //! Run with `cargo bench --bench log_append`; `BENCH_SECS` sets each scenario's duration
-//! (default 3.5). The bench uses a database of its own and drops it at the end.
+//! (default 3.5), `BENCH_STORAGE_EXTERNAL=1` tries vectors and blobs without compression.
+//! The bench uses a database of its own and drops it at the end.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,8 +48,34 @@ const CREATE_RAW_TABLE: &str = "CREATE TABLE raw_events (
     vectors    bytea,
     blob       bytea)";
 
+/// Experiment (`BENCH_STORAGE_EXTERNAL=1`): store vectors and blob bytes out of line without
+/// trying to compress them first, in the log and in the ceiling's table alike.
+const STORAGE_EXTERNAL: &str = "
+    ALTER TABLE events ALTER COLUMN vectors SET STORAGE EXTERNAL;
+    ALTER TABLE blobs ALTER COLUMN content SET STORAGE EXTERNAL;
+    ALTER TABLE raw_events ALTER COLUMN vectors SET STORAGE EXTERNAL,
+                           ALTER COLUMN blob SET STORAGE EXTERNAL";
+
 const RAW_INSERT: &str = "INSERT INTO raw_events (stream_id, stream_version, event_type, payload, vectors, blob)
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::jsonb[], $5::bytea[], $6::bytea[])";
+
+/// Deterministic pseudo-random numbers: blobs (compressed files in practice) and embeddings
+/// do not compress, and neither must the bench's.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in [-1, 1).
+    fn unit_f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
 
 /// A document put's events, with a blob whose first bytes are replaced per command.
 struct Template {
@@ -67,9 +94,8 @@ struct Command {
 fn templates() -> Result<Vec<Template>> {
     (0..NUM_TEMPLATES)
         .map(|t| {
-            let blob: Vec<u8> = (0..BLOB_BYTES)
-                .map(|i| ((i * 131 + t * 7919) % 251) as u8)
-                .collect();
+            let mut random = XorShift(0x9e37_79b9_7f4a_7c15 ^ t as u64);
+            let blob: Vec<u8> = (0..BLOB_BYTES).map(|_| random.next() as u8).collect();
             let mut attributes = serde_json::Map::new();
             attributes.insert("lang".into(), "en".into());
             attributes.insert("pages".into(), (t * 3 + 1).into());
@@ -92,9 +118,7 @@ fn templates() -> Result<Vec<Template>> {
                              about one paragraph of extracted text per chunk."
                         )
                         .repeat(3),
-                        vector: (0..VECTOR_DIM)
-                            .map(|j| ((t * 31 + index as usize * 17 + j) % 997) as f32 / 997.0)
-                            .collect(),
+                        vector: (0..VECTOR_DIM).map(|_| random.unit_f32()).collect(),
                     })
                     .collect(),
                 expected_version: None,
@@ -177,6 +201,58 @@ struct Outcome {
     elapsed: Duration,
     bytes_per_command: u64,
     latencies: Vec<Duration>,
+    cpu: Option<CpuSample>,
+}
+
+/// CPU seconds used by the PostgreSQL backends of the bench's database (found by their process
+/// title) and by this process: where an append's time goes, and a measure that other load on
+/// the machine disturbs much less than throughput. Background processes (WAL writer,
+/// checkpointer) are shared with other databases and not counted. Linux only.
+#[derive(Clone, Copy)]
+struct CpuSample {
+    postgres: f64,
+    bench: f64,
+}
+
+/// Clock ticks per second of `/proc/*/stat` (USER_HZ, 100 on every common Linux build).
+const TICKS_PER_SEC: f64 = 100.0;
+
+impl CpuSample {
+    fn now(database: &str) -> Option<CpuSample> {
+        let mut postgres = 0u64;
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let path = entry.path();
+            let is_backend = std::fs::read_to_string(path.join("comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+                && std::fs::read(path.join("cmdline"))
+                    .is_ok_and(|title| String::from_utf8_lossy(&title).contains(database));
+            if is_backend {
+                postgres += stat_ticks(&path.join("stat")).unwrap_or(0);
+            }
+        }
+        let bench = stat_ticks(std::path::Path::new("/proc/self/stat"))?;
+        Some(CpuSample {
+            postgres: postgres as f64 / TICKS_PER_SEC,
+            bench: bench as f64 / TICKS_PER_SEC,
+        })
+    }
+
+    fn since(self, before: Option<CpuSample>) -> Option<CpuSample> {
+        let before = before?;
+        Some(CpuSample {
+            postgres: self.postgres - before.postgres,
+            bench: self.bench - before.bench,
+        })
+    }
+}
+
+/// utime + stime of a `/proc/<pid>/stat`.
+fn stat_ticks(path: &std::path::Path) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name (which may hold spaces) start with field 3, the state.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    Some(field(14)? + field(15)?)
 }
 
 impl Outcome {
@@ -189,6 +265,13 @@ impl Outcome {
     fn mb_per_sec(&self) -> f64 {
         (self.commands * self.bytes_per_command) as f64 / self.elapsed.as_secs_f64() / 1e6
     }
+    /// Microseconds of CPU per command: (PostgreSQL, this process).
+    fn cpu_micros_per_command(&self) -> Option<(f64, f64)> {
+        let cpu = self.cpu?;
+        let per = |secs: f64| secs * 1e6 / self.commands.max(1) as f64;
+        Some((per(cpu.postgres), per(cpu.bench)))
+    }
+
     fn latency_ms(&self, quantile: f64) -> Option<f64> {
         if self.latencies.is_empty() {
             return None;
@@ -200,15 +283,25 @@ impl Outcome {
     }
 }
 
+/// What every scenario runs against.
+struct Bench {
+    log: PgLog,
+    /// The log's database (the raw table lives there too).
+    database: String,
+    url: String,
+    templates: Arc<Vec<Template>>,
+}
+
 async fn docledger_scenario(
-    log: &PgLog,
-    templates: &Arc<Vec<Template>>,
+    bench: &Bench,
     name: &str,
     writers: usize,
     idempotent: bool,
     duration: Duration,
 ) -> Result<Outcome> {
+    let (log, templates, database) = (&bench.log, &bench.templates, bench.database.as_str());
     let next = Arc::new(AtomicU64::new(0));
+    let cpu_before = CpuSample::now(database);
     let started = Instant::now();
     let deadline = started + duration;
     let tasks: Vec<_> = (0..writers)
@@ -252,6 +345,7 @@ async fn docledger_scenario(
         latencies.extend(task.await.context("writer task")??);
     }
     let elapsed = started.elapsed();
+    let cpu = CpuSample::now(database).and_then(|after| after.since(cpu_before));
     Ok(Outcome {
         name: name.to_owned(),
         writers,
@@ -259,6 +353,7 @@ async fn docledger_scenario(
         elapsed,
         bytes_per_command: templates[0].bytes_per_command(),
         latencies,
+        cpu,
     })
 }
 
@@ -301,12 +396,13 @@ fn raw_batch(templates: &[Template], writer: usize) -> RawBatch {
 }
 
 async fn raw_scenario(
-    url: &str,
-    templates: &Arc<Vec<Template>>,
+    bench: &Bench,
     name: &str,
     connections: usize,
     duration: Duration,
 ) -> Result<Outcome> {
+    let (url, templates, database) = (&bench.url, &bench.templates, bench.database.as_str());
+    let cpu_before = CpuSample::now(database);
     let started = Instant::now();
     let deadline = started + duration;
     let tasks: Vec<_> = (0..connections)
@@ -329,15 +425,21 @@ async fn raw_scenario(
                 while Instant::now() < deadline {
                     rows += client.execute(&statement, &params).await?;
                 }
-                Ok::<_, anyhow::Error>(rows)
+                // The connection lives until the CPU is sampled (its backend's time counts).
+                Ok::<_, anyhow::Error>((rows, client))
             })
         })
         .collect();
     let mut rows = 0;
+    let mut clients = Vec::new();
     for task in tasks {
-        rows += task.await.context("raw writer task")??;
+        let (written, client) = task.await.context("raw writer task")??;
+        rows += written;
+        clients.push(client);
     }
     let elapsed = started.elapsed();
+    let cpu = CpuSample::now(database).and_then(|after| after.since(cpu_before));
+    drop(clients);
     Ok(Outcome {
         name: name.to_owned(),
         writers: connections,
@@ -345,23 +447,38 @@ async fn raw_scenario(
         elapsed,
         bytes_per_command: templates[0].bytes_per_command(),
         latencies: Vec::new(),
+        cpu,
     })
 }
 
 fn print_table(outcomes: &[Outcome]) {
     println!();
     println!(
-        "{:<38} {:>7} {:>9} {:>10} {:>11} {:>8} {:>8} {:>8}",
-        "scenario", "writers", "commands", "events/s", "commands/s", "MB/s", "p50 ms", "p99 ms"
+        "{:<36} {:>7} {:>8} {:>9} {:>10} {:>7} {:>7} {:>7} {:>11} {:>11}",
+        "scenario",
+        "writers",
+        "commands",
+        "events/s",
+        "commands/s",
+        "MB/s",
+        "p50 ms",
+        "p99 ms",
+        "PG us/cmd",
+        "bench us/cmd"
     );
-    println!("{}", "-".repeat(106));
+    println!("{}", "-".repeat(127));
     for o in outcomes {
         let ms = |q| {
             o.latency_ms(q)
                 .map_or("-".to_owned(), |v| format!("{v:.2}"))
         };
+        let (pg, bench) = o
+            .cpu_micros_per_command()
+            .map_or(("-".to_owned(), "-".to_owned()), |(pg, bench)| {
+                (format!("{pg:.0}"), format!("{bench:.0}"))
+            });
         println!(
-            "{:<38} {:>7} {:>9} {:>10.0} {:>11.0} {:>8.2} {:>8} {:>8}",
+            "{:<36} {:>7} {:>8} {:>9.0} {:>10.0} {:>7.2} {:>7} {:>7} {:>11} {:>11}",
             o.name,
             o.writers,
             o.commands,
@@ -369,7 +486,9 @@ fn print_table(outcomes: &[Outcome]) {
             o.commands_per_sec(),
             o.mb_per_sec(),
             ms(0.5),
-            ms(0.99)
+            ms(0.99),
+            pg,
+            bench
         );
     }
 }
@@ -391,53 +510,42 @@ async fn run() -> Result<()> {
     let (client, conn) = tokio_postgres::connect(&url, NoTls).await?;
     tokio::spawn(conn);
     client.batch_execute(CREATE_RAW_TABLE).await?;
+    let external_storage = std::env::var_os("BENCH_STORAGE_EXTERNAL").is_some();
+    if external_storage {
+        client.batch_execute(STORAGE_EXTERNAL).await?;
+    }
 
     let templates = Arc::new(templates()?);
     let per_command = templates[0].bytes_per_command();
     println!(
         "log_append: {EVENTS_PER_COMMAND} events per command (BlobStored + {BLOB_BYTES} B blob, \
          RowInserted, VectorsIndexed {NUM_CHUNKS}x{VECTOR_DIM} f32), {per_command} B per command; \
-         {secs} s per scenario; database {database}"
+         {secs} s per scenario; database {database}{}",
+        if external_storage {
+            "; vectors and blobs STORAGE EXTERNAL"
+        } else {
+            ""
+        }
     );
 
+    let bench = Bench {
+        log,
+        database: database.clone(),
+        url: url.clone(),
+        templates,
+    };
     let mut outcomes = Vec::new();
     // A short warm-up so connections, prepared statements and the catalog caches exist.
-    docledger_scenario(
-        &log,
-        &templates,
-        "warm-up",
-        MANY_WRITERS,
-        false,
-        Duration::from_millis(500),
-    )
-    .await?;
-    outcomes
-        .push(docledger_scenario(&log, &templates, "docledger append", 1, false, duration).await?);
-    outcomes.push(
-        docledger_scenario(
-            &log,
-            &templates,
-            "docledger append",
-            MANY_WRITERS,
-            false,
-            duration,
-        )
-        .await?,
-    );
-    outcomes.push(
-        docledger_scenario(
-            &log,
-            &templates,
-            "docledger append + idempotency key",
-            MANY_WRITERS,
-            true,
-            duration,
-        )
-        .await?,
-    );
-    let raw_name = format!("raw INSERT, {ROWS_PER_RAW_INSERT} rows/statement");
-    outcomes.push(raw_scenario(&url, &templates, &raw_name, 1, duration).await?);
-    outcomes.push(raw_scenario(&url, &templates, &raw_name, MANY_WRITERS, duration).await?);
+    let warm_up = Duration::from_millis(500);
+    docledger_scenario(&bench, "warm-up", MANY_WRITERS, false, warm_up).await?;
+    let appends = "docledger append";
+    let keyed = "docledger append + idempotency key";
+    outcomes.push(docledger_scenario(&bench, appends, 1, false, duration).await?);
+    outcomes.push(docledger_scenario(&bench, appends, MANY_WRITERS, false, duration).await?);
+    outcomes.push(docledger_scenario(&bench, keyed, MANY_WRITERS, true, duration).await?);
+    let raw = format!("raw INSERT, {ROWS_PER_RAW_INSERT} rows/statement");
+    outcomes.push(raw_scenario(&bench, &raw, 1, duration).await?);
+    outcomes.push(raw_scenario(&bench, &raw, MANY_WRITERS, duration).await?);
     print_table(&outcomes);
 
     let ratio =
@@ -454,7 +562,7 @@ async fn run() -> Result<()> {
         ratio(&outcomes[1], &outcomes[4])
     );
 
-    drop(log);
+    drop(bench);
     drop(client);
     let (admin, conn) = tokio_postgres::connect(&env.pg_database_url("postgres"), NoTls).await?;
     tokio::spawn(conn);
