@@ -6,9 +6,16 @@
 //! finds the count changed: a typed conflict, never a silent overwrite. The idempotency key
 //! is inserted first in the same transaction, so concurrent retries of one request serialise
 //! on its primary key and all but the first see the first one's result.
+//!
+//! Without idempotency key, the stream row, the blob and the events are written by one
+//! statement, sent on its own (autocommit): one round trip, and the statement's implicit
+//! transaction is the append's. Readers are woken by a NOTIFY sent after the commit (see
+//! `listen::spawn_notifier`), except in [`PgLog::append_in`], whose NOTIFY is part of the
+//! caller's transaction.
 
 use aggregates::{DocId, DocumentEvent, LogCursor};
 use bytes::Bytes;
+use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_postgres::types::ToSql;
@@ -17,6 +24,17 @@ use projections::sink::stream_hash;
 
 use super::codec::encode;
 use super::{LogError, ParkedResolution, PgLog, NOTIFY_CHANNEL};
+
+/// A statement prepared once per pooled connection.
+async fn prepared(
+    db: &impl GenericClient,
+    sql: &str,
+    operation: &'static str,
+) -> Result<tokio_postgres::Statement, LogError> {
+    db.prepare_cached(sql)
+        .await
+        .map_err(LogError::db(operation))
+}
 
 /// An idempotency key and the hash of the request it was sent with.
 #[derive(Debug, Clone)]
@@ -86,8 +104,10 @@ pub enum Appended {
     AlreadyResolved,
 }
 
-/// Inserts the stream row (first append) or moves it from the expected count, then the
-/// events, only if that succeeded; returns one row per inserted event.
+/// Inserts the stream row (first append) or moves it from the expected count, then, only if
+/// that succeeded, the blob's bytes (once per sha256; `$12` is NULL without blob) and the
+/// events; returns one row per inserted event. One statement, so an append without
+/// idempotency key is one implicit transaction: a conflict writes nothing, not even the blob.
 const APPEND_EVENTS: &str = r#"
 WITH created AS (
     INSERT INTO streams (stream_id, stream_version, doc_version, deleted)
@@ -101,6 +121,10 @@ WITH created AS (
     RETURNING stream_id
 ), stream AS (
     SELECT stream_id FROM created UNION ALL SELECT stream_id FROM moved
+), blob AS (
+    INSERT INTO blobs (sha256, size, content)
+    SELECT $12::bytea, $13::bigint, $14::bytea FROM stream WHERE $12::bytea IS NOT NULL
+    ON CONFLICT (sha256) DO NOTHING
 )
 INSERT INTO events (epoch, stream_id, stream_version, stream_hash, event_type, event_version, payload, vectors)
 SELECT (SELECT epoch FROM log_meta), stream.stream_id, e.stream_version, $6, e.event_type, e.event_version, e.payload, e.vectors
@@ -109,6 +133,27 @@ FROM stream, unnest($7::bigint[], $8::text[], $9::smallint[], $10::jsonb[], $11:
 ORDER BY e.stream_version
 RETURNING epoch, xid::text, position
 "#;
+
+/// Claims an idempotency key; concurrent retries wait on the first claim's row.
+const CLAIM_IDEMPOTENCY_KEY: &str =
+    "INSERT INTO idempotency_keys (key, stream_id, request_hash, result)
+     VALUES ($1, $2, $3, 'null') ON CONFLICT (key) DO NOTHING";
+
+const READ_IDEMPOTENCY_KEY: &str =
+    "SELECT request_hash, result FROM idempotency_keys WHERE key = $1";
+
+const STORE_IDEMPOTENCY_RESULT: &str = "UPDATE idempotency_keys SET result = $2 WHERE key = $1";
+
+const READ_STREAM_VERSION: &str = "SELECT stream_version FROM streams WHERE stream_id = $1";
+
+/// Where an append wakes readers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// NOTIFY inside the transaction (delivered when the caller commits).
+    InTransaction,
+    /// The caller asks the notifier for a NOTIFY once it has committed.
+    AfterCommit,
+}
 
 impl PgLog {
     /// Appends one command's events atomically.
@@ -122,15 +167,32 @@ impl PgLog {
             .get()
             .await
             .map_err(LogError::pool("get connection"))?;
+        if req.idempotency.is_none() && req.resolves.is_none() && !req.events.is_empty() {
+            // One writing statement, its own transaction: no BEGIN and COMMIT round trips.
+            // (Without events the statement would create an empty stream: that request takes
+            // the transaction below, which rolls back its conflict.)
+            let appended = self
+                .append_statements(&client, req, Wake::AfterCommit)
+                .await?;
+            self.wake_readers();
+            return Ok(appended);
+        }
         let tx = client
             .transaction()
             .await
             .map_err(LogError::db("begin append"))?;
-        let appended = self.append_in(&tx, req).await?;
+        let appended = self.append_statements(&tx, req, Wake::AfterCommit).await?;
         if matches!(appended, Appended::Committed { .. }) {
             tx.commit().await.map_err(LogError::db("commit append"))?;
+            self.wake_readers();
         }
         Ok(appended)
+    }
+
+    /// Asks the notifier for a NOTIFY after a commit. A full channel means one is already due
+    /// (and starts after this commit); a closed one cannot happen while this handle lives.
+    fn wake_readers(&self) {
+        let _ = self.notify.try_send(());
     }
 
     /// The statements of [`PgLog::append`] inside a transaction the caller commits (or rolls
@@ -141,8 +203,20 @@ impl PgLog {
     /// As [`PgLog::append`].
     pub async fn append_in(
         &self,
-        tx: &tokio_postgres::Transaction<'_>,
+        tx: &deadpool_postgres::Transaction<'_>,
         req: AppendRequest<'_>,
+    ) -> Result<Appended, LogError> {
+        self.append_statements(tx, req, Wake::InTransaction).await
+    }
+
+    /// The append's statements, prepared once per connection, in a transaction or (without
+    /// idempotency key) on a connection in autocommit, where the single writing statement is
+    /// its own transaction.
+    async fn append_statements(
+        &self,
+        tx: &impl GenericClient,
+        req: AppendRequest<'_>,
+        wake: Wake,
     ) -> Result<Appended, LogError> {
         let stored: Vec<_> = req.events.iter().map(encode).collect();
         let n = stored.len() as i64;
@@ -154,22 +228,32 @@ impl PgLog {
         let new_stream_version = req.expected_stream_version + n;
         let doc_version = req.doc_version as i64;
         let hash = stream_hash(req.doc_id.as_str());
+        let blob = match &req.blob {
+            Some((sha, bytes)) => Some((
+                hex::decode(sha).map_err(|e| LogError::Unavailable {
+                    operation: "decode blob sha256",
+                    message: e.to_string(),
+                })?,
+                bytes,
+            )),
+            None => None,
+        };
 
+        // The key is claimed before anything else is written, so a duplicate leaves the
+        // transaction without writes whatever the caller does with it.
         if let Some(key) = req.idempotency {
+            let claim = prepared(tx, CLAIM_IDEMPOTENCY_KEY, "prepare idempotency key").await?;
             let inserted = tx
                 .execute(
-                    "INSERT INTO idempotency_keys (key, stream_id, request_hash, result)
-                     VALUES ($1, $2, $3, 'null') ON CONFLICT (key) DO NOTHING",
+                    &claim,
                     &[&key.key, &req.doc_id.as_str(), &&key.request_hash[..]],
                 )
                 .await
                 .map_err(LogError::db("insert idempotency key"))?;
             if inserted == 0 {
+                let read = prepared(tx, READ_IDEMPOTENCY_KEY, "prepare idempotency read").await?;
                 let row = tx
-                    .query_one(
-                        "SELECT request_hash, result FROM idempotency_keys WHERE key = $1",
-                        &[&key.key],
-                    )
+                    .query_one(&read, &[&key.key])
                     .await
                     .map_err(LogError::db("read idempotency key"))?;
                 let hash: Vec<u8> = row.get(0);
@@ -195,20 +279,12 @@ impl PgLog {
             }
         }
 
-        if let Some((sha, bytes)) = &req.blob {
-            let sha = hex::decode(sha).map_err(|e| LogError::Unavailable {
-                operation: "decode blob sha256",
-                message: e.to_string(),
-            })?;
-            tx.execute(
-                "INSERT INTO blobs (sha256, size, content) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING",
-                &[&sha, &(bytes.len() as i64), &&bytes[..]],
-            )
-            .await
-            .map_err(LogError::db("insert blob"))?;
-        }
-
-        let params: [&(dyn ToSql + Sync); 11] = [
+        let append_events = prepared(tx, APPEND_EVENTS, "prepare event insert").await?;
+        let (blob_sha, blob_size, blob_content) = match &blob {
+            Some((sha, bytes)) => (Some(sha), Some(bytes.len() as i64), Some(&bytes[..])),
+            None => (None, None, None),
+        };
+        let params: [&(dyn ToSql + Sync); 14] = [
             &req.doc_id.as_str(),
             &req.expected_stream_version,
             &new_stream_version,
@@ -220,13 +296,25 @@ impl PgLog {
             &event_versions,
             &payloads,
             &vectors,
+            &blob_sha,
+            &blob_size,
+            &blob_content,
         ];
         let rows = tx
-            .query(APPEND_EVENTS, &params)
+            .query(&append_events, &params)
             .await
             .map_err(LogError::db("insert events"))?;
         if rows.len() as i64 != n || n == 0 {
-            let actual = self.stream_version(req.doc_id).await?;
+            // Read on the append's own connection, in its transaction if any (a new statement
+            // sees the winner's commit under READ COMMITTED): taking a second pooled
+            // connection here waits forever when every connection of the pool holds a
+            // conflicting append.
+            let read = prepared(tx, READ_STREAM_VERSION, "prepare stream version read").await?;
+            let actual = tx
+                .query_opt(&read, &[&req.doc_id.as_str()])
+                .await
+                .map_err(LogError::db("read stream version"))?
+                .map_or(0, |r| r.get(0));
             return Err(LogError::Conflict {
                 stream: req.doc_id.to_string(),
                 expected: req.expected_stream_version,
@@ -239,25 +327,41 @@ impl PgLog {
             position: r.get(2),
         });
         let last = last.expect("n > 0 rows were returned");
-        if let Some(key) = req.idempotency {
+
+        let result_stored = async {
+            let Some(key) = req.idempotency else {
+                return Ok(());
+            };
             let result = IdempotentResult {
                 version: req.doc_version,
                 log_position: Some(last.position),
                 unchanged: false,
             };
+            let store =
+                prepared(tx, STORE_IDEMPOTENCY_RESULT, "prepare idempotency result").await?;
             tx.execute(
-                "UPDATE idempotency_keys SET result = $2 WHERE key = $1",
+                &store,
                 &[
                     &key.key,
                     &serde_json::to_value(&result).expect("serializable"),
                 ],
             )
             .await
-            .map_err(LogError::db("store idempotency result"))?;
-        }
-        tx.execute(&format!("NOTIFY {NOTIFY_CHANNEL}"), &[])
-            .await
-            .map_err(LogError::db("notify"))?;
+            .map(drop)
+            .map_err(LogError::db("store idempotency result"))
+        };
+        let notified = async {
+            if wake != Wake::InTransaction {
+                return Ok(());
+            }
+            let notify =
+                prepared(tx, &format!("NOTIFY {NOTIFY_CHANNEL}"), "prepare notify").await?;
+            tx.execute(&notify, &[])
+                .await
+                .map(drop)
+                .map_err(LogError::db("notify"))
+        };
+        futures::try_join!(result_stored, notified)?;
         Ok(Appended::Committed {
             last,
             stream_version: new_stream_version,

@@ -1,8 +1,9 @@
-//! LISTEN on a dedicated connection: each NOTIFY bumps a counter that readers wait on.
-//! Polling stays the fallback, so a lost connection only delays readers, never stalls them.
+//! LISTEN on a dedicated connection: each NOTIFY bumps a counter that readers wait on; and
+//! the NOTIFY of committed appends, sent from another dedicated connection. Polling stays the
+//! fallback, so a lost connection or notification only delays readers, never stalls them.
 
 use futures::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_postgres::{AsyncMessage, NoTls};
 use tracing::{debug, warn};
 
@@ -51,4 +52,51 @@ pub fn spawn(config: tokio_postgres::Config) -> watch::Receiver<u64> {
         }
     });
     rx
+}
+
+/// Starts the notifier task: every message on the returned sender is followed by a NOTIFY
+/// that starts after it was sent. Messages sent while one is pending share its NOTIFY (send
+/// with `try_send`: a full channel means one is already due). The task ends when every sender
+/// is dropped.
+///
+/// Why not NOTIFY inside the append's transaction: PostgreSQL serialises the commits of all
+/// notifying transactions of the cluster on one lock that is held until the commit record is
+/// flushed, so concurrent appends could never share a WAL flush. This transaction holds no
+/// data and commits asynchronously: a notification lost in a crash only delays readers until
+/// their next poll.
+pub fn spawn_notifier(config: tokio_postgres::Config) -> mpsc::Sender<()> {
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        let sql =
+            format!("BEGIN; SET LOCAL synchronous_commit TO off; NOTIFY {NOTIFY_CHANNEL}; COMMIT");
+        let mut client: Option<tokio_postgres::Client> = None;
+        while rx.recv().await.is_some() {
+            if client
+                .as_ref()
+                .is_none_or(tokio_postgres::Client::is_closed)
+            {
+                client = match config.connect(NoTls).await {
+                    Ok((client, conn)) => {
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                debug!(error = %e, "notify connection failed");
+                            }
+                        });
+                        Some(client)
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "notify connection refused, readers poll");
+                        None
+                    }
+                };
+            }
+            if let Some(notifier) = &client {
+                if let Err(e) = notifier.batch_execute(&sql).await {
+                    debug!(error = %e, "notify failed, readers poll");
+                    client = None;
+                }
+            }
+        }
+    });
+    tx
 }

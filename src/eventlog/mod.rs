@@ -18,7 +18,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_postgres::NoTls;
 use tracing::{info, warn};
 
@@ -103,6 +103,8 @@ pub struct PgLog {
     pub(crate) pool: Pool,
     log_id: Arc<str>,
     appended: watch::Receiver<u64>,
+    /// Asks for a NOTIFY after a committed append (see [`listen::spawn_notifier`]).
+    notify: mpsc::Sender<()>,
 }
 
 impl std::fmt::Debug for PgLog {
@@ -176,11 +178,13 @@ impl PgLog {
                 message: e.to_string(),
             })?;
         let log_id = migrate(&pool).await?;
+        let notify = listen::spawn_notifier(config.clone());
         let appended = listen::spawn(config);
         Ok(PgLog {
             pool,
             log_id: log_id.into(),
             appended,
+            notify,
         })
     }
 

@@ -200,7 +200,7 @@ impl PgLog {
 
     /// Resolves parked changes inside `tx`; false when a single target was already resolved.
     pub(crate) async fn resolve_in(
-        tx: &tokio_postgres::Transaction<'_>,
+        tx: &impl deadpool_postgres::GenericClient,
         resolution: &ParkedResolution,
     ) -> Result<bool, LogError> {
         let resolved_version = resolution.resolved_version.map(|v| v as i64);

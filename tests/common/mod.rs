@@ -8,7 +8,11 @@ use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
+pub mod log;
 pub mod sweep;
+
+#[allow(unused_imports)] // reason: only the log tests use these
+pub use log::*;
 
 use docledger::config::Config;
 use projections::testing::{unique_name, StoreEnv};

@@ -1,0 +1,310 @@
+//! The log's global order against real PostgreSQL (DESIGN "The log": global order without
+//! gaps).
+//!
+//! Positions are handed out when rows are inserted, not when their transactions commit. A
+//! reader that takes "position > last seen" therefore skips the rows of a transaction that
+//! started first and commits last; `read_after` only takes transactions older than every
+//! running one and pages on the whole `(epoch, xid, position)` tuple, so it returns every
+//! committed event exactly once, in one stable order, and never a rolled-back one.
+
+mod common;
+
+use std::collections::HashSet;
+
+use aggregates::LogCursor;
+use anyhow::{Context, Result};
+use docledger::eventlog::Appended;
+use projections::Partition;
+
+use common::{doc, request, row_events, Follower, TestLog};
+
+/// The naive reader: everything after the highest position seen so far.
+const NAIVE_READ: &str = "SELECT position, stream_id, stream_version FROM events
+                          WHERE position > $1 ORDER BY position";
+
+/// Position-only paging with the pair order: pages below the horizon ordered by
+/// `(xid, position)` but continued with "position > last", which skips rows at page ends.
+const POSITION_ONLY_PAGE: &str = "SELECT position, stream_id, stream_version FROM events
+                                  WHERE position > $1
+                                    AND xid < pg_snapshot_xmin(pg_current_snapshot())
+                                  ORDER BY xid, position LIMIT $2";
+
+/// A "position > last" reader, as in commanded/eventstore#3.
+struct NaiveReader {
+    last: i64,
+    seen: Vec<(String, i64)>,
+}
+
+impl NaiveReader {
+    /// Reads everything after `last`, advancing it to the highest position seen.
+    async fn poll(&mut self, client: &tokio_postgres::Client) -> Result<Vec<(String, i64)>> {
+        let rows = client.query(NAIVE_READ, &[&self.last]).await?;
+        let mut page = Vec::new();
+        for row in rows {
+            self.last = self.last.max(row.get(0));
+            page.push((row.get::<_, String>(1), row.get::<_, i64>(2)));
+        }
+        self.seen.extend(page.iter().cloned());
+        Ok(page)
+    }
+}
+
+fn keys(stream: &str, versions: std::ops::RangeInclusive<i64>) -> Vec<(String, i64)> {
+    versions.map(|v| (stream.to_owned(), v)).collect()
+}
+
+fn committed_last(appended: Appended) -> Result<LogCursor> {
+    match appended {
+        Appended::Committed { last, .. } => Ok(last),
+        other => anyhow::bail!("expected a committed append, got {other:?}"),
+    }
+}
+
+/// Transaction A appends to "a" first and commits last. In between, "b" is appended twice
+/// (committed), and transaction C, which took its transaction id before b's appends, appends
+/// to "c" after them and commits before A.
+///
+/// Log layout: positions a1..a3 < b1..b4 < c1..c2, transaction ids A < C < B1 < B2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_commit_is_lost_by_a_position_reader_but_not_by_read_after() -> Result<()> {
+    let t = TestLog::create("late_commit_is_lost", 4).await?;
+    let log = &t.log;
+    let raw = t.raw_client().await?;
+    let (a, b, c) = (doc("a"), doc("b"), doc("c"));
+
+    let mut client_a = log.client().await?;
+    let tx_a = client_a.transaction().await?;
+    let a_events = row_events(1, 3, "a");
+    let a_last = committed_last(log.append_in(&tx_a, request(&a, 0, &a_events)).await?)?;
+
+    let mut client_c = log.client().await?;
+    let tx_c = client_c.transaction().await?;
+    // C takes its transaction id now, before b's appends, and appends only after them.
+    tx_c.query_one("SELECT pg_current_xact_id()", &[]).await?;
+
+    let b_first = row_events(1, 2, "b");
+    let b_second = row_events(2, 2, "b");
+    log.append(request(&b, 0, &b_first)).await?;
+    log.append(request(&b, 2, &b_second)).await?;
+
+    let mut naive = NaiveReader {
+        last: 0,
+        seen: Vec::new(),
+    };
+    assert_eq!(naive.poll(&raw).await?, keys("b", 1..=4));
+
+    // b's transactions are newer than the running A (and C): nothing is final yet.
+    let mut ours = Follower::new(100);
+    assert_eq!(ours.read_page(log).await?, 0);
+    assert_eq!(ours.cursor, LogCursor::START);
+    assert!(log
+        .read_after(LogCursor::START, Partition::ALL, 1)
+        .await?
+        .is_empty());
+
+    let c_events = row_events(1, 2, "c");
+    log.append_in(&tx_c, request(&c, 0, &c_events)).await?;
+    tx_c.commit().await?;
+    assert_eq!(naive.poll(&raw).await?, keys("c", 1..=2));
+    assert_eq!(
+        ours.read_page(log).await?,
+        0,
+        "A is still running: nothing may be read"
+    );
+
+    tx_a.commit().await?;
+    assert!(
+        naive.poll(&raw).await?.is_empty(),
+        "a's positions are below the naive reader's"
+    );
+    let committed: i64 = raw
+        .query_one("SELECT count(*) FROM events", &[])
+        .await?
+        .get(0);
+    assert_eq!(committed, 9);
+    assert_eq!(naive.seen.len(), 6, "the naive reader lost a's 3 events");
+    assert!(naive.seen.iter().all(|(stream, _)| stream != "a"));
+
+    ours.read_exactly(log, 9).await?;
+    let expected: Vec<(String, i64)> =
+        [keys("a", 1..=3), keys("c", 1..=2), keys("b", 1..=4)].concat();
+    assert_eq!(
+        ours.keys(),
+        expected,
+        "(xid, position) order, each event once"
+    );
+    let cursors: Vec<LogCursor> = ours.events.iter().map(|e| e.cursor).collect();
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(
+        cursors[2], a_last,
+        "append_in returned the cursor read_after gives"
+    );
+    let (xid_a, xid_c, xid_b1, xid_b2) = (
+        cursors[0].xid,
+        cursors[3].xid,
+        cursors[5].xid,
+        cursors[7].xid,
+    );
+    assert!(xid_a < xid_c && xid_c < xid_b1 && xid_b1 < xid_b2);
+    assert!(
+        cursors[0].position < cursors[5].position && cursors[5].position < cursors[3].position,
+        "position order (a, b, c) differs from commit order (c, b, a) and from log order (a, c, b)"
+    );
+
+    // Keyset pages on the whole tuple give the same sequence at every page size.
+    for limit in [1, 2, 3, 4] {
+        let mut pager = Follower::new(limit);
+        pager.read_exactly(log, 9).await?;
+        assert_eq!(
+            pager.events, ours.events,
+            "paging with limit {limit} gives the same events in the same order"
+        );
+    }
+
+    // Ordering by the pair but paging on position alone skips rows at page ends: after
+    // (A, a2) comes (A, a3), (C, c1); "position > c1" then skips all of b.
+    let mut last = 0i64;
+    let mut paged = Vec::new();
+    loop {
+        let rows = raw.query(POSITION_ONLY_PAGE, &[&last, &2i64]).await?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in rows {
+            last = row.get(0);
+            paged.push((row.get::<_, String>(1), row.get::<_, i64>(2)));
+        }
+    }
+    assert_eq!(paged, [keys("a", 1..=3), keys("c", 1..=2)].concat());
+
+    drop(raw);
+    drop((client_a, client_c));
+    t.drop_database().await
+}
+
+/// Many transactions whose transaction-id order differs from their position order: keyset
+/// pages of every size give exactly the `(xid, position)` order of the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_of_every_size_give_the_same_full_sequence() -> Result<()> {
+    let t = TestLog::create("pages_of_every_size", 8).await?;
+    let log = &t.log;
+    let raw = t.raw_client().await?;
+
+    // Four transactions take their ids in order 0..4 and append in reverse order, with
+    // committed appends of other streams in between; they commit in yet another order.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(log.client().await?);
+    }
+    let mut txs = Vec::new();
+    for client in &mut clients {
+        let tx = client.transaction().await?;
+        tx.query_one("SELECT pg_current_xact_id()", &[]).await?;
+        txs.push(tx);
+    }
+    let held: Vec<_> = (0..4).map(|i| doc(&format!("held-{i}"))).collect();
+    let free: Vec<_> = (0..4).map(|i| doc(&format!("free-{i}"))).collect();
+    let held_events: Vec<_> = (0..4).map(|i| row_events(1, 1 + i, "held")).collect();
+    let free_events = row_events(1, 2, "free");
+    for i in (0..4).rev() {
+        log.append_in(&txs[i], request(&held[i], 0, &held_events[i]))
+            .await?;
+        log.append(request(&free[i], 0, &free_events)).await?;
+    }
+    let mut txs: Vec<_> = txs.into_iter().map(Some).collect();
+    for i in [2, 0, 3, 1] {
+        txs[i]
+            .take()
+            .context("each transaction commits once")?
+            .commit()
+            .await?;
+    }
+    let total = (1 + 2 + 3 + 4) + 4 * 2;
+
+    let in_table: Vec<(String, i64)> = raw
+        .query(
+            "SELECT stream_id, stream_version FROM events ORDER BY epoch, xid, position",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(in_table.len(), total);
+    let position_order: Vec<(String, i64)> = raw
+        .query(
+            "SELECT stream_id, stream_version FROM events ORDER BY position",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_ne!(
+        in_table, position_order,
+        "the data must exercise the pair order"
+    );
+
+    let mut whole = Follower::new(1000);
+    whole.read_exactly(log, total).await?;
+    assert_eq!(whole.keys(), in_table);
+    for limit in [1, 2, 3, 5, 7] {
+        let mut pager = Follower::new(limit);
+        pager.read_exactly(log, total).await?;
+        assert_eq!(pager.events, whole.events, "limit {limit}");
+    }
+
+    drop(raw);
+    drop(txs);
+    drop(clients);
+    t.drop_database().await
+}
+
+/// Rolled-back appends never reach a reader, whether they roll back before or while the
+/// reader waits on them, and they leave no trace in the stream's version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolled_back_appends_never_appear() -> Result<()> {
+    let t = TestLog::create("rolled_back_never_appear", 4).await?;
+    let log = &t.log;
+    let (gone, kept, dropped) = (doc("gone"), doc("kept"), doc("dropped"));
+    let mut follower = Follower::new(100);
+
+    // Rolled back while the reader waits on it.
+    let mut client = log.client().await?;
+    let tx = client.transaction().await?;
+    log.append_in(&tx, request(&gone, 0, &row_events(1, 2, "gone")))
+        .await?;
+    log.append(request(&kept, 0, &row_events(1, 2, "kept")))
+        .await?;
+    assert_eq!(
+        follower.read_page(log).await?,
+        0,
+        "the open transaction holds the horizon"
+    );
+    tx.rollback().await?;
+
+    // Dropped without commit (an implicit rollback, as when a task is cancelled).
+    {
+        let tx = client.transaction().await?;
+        log.append_in(&tx, request(&dropped, 0, &row_events(1, 1, "dropped")))
+            .await?;
+    }
+    log.append(request(&kept, 2, &row_events(2, 1, "kept")))
+        .await?;
+
+    follower.read_exactly(log, 3).await?;
+    assert_eq!(follower.keys(), keys("kept", 1..=3));
+    assert_eq!(log.stream_state(&gone).await?, None);
+    assert_eq!(log.stream_version(&dropped).await?, 0);
+
+    // The rolled-back stream starts from scratch.
+    log.append(request(&gone, 0, &row_events(1, 1, "gone again")))
+        .await?;
+    follower.read_exactly(log, 4).await?;
+    assert_eq!(follower.keys()[3], ("gone".to_owned(), 1));
+    let seen: HashSet<(String, i64)> = follower.keys().into_iter().collect();
+    assert_eq!(seen.len(), 4, "no event twice");
+
+    drop(client);
+    t.drop_database().await
+}
