@@ -8,7 +8,22 @@ pub const MIGRATION_LOCK_KEY: i64 = 0x646f_636c_6564;
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "initial log schema", MIGRATION_1),
     (2, "compensation of parked changes", MIGRATION_2),
+    (3, "cheaper storage of vectors and blobs", MIGRATION_3),
 ];
+
+/// Embeddings are incompressible floats: store them out of line without trying to compress
+/// them (pglz spent CPU on every append for nothing). Blob bytes keep compression, with lz4
+/// where the server has it (much cheaper than pglz; text still shrinks). Affects new rows only.
+const MIGRATION_3: &str = r#"
+ALTER TABLE events ALTER COLUMN vectors SET STORAGE EXTERNAL;
+DO $$
+BEGIN
+    ALTER TABLE blobs ALTER COLUMN content SET COMPRESSION lz4;
+EXCEPTION WHEN feature_not_supported OR invalid_parameter_value THEN
+    RAISE NOTICE 'lz4 is not available: blobs keep the default compression';
+END
+$$;
+"#;
 
 /// The log's tables. Invariants:
 /// - `events`: one row per event; `(stream_id, stream_version)` unique (optimistic appends);
