@@ -18,6 +18,30 @@ use crate::retry::{RetryOutcome, RetryPolicy};
 use crate::sink::{Batch, DocChange, Partition, Sink};
 use crate::source::{AppliedVersion, LogSource, SourceError};
 
+/// Failpoint (feature `failpoints`) after the store write, before the applied versions are
+/// recorded and the log-side checkpoint saved (for a sink that keeps its own checkpoint: after
+/// the commit of data and checkpoint, before the record). See [`failpoint_name`].
+pub const FAILPOINT_AFTER_APPLY: &str = "after_apply";
+/// Failpoint (feature `failpoints`) after the applied versions are recorded, before the
+/// log-side checkpoint is saved.
+pub const FAILPOINT_BEFORE_CHECKPOINT: &str = "before_checkpoint";
+
+/// The `fail` crate name of a runner failpoint: `runner::<sink>::<point>`. With the action
+/// `return` the runner stops right there as a crash would (state `failed`, nothing more
+/// written); any other action of the `fail` crate works as documented there.
+pub fn failpoint_name(sink: &str, point: &str) -> String {
+    format!("runner::{sink}::{point}")
+}
+
+/// What a failpoint's `return` action does: stop the runner like a crash.
+#[cfg(feature = "failpoints")]
+fn simulated_crash(sink: &str, point: &str) -> Stop {
+    Stop::Fatal(format!(
+        "failpoint {}: simulated crash",
+        failpoint_name(sink, point)
+    ))
+}
+
 /// Tuning of a runner.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -365,9 +389,16 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
                 self.apply_one_by_one(cancel, batch).await?
             }
         };
+        fail::fail_point!(&failpoint_name(S::NAME, FAILPOINT_AFTER_APPLY), |_| Err(
+            simulated_crash(S::NAME, FAILPOINT_AFTER_APPLY)
+        ));
         // Applied versions are recorded before the log-side checkpoint moves: a crash in
         // between re-applies (idempotent) and re-records (idempotent), never skips a record.
         self.record(cancel, &applied).await?;
+        fail::fail_point!(
+            &failpoint_name(S::NAME, FAILPOINT_BEFORE_CHECKPOINT),
+            |_| Err(simulated_crash(S::NAME, FAILPOINT_BEFORE_CHECKPOINT))
+        );
         let source = self.source.clone();
         let end = batch.end;
         self.source_step(cancel, "save checkpoint", || {
