@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // reason: each test binary uses a different subset of these helpers
 
+pub mod proxy;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -43,32 +45,54 @@ where
     }
 }
 
+/// The DOCLEDGER_* settings of a service for test `test` (its own log database, MySQL
+/// database, collection and bucket, named after the test), with `extra` on top; also where
+/// the stores are and the name. For tests that run the binary themselves.
+pub fn service_vars(
+    test: &str,
+    extra: &[(&str, &str)],
+) -> (StoreEnv, String, HashMap<String, String>) {
+    let env = StoreEnv::require();
+    let name = unique_name(test);
+    let bucket = name.replace('_', "-");
+    let mut vars: HashMap<String, String> = [
+        ("DOCLEDGER_EVENTSTORE_URL", env.pg_database_url(&name)),
+        ("DOCLEDGER_MYSQL_URL", env.mysql_database_url(&name)),
+        ("DOCLEDGER_MILVUS_URL", env.milvus_uri.clone()),
+        ("DOCLEDGER_MILVUS_COLLECTION", name.clone()),
+        ("DOCLEDGER_S3_ENDPOINT", env.s3_endpoint.clone()),
+        ("DOCLEDGER_S3_BUCKET", bucket),
+        ("DOCLEDGER_S3_ACCESS_KEY", env.s3_access_key.clone()),
+        ("DOCLEDGER_S3_SECRET_KEY", env.s3_secret_key.clone()),
+        ("DOCLEDGER_S3_REGION", env.s3_region.clone()),
+        ("DOCLEDGER_VECTOR_DIM", "8".to_owned()),
+        ("DOCLEDGER_IDLE_POLL_MS", "100".to_owned()),
+        ("DOCLEDGER_RETRY_MAX_MS", "1000".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for (k, v) in extra {
+        vars.insert((*k).to_owned(), (*v).to_owned());
+    }
+    (env, name, vars)
+}
+
 impl TestService {
     /// Starts a service for test `test`, with `extra` DOCLEDGER_* settings.
     pub async fn start(test: &str, extra: &[(&str, &str)]) -> TestService {
-        let env = StoreEnv::require();
-        let name = unique_name(test);
-        let bucket = name.replace('_', "-");
-        let mut vars: HashMap<String, String> = [
-            ("DOCLEDGER_EVENTSTORE_URL", env.pg_database_url(&name)),
-            ("DOCLEDGER_MYSQL_URL", env.mysql_database_url(&name)),
-            ("DOCLEDGER_MILVUS_URL", env.milvus_uri.clone()),
-            ("DOCLEDGER_MILVUS_COLLECTION", name.clone()),
-            ("DOCLEDGER_S3_ENDPOINT", env.s3_endpoint.clone()),
-            ("DOCLEDGER_S3_BUCKET", bucket),
-            ("DOCLEDGER_S3_ACCESS_KEY", env.s3_access_key.clone()),
-            ("DOCLEDGER_S3_SECRET_KEY", env.s3_secret_key.clone()),
-            ("DOCLEDGER_S3_REGION", env.s3_region.clone()),
-            ("DOCLEDGER_VECTOR_DIM", "8".to_owned()),
-            ("DOCLEDGER_IDLE_POLL_MS", "100".to_owned()),
-            ("DOCLEDGER_RETRY_MAX_MS", "1000".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        for (k, v) in extra {
-            vars.insert((*k).to_owned(), (*v).to_owned());
-        }
+        Self::start_rewritten(test, extra, |_| {}).await
+    }
+
+    /// Like [`TestService::start`], with `rewrite` applied to the DOCLEDGER_* settings last
+    /// (to route a store's URL through a fault proxy, say).
+    pub async fn start_rewritten(
+        test: &str,
+        extra: &[(&str, &str)],
+        rewrite: impl FnOnce(&mut HashMap<String, String>),
+    ) -> TestService {
+        let (env, name, mut vars) = service_vars(test, extra);
+        rewrite(&mut vars);
         let config = Config::load(None, &vars).expect("test configuration is valid");
         Self::start_with(config, env, name, vars).await
     }
