@@ -92,7 +92,8 @@ pub struct RunnerStatus {
 }
 
 impl RunnerStatus {
-    fn new(sink: &'static str, partition: Partition) -> Self {
+    /// The status of a runner of `sink` over `partition` that has not started.
+    pub fn new(sink: &'static str, partition: Partition) -> Self {
         Self {
             sink,
             partition,
@@ -113,6 +114,12 @@ impl RunnerStatus {
         if let Ok(mut s) = self.state.lock() {
             f(&mut s);
         }
+    }
+
+    /// Sets the state shown while no runner drives the partition (`standby`: another process
+    /// holds its lease).
+    pub fn set_state(&self, state: &'static str) {
+        self.update(|s| s.state = state);
     }
 
     /// Pauses or resumes the runner (it finishes the batch in hand first).
@@ -159,6 +166,13 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
             status: Arc::new(RunnerStatus::new(S::NAME, partition)),
             consistent,
         }
+    }
+
+    /// Reports through `status` instead of a fresh one (a partition's successive runners,
+    /// when its lease moves away and back, keep one status).
+    pub fn with_status(mut self, status: Arc<RunnerStatus>) -> Self {
+        self.status = status;
+        self
     }
 
     /// The runner's observable status (keep it before calling [`Runner::run`]).

@@ -4,6 +4,7 @@
 
 pub mod compensator;
 pub mod document;
+pub mod lease;
 pub mod projector;
 pub mod registry;
 pub mod tracker;
