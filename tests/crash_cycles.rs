@@ -10,19 +10,17 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::TcpListener;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{eventually, service_vars};
+use common::{eventually, service_vars, spawn_serve, wait_ready};
 use docledger::config::Config;
 use docledger::eventlog::PgLog;
 use rand::Rng;
 use serde_json::{json, Value};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const DIM: usize = 8;
 const CYCLES: usize = 20;
@@ -67,43 +65,6 @@ fn body(title: &str, chunks: usize, blob: bool) -> Value {
         });
     }
     b
-}
-
-fn spawn_serve(vars: &HashMap<String, String>, listen: &str, log: &std::path::Path) -> Child {
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("server log file");
-    Command::new(env!("CARGO_BIN_EXE_docledger"))
-        .arg("serve")
-        .env_remove("DOCLEDGER_CONFIG")
-        .envs(vars)
-        .env("DOCLEDGER_LISTEN", listen)
-        .env("DOCLEDGER_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(stderr))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("docledger serve starts")
-}
-
-async fn wait_ready(http: &reqwest::Client, base: &str, log: &std::path::Path) {
-    let url = format!("{base}/readyz");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = http.get(&url).send().await {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "docledger serve did not become ready; its log: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// Sends commands for its own documents until `stop`, recording each outcome.

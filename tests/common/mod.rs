@@ -78,6 +78,50 @@ pub fn service_vars(
     (env, name, vars)
 }
 
+/// Starts `docledger serve` (the binary) with `vars`, listening on `listen`, its log
+/// appended to `log`; killed when dropped.
+pub fn spawn_serve(
+    vars: &HashMap<String, String>,
+    listen: &str,
+    log: &std::path::Path,
+) -> tokio::process::Child {
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("server log file");
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_docledger"))
+        .arg("serve")
+        .env_remove("DOCLEDGER_CONFIG")
+        .envs(vars)
+        .env("DOCLEDGER_LISTEN", listen)
+        .env("DOCLEDGER_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(stderr))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("docledger serve starts")
+}
+
+/// Waits until the service at `base` answers `/readyz` (panics with its log after 60 s).
+pub async fn wait_ready(http: &reqwest::Client, base: &str, log: &std::path::Path) {
+    let url = format!("{base}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http.get(&url).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "docledger serve did not become ready; its log: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 impl TestService {
     /// Starts a service for test `test`, with `extra` DOCLEDGER_* settings.
     pub async fn start(test: &str, extra: &[(&str, &str)]) -> TestService {
