@@ -6,7 +6,7 @@
 //! - every acknowledged command is in the log exactly once (its key, its events);
 //! - every unacknowledged command is wholly present (key and all its events) or wholly absent.
 //!
-//! `DOCLEDGER_SOAK_CYCLES=N` runs N cycles instead (the soak variant).
+//! `SOAK_CYCLES=N` runs N cycles instead (the soak variant).
 
 mod common;
 
@@ -125,7 +125,7 @@ async fn worker(id: usize, base: String, stop: Arc<AtomicBool>, sent: Arc<Mutex<
 
 #[actix_rt::test]
 async fn sigkill_cycles_lose_no_acknowledged_command_and_converge() {
-    let cycles = std::env::var("DOCLEDGER_SOAK_CYCLES")
+    let cycles = std::env::var("SOAK_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(CYCLES);

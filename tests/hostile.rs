@@ -5,8 +5,8 @@
 //!
 //! The cases come from proptest strategies run with a deterministic seed (the async service
 //! cannot run inside proptest's synchronous runner, so there is no shrinking: a failure
-//! prints its whole input). `DOCLEDGER_HOSTILE_CASES=N` runs N cases (default 200);
-//! `DOCLEDGER_HOSTILE_RANDOM=1` draws them from a random seed instead of the fixed one.
+//! prints its whole input). `HOSTILE_CASES=N` runs N cases (default 200);
+//! `HOSTILE_RANDOM=1` draws them from a random seed instead of the fixed one.
 
 mod common;
 
@@ -319,7 +319,7 @@ async fn run_case(svc: &TestService, http: &reqwest::Client, case: &Case) {
 
 #[actix_rt::test]
 async fn hostile_requests_get_a_4xx_with_a_code_and_change_nothing() {
-    let num_cases: u32 = std::env::var("DOCLEDGER_HOSTILE_CASES")
+    let num_cases: u32 = std::env::var("HOSTILE_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
@@ -355,8 +355,8 @@ async fn hostile_requests_get_a_4xx_with_a_code_and_change_nothing() {
     };
     let before = snapshot().await;
 
-    // Deterministic in CI; DOCLEDGER_HOSTILE_RANDOM=1 explores new cases on each run.
-    let mut runner = if std::env::var("DOCLEDGER_HOSTILE_RANDOM").is_ok() {
+    // Deterministic in CI; HOSTILE_RANDOM=1 explores new cases on each run.
+    let mut runner = if std::env::var("HOSTILE_RANDOM").is_ok() {
         TestRunner::default()
     } else {
         TestRunner::deterministic()

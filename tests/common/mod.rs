@@ -90,9 +90,13 @@ pub fn spawn_serve(
         .append(true)
         .open(log)
         .expect("server log file");
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_docledger"))
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_docledger"));
+    // Only the test's settings: an unknown DOCLEDGER_* variable of the caller is an error.
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("DOCLEDGER_")) {
+        command.env_remove(key);
+    }
+    command
         .arg("serve")
-        .env_remove("DOCLEDGER_CONFIG")
         .envs(vars)
         .env("DOCLEDGER_LISTEN", listen)
         .env("DOCLEDGER_LOG", "warn")
