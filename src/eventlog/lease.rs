@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use projections::{Partition, RetryPolicy};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
@@ -66,6 +66,8 @@ struct Claim {
 #[derive(Clone)]
 pub struct Leases {
     claims: Arc<Mutex<Vec<Claim>>>,
+    /// Wakes the lease loop when a claim arrives (runners start without waiting a poll).
+    claimed: Arc<Notify>,
 }
 
 impl Leases {
@@ -84,6 +86,7 @@ impl Leases {
             tokio_postgres::Config::from_str(url.expose()).map_err(LogError::db("parse url"))?;
         let leases = Leases {
             claims: Arc::new(Mutex::new(Vec::new())),
+            claimed: Arc::new(Notify::new()),
         };
         let task = tokio::spawn(lease_loop(leases.clone(), config, poll, retry, cancel));
         Ok((leases, task))
@@ -96,6 +99,7 @@ impl Leases {
             .lock()
             .expect("lease claims lock poisoned")
             .push(Claim { key, owned });
+        self.claimed.notify_one();
         rx
     }
 
@@ -205,6 +209,7 @@ async fn hold(
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
+            _ = leases.claimed.notified() => {}
             _ = tokio::time::sleep(poll) => {}
         }
     }
