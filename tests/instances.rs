@@ -1,7 +1,7 @@
 //! Several `docledger serve` instances on one log (issue 8, DESIGN "Scale beyond one
 //! machine"): projector partitions are leased (PostgreSQL advisory locks), so each
-//! (store, partition) has exactly one owner across the instances, and a dead owner's
-//! partitions move within a bounded time; commands for the same documents through different
+//! (store, partition) has exactly one owner across the instances, the partitions spread
+//! evenly over them, and a dead owner's partitions move within a bounded time; commands for the same documents through different
 //! instances never lose an update (every acknowledged put has its own version).
 
 mod common;
@@ -72,6 +72,21 @@ async fn owners(
     let complete =
         owner.len() == STORES * PARTITIONS as usize && owner.values().all(|o| o.len() == 1);
     complete.then(|| owner.into_iter().map(|(k, v)| (k, v[0])).collect())
+}
+
+/// Like [`owners`], once the partitions are spread evenly: every instance owns its fair
+/// share, `ceil(partitions / instances)` or one less.
+async fn spread_owners(
+    http: &reqwest::Client,
+    bases: &[String],
+) -> Option<BTreeMap<(String, u64), usize>> {
+    let owners = owners(http, bases).await?;
+    let fair = owners.len().div_ceil(bases.len());
+    let even = (0..bases.len()).all(|i| {
+        let n = owners.values().filter(|o| **o == i).count();
+        n == fair || n + 1 == fair
+    });
+    even.then_some(owners)
 }
 
 /// Puts to a few shared documents through every instance at once. Returns, per document,
@@ -176,9 +191,11 @@ async fn three_instances_share_partitions_and_lose_no_update() {
     let c = TestService::start_again(a.config.clone()).await;
     let http = reqwest::Client::new();
     let bases: Vec<String> = [&a, &b, &c].iter().map(|s| s.url("")).collect();
-    let first = eventually(Duration::from_secs(30), "one owner per partition", || {
-        owners(&http, &bases)
-    })
+    let first = eventually(
+        Duration::from_secs(30),
+        "one owner per partition, spread evenly",
+        || spread_owners(&http, &bases),
+    )
     .await;
 
     let docs = ["shared/a", "shared/b", "shared/c"];
@@ -199,7 +216,7 @@ async fn three_instances_share_partitions_and_lose_no_update() {
     let rest: Vec<TestService> = rest.into_iter().map(|(_, s)| s).collect();
     let bases: Vec<String> = rest.iter().map(|s| s.url("")).collect();
     eventually(Duration::from_secs(10), "the partitions to move", || {
-        owners(&http, &bases)
+        spread_owners(&http, &bases)
     })
     .await;
     eprintln!(
@@ -263,9 +280,11 @@ async fn a_killed_owners_partitions_move_to_the_survivor() {
         servers.push(spawn_serve(&vars, listen, &log));
         wait_ready(&http, base, &log).await;
     }
-    let first = eventually(Duration::from_secs(30), "one owner per partition", || {
-        owners(&http, &bases)
-    })
+    let first = eventually(
+        Duration::from_secs(30),
+        "one owner per partition, spread evenly",
+        || spread_owners(&http, &bases),
+    )
     .await;
     let docs = ["killed/a", "killed/b"];
     let acked = contend(&http, &bases, &docs, 3).await;

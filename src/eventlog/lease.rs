@@ -7,7 +7,9 @@
 //! its session, PostgreSQL releases its locks, and the others take them at their next poll:
 //! a dead owner's partitions move within one poll interval of PostgreSQL noticing (at once
 //! for a killed process; for a silent network partition, the session's TCP keepalives bound
-//! it). Two owners of one partition for a moment (an owner cut off from PostgreSQL that has
+//! it). Each process takes at most its fair share, ceil(leases / processes), and hands the
+//! excess over when another process joins, so the partitions spread over the processes.
+//! Two owners of one partition for a moment (an owner cut off from PostgreSQL that has
 //! not noticed yet) are safe, only wasteful: every store write is keyed and version-guarded
 //! and checkpoints never move backwards. Leases make ownership efficient, not correct.
 
@@ -103,15 +105,15 @@ impl Leases {
         rx
     }
 
-    /// The keys not owned now.
-    fn unowned(&self) -> Vec<LeaseKey> {
-        self.claims
-            .lock()
-            .expect("lease claims lock poisoned")
-            .iter()
-            .filter(|c| !*c.owned.borrow())
-            .map(|c| c.key)
-            .collect()
+    /// The keys owned now and the others, each in claim order.
+    fn split(&self) -> (Vec<LeaseKey>, Vec<LeaseKey>) {
+        let claims = self.claims.lock().expect("lease claims lock poisoned");
+        let (owned, unowned): (Vec<&Claim>, Vec<&Claim>) =
+            claims.iter().partition(|c| *c.owned.borrow());
+        (
+            owned.iter().map(|c| c.key).collect(),
+            unowned.iter().map(|c| c.key).collect(),
+        )
     }
 
     fn set_owned(&self, key: LeaseKey, owned: bool) {
@@ -171,41 +173,82 @@ async fn lease_loop(
     info!("projection leases released");
 }
 
-/// Takes free leases and checks the connection every `poll` until it fails or `cancel`.
+/// Lease sessions of all processes on this log (each process has one).
+const COUNT_LEASE_HOLDERS: &str = "SELECT count(*) FROM pg_stat_activity
+     WHERE datname = current_database() AND application_name = 'docledger-leases'";
+
+/// Takes free leases up to this process's fair share, hands over what exceeds it, and
+/// checks the connection every `poll` until it fails or `cancel`.
+///
+/// Fair share: ceil(leases / processes holding a lease session on this log). A process
+/// over it (another one joined) gives the excess up in two steps: first its runners stop
+/// (the lease is marked lost), one poll later the lock is released, so the next owner
+/// normally starts after the last batch of the previous one.
 async fn hold(
     leases: &Leases,
     client: &tokio_postgres::Client,
     poll: Duration,
     cancel: &CancellationToken,
 ) {
+    let lost = |e: tokio_postgres::Error| {
+        warn!(error = %db_message(&e), "lease connection failed; giving up every lease");
+    };
+    let mut handing_over: Vec<LeaseKey> = Vec::new();
     loop {
-        for key in leases.unowned() {
-            match client
+        for key in handing_over.drain(..) {
+            if let Err(e) = client
                 .query_one(
-                    "SELECT pg_try_advisory_lock($1, $2)",
+                    "SELECT pg_advisory_unlock($1, $2)",
                     &[&LEASE_LOCK_CLASS, &key.lock_id()],
                 )
                 .await
             {
-                Ok(row) if row.get::<_, bool>(0) => {
-                    info!(
-                        sink = key.sink,
-                        partition = key.partition.index,
-                        "projection lease taken"
-                    );
-                    leases.set_owned(key, true);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(error = %db_message(&e), "lease connection failed; giving up every lease");
-                    return;
-                }
+                return lost(e);
             }
         }
-        // A ping: a broken connection must stop the runners before another process starts.
-        if let Err(e) = client.simple_query("SELECT 1").await {
-            warn!(error = %db_message(&e), "lease connection failed; giving up every lease");
-            return;
+        let processes = match client.query_one(COUNT_LEASE_HOLDERS, &[]).await {
+            Ok(row) => row.get::<_, i64>(0).max(1) as usize,
+            Err(e) => return lost(e),
+        };
+        let (owned, unowned) = leases.split();
+        let fair = (owned.len() + unowned.len()).div_ceil(processes);
+        if owned.len() > fair {
+            for key in owned.into_iter().skip(fair) {
+                info!(
+                    sink = key.sink,
+                    partition = key.partition.index,
+                    processes,
+                    "handing a projection lease over to another process"
+                );
+                leases.set_owned(key, false);
+                handing_over.push(key);
+            }
+        } else {
+            let mut wanted = fair - owned.len();
+            for key in unowned {
+                if wanted == 0 {
+                    break;
+                }
+                match client
+                    .query_one(
+                        "SELECT pg_try_advisory_lock($1, $2)",
+                        &[&LEASE_LOCK_CLASS, &key.lock_id()],
+                    )
+                    .await
+                {
+                    Ok(row) if row.get::<_, bool>(0) => {
+                        info!(
+                            sink = key.sink,
+                            partition = key.partition.index,
+                            "projection lease taken"
+                        );
+                        leases.set_owned(key, true);
+                        wanted -= 1;
+                    }
+                    Ok(_) => {}
+                    Err(e) => return lost(e),
+                }
+            }
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
