@@ -246,6 +246,28 @@ async fn three_instances_share_partitions_and_lose_no_update() {
         }
     })
     .await;
+    // Standby partitions show the owner's progress: no instance reports a false lag.
+    eventually(Duration::from_secs(30), "no lag on any instance", || {
+        let http = &http;
+        let bases = &bases;
+        async move {
+            for base in bases {
+                let p: Value = http
+                    .get(format!("{base}/v1/projections"))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                if !p.as_array()?.iter().all(|s| s["lag_events"] == 0) {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
     for svc in rest {
         svc.stop().await;
     }

@@ -122,6 +122,12 @@ impl RunnerStatus {
         self.update(|s| s.state = state);
     }
 
+    /// Moves the shown checkpoint forward to `cursor` (for a partition another process
+    /// drives: its progress is read from the shared checkpoint).
+    pub fn set_applied(&self, cursor: LogCursor) {
+        self.update(|s| s.applied = s.applied.max(cursor));
+    }
+
     /// Pauses or resumes the runner (it finishes the batch in hand first).
     pub fn set_paused(&self, paused: bool) {
         self.paused.send_replace(paused);

@@ -95,6 +95,17 @@ impl Projectors {
         cancel: &CancellationToken,
     ) {
         for part in Partition::all(partitions) {
+            let shared_log = log.clone();
+            let checkpoint = move || {
+                let log = shared_log.clone();
+                async move {
+                    LogSource::load_checkpoint(&log, S::NAME, part)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|(_, cursor)| cursor)
+                }
+            };
             let (sink, log, config, consistent) = (
                 sink.clone(),
                 log.clone(),
@@ -129,6 +140,7 @@ impl Projectors {
                         status,
                         cancel.clone(),
                         move |token| runner().with_status(shared.clone()).run(token),
+                        checkpoint,
                     )));
                 }
             }
