@@ -39,6 +39,9 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("IDLE_POLL_MS", Some("500")),
     ("RETRY_BASE_MS", Some("50")),
     ("RETRY_MAX_MS", Some("10000")),
+    // How often a process tries to take free projector partition leases (and pings the
+    // connection holding its own): a dead owner's partitions move within about this long.
+    ("LEASE_POLL_MS", Some("1000")),
     ("LOG_POOL_SIZE", Some("16")),
     ("MAILBOX_CAPACITY", Some("64")),
     ("ACTOR_IDLE_SECS", Some("60")),
@@ -104,6 +107,8 @@ pub struct ProjectionConfig {
     pub retry_base: Duration,
     /// Largest backoff ceiling.
     pub retry_max: Duration,
+    /// Interval of the partition lease loop.
+    pub lease_poll: Duration,
 }
 
 /// Actor tuning.
@@ -361,6 +366,7 @@ impl Config {
                 idle_poll: Duration::from_millis(positive("IDLE_POLL_MS")? as u64),
                 retry_base: Duration::from_millis(positive("RETRY_BASE_MS")? as u64),
                 retry_max: Duration::from_millis(positive("RETRY_MAX_MS")? as u64),
+                lease_poll: Duration::from_millis(positive("LEASE_POLL_MS")? as u64),
             },
             actors: ActorConfig {
                 mailbox_capacity: positive("MAILBOX_CAPACITY")?,

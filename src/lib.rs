@@ -28,6 +28,7 @@ use crate::actors::{compensator, tracker};
 use crate::api::error::ApiError;
 use crate::api::AppState;
 use crate::config::Config;
+use crate::eventlog::lease::Leases;
 use crate::eventlog::{LogError, PgLog};
 use crate::verify::Verifier;
 
@@ -132,7 +133,16 @@ pub async fn serve(
     let (consistent_tx, consistent_rx) = mpsc::channel(CONSISTENT_CHANNEL_CAPACITY);
     let (ready_tx, ready_rx) = watch::channel(0u64);
     let partitions = config.projection.partitions.get();
-    let mut projectors = Projectors::default();
+    // Released after the projectors stopped: another process takes a partition only once
+    // this one's runner has finished its batch.
+    let lease_cancel = CancellationToken::new();
+    let (leases, lease_task) = Leases::spawn(
+        &config.eventstore_url,
+        config.projection.lease_poll,
+        retry,
+        lease_cancel.clone(),
+    )?;
+    let mut projectors = Projectors::leased(leases);
     projectors.start(
         stores.mysql.clone(),
         &log,
@@ -243,6 +253,8 @@ pub async fn serve(
     projection_cancel.cancel();
     rebuilds.join().await;
     projectors.join().await;
+    lease_cancel.cancel();
+    let _ = lease_task.await;
     let _ = tracker.await;
     let _ = sampler.await;
     if let Some(task) = background_verifier {

@@ -18,6 +18,30 @@ use crate::retry::{RetryOutcome, RetryPolicy};
 use crate::sink::{Batch, DocChange, Partition, Sink};
 use crate::source::{AppliedVersion, LogSource, SourceError};
 
+/// Failpoint (feature `failpoints`) after the store write, before the applied versions are
+/// recorded and the log-side checkpoint saved (for a sink that keeps its own checkpoint: after
+/// the commit of data and checkpoint, before the record). See [`failpoint_name`].
+pub const FAILPOINT_AFTER_APPLY: &str = "after_apply";
+/// Failpoint (feature `failpoints`) after the applied versions are recorded, before the
+/// log-side checkpoint is saved.
+pub const FAILPOINT_BEFORE_CHECKPOINT: &str = "before_checkpoint";
+
+/// The `fail` crate name of a runner failpoint: `runner::<sink>::<point>`. With the action
+/// `return` the runner stops right there as a crash would (state `failed`, nothing more
+/// written); any other action of the `fail` crate works as documented there.
+pub fn failpoint_name(sink: &str, point: &str) -> String {
+    format!("runner::{sink}::{point}")
+}
+
+/// What a failpoint's `return` action does: stop the runner like a crash.
+#[cfg(feature = "failpoints")]
+fn simulated_crash(sink: &str, point: &str) -> Stop {
+    Stop::Fatal(format!(
+        "failpoint {}: simulated crash",
+        failpoint_name(sink, point)
+    ))
+}
+
 /// Tuning of a runner.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -68,7 +92,8 @@ pub struct RunnerStatus {
 }
 
 impl RunnerStatus {
-    fn new(sink: &'static str, partition: Partition) -> Self {
+    /// The status of a runner of `sink` over `partition` that has not started.
+    pub fn new(sink: &'static str, partition: Partition) -> Self {
         Self {
             sink,
             partition,
@@ -89,6 +114,18 @@ impl RunnerStatus {
         if let Ok(mut s) = self.state.lock() {
             f(&mut s);
         }
+    }
+
+    /// Sets the state shown while no runner drives the partition (`standby`: another process
+    /// holds its lease).
+    pub fn set_state(&self, state: &'static str) {
+        self.update(|s| s.state = state);
+    }
+
+    /// Moves the shown checkpoint forward to `cursor` (for a partition another process
+    /// drives: its progress is read from the shared checkpoint).
+    pub fn set_applied(&self, cursor: LogCursor) {
+        self.update(|s| s.applied = s.applied.max(cursor));
     }
 
     /// Pauses or resumes the runner (it finishes the batch in hand first). A resumed runner
@@ -136,6 +173,13 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
             status: Arc::new(RunnerStatus::new(S::NAME, partition)),
             consistent,
         }
+    }
+
+    /// Reports through `status` instead of a fresh one (a partition's successive runners,
+    /// when its lease moves away and back, keep one status).
+    pub fn with_status(mut self, status: Arc<RunnerStatus>) -> Self {
+        self.status = status;
+        self
     }
 
     /// The runner's observable status (keep it before calling [`Runner::run`]).
@@ -397,9 +441,16 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
                 self.apply_one_by_one(cancel, batch).await?
             }
         };
+        fail::fail_point!(&failpoint_name(S::NAME, FAILPOINT_AFTER_APPLY), |_| Err(
+            simulated_crash(S::NAME, FAILPOINT_AFTER_APPLY)
+        ));
         // Applied versions are recorded before the log-side checkpoint moves: a crash in
         // between re-applies (idempotent) and re-records (idempotent), never skips a record.
         self.record(cancel, &applied).await?;
+        fail::fail_point!(
+            &failpoint_name(S::NAME, FAILPOINT_BEFORE_CHECKPOINT),
+            |_| Err(simulated_crash(S::NAME, FAILPOINT_BEFORE_CHECKPOINT))
+        );
         let source = self.source.clone();
         let end = batch.end;
         self.source_step(cancel, "save checkpoint", || {

@@ -5,6 +5,7 @@
 pub mod compensator;
 pub mod document;
 pub mod history;
+pub mod lease;
 pub mod projector;
 pub mod registry;
 pub mod tracker;

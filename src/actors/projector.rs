@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::eventlog::lease::{LeaseKey, Leases};
 use crate::eventlog::{LogError, PgLog};
 use crate::rebuild::{RebuildStatus, Rebuilds};
 
@@ -20,6 +21,8 @@ pub struct Projectors {
     statuses: Vec<Arc<RunnerStatus>>,
     handles: Vec<JoinHandle<()>>,
     rebuilds: Rebuilds,
+    /// When set, a partition's runner runs only while this process holds its lease.
+    leases: Option<Leases>,
 }
 
 /// One partition's status.
@@ -79,7 +82,16 @@ fn state_rank(state: &str) -> u8 {
 }
 
 impl Projectors {
-    /// Starts `partitions` runners of `sink` over `log`.
+    /// Projectors whose runners run only while this process holds their partition's lease
+    /// (several processes on one log share the partitions).
+    pub fn leased(leases: Leases) -> Projectors {
+        Projectors {
+            leases: Some(leases),
+            ..Projectors::default()
+        }
+    }
+
+    /// Starts `partitions` runners of `sink` over `log` (each under its lease, if leased).
     pub fn start<S: Sink + Clone>(
         &mut self,
         sink: S,
@@ -90,15 +102,55 @@ impl Projectors {
         cancel: &CancellationToken,
     ) {
         for part in Partition::all(partitions) {
-            let runner = Runner::new(
+            let shared_log = log.clone();
+            let checkpoint = move || {
+                let log = shared_log.clone();
+                async move {
+                    LogSource::load_checkpoint(&log, S::NAME, part)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|(_, cursor)| cursor)
+                }
+            };
+            let (sink, log, config, consistent) = (
                 sink.clone(),
                 log.clone(),
-                part,
                 config.clone(),
-                Some(consistent.clone()),
+                consistent.clone(),
             );
-            self.statuses.push(runner.status());
-            self.handles.push(tokio::spawn(runner.run(cancel.clone())));
+            let runner = move || {
+                Runner::new(
+                    sink.clone(),
+                    log.clone(),
+                    part,
+                    config.clone(),
+                    Some(consistent.clone()),
+                )
+            };
+            match &self.leases {
+                None => {
+                    let runner = runner();
+                    self.statuses.push(runner.status());
+                    self.handles.push(tokio::spawn(runner.run(cancel.clone())));
+                }
+                Some(leases) => {
+                    let status = Arc::new(RunnerStatus::new(S::NAME, part));
+                    let owned = leases.claim(LeaseKey {
+                        sink: S::NAME,
+                        partition: part,
+                    });
+                    self.statuses.push(status.clone());
+                    let shared = status.clone();
+                    self.handles.push(tokio::spawn(super::lease::supervise(
+                        owned,
+                        status,
+                        cancel.clone(),
+                        move |token| runner().with_status(shared.clone()).run(token),
+                        checkpoint,
+                    )));
+                }
+            }
         }
     }
 

@@ -114,7 +114,7 @@ table{{border-collapse:collapse;margin:8px 0}} td,th{{border:1px solid #ddd;padd
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 s.name,
                 p.partition,
-                esc(owner),
+                if p.state == "standby" { "another instance (lease)".to_owned() } else { esc(owner) },
                 esc(p.state),
                 p.applied_position,
                 p.lag_events,

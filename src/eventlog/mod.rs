@@ -8,6 +8,7 @@
 
 mod append;
 pub mod codec;
+pub mod lease;
 mod listen;
 mod parked;
 mod reader;

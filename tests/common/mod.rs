@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // reason: each test binary uses a different subset of these helpers
 
+pub mod proxy;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -49,34 +51,106 @@ where
     }
 }
 
+/// The DOCLEDGER_* settings of a service for test `test` (its own log database, MySQL
+/// database, collection and bucket, named after the test), with `extra` on top; also where
+/// the stores are and the name. For tests that run the binary themselves.
+pub fn service_vars(
+    test: &str,
+    extra: &[(&str, &str)],
+) -> (StoreEnv, String, HashMap<String, String>) {
+    let env = StoreEnv::require();
+    let name = unique_name(test);
+    let bucket = name.replace('_', "-");
+    let mut vars: HashMap<String, String> = [
+        ("DOCLEDGER_EVENTSTORE_URL", env.pg_database_url(&name)),
+        ("DOCLEDGER_MYSQL_URL", env.mysql_database_url(&name)),
+        ("DOCLEDGER_MILVUS_URL", env.milvus_uri.clone()),
+        ("DOCLEDGER_MILVUS_COLLECTION", name.clone()),
+        ("DOCLEDGER_S3_ENDPOINT", env.s3_endpoint.clone()),
+        ("DOCLEDGER_S3_BUCKET", bucket),
+        ("DOCLEDGER_S3_ACCESS_KEY", env.s3_access_key.clone()),
+        ("DOCLEDGER_S3_SECRET_KEY", env.s3_secret_key.clone()),
+        ("DOCLEDGER_S3_REGION", env.s3_region.clone()),
+        ("DOCLEDGER_VECTOR_DIM", "8".to_owned()),
+        ("DOCLEDGER_IDLE_POLL_MS", "100".to_owned()),
+        ("DOCLEDGER_RETRY_MAX_MS", "1000".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for (k, v) in extra {
+        vars.insert((*k).to_owned(), (*v).to_owned());
+    }
+    (env, name, vars)
+}
+
+/// Starts `docledger serve` (the binary) with `vars`, listening on `listen`, its log
+/// appended to `log`; killed when dropped.
+pub fn spawn_serve(
+    vars: &HashMap<String, String>,
+    listen: &str,
+    log: &std::path::Path,
+) -> tokio::process::Child {
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("server log file");
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_docledger"));
+    // Only the test's settings: an unknown DOCLEDGER_* variable of the caller is an error.
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("DOCLEDGER_")) {
+        command.env_remove(key);
+    }
+    command
+        .arg("serve")
+        .envs(vars)
+        .env("DOCLEDGER_LISTEN", listen)
+        .env("DOCLEDGER_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(stderr))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("docledger serve starts")
+}
+
+/// Waits until the service at `base` answers `/readyz` (panics with its log after 60 s).
+pub async fn wait_ready(http: &reqwest::Client, base: &str, log: &std::path::Path) {
+    let url = format!("{base}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http.get(&url).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "docledger serve did not become ready; its log: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 impl TestService {
     /// Starts a service for test `test`, with `extra` DOCLEDGER_* settings.
     pub async fn start(test: &str, extra: &[(&str, &str)]) -> TestService {
-        let env = StoreEnv::require();
+        Self::start_rewritten(test, extra, |_| {}).await
+    }
+
+    /// Like [`TestService::start`], with `rewrite` applied to the DOCLEDGER_* settings last
+    /// (to route a store's URL through a fault proxy, say).
+    pub async fn start_rewritten(
+        test: &str,
+        extra: &[(&str, &str)],
+        rewrite: impl FnOnce(&mut HashMap<String, String>),
+    ) -> TestService {
         static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-        SWEPT.get_or_init(|| sweep::sweep(&env)).await;
-        let name = unique_name(test);
-        let bucket = name.replace('_', "-");
-        let mut vars: HashMap<String, String> = [
-            ("DOCLEDGER_EVENTSTORE_URL", env.pg_database_url(&name)),
-            ("DOCLEDGER_MYSQL_URL", env.mysql_database_url(&name)),
-            ("DOCLEDGER_MILVUS_URL", env.milvus_uri.clone()),
-            ("DOCLEDGER_MILVUS_COLLECTION", name.clone()),
-            ("DOCLEDGER_S3_ENDPOINT", env.s3_endpoint.clone()),
-            ("DOCLEDGER_S3_BUCKET", bucket),
-            ("DOCLEDGER_S3_ACCESS_KEY", env.s3_access_key.clone()),
-            ("DOCLEDGER_S3_SECRET_KEY", env.s3_secret_key.clone()),
-            ("DOCLEDGER_S3_REGION", env.s3_region.clone()),
-            ("DOCLEDGER_VECTOR_DIM", "8".to_owned()),
-            ("DOCLEDGER_IDLE_POLL_MS", "100".to_owned()),
-            ("DOCLEDGER_RETRY_MAX_MS", "1000".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        for (k, v) in extra {
-            vars.insert((*k).to_owned(), (*v).to_owned());
-        }
+        SWEPT
+            .get_or_init(|| async { sweep::sweep(&StoreEnv::require()).await })
+            .await;
+        let (env, name, mut vars) = service_vars(test, extra);
+        rewrite(&mut vars);
         let config = Config::load(None, &vars).expect("test configuration is valid");
         Self::start_with(config, env, name, vars).await
     }
