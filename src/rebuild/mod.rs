@@ -47,7 +47,7 @@ pub const PAGE_EVENTS: usize = 5000;
 /// Pages read ahead of the writer.
 const READ_AHEAD_PAGES: usize = 2;
 /// Objects written (or checked) at the same time.
-const S3_CONCURRENCY: usize = 32;
+pub const S3_CONCURRENCY: usize = 32;
 /// Documents whose blobs are loaded from the log in one query.
 const S3_BLOB_GROUP: usize = 32;
 /// How often a pausing rebuild looks at the runners.

@@ -34,7 +34,7 @@ pub const OLD_CHECKPOINTS: &str = "projection_checkpoints_old";
 
 /// Upsert statements of one page sent at the same time (each on its own connection). The
 /// documents of a page are distinct, so they never touch the same row.
-const CONCURRENT_STATEMENTS: usize = 2;
+pub const CONCURRENT_STATEMENTS: usize = 2;
 
 /// Shadow upsert: like the sink's, but the status comes with the row (a rebuilt row is
 /// `ready` when the log says every store holds its version) and an older version never
