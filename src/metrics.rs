@@ -6,6 +6,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::actors::projector::StoreStatus;
+use crate::eventlog::AppendStats;
 use crate::verify::VerifyStats;
 
 /// Renders the gauges.
@@ -73,6 +74,102 @@ pub fn render(stores: &[StoreStatus], live_actors: usize) -> String {
     out
 }
 
+/// Renders the activity counters: appends by outcome and their latency, projection batches,
+/// changes, apply time, retries by class and parked changes per store and partition, and
+/// the number of open compensations.
+pub fn render_activity(
+    stores: &[StoreStatus],
+    appends: &AppendStats,
+    open_compensations: usize,
+) -> String {
+    let mut out = String::new();
+    let get = |v: &AtomicU64| v.load(Ordering::Relaxed) as f64;
+    counter(
+        &mut out,
+        "docledger_log_appends_total",
+        "Command appends to the log by this process, by outcome.",
+        &[
+            ("outcome=\"committed\"", get(&appends.committed)),
+            ("outcome=\"conflict\"", get(&appends.conflicts)),
+            ("outcome=\"duplicate\"", get(&appends.duplicates)),
+            ("outcome=\"failed\"", get(&appends.failed)),
+        ],
+    );
+    let num_appends = get(&appends.committed)
+        + get(&appends.conflicts)
+        + get(&appends.duplicates)
+        + get(&appends.failed);
+    summary(
+        &mut out,
+        "docledger_log_append_duration_seconds",
+        "Time spent appending commands to the log.",
+        &[("", get(&appends.micros) / 1e6, num_appends)],
+    );
+    let mut batches = Vec::new();
+    let mut changes = Vec::new();
+    let mut apply = Vec::new();
+    let mut retries = Vec::new();
+    let mut parked = Vec::new();
+    for s in stores {
+        for p in &s.partitions {
+            let labels = format!("sink=\"{}\",partition=\"{}\"", s.name, p.partition);
+            batches.push((labels.clone(), p.batches as f64));
+            changes.push((labels.clone(), p.changes_applied as f64));
+            apply.push((labels.clone(), p.apply_seconds, p.batches as f64));
+            retries.push((
+                format!("{labels},class=\"transient\""),
+                p.transient_retries as f64,
+            ));
+            retries.push((
+                format!("{labels},class=\"permanent\""),
+                p.permanent_failures as f64,
+            ));
+            parked.push((labels, p.permanent_failures as f64));
+        }
+    }
+    counter(
+        &mut out,
+        "docledger_projection_batches_total",
+        "Batches applied, per store and partition.",
+        &refs(&batches),
+    );
+    counter(
+        &mut out,
+        "docledger_projection_changes_total",
+        "Coalesced changes (newest state per document and batch) written, per store and partition.",
+        &refs(&changes),
+    );
+    let apply_refs: Vec<(&str, f64, f64)> = apply
+        .iter()
+        .map(|(l, sum, n)| (l.as_str(), *sum, *n))
+        .collect();
+    summary(
+        &mut out,
+        "docledger_projection_batch_duration_seconds",
+        "Time to apply a batch (store writes, records, checkpoint), per store and partition.",
+        &apply_refs,
+    );
+    counter(
+        &mut out,
+        "docledger_projection_retries_total",
+        "Failures of projection steps, by class: transient ones are retried, permanent ones parked.",
+        &refs(&retries),
+    );
+    counter(
+        &mut out,
+        "docledger_projection_parked_total",
+        "Changes a store refused and that were parked for compensation.",
+        &refs(&parked),
+    );
+    gauge(
+        &mut out,
+        "docledger_compensations_open",
+        "Compensations not settled yet (open, needing an operator, or restoring).",
+        &[("", open_compensations as f64)],
+    );
+    out
+}
+
 /// Renders the background verifier's counters and drift gauge.
 pub fn render_verify(stats: &VerifyStats) -> String {
     let mut out = String::new();
@@ -111,6 +208,21 @@ pub fn render_verify(stats: &VerifyStats) -> String {
         &[("", get(&stats.last_run_unix_seconds))],
     );
     out
+}
+
+/// A summary without quantiles: `_sum` and `_count` per label set.
+fn summary(out: &mut String, name: &str, help: &str, samples: &[(&str, f64, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} summary");
+    for (labels, sum, count) in samples {
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {count}");
+    }
 }
 
 fn counter(out: &mut String, name: &str, help: &str, samples: &[(&str, f64)]) {

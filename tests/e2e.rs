@@ -456,5 +456,41 @@ async fn ids_are_case_sensitive_and_bad_requests_change_nothing() {
         metrics.contains("docledger_projection_lag_events{sink=\"milvus\",partition=\"1\"} 0"),
         "{metrics}"
     );
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    // Two puts committed; every refusal above was decided before the log was touched.
+    assert_eq!(
+        value("docledger_log_appends_total{outcome=\"committed\"}"),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value("docledger_log_appends_total{outcome=\"conflict\"}"),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value("docledger_log_append_duration_seconds_count"),
+        2.0,
+        "{metrics}"
+    );
+    for sink in ["mysql", "milvus", "s3"] {
+        let changes = value(&format!(
+            "docledger_projection_changes_total{{sink=\"{sink}\""
+        ));
+        assert_eq!(changes, 2.0, "{sink} wrote each document once: {metrics}");
+        assert!(
+            value(&format!(
+                "docledger_projection_batches_total{{sink=\"{sink}\""
+            )) >= 1.0
+        );
+    }
+    assert_eq!(value("docledger_projection_parked_total"), 0.0);
+    assert_eq!(value("docledger_compensations_open "), 0.0);
     svc.stop().await;
 }

@@ -78,6 +78,16 @@ pub struct RunnerState {
     pub num_parked: u64,
     /// Events applied since start.
     pub num_events: u64,
+    /// Batches applied since start.
+    pub num_batches: u64,
+    /// Changes (coalesced, one per document) written since start.
+    pub num_changes: u64,
+    /// Microseconds spent applying batches (read excluded), since start.
+    pub apply_micros: u64,
+    /// Retries of transient failures (store or log) since start.
+    pub num_transient_retries: u64,
+    /// Permanent refusals since start (each narrowed and parked).
+    pub num_permanent_failures: u64,
 }
 
 /// Shared, observable status of a runner plus its pause switch.
@@ -227,6 +237,7 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
                 |attempt, e| {
                     warn!(sink = S::NAME, partition = part.index, attempt, error = %e, what, "projection step failed, retrying");
                     status.update(|s| {
+                        s.num_transient_retries += 1;
                         s.state = "retrying";
                         s.last_error = Some(e.to_string());
                     });
@@ -382,15 +393,20 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
                 to = %end,
                 events = batch.num_events
             );
+            let started = std::time::Instant::now();
             match self.apply_batch(cancel, &mut batch).instrument(span).await {
                 Ok(()) => {}
                 Err(stop) => return stop,
             }
+            let took = started.elapsed().as_micros() as u64;
             cursor = end;
             self.status.update(|s| {
                 s.applied = end;
                 s.applied_recorded_at_ms = Some(recorded_at);
                 s.num_events += batch.num_events as u64;
+                s.num_batches += 1;
+                s.num_changes += batch.changes.len() as u64;
+                s.apply_micros += took;
             });
         }
     }
@@ -545,6 +561,7 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
                 |e: &SinkError| e.class == ErrorClass::Transient,
                 |attempt, e| {
                     warn!(sink = S::NAME, partition = part.index, attempt, error = %e, "batch apply failed, retrying");
+                    status.update(|s| s.num_transient_retries += 1);
                     status.update(|s| {
                         s.state = "retrying";
                         s.last_error = Some(e.to_string());
@@ -610,7 +627,10 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
         let source = self.source.clone();
         self.source_step(cancel, "park", || source.park(S::NAME, change, e))
             .await?;
-        self.status.update(|s| s.num_parked += 1);
+        self.status.update(|s| {
+            s.num_parked += 1;
+            s.num_permanent_failures += 1;
+        });
         Ok(())
     }
 }

@@ -42,6 +42,16 @@ pub struct PartitionStatus {
     pub last_error: Option<String>,
     /// Events this process applied since it started.
     pub events_applied: u64,
+    /// Batches this process applied since it started.
+    pub batches: u64,
+    /// Coalesced changes (one per document and batch) written since start.
+    pub changes_applied: u64,
+    /// Seconds spent applying batches since start.
+    pub apply_seconds: f64,
+    /// Transient failures retried since start.
+    pub transient_retries: u64,
+    /// Permanent refusals (parked changes) since start.
+    pub permanent_failures: u64,
 }
 
 /// One store's status (the contract's `GET /v1/projections` element).
@@ -213,6 +223,11 @@ impl ProjectionView {
                     lag_seconds: oldest.map_or(0.0, |t| ((now - t).max(0) as f64) / 1000.0),
                     last_error: snap.last_error,
                     events_applied: snap.num_events,
+                    batches: snap.num_batches,
+                    changes_applied: snap.num_changes,
+                    apply_seconds: snap.apply_micros as f64 / 1e6,
+                    transient_retries: snap.num_transient_retries,
+                    permanent_failures: snap.num_permanent_failures,
                 });
             }
             let state = partitions

@@ -28,10 +28,22 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let stores = state.projections.status(&state.log).await?;
+    let open_compensations = state
+        .log
+        .compensations(None, 1000)
+        .await?
+        .iter()
+        .filter(|c| crate::eventlog::UNSETTLED_STATES.contains(&c.state))
+        .count();
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(
             crate::metrics::render(&stores, state.registry.live_actors())
+                + &crate::metrics::render_activity(
+                    &stores,
+                    state.log.append_stats(),
+                    open_compensations,
+                )
                 + &crate::metrics::render_verify(&state.verifier.stats()),
         ))
 }

@@ -162,6 +162,24 @@ impl PgLog {
     /// [`LogError::Conflict`] when the stream moved past `expected_stream_version`;
     /// [`LogError::IdempotencyKeyReused`]; [`LogError::Unavailable`].
     pub async fn append(&self, req: AppendRequest<'_>) -> Result<Appended, LogError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let started = std::time::Instant::now();
+        let result = self.append_once(req).await;
+        let stats = &self.stats;
+        stats
+            .micros
+            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        match &result {
+            Ok(Appended::Committed { .. }) => stats.committed.fetch_add(1, Relaxed),
+            Ok(Appended::Duplicate(_)) => stats.duplicates.fetch_add(1, Relaxed),
+            Ok(Appended::AlreadyResolved) => 0,
+            Err(LogError::Conflict { .. }) => stats.conflicts.fetch_add(1, Relaxed),
+            Err(_) => stats.failed.fetch_add(1, Relaxed),
+        };
+        result
+    }
+
+    async fn append_once(&self, req: AppendRequest<'_>) -> Result<Appended, LogError> {
         let mut client = self
             .pool
             .get()

@@ -106,6 +106,23 @@ pub struct PgLog {
     appended: watch::Receiver<u64>,
     /// Asks for a NOTIFY after a committed append (see [`listen::spawn_notifier`]).
     notify: mpsc::Sender<()>,
+    /// Append counters, for `/metrics`.
+    stats: Arc<AppendStats>,
+}
+
+/// Counters of this process's appends.
+#[derive(Debug, Default)]
+pub struct AppendStats {
+    /// Appends that committed events.
+    pub committed: std::sync::atomic::AtomicU64,
+    /// Appends refused for a stale expected version.
+    pub conflicts: std::sync::atomic::AtomicU64,
+    /// Appends answered from an idempotency key.
+    pub duplicates: std::sync::atomic::AtomicU64,
+    /// Appends that failed otherwise (database unavailable, ...).
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Microseconds spent in appends, over all outcomes.
+    pub micros: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for PgLog {
@@ -182,11 +199,17 @@ impl PgLog {
         let notify = listen::spawn_notifier(config.clone());
         let appended = listen::spawn(config);
         Ok(PgLog {
+            stats: Arc::default(),
             pool,
             log_id: log_id.into(),
             appended,
             notify,
         })
+    }
+
+    /// This process's append counters.
+    pub fn append_stats(&self) -> &AppendStats {
+        &self.stats
     }
 
     /// This log's identity.
