@@ -20,6 +20,10 @@ use crate::eventlog::PgLog;
 /// Documents swept per query at start.
 const SWEEP_PAGE: i64 = 1000;
 
+/// Most documents finished together: reports waiting in the channel are merged up to this
+/// many, so one MySQL update and one log update cover many projector batches.
+const MAX_MERGED: usize = 4096;
+
 /// Starts the tracker. `ready` is bumped after every batch marked ready.
 pub fn spawn(
     log: PgLog,
@@ -42,13 +46,34 @@ pub fn spawn(
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 batch = consistent.recv() => match batch {
-                    Some(batch) => { if tracker.finish(&batch).await.is_err() { break } }
+                    Some(mut batch) => {
+                        // Under load the projectors report faster than one update per report
+                        // can follow: take what is already waiting along.
+                        let mut merged = false;
+                        while batch.len() < MAX_MERGED {
+                            match consistent.try_recv() {
+                                Ok(more) => { batch.extend(more); merged = true; }
+                                Err(_) => break,
+                            }
+                        }
+                        if merged {
+                            newest_per_document(&mut batch);
+                        }
+                        if tracker.finish(&batch).await.is_err() { break }
+                    }
                     None => break,
                 },
             }
         }
         info!("consistency tracker stopped");
     })
+}
+
+/// Keeps one entry per document, at its newest reported version (the log's readiness
+/// update joins on the document and would otherwise take any of them).
+fn newest_per_document(batch: &mut Vec<AppliedVersion>) {
+    batch.sort_by(|a, b| a.doc_id.cmp(&b.doc_id).then(b.version.cmp(&a.version)));
+    batch.dedup_by(|later, first| later.doc_id == first.doc_id);
 }
 
 struct Tracker {
@@ -114,5 +139,31 @@ impl Tracker {
             .map_err(|_| ())?;
         self.ready.send_modify(|n| *n += 1);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aggregates::DocId;
+
+    use super::*;
+
+    fn applied(doc: &str, version: u64) -> AppliedVersion {
+        AppliedVersion {
+            doc_id: DocId::parse(doc).expect("valid id"),
+            version,
+        }
+    }
+
+    #[test]
+    fn merged_reports_keep_the_newest_version_of_each_document() {
+        let mut batch = vec![
+            applied("b", 1),
+            applied("a", 1),
+            applied("b", 3),
+            applied("b", 2),
+        ];
+        newest_per_document(&mut batch);
+        assert_eq!(batch, vec![applied("a", 1), applied("b", 3)]);
     }
 }

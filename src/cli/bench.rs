@@ -1,0 +1,1170 @@
+//! `docledger bench`: measures docledger end to end against the dual-write coordinator it
+//! replaces and against each store's own bulk ceiling, in one run, on the real stores named
+//! by the configuration, with bench-owned databases, collections and buckets (dropped at the
+//! end unless `--keep`).
+//!
+//! docledger runs as a spawned `docledger serve` (this executable), so its CPU and peak RSS
+//! are read from `/proc/<pid>` apart from the bench's own clients. CPU of the stores is the
+//! difference of `utime + stime` per process between the start and the end of a scenario:
+//! PostgreSQL's server processes plus the backends of the scenario's own database, MariaDB,
+//! the Milvus server's process tree and the S3 server. Other work on the machine that uses
+//! the shared MariaDB, Milvus or S3 processes meanwhile is counted too: run it on a quiet
+//! machine.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aggregates::Chunk;
+use anyhow::{bail, Context};
+use base64::Engine;
+use bytes::Bytes;
+use futures::{stream, StreamExt};
+use mysql_async::prelude::Queryable;
+use mysql_async::Value;
+use projections::milvus::plan::RowToWrite;
+use projections::mysql::schema::{blob_key, DOCUMENTS};
+use projections::mysql::shadow::{insert_statement, run_concurrently};
+use projections::mysql::MysqlSink;
+use projections::s3::object_key;
+use projections::{MilvusSink, RetryPolicy, S3Sink, Sink};
+use rand::Rng;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// `USER_HZ`: the unit of CPU times in `/proc/<pid>/stat` on every Linux architecture.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+/// Rows per MySQL statement in the ceiling (the sink's own bulk size is of this order).
+const CEILING_MYSQL_ROWS_PER_STATEMENT: usize = 500;
+/// Statements, Milvus requests in flight in the ceilings.
+const CEILING_CONCURRENCY: usize = 2;
+/// S3 puts in flight in the ceiling.
+const CEILING_S3_CONCURRENCY: usize = 32;
+/// Poll interval while waiting for readiness.
+const READY_POLL: Duration = Duration::from_millis(50);
+/// Longest wait for every document to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(900);
+/// Attempts per step of the dual-write coordinator.
+const DUAL_WRITE_ATTEMPTS: u32 = 5;
+/// Lines per NDJSON request in `--touch` mode.
+const TOUCH_BATCH_LINES: usize = 1000;
+
+/// Options of `docledger bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Documents per scenario (docledger, dual-write with 16 writers, ceilings).
+    #[arg(long, default_value_t = 2000)]
+    pub docs: usize,
+    /// Documents of the sequential dual-write scenario (it is slow).
+    #[arg(long, default_value_t = 500)]
+    pub sequential_docs: usize,
+    /// Blob bytes per document (incompressible).
+    #[arg(long, default_value_t = 4096)]
+    pub blob_bytes: usize,
+    /// Chunks (vectors) per document.
+    #[arg(long, default_value_t = 8)]
+    pub chunks: usize,
+    /// Vector dimension.
+    #[arg(long, default_value_t = 384)]
+    pub dim: usize,
+    /// Client requests in flight (docledger) and writers (the concurrent dual-write).
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Send NDJSON batches of this many documents instead of one PUT per document (0 = PUTs).
+    #[arg(long, default_value_t = 0)]
+    pub batch_lines: usize,
+    /// Only measure RSS after this many distinct cheap documents (no blob, 1 chunk).
+    #[arg(long)]
+    pub touch: Option<usize>,
+    /// The `docledger` executable to serve with (default: this one).
+    #[arg(long)]
+    pub bin: Option<PathBuf>,
+    /// Keep the bench's databases, collections and buckets.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// One generated document.
+struct Doc {
+    id: String,
+    blob: Option<Bytes>,
+    sha256: Option<String>,
+    chunks: Vec<Chunk>,
+}
+
+fn generate(prefix: &str, n: usize, blob_bytes: usize, chunks: usize, dim: usize) -> Vec<Doc> {
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|i| {
+            let blob = (blob_bytes > 0).then(|| {
+                let mut bytes = vec![0u8; blob_bytes];
+                rng.fill(&mut bytes[..]);
+                Bytes::from(bytes)
+            });
+            let sha256 = blob.as_ref().map(|b| hex::encode(Sha256::digest(b)));
+            let chunks = (0..chunks)
+                .map(|c| Chunk {
+                    index: u32::try_from(c).expect("chunk count fits u32"),
+                    text: format!(
+                        "document {i} chunk {c}: {:016x}{:016x} lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore magna aliqua",
+                        rng.random::<u64>(),
+                        rng.random::<u64>()
+                    ),
+                    vector: (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
+                })
+                .collect();
+            Doc {
+                id: format!("{prefix}/doc-{i:07}"),
+                blob,
+                sha256,
+                chunks,
+            }
+        })
+        .collect()
+}
+
+impl Doc {
+    fn title(&self) -> String {
+        format!("Bench document {}", self.id)
+    }
+
+    /// The PUT body (also a batch line with `op` and `doc_id` added).
+    fn body(&self) -> serde_json::Value {
+        let mut body = json!({
+            "title": self.title(),
+            "source_type": "bench",
+            "business_tag": "docledger-bench",
+            "attributes": {"bench": true},
+            "chunks": self.chunks.iter().map(|c| json!({"text": c.text, "vector": c.vector})).collect::<Vec<_>>(),
+        });
+        if let Some(blob) = &self.blob {
+            body["blob"] = json!({
+                "content_base64": base64::engine::general_purpose::STANDARD.encode(blob),
+                "content_type": "application/octet-stream",
+            });
+        }
+        body
+    }
+
+    /// The catalogue row as the dual-write coordinator and the ceiling insert it.
+    fn row_values(&self) -> [Value; 11] {
+        [
+            Value::from(self.id.as_str()),
+            Value::from(1u64),
+            Value::from(self.title()),
+            Value::from("bench"),
+            Value::from("docledger-bench"),
+            Value::from(r#"{"bench":true}"#),
+            Value::from(self.blob.as_ref().map(|_| blob_key(&self.id))),
+            Value::from(self.sha256.as_deref()),
+            Value::from(self.blob.as_ref().map(|b| b.len() as u64)),
+            Value::from(self.chunks.len() as u64),
+            Value::from("ready"),
+        ]
+    }
+
+    fn vector_rows(&self) -> Vec<RowToWrite<'_>> {
+        self.chunks
+            .iter()
+            .map(|c| RowToWrite {
+                pk: projections::milvus::schema::pk(&self.id, c.index),
+                doc_id: &self.id,
+                version: 1,
+                chunk: c,
+            })
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// /proc accounting
+
+/// One process as `/proc/<pid>/stat` and `cmdline` show it.
+struct ProcInfo {
+    comm: String,
+    ppid: u32,
+    ticks: u64,
+    cmdline: String,
+}
+
+fn read_proc(pid: u32) -> Option<ProcInfo> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_owned();
+    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+    // After the comm: state(0) ppid(1) ... utime(11) stime(12).
+    let ppid = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default();
+    Some(ProcInfo {
+        comm,
+        ppid,
+        ticks: utime + stime,
+        cmdline,
+    })
+}
+
+fn all_procs() -> HashMap<u32, ProcInfo> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return HashMap::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, read_proc(pid)?)))
+        .collect()
+}
+
+/// The process groups whose CPU a scenario reports.
+const GROUPS: [&str; 6] = [
+    "docledger",
+    "bench client",
+    "postgresql",
+    "mariadb",
+    "milvus",
+    "s3 (garage)",
+];
+
+/// Which group a process belongs to, for a scenario whose service is `service` and whose
+/// log database is `pg_database`.
+fn group_of(
+    pid: u32,
+    procs: &HashMap<u32, ProcInfo>,
+    service: Option<u32>,
+    pg_database: Option<&str>,
+) -> Option<&'static str> {
+    let p = procs.get(&pid)?;
+    if Some(pid) == service {
+        return Some("docledger");
+    }
+    if pid == std::process::id() {
+        return Some("bench client");
+    }
+    match p.comm.as_str() {
+        "postgres" => {
+            // Client backends show `user database host(port) state`; count only ours and the
+            // server's own processes (WAL writer, checkpointer, ...).
+            let is_backend = p.cmdline.contains('(') && p.cmdline.contains(')');
+            let ours = pg_database.is_some_and(|db| p.cmdline.contains(&format!(" {db} ")));
+            (!is_backend || ours).then_some("postgresql")
+        }
+        "mariadbd" | "mysqld" => Some("mariadb"),
+        "garage" | "s3s-fs" | "minio" => Some("s3 (garage)"),
+        _ => {
+            // The Milvus server and everything it started.
+            let mut cur = pid;
+            for _ in 0..8 {
+                let info = procs.get(&cur)?;
+                if info.comm.starts_with("milvus") {
+                    return Some("milvus");
+                }
+                cur = info.ppid;
+            }
+            None
+        }
+    }
+}
+
+/// CPU ticks per process at one moment, with each process's group.
+struct CpuSnapshot(HashMap<u32, (&'static str, u64)>);
+
+fn cpu_snapshot(service: Option<u32>, pg_database: Option<&str>) -> CpuSnapshot {
+    let procs = all_procs();
+    CpuSnapshot(
+        procs
+            .keys()
+            .filter_map(|&pid| {
+                let g = group_of(pid, &procs, service, pg_database)?;
+                Some((pid, (g, procs[&pid].ticks)))
+            })
+            .collect(),
+    )
+}
+
+/// CPU seconds per group between two snapshots (a process that started meanwhile counts
+/// from zero).
+fn cpu_between(start: &CpuSnapshot, end: &CpuSnapshot) -> HashMap<&'static str, f64> {
+    let mut out: HashMap<&'static str, f64> = GROUPS.iter().map(|g| (*g, 0.0)).collect();
+    for (pid, (group, ticks)) in &end.0 {
+        let before = start.0.get(pid).map_or(0, |(_, t)| *t);
+        *out.entry(group).or_default() +=
+            ticks.saturating_sub(before) as f64 / CLOCK_TICKS_PER_SECOND;
+    }
+    out
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+// ---------------------------------------------------------------------------------------
+// Names and the spawned service
+
+/// Bench-owned resource names of one scenario.
+#[derive(Clone)]
+struct Names {
+    /// Log database, MySQL database and Milvus collection.
+    name: String,
+    /// S3 bucket.
+    bucket: String,
+}
+
+impl Names {
+    fn new(run: &str, scenario: &str) -> Names {
+        let name = format!("{run}_{scenario}");
+        Names {
+            bucket: name.replace('_', "-"),
+            name,
+        }
+    }
+}
+
+fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
+    let mut u = url::Url::parse(url).with_context(|| format!("parse {url}"))?;
+    u.set_path(&format!("/{database}"));
+    Ok(u.to_string())
+}
+
+/// The `DOCLEDGER_*` settings of a service on `names`, as `config` names the stores.
+fn service_vars(
+    config: &Config,
+    names: &Names,
+    dim: usize,
+) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(vec![
+        (
+            "DOCLEDGER_EVENTSTORE_URL".into(),
+            with_database(config.eventstore_url.expose(), &names.name)?,
+        ),
+        (
+            "DOCLEDGER_MYSQL_URL".into(),
+            with_database(config.mysql_url.expose(), &names.name)?,
+        ),
+        ("DOCLEDGER_MILVUS_COLLECTION".into(), names.name.clone()),
+        ("DOCLEDGER_S3_BUCKET".into(), names.bucket.clone()),
+        ("DOCLEDGER_VECTOR_DIM".into(), dim.to_string()),
+        ("DOCLEDGER_VERIFY_INTERVAL_SECS".into(), "0".into()),
+    ])
+}
+
+/// The three store clients of `names`, created.
+async fn prepared_stores(
+    config: &Config,
+    names: &Names,
+    dim: usize,
+) -> anyhow::Result<(MysqlSink, MilvusSink, S3Sink)> {
+    let mysql = MysqlSink::new(&with_database(config.mysql_url.expose(), &names.name)?)?;
+    let milvus = MilvusSink::connect(
+        config.milvus_url.expose().trim_end_matches('/'),
+        &names.name,
+        dim,
+    )
+    .await?;
+    let s3 = S3Sink::new(
+        config.s3_endpoint.expose().trim_end_matches('/'),
+        &config.s3_access_key,
+        config.s3_secret_key.expose(),
+        &config.s3_region,
+        &names.bucket,
+    );
+    mysql.prepare().await?;
+    milvus.prepare().await?;
+    s3.prepare().await?;
+    Ok((mysql, milvus, s3))
+}
+
+/// Drops everything a scenario created (best effort).
+async fn drop_names(config: &Config, names: &Names, dim: usize) {
+    if let Ok((mysql, milvus, s3)) = prepared_stores(config, names, dim).await {
+        if let Ok(mut conn) = mysql.pool().get_conn().await {
+            let _ = conn
+                .query_drop(format!("DROP DATABASE IF EXISTS `{}`", names.name))
+                .await;
+        }
+        let _ = milvus.drop_collection().await;
+        let _ = s3.drop_bucket().await;
+    }
+    if let Ok(url) = with_database(config.eventstore_url.expose(), "postgres") {
+        if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+            let task = tokio::spawn(conn);
+            let _ = client
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    names.name
+                ))
+                .await;
+            drop(client);
+            let _ = task.await;
+        }
+    }
+}
+
+/// A spawned `docledger serve`.
+struct Service {
+    child: Child,
+    base: String,
+}
+
+impl Service {
+    async fn spawn(exe: &PathBuf, vars: &[(String, String)]) -> anyhow::Result<Service> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let log_path = std::env::temp_dir().join(format!("docledger-bench-{port}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("serve")
+            .env_remove("DOCLEDGER_CONFIG")
+            .env("DOCLEDGER_LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "DOCLEDGER_LOG",
+                std::env::var("DOCLEDGER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {exe:?} serve"))?;
+        let service = Service {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let ok = client
+                .get(format!("{}/readyz", service.base))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                return Ok(service);
+            }
+            if Instant::now() > deadline {
+                bail!("the service did not become ready; see {log_path:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the service with SIGTERM (graceful shutdown) and waits for it.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        tokio::task::spawn_blocking(move || self.child.wait())
+            .await?
+            .context("wait for docledger serve")?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Results
+
+/// Milliseconds at a quantile of `values` (sorted in place).
+fn quantile_ms(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let i = ((values.len() as f64 - 1.0) * q).round() as usize;
+    values[i] * 1e3
+}
+
+/// One scenario's figures.
+struct Row {
+    name: String,
+    docs: usize,
+    seconds: f64,
+    /// Command latency, seconds, per document.
+    latency: Vec<f64>,
+    /// Acceptance to consistent in all stores, seconds, per document.
+    to_consistent: Vec<f64>,
+    cpu: Option<HashMap<&'static str, f64>>,
+}
+
+impl Row {
+    fn docs_per_second(&self) -> f64 {
+        self.docs as f64 / self.seconds
+    }
+
+    fn cpu_ms_per_doc(&self, groups: &[&str]) -> Option<f64> {
+        let cpu = self.cpu.as_ref()?;
+        Some(
+            groups
+                .iter()
+                .map(|g| cpu.get(g).unwrap_or(&0.0))
+                .sum::<f64>()
+                * 1e3
+                / self.docs as f64,
+        )
+    }
+}
+
+fn now_epoch() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenarios
+
+/// Sends `docs` to the service (PUTs or NDJSON batches, `concurrency` in flight); returns
+/// per document the command latency and the wall-clock time of acceptance.
+async fn send_all(
+    base: &str,
+    docs: &[Doc],
+    concurrency: usize,
+    batch_lines: usize,
+    bearer: Option<&str>,
+) -> anyhow::Result<Vec<(f64, f64)>> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    // Bodies are encoded before the clock starts.
+    let requests: Vec<(String, Vec<u8>, usize, bool)> = if batch_lines == 0 {
+        docs.iter()
+            .map(|d| {
+                let url = format!(
+                    "{base}/v1/documents/{}",
+                    percent_encoding::utf8_percent_encode(
+                        &d.id,
+                        percent_encoding::NON_ALPHANUMERIC
+                    )
+                );
+                Ok((url, serde_json::to_vec(&d.body())?, 1, false))
+            })
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        docs.chunks(batch_lines)
+            .map(|group| {
+                let mut body = Vec::new();
+                for d in group {
+                    let mut line = d.body();
+                    line["op"] = json!("put");
+                    line["doc_id"] = json!(d.id);
+                    serde_json::to_writer(&mut body, &line)?;
+                    body.push(b'\n');
+                }
+                Ok((
+                    format!("{base}/v1/documents:batch"),
+                    body,
+                    group.len(),
+                    true,
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let sends: Vec<_> = requests
+        .into_iter()
+        .map(|(url, body, n, is_batch)| {
+            let client = client.clone();
+            async move {
+                let started = Instant::now();
+                let mut req = if is_batch {
+                    client
+                        .post(&url)
+                        .header("content-type", "application/x-ndjson")
+                } else {
+                    client.put(&url).header("content-type", "application/json")
+                };
+                if let Some(b) = bearer {
+                    req = req.header("authorization", b);
+                }
+                let res = req.body(body).send().await.with_context(|| url.clone())?;
+                let status = res.status();
+                let text = res.text().await?;
+                if !status.is_success() || (is_batch && text.contains("\"error\"")) {
+                    bail!(
+                        "{url} answered {status}: {}",
+                        text.chars().take(300).collect::<String>()
+                    );
+                }
+                let latency = started.elapsed().as_secs_f64();
+                Ok(vec![(latency, now_epoch()); n])
+            }
+        })
+        .collect();
+    let answers: Vec<anyhow::Result<Vec<(f64, f64)>>> = stream::iter(sends)
+        .buffered(concurrency.max(1))
+        .collect()
+        .await;
+    let mut out = Vec::with_capacity(docs.len());
+    for a in answers {
+        out.extend(a?);
+    }
+    Ok(out)
+}
+
+/// Waits until `n` rows are `ready`.
+async fn wait_ready(mysql: &MysqlSink, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let mut conn = mysql.pool().get_conn().await?;
+        let ready: Option<u64> = conn
+            .query_first("SELECT COUNT(*) FROM documents WHERE status = 'ready'")
+            .await?;
+        drop(conn);
+        if ready.unwrap_or(0) as usize >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {ready:?} of {n} documents ready after {READY_TIMEOUT:?}");
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
+}
+
+/// docledger end to end; returns the scenario and the service's peak RSS in KiB.
+async fn run_docledger(
+    config: &Config,
+    args: &BenchArgs,
+    exe: &PathBuf,
+    names: &Names,
+    docs: &[Doc],
+) -> anyhow::Result<(Row, Option<u64>)> {
+    let vars = service_vars(config, names, args.dim)?;
+    let service = Service::spawn(exe, &vars).await?;
+    let mysql = MysqlSink::new(&with_database(config.mysql_url.expose(), &names.name)?)?;
+    let bearer = super::bearer(config);
+    let cpu_start = cpu_snapshot(Some(service.pid()), Some(&names.name));
+    let started = Instant::now();
+    let accepted = send_all(
+        &service.base,
+        docs,
+        args.concurrency,
+        args.batch_lines,
+        bearer.as_deref(),
+    )
+    .await?;
+    let sent = started.elapsed().as_secs_f64();
+    wait_ready(&mysql, docs.len()).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_end = cpu_snapshot(Some(service.pid()), Some(&names.name));
+    let peak_rss = status_kib(service.pid(), "VmHWM:");
+    eprintln!(
+        "docledger: {} documents accepted in {sent:.1}s, all ready after {seconds:.1}s",
+        docs.len()
+    );
+    let mut conn = mysql.pool().get_conn().await?;
+    let ready_at: Vec<(String, f64)> = conn
+        .query("SELECT doc_id, CAST(UNIX_TIMESTAMP(updated_at) AS DOUBLE) FROM documents")
+        .await?;
+    drop(conn);
+    let ready_at: HashMap<String, f64> = ready_at.into_iter().collect();
+    let to_consistent = docs
+        .iter()
+        .zip(&accepted)
+        .filter_map(|(d, (_, at))| Some((ready_at.get(&d.id)? - at).max(0.0)))
+        .collect();
+    service.stop().await?;
+    Ok((
+        Row {
+            name: format!(
+                "docledger ({}, {} in flight)",
+                if args.batch_lines == 0 {
+                    "PUTs".to_owned()
+                } else {
+                    format!("NDJSON batches of {}", args.batch_lines)
+                },
+                args.concurrency
+            ),
+            docs: docs.len(),
+            seconds,
+            latency: accepted.iter().map(|(l, _)| *l).collect(),
+            to_consistent,
+            cpu: Some(cpu_between(&cpu_start, &cpu_end)),
+        },
+        peak_rss,
+    ))
+}
+
+/// The dual-write coordinator: blob, row, vectors, in sequence, each step retried.
+async fn dual_write_one(
+    mysql: &MysqlSink,
+    milvus: &MilvusSink,
+    s3: &S3Sink,
+    doc: &Doc,
+    retry: &RetryPolicy,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let transient = |e: &projections::SinkError| e.class == projections::ErrorClass::Transient;
+    let failed = |step: &'static str| move |e| anyhow::anyhow!("{step}: {e:?}");
+    if let Some(blob) = &doc.blob {
+        let key = object_key(&doc.id);
+        retry
+            .run(
+                cancel,
+                transient,
+                |_, _| {},
+                || s3.put_raw(&key, blob.clone()),
+            )
+            .await
+            .map_err(failed("put blob"))?;
+    }
+    let sql = insert_statement(
+        DOCUMENTS,
+        1,
+        " ON DUPLICATE KEY UPDATE version = VALUES(version)",
+    );
+    let params = doc.row_values().to_vec();
+    retry
+        .run(
+            cancel,
+            transient,
+            |_, _| {},
+            || {
+                run_concurrently(
+                    mysql.pool(),
+                    "insert row",
+                    vec![(sql.clone(), params.clone())],
+                    1,
+                )
+            },
+        )
+        .await
+        .map_err(failed("insert row"))?;
+    let rows = doc.vector_rows();
+    retry
+        .run(
+            cancel,
+            transient,
+            |_, _| {},
+            || milvus.insert_rows(&rows, 1),
+        )
+        .await
+        .map_err(failed("insert vectors"))?;
+    Ok(())
+}
+
+async fn run_dual_write(
+    config: &Config,
+    args: &BenchArgs,
+    names: &Names,
+    docs: &[Doc],
+    writers: usize,
+) -> anyhow::Result<Row> {
+    let (mysql, milvus, s3) = prepared_stores(config, names, args.dim).await?;
+    let retry = RetryPolicy {
+        base: Duration::from_millis(50),
+        max: Duration::from_secs(1),
+        max_attempts: Some(DUAL_WRITE_ATTEMPTS),
+    };
+    let cancel = CancellationToken::new();
+    let cpu_start = cpu_snapshot(None, None);
+    let started = Instant::now();
+    let sends: Vec<_> = docs
+        .iter()
+        .map(|d| {
+            let (mysql, milvus, s3, retry, cancel) = (&mysql, &milvus, &s3, &retry, &cancel);
+            async move {
+                let t = Instant::now();
+                dual_write_one(mysql, milvus, s3, d, retry, cancel).await?;
+                Ok::<f64, anyhow::Error>(t.elapsed().as_secs_f64())
+            }
+        })
+        .collect();
+    let latencies: Vec<anyhow::Result<f64>> = stream::iter(sends)
+        .buffer_unordered(writers.max(1))
+        .collect()
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_end = cpu_snapshot(None, None);
+    let latency: Vec<f64> = latencies.into_iter().collect::<anyhow::Result<_>>()?;
+    eprintln!(
+        "dual-write x{writers}: {} documents in {seconds:.1}s",
+        docs.len()
+    );
+    Ok(Row {
+        name: format!("dual-write coordinator, {writers} writer(s)"),
+        docs: docs.len(),
+        seconds,
+        to_consistent: latency.clone(),
+        latency,
+        cpu: Some(cpu_between(&cpu_start, &cpu_end)),
+    })
+}
+
+/// Each store alone, in bulk, through the sinks' own clients.
+async fn run_ceilings(
+    config: &Config,
+    args: &BenchArgs,
+    names: &Names,
+    docs: &[Doc],
+) -> anyhow::Result<Vec<Row>> {
+    let (mysql, milvus, s3) = prepared_stores(config, names, args.dim).await?;
+    let row = |name: &str, seconds: f64| Row {
+        name: name.to_owned(),
+        docs: docs.len(),
+        seconds,
+        latency: Vec::new(),
+        to_consistent: Vec::new(),
+        cpu: None,
+    };
+    let mut rows = Vec::new();
+
+    let statements: Vec<(String, Vec<Value>)> = docs
+        .chunks(CEILING_MYSQL_ROWS_PER_STATEMENT)
+        .map(|group| {
+            (
+                insert_statement(DOCUMENTS, group.len(), ""),
+                group.iter().flat_map(Doc::row_values).collect(),
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    run_concurrently(mysql.pool(), "insert rows", statements, CEILING_CONCURRENCY).await?;
+    rows.push(row(
+        &format!(
+            "ceiling: MySQL multi-row INSERT ({CEILING_MYSQL_ROWS_PER_STATEMENT} rows/statement)"
+        ),
+        started.elapsed().as_secs_f64(),
+    ));
+
+    let vectors: Vec<RowToWrite<'_>> = docs.iter().flat_map(Doc::vector_rows).collect();
+    let started = Instant::now();
+    milvus.insert_rows(&vectors, CEILING_CONCURRENCY).await?;
+    rows.push(row(
+        "ceiling: Milvus batched insert (1000 rows/request)",
+        started.elapsed().as_secs_f64(),
+    ));
+
+    if docs.iter().any(|d| d.blob.is_some()) {
+        let puts: Vec<_> = docs
+            .iter()
+            .filter_map(|d| Some((object_key(&d.id), d.blob.clone()?)))
+            .map(|(key, blob)| {
+                let s3 = &s3;
+                async move { s3.put_raw(&key, blob).await }
+            })
+            .collect();
+        let started = Instant::now();
+        let results: Vec<Result<(), projections::SinkError>> = stream::iter(puts)
+            .buffer_unordered(CEILING_S3_CONCURRENCY)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        rows.push(row(
+            &format!("ceiling: S3 parallel PUTs ({CEILING_S3_CONCURRENCY} in flight)"),
+            started.elapsed().as_secs_f64(),
+        ));
+    }
+    for r in &rows {
+        eprintln!("{}: {:.0} documents/s", r.name, r.docs_per_second());
+    }
+    Ok(rows)
+}
+
+// ---------------------------------------------------------------------------------------
+// Entry points
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn run_id() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("bench_{}_{secs}", std::process::id())
+}
+
+/// Runs the benchmark and returns the report (a Markdown table and notes).
+///
+/// # Errors
+/// When a store or the service cannot be reached, or a scenario fails.
+pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<String> {
+    let exe = match &args.bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?,
+    };
+    let run = run_id();
+    if let Some(n) = args.touch {
+        return touch(config, args, &exe, &Names::new(&run, "touch"), n).await;
+    }
+    let load_before = load_average();
+    eprintln!(
+        "generating {} documents ...",
+        args.docs.max(args.sequential_docs)
+    );
+    let docs = generate(
+        "bench",
+        args.docs.max(args.sequential_docs),
+        args.blob_bytes,
+        args.chunks,
+        args.dim,
+    );
+    let scenarios = [
+        Names::new(&run, "dl"),
+        Names::new(&run, "dw1"),
+        Names::new(&run, "dw16"),
+        Names::new(&run, "ceil"),
+    ];
+    let result = async {
+        let (docledger, peak_rss) =
+            run_docledger(config, args, &exe, &scenarios[0], &docs[..args.docs]).await?;
+        let sequential = run_dual_write(
+            config,
+            args,
+            &scenarios[1],
+            &docs[..args.sequential_docs],
+            1,
+        )
+        .await?;
+        let concurrent = run_dual_write(
+            config,
+            args,
+            &scenarios[2],
+            &docs[..args.docs],
+            args.concurrency,
+        )
+        .await?;
+        let ceilings = run_ceilings(config, args, &scenarios[3], &docs[..args.docs]).await?;
+        Ok::<_, anyhow::Error>((docledger, peak_rss, sequential, concurrent, ceilings))
+    }
+    .await;
+    if !args.keep {
+        for names in &scenarios {
+            drop_names(config, names, args.dim).await;
+        }
+    }
+    let (docledger, peak_rss, sequential, concurrent, ceilings) = result?;
+    Ok(report(
+        args,
+        &load_before,
+        docledger,
+        peak_rss,
+        sequential,
+        concurrent,
+        ceilings,
+    ))
+}
+
+fn report(
+    args: &BenchArgs,
+    load_before: &str,
+    mut docledger: Row,
+    peak_rss: Option<u64>,
+    mut sequential: Row,
+    mut concurrent: Row,
+    ceilings: Vec<Row>,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "documents: blob {} B, {} chunks x {} dims; load average before {load_before}, after {}",
+        args.blob_bytes,
+        args.chunks,
+        args.dim,
+        load_average()
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "| scenario | docs | docs/s | command p50 / p99 ms | to consistent p50 / p99 ms | CPU ms/doc all | docledger (or coordinator) | postgresql | mariadb | milvus | s3 | bench client |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let all = [
+        "docledger",
+        "postgresql",
+        "mariadb",
+        "milvus",
+        "s3 (garage)",
+    ];
+    for (r, coordinator) in [
+        (&mut docledger, "docledger"),
+        (&mut sequential, "bench client"),
+        (&mut concurrent, "bench client"),
+    ] {
+        let groups: Vec<&str> = if coordinator == "docledger" {
+            all.to_vec()
+        } else {
+            // The coordinator is the bench process itself.
+            vec![
+                "bench client",
+                "postgresql",
+                "mariadb",
+                "milvus",
+                "s3 (garage)",
+            ]
+        };
+        let (lat50, lat99) = (
+            quantile_ms(&mut r.latency, 0.5),
+            quantile_ms(&mut r.latency, 0.99),
+        );
+        let (con50, con99) = (
+            quantile_ms(&mut r.to_consistent, 0.5),
+            quantile_ms(&mut r.to_consistent, 0.99),
+        );
+        let r = &*r;
+        let per = |g: &str| {
+            r.cpu_ms_per_doc(&[g])
+                .map_or_else(|| "-".into(), |v| format!("{v:.2}"))
+        };
+        let client = if coordinator == "docledger" {
+            per("bench client")
+        } else {
+            "(coordinator)".to_owned()
+        };
+        let line = format!(
+            "| {} | {} | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.2} | {} | {} | {} | {} | {} | {} |",
+            r.name,
+            r.docs,
+            r.docs_per_second(),
+            lat50,
+            lat99,
+            con50,
+            con99,
+            r.cpu_ms_per_doc(&groups).unwrap_or(f64::NAN),
+            per(coordinator),
+            if coordinator == "docledger" { per("postgresql") } else { "-".into() },
+            per("mariadb"),
+            per("milvus"),
+            per("s3 (garage)"),
+            client,
+        );
+        let _ = writeln!(out, "{line}");
+    }
+    for c in &ceilings {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | - | - | - | - | - | - | - | - | - |",
+            c.name,
+            c.docs,
+            c.docs_per_second()
+        );
+    }
+    let _ = writeln!(out);
+    let dl = docledger.docs_per_second();
+    let slowest = ceilings
+        .iter()
+        .min_by(|a, b| a.docs_per_second().total_cmp(&b.docs_per_second()));
+    let _ = writeln!(
+        out,
+        "docledger / dual-write sequential: {:.2}x (target >= 3)",
+        dl / sequential.docs_per_second()
+    );
+    let _ = writeln!(
+        out,
+        "docledger / dual-write x{}: {:.2}x (target >= 2)",
+        args.concurrency,
+        dl / concurrent.docs_per_second()
+    );
+    if let Some(s) = slowest {
+        let _ = writeln!(
+            out,
+            "docledger / slowest ceiling ({}): {:.2} (target >= 0.7)",
+            s.name,
+            dl / s.docs_per_second()
+        );
+    }
+    let dl_cpu = docledger.cpu_ms_per_doc(&all).unwrap_or(f64::NAN);
+    let baseline_groups = [
+        "bench client",
+        "postgresql",
+        "mariadb",
+        "milvus",
+        "s3 (garage)",
+    ];
+    for (label, b) in [("sequential", &sequential), ("concurrent", &concurrent)] {
+        let b_cpu = b.cpu_ms_per_doc(&baseline_groups).unwrap_or(f64::NAN);
+        let _ = writeln!(
+            out,
+            "CPU per document, docledger / dual-write {label}: {dl_cpu:.2} / {b_cpu:.2} ms = {:.2} (target <= 0.5)",
+            dl_cpu / b_cpu
+        );
+    }
+    if let Some(kib) = peak_rss {
+        let _ = writeln!(
+            out,
+            "peak RSS of docledger serve (VmHWM): {:.1} MiB",
+            kib as f64 / 1024.0
+        );
+    }
+    out
+}
+
+/// `--touch N`: RSS of the service after `n` distinct cheap documents.
+async fn touch(
+    config: &Config,
+    args: &BenchArgs,
+    exe: &PathBuf,
+    names: &Names,
+    n: usize,
+) -> anyhow::Result<String> {
+    let vars = service_vars(config, names, args.dim)?;
+    let service = Service::spawn(exe, &vars).await?;
+    let bearer = super::bearer(config);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "touch: {n} distinct documents (no blob, 1 chunk x {} dims), NDJSON batches of {TOUCH_BATCH_LINES}; load average before {}",
+        args.dim,
+        load_average()
+    );
+    let _ = writeln!(
+        out,
+        "| documents touched | docs/s so far | VmRSS MiB | VmHWM MiB |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|");
+    let step = (n / 10).max(TOUCH_BATCH_LINES);
+    let started = Instant::now();
+    let mut done = 0;
+    let result = async {
+        while done < n {
+            let count = step.min(n - done);
+            let docs = generate(&format!("touch{done}"), count, 0, 1, args.dim);
+            send_all(
+                &service.base,
+                &docs,
+                args.concurrency.min(4),
+                TOUCH_BATCH_LINES,
+                bearer.as_deref(),
+            )
+            .await?;
+            done += count;
+            let mib = |f| status_kib(service.pid(), f).map_or(f64::NAN, |k| k as f64 / 1024.0);
+            let _ = writeln!(
+                out,
+                "| {done} | {:.0} | {:.1} | {:.1} |",
+                done as f64 / started.elapsed().as_secs_f64(),
+                mib("VmRSS:"),
+                mib("VmHWM:")
+            );
+            eprintln!("touched {done} of {n}");
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    let _ = writeln!(out, "load average after {}", load_average());
+    service.stop().await?;
+    if !args.keep {
+        drop_names(config, names, args.dim).await;
+    }
+    result?;
+    Ok(out)
+}
