@@ -433,30 +433,18 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
         batch: &mut Batch,
     ) -> Result<(), Stop> {
         let part = self.partition;
-        if S::NEEDS_BLOBS {
-            let shas = batch.blob_shas();
-            if !shas.is_empty() {
-                let source = self.source.clone();
-                batch.blobs = self
-                    .source_step(cancel, "load blobs", || source.load_blobs(&shas))
-                    .await?;
+        debug!(sink = S::NAME, partition = part.index, from = ?batch.changes.first().map(|c| c.cursor), to = %batch.end, events = batch.num_events, changes = batch.changes.len(), "applying batch");
+        let mut applied = Vec::with_capacity(batch.changes.len());
+        // Sinks that need blob bytes get them in slices of at most MAX_BLOB_BYTES_IN_MEMORY,
+        // so a batch of large blobs never sits in memory at once.
+        match S::NEEDS_BLOBS.then(|| blob_slices(batch)).flatten() {
+            None => self.apply_slice(cancel, batch, &mut applied).await?,
+            Some(slices) => {
+                for mut slice in slices {
+                    self.apply_slice(cancel, &mut slice, &mut applied).await?;
+                }
             }
         }
-        debug!(sink = S::NAME, partition = part.index, from = ?batch.changes.first().map(|c| c.cursor), to = %batch.end, events = batch.num_events, changes = batch.changes.len(), "applying batch");
-        let applied = match self.apply_with_retry(cancel, batch).await? {
-            Ok(()) => batch
-                .changes
-                .iter()
-                .map(|c| AppliedVersion {
-                    doc_id: c.doc_id.clone(),
-                    version: c.version,
-                })
-                .collect(),
-            Err(first) => {
-                warn!(sink = S::NAME, partition = part.index, error = %first, "batch refused, applying its documents one by one");
-                self.apply_one_by_one(cancel, batch).await?
-            }
-        };
         fail::fail_point!(&failpoint_name(S::NAME, FAILPOINT_AFTER_APPLY), |_| Err(
             simulated_crash(S::NAME, FAILPOINT_AFTER_APPLY)
         ));
@@ -473,6 +461,38 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
             source.save_checkpoint(S::NAME, part, end)
         })
         .await?;
+        Ok(())
+    }
+
+    /// Loads the slice's blobs (for sinks that need them) and applies it; on a permanent
+    /// refusal narrows it to the refused documents. Appends what was applied to `applied`.
+    async fn apply_slice(
+        &mut self,
+        cancel: &CancellationToken,
+        slice: &mut Batch,
+        applied: &mut Vec<AppliedVersion>,
+    ) -> Result<(), Stop> {
+        let part = self.partition;
+        if S::NEEDS_BLOBS {
+            let shas = slice.blob_shas();
+            if !shas.is_empty() {
+                let source = self.source.clone();
+                slice.blobs = self
+                    .source_step(cancel, "load blobs", || source.load_blobs(&shas))
+                    .await?;
+            }
+        }
+        match self.apply_with_retry(cancel, slice).await? {
+            Ok(()) => applied.extend(slice.changes.iter().map(|c| AppliedVersion {
+                doc_id: c.doc_id.clone(),
+                version: c.version,
+            })),
+            Err(first) => {
+                warn!(sink = S::NAME, partition = part.index, error = %first, "batch refused, applying its documents one by one");
+                applied.extend(self.apply_one_by_one(cancel, slice).await?);
+            }
+        }
+        slice.blobs.clear();
         Ok(())
     }
 
@@ -635,10 +655,128 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
     }
 }
 
+/// Most blob bytes a sink that needs them holds in memory for one apply.
+pub const MAX_BLOB_BYTES_IN_MEMORY: u64 = 64 * 1024 * 1024;
+
+/// Cuts a batch into slices whose blobs add up to at most [`MAX_BLOB_BYTES_IN_MEMORY`] (a
+/// single larger blob is a slice of its own); `None` when the whole batch fits. Every slice
+/// but the last ends at its newest change's event (state transfer makes that a safe
+/// checkpoint); the last one at the batch's end.
+fn blob_slices(batch: &Batch) -> Option<Vec<Batch>> {
+    use aggregates::DocumentEvent;
+    let size = |c: &crate::sink::DocChange| match &c.change {
+        crate::sink::Change::Upsert(DocumentEvent::BlobStored { size, .. }) => *size,
+        _ => 0,
+    };
+    let total: u64 = batch.changes.iter().map(size).sum();
+    if total <= MAX_BLOB_BYTES_IN_MEMORY {
+        return None;
+    }
+    let mut slices: Vec<Vec<crate::sink::DocChange>> = vec![Vec::new()];
+    let mut bytes = 0u64;
+    for change in &batch.changes {
+        let n = size(change);
+        let current = slices.last().map_or(0, Vec::len);
+        if current > 0 && bytes + n > MAX_BLOB_BYTES_IN_MEMORY {
+            slices.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += n;
+        if let Some(last) = slices.last_mut() {
+            last.push(change.clone());
+        }
+    }
+    let count = slices.len();
+    slices
+        .into_iter()
+        .enumerate()
+        .map(|(i, changes)| Batch {
+            end: if i + 1 == count {
+                batch.end
+            } else {
+                changes.iter().map(|c| c.cursor).max().unwrap_or(batch.end)
+            },
+            num_events: if i + 1 == count { batch.num_events } else { 0 },
+            changes,
+            blobs: Default::default(),
+        })
+        .collect::<Vec<_>>()
+        .into()
+}
+
 /// Milliseconds since the Unix epoch, for lag computations.
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod blob_slice_tests {
+    use aggregates::{DocId, DocumentEvent, LogCursor};
+
+    use super::{blob_slices, MAX_BLOB_BYTES_IN_MEMORY};
+    use crate::sink::{Batch, Change, DocChange};
+
+    fn blob_change(doc: &str, position: i64, size: u64) -> DocChange {
+        DocChange {
+            doc_id: DocId::parse(doc).expect("valid id"),
+            version: 1,
+            cursor: LogCursor {
+                epoch: 1,
+                xid: 7,
+                position,
+            },
+            change: Change::Upsert(DocumentEvent::BlobStored {
+                version: 1,
+                sha256: "a".repeat(64),
+                size,
+                content_type: "application/pdf".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn large_blobs_are_applied_in_bounded_slices() {
+        let end = LogCursor {
+            epoch: 1,
+            xid: 9,
+            position: 100,
+        };
+        let big = MAX_BLOB_BYTES_IN_MEMORY * 5 / 8;
+        let batch = Batch {
+            end,
+            num_events: 9,
+            changes: vec![
+                blob_change("a", 3, big),
+                blob_change("b", 6, big),
+                blob_change("c", 9, 10),
+            ],
+            blobs: Default::default(),
+        };
+        let slices = blob_slices(&batch).expect("over the limit: sliced");
+        let docs: Vec<Vec<&str>> = slices
+            .iter()
+            .map(|s| s.changes.iter().map(|c| c.doc_id.as_str()).collect())
+            .collect();
+        assert_eq!(docs, vec![vec!["a"], vec!["b", "c"]]);
+        assert_eq!(
+            slices[0].end.position, 3,
+            "an inner slice checkpoints at its own newest event"
+        );
+        assert_eq!(
+            slices[1].end, end,
+            "the last slice ends where the batch ends"
+        );
+
+        let small = Batch {
+            changes: vec![blob_change("a", 3, 10), blob_change("b", 6, 10)],
+            ..batch
+        };
+        assert!(
+            blob_slices(&small).is_none(),
+            "a batch within the limit is applied whole"
+        );
+    }
 }
