@@ -24,8 +24,9 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 
 const DIM: usize = 8;
-/// Documents ingested while each fault is in force.
-const DOCS_PER_PHASE: usize = 100;
+/// Commands sent while each fault is in force: over the six phases, 1,008 documents are
+/// created (and some replaced or deleted).
+const DOCS_PER_PHASE: usize = 280;
 /// Concurrent requests of the ingestion.
 const CONCURRENCY: usize = 8;
 /// How long each fault lasts at least.
