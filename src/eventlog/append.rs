@@ -180,11 +180,7 @@ impl PgLog {
     }
 
     async fn append_once(&self, req: AppendRequest<'_>) -> Result<Appended, LogError> {
-        let mut client = self
-            .pool
-            .get()
-            .await
-            .map_err(LogError::pool("get connection"))?;
+        let mut client = self.client().await?;
         if req.idempotency.is_none() && req.resolves.is_none() && !req.events.is_empty() {
             // One writing statement, its own transaction: no BEGIN and COMMIT round trips.
             // (Without events the statement would create an empty stream: that request takes
@@ -397,11 +393,7 @@ impl PgLog {
         key: &IdempotencyKey,
         result: &IdempotentResult,
     ) -> Result<IdempotentResult, LogError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(LogError::pool("get connection"))?;
+        let client = self.client().await?;
         let value = serde_json::to_value(result).expect("serializable");
         let row = client
             .query_one(

@@ -113,11 +113,7 @@ impl PgLog {
         part: Partition,
         limit: usize,
     ) -> Result<Vec<RecordedEvent<DocumentEvent>>, LogError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(LogError::pool("get connection"))?;
+        let client = self.client().await?;
         let stmt = client
             .prepare_cached(READ_AFTER)
             .await
@@ -145,11 +141,7 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
     pub async fn load(&self, doc_id: &DocId) -> Result<Document, LogError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(LogError::pool("get connection"))?;
+        let client = self.client().await?;
         let snapshot = client
             .query_opt(
                 "SELECT stream_version, state FROM snapshots WHERE stream_id = $1",
@@ -188,11 +180,7 @@ impl PgLog {
         &self,
         doc_id: &DocId,
     ) -> Result<Vec<RecordedEvent<DocumentEvent>>, LogError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(LogError::pool("get connection"))?;
+        let client = self.client().await?;
         let rows = client
             .query(
                 "SELECT epoch, xid::text, position, stream_id, stream_version, event_type, event_version,
@@ -211,11 +199,7 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`].
     pub async fn sample_stream_ids(&self, limit: i64) -> Result<Vec<DocId>, LogError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(LogError::pool("get connection"))?;
+        let client = self.client().await?;
         let start: String = {
             use rand::Rng;
             let mut rng = rand::rng();
@@ -244,11 +228,7 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`].
     pub async fn save_snapshot(&self, doc_id: &DocId, doc: &Document) -> Result<(), LogError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(LogError::pool("get connection"))?;
+        let client = self.client().await?;
         let state = serde_json::to_value(doc).expect("document serializes");
         client
             .execute(
@@ -268,11 +248,7 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`].
     pub async fn stream_version(&self, doc_id: &DocId) -> Result<i64, LogError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(LogError::pool("get connection"))?;
+        let client = self.client().await?;
         let row = client
             .query_opt(
                 "SELECT stream_version FROM streams WHERE stream_id = $1",
@@ -288,11 +264,7 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`].
     pub async fn stream_state(&self, doc_id: &DocId) -> Result<Option<StreamState>, LogError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(LogError::pool("get connection"))?;
+        let client = self.client().await?;
         let row = client
             .query_opt(
                 "SELECT stream_version, doc_version, deleted, mysql_version, milvus_version, s3_version,
@@ -319,11 +291,7 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`].
     pub async fn horizon(&self) -> Result<HorizonStatus, LogError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(LogError::pool("get connection"))?;
+        let client = self.client().await?;
         let row = client
             .query_one(
                 "SELECT COALESCE((SELECT max(position) FROM events), 0),
@@ -349,11 +317,7 @@ impl PgLog {
         after: LogCursor,
         part: Partition,
     ) -> Result<(i64, Option<i64>), LogError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(LogError::pool("get connection"))?;
+        let client = self.client().await?;
         let row = client
             .query_one(
                 "SELECT count(*), (extract(epoch FROM min(recorded_at)) * 1000)::bigint FROM events
@@ -377,11 +341,7 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`].
     pub async fn stream_events(&self, doc_id: &DocId) -> Result<Vec<serde_json::Value>, LogError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(LogError::pool("get connection"))?;
+        let client = self.client().await?;
         let rows = client
             .query(
                 "SELECT stream_version, position, event_type, event_version, payload,
@@ -412,11 +372,7 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`].
     pub async fn unfinished_ready(&self, limit: i64) -> Result<Vec<AppliedVersion>, LogError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(LogError::pool("get connection"))?;
+        let client = self.client().await?;
         let rows = client
             .query(
                 "SELECT stream_id, doc_version FROM streams
@@ -443,11 +399,7 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`].
     pub async fn record_ready(&self, done: &[AppliedVersion]) -> Result<(), LogError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(LogError::pool("get connection"))?;
+        let client = self.client().await?;
         let ids: Vec<&str> = done.iter().map(|d| d.doc_id.as_str()).collect();
         let versions: Vec<i64> = done.iter().map(|d| d.version as i64).collect();
         client
@@ -508,10 +460,10 @@ impl LogSource for PgLog {
     }
 
     async fn load_blobs(&self, sha256s: &[String]) -> Result<HashMap<String, Bytes>, SourceError> {
-        let client = self.pool.get().await.map_err(|e| SourceError {
-            operation: "get connection",
-            message: e.to_string(),
-        })?;
+        let client = self
+            .client()
+            .await
+            .map_err(source_error("get connection"))?;
         let keys: Vec<Vec<u8>> = sha256s.iter().filter_map(|s| hex::decode(s).ok()).collect();
         let rows = client
             .query(
@@ -536,10 +488,10 @@ impl LogSource for PgLog {
         sink: &'static str,
         part: Partition,
     ) -> Result<Option<(String, LogCursor)>, SourceError> {
-        let client = self.pool.get().await.map_err(|e| SourceError {
-            operation: "get connection",
-            message: e.to_string(),
-        })?;
+        let client = self
+            .client()
+            .await
+            .map_err(source_error("get connection"))?;
         let row = client
             .query_opt(
                 "SELECT log_id::text, epoch, xid::text, position FROM projection_checkpoints
@@ -566,10 +518,10 @@ impl LogSource for PgLog {
         part: Partition,
         cursor: LogCursor,
     ) -> Result<(), SourceError> {
-        let client = self.pool.get().await.map_err(|e| SourceError {
-            operation: "get connection",
-            message: e.to_string(),
-        })?;
+        let client = self
+            .client()
+            .await
+            .map_err(source_error("get connection"))?;
         // Never backwards: only a greater (epoch, xid, position) replaces the stored one.
         client
             .execute(
@@ -598,10 +550,10 @@ impl LogSource for PgLog {
         store: StoreKind,
         applied: &[AppliedVersion],
     ) -> Result<Vec<AppliedVersion>, SourceError> {
-        let client = self.pool.get().await.map_err(|e| SourceError {
-            operation: "get connection",
-            message: e.to_string(),
-        })?;
+        let client = self
+            .client()
+            .await
+            .map_err(source_error("get connection"))?;
         let mut sorted: Vec<&AppliedVersion> = applied.iter().collect();
         sorted.sort_by(|a, b| a.doc_id.cmp(&b.doc_id));
         let ids: Vec<&str> = sorted.iter().map(|a| a.doc_id.as_str()).collect();
@@ -644,10 +596,10 @@ impl LogSource for PgLog {
         change: &DocChange,
         error: &SinkError,
     ) -> Result<(), SourceError> {
-        let client = self.pool.get().await.map_err(|e| SourceError {
-            operation: "get connection",
-            message: e.to_string(),
-        })?;
+        let client = self
+            .client()
+            .await
+            .map_err(source_error("get connection"))?;
         client
             .execute(
                 "INSERT INTO parked_changes (sink, stream_id, version, position, error) VALUES ($1, $2, $3, $4, $5)",

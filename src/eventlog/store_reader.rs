@@ -33,11 +33,7 @@ impl PgLog {
         store: StoreKind,
         limit: usize,
     ) -> Result<Vec<RecordedEvent<DocumentEvent>>, LogError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(LogError::pool("get connection"))?;
+        let client = self.client().await?;
         let stmt = client
             .prepare_cached(READ_TYPES_AFTER)
             .await
@@ -64,11 +60,7 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`].
     pub async fn count_streams(&self) -> Result<u64, LogError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(LogError::pool("get connection"))?;
+        let client = self.client().await?;
         let row = client
             .query_one("SELECT count(*) FROM streams", &[])
             .await
@@ -85,11 +77,7 @@ impl PgLog {
         &self,
         docs: &[(&str, u64)],
     ) -> Result<std::collections::HashSet<String>, LogError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(LogError::pool("get connection"))?;
+        let client = self.client().await?;
         let ids: Vec<&str> = docs.iter().map(|d| d.0).collect();
         let versions: Vec<i64> = docs.iter().map(|d| d.1 as i64).collect();
         let rows = client
