@@ -26,7 +26,6 @@ use aggregates::{DocumentEvent, LogCursor, StoreKind, Version};
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Builder, Credentials, Region};
-use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     BucketLocationConstraint, CreateBucketConfiguration, Delete, MetadataDirective,
     ObjectIdentifier,
@@ -176,12 +175,14 @@ impl S3Sink {
     async fn apply_change(&self, change: &DocChange, batch: &Batch) -> Result<bool, SinkError> {
         let doc_id = change.doc_id.as_str();
         match &change.change {
-            Change::Upsert(DocumentEvent::BlobStored {
-                version,
-                sha256,
-                size,
-                content_type,
-            }) => {
+            Change::Upsert(
+                event @ DocumentEvent::BlobStored {
+                    version,
+                    sha256,
+                    content_type,
+                    ..
+                },
+            ) => {
                 let bytes = batch.blobs.get(sha256).ok_or_else(|| {
                     SinkError::permanent(
                         NAME,
@@ -190,17 +191,6 @@ impl S3Sink {
                     )
                     .for_doc(doc_id)
                 })?;
-                if bytes.len() as u64 != *size {
-                    return Err(SinkError::permanent(
-                        NAME,
-                        "put object",
-                        format!(
-                            "blob {sha256} of {doc_id} v{version} has {} bytes, the event says {size}",
-                            bytes.len()
-                        ),
-                    )
-                    .for_doc(doc_id));
-                }
                 if let Stored::At(stored, stored_sha) = self.stored(doc_id).await? {
                     if stored >= *version {
                         return Ok(false);
@@ -210,20 +200,8 @@ impl S3Sink {
                         return Ok(true);
                     }
                 }
-                let mut put = self
-                    .client
-                    .put_object()
-                    .bucket(&self.bucket)
-                    .key(object_key(doc_id))
-                    .body(ByteStream::from(bytes.clone()))
-                    .metadata(META_VERSION, version.to_string())
-                    .metadata(META_SHA256, sha256);
-                if !content_type.is_empty() {
-                    put = put.content_type(content_type);
-                }
-                put.send()
-                    .await
-                    .map_err(|e| sink_error("put object", Some(doc_id), &e))?;
+                // Checks the bytes against the event's size, then puts with the metadata.
+                self.write_object(doc_id, event, bytes.clone()).await?;
                 Ok(true)
             }
             Change::Remove => Err(SinkError::permanent(
@@ -286,38 +264,8 @@ impl S3Sink {
     /// Deletes the objects of `doc_ids` with DeleteObjects, up to 1,000 keys a request;
     /// fails on the first key S3 reports as not deleted.
     async fn delete_objects(&self, doc_ids: &[String]) -> Result<(), SinkError> {
-        for group in doc_ids.chunks(DELETE_OBJECTS_MAX_KEYS) {
-            let objects = group
-                .iter()
-                .map(|d| ObjectIdentifier::builder().key(object_key(d)).build())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| SinkError::permanent(NAME, "delete objects", e.to_string()))?;
-            let delete = Delete::builder()
-                .set_objects(Some(objects))
-                .quiet(true)
-                .build()
-                .map_err(|e| SinkError::permanent(NAME, "delete objects", e.to_string()))?;
-            let out = self
-                .client
-                .delete_objects()
-                .bucket(&self.bucket)
-                .delete(delete)
-                .send()
-                .await
-                .map_err(|e| sink_error("delete objects", None, &e))?;
-            if let Some(failed) = out.errors().first() {
-                let doc_id = failed
-                    .key()
-                    .and_then(|k| k.strip_prefix(KEY_PREFIX))
-                    .unwrap_or_default();
-                return Err(classify::delete_key_error(
-                    doc_id,
-                    failed.code(),
-                    failed.message(),
-                ));
-            }
-        }
-        Ok(())
+        let keys: Vec<String> = doc_ids.iter().map(|d| object_key(d)).collect();
+        self.delete_keys(&keys).await
     }
 
     /// The object of `doc_id` with its bytes and metadata, `None` when there is none.

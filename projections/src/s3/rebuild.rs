@@ -12,7 +12,7 @@ use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use bytes::Bytes;
 
 use super::classify::{self, sink_error};
-use super::{object_key, S3Sink, Stored, DELETE_OBJECTS_MAX_KEYS, NAME};
+use super::{object_key, S3Sink, Stored, DELETE_OBJECTS_MAX_KEYS, KEY_PREFIX, NAME};
 use crate::error::SinkError;
 
 /// What the rebuild did with one object.
@@ -24,6 +24,41 @@ pub enum ObjectOutcome {
     Restamped,
     /// The object was written.
     Written,
+}
+
+/// The `(version, sha256, content_type)` of a `BlobStored` event whose bytes have its size.
+///
+/// # Errors
+/// Permanent when `event` is not a `BlobStored` or `len` is not its size.
+fn blob_stored<'a>(
+    doc_id: &str,
+    event: &'a DocumentEvent,
+    len: usize,
+    operation: &'static str,
+) -> Result<(u64, &'a str, &'a str), SinkError> {
+    let DocumentEvent::BlobStored {
+        version,
+        sha256,
+        size,
+        content_type,
+    } = event
+    else {
+        return Err(SinkError::permanent(
+            NAME,
+            operation,
+            format!("{} is not an event for S3", event.type_name()),
+        )
+        .for_doc(doc_id));
+    };
+    if len as u64 != *size {
+        return Err(SinkError::permanent(
+            NAME,
+            operation,
+            format!("blob {sha256} of {doc_id} v{version} has {len} bytes, the event says {size}"),
+        )
+        .for_doc(doc_id));
+    }
+    Ok((*version, sha256, content_type))
 }
 
 impl S3Sink {
@@ -38,38 +73,15 @@ impl S3Sink {
         event: &DocumentEvent,
         bytes: Bytes,
     ) -> Result<ObjectOutcome, SinkError> {
-        let DocumentEvent::BlobStored {
-            version,
-            sha256,
-            size,
-            content_type,
-        } = event
-        else {
-            return Err(SinkError::permanent(
-                NAME,
-                "rebuild object",
-                format!("{} is not an event for S3", event.type_name()),
-            )
-            .for_doc(doc_id));
-        };
-        if bytes.len() as u64 != *size {
-            return Err(SinkError::permanent(
-                NAME,
-                "rebuild object",
-                format!(
-                    "blob {sha256} of {doc_id} v{version} has {} bytes, the event says {size}",
-                    bytes.len()
-                ),
-            )
-            .for_doc(doc_id));
-        }
+        let (version, sha256, content_type) =
+            blob_stored(doc_id, event, bytes.len(), "rebuild object")?;
         if let Stored::At(stored, stored_sha) = self.stored(doc_id).await? {
-            let same_bytes = stored_sha.as_deref() == Some(sha256.as_str());
-            if stored > *version || (stored == *version && same_bytes) {
+            let same_bytes = stored_sha.as_deref() == Some(sha256);
+            if stored > version || (stored == version && same_bytes) {
                 return Ok(ObjectOutcome::Identical);
             }
             if same_bytes {
-                self.restamp(doc_id, *version, sha256, content_type).await?;
+                self.restamp(doc_id, version, sha256, content_type).await?;
                 return Ok(ObjectOutcome::Restamped);
             }
         }
@@ -87,31 +99,8 @@ impl S3Sink {
         event: &DocumentEvent,
         bytes: Bytes,
     ) -> Result<ObjectOutcome, SinkError> {
-        let DocumentEvent::BlobStored {
-            version,
-            sha256,
-            content_type,
-            size,
-        } = event
-        else {
-            return Err(SinkError::permanent(
-                NAME,
-                "write object",
-                format!("{} is not an event for S3", event.type_name()),
-            )
-            .for_doc(doc_id));
-        };
-        if bytes.len() as u64 != *size {
-            return Err(SinkError::permanent(
-                NAME,
-                "write object",
-                format!(
-                    "blob {sha256} of {doc_id} v{version} has {} bytes, the event says {size}",
-                    bytes.len()
-                ),
-            )
-            .for_doc(doc_id));
-        }
+        let (version, sha256, content_type) =
+            blob_stored(doc_id, event, bytes.len(), "write object")?;
         let mut put = self
             .client
             .put_object()
@@ -154,8 +143,10 @@ impl S3Sink {
                 .await
                 .map_err(|e| sink_error("delete objects", None, &e))?;
             if let Some(failed) = out.errors().first() {
+                // Keys of documents are reported by their doc_id, other keys whole.
+                let key = failed.key().unwrap_or_default();
                 return Err(classify::delete_key_error(
-                    failed.key().unwrap_or_default(),
+                    key.strip_prefix(KEY_PREFIX).unwrap_or(key),
                     failed.code(),
                     failed.message(),
                 ));
