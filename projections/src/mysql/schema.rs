@@ -40,10 +40,12 @@ CREATE TABLE IF NOT EXISTS projection_checkpoints (
 "#;
 
 /// Upsert guarded by version: an older version never overwrites a newer one; a newer
-/// version resets `status` to `pending` until every store holds it. MariaDB evaluates the
-/// assignments left to right with the row's updated values, so `version` comes last.
+/// version brings its own `status` (`pending` from the projector until every store holds
+/// it; a rebuild may insert `ready`). Used by the sink and the rebuild's shadow table.
+/// MariaDB evaluates the assignments left to right with the row's updated values, so
+/// `version` comes last.
 pub const UPSERT_TAIL: &str = " ON DUPLICATE KEY UPDATE
-    status = IF(VALUES(version) > version, 'pending', status),
+    status = IF(VALUES(version) > version, VALUES(status), status),
     title = IF(VALUES(version) > version, VALUES(title), title),
     source_type = IF(VALUES(version) > version, VALUES(source_type), source_type),
     business_tag = IF(VALUES(version) > version, VALUES(business_tag), business_tag),

@@ -16,7 +16,9 @@ use mysql_async::prelude::*;
 use mysql_async::Value;
 
 use super::classify::sink_error;
-use super::schema::{CREATE_CHECKPOINTS, CREATE_DOCUMENTS, DOCUMENTS, ROWS_PER_STATEMENT};
+use super::schema::{
+    CREATE_CHECKPOINTS, CREATE_DOCUMENTS, DOCUMENTS, ROWS_PER_STATEMENT, UPSERT_TAIL,
+};
 use super::{upsert_params, MysqlSink, NAME};
 use crate::error::SinkError;
 use crate::sink::{Batch, Change, Partition};
@@ -35,21 +37,6 @@ pub const OLD_CHECKPOINTS: &str = "projection_checkpoints_old";
 /// Upsert statements of one page sent at the same time (each on its own connection). The
 /// documents of a page are distinct, so they never touch the same row.
 pub const CONCURRENT_STATEMENTS: usize = 2;
-
-/// Shadow upsert: like the sink's, but the status comes with the row (a rebuilt row is
-/// `ready` when the log says every store holds its version) and an older version never
-/// overwrites a newer one. `version` is assigned last (MariaDB evaluates left to right).
-const SHADOW_UPSERT_TAIL: &str = " ON DUPLICATE KEY UPDATE
-    status = IF(VALUES(version) > version, VALUES(status), status),
-    title = IF(VALUES(version) > version, VALUES(title), title),
-    source_type = IF(VALUES(version) > version, VALUES(source_type), source_type),
-    business_tag = IF(VALUES(version) > version, VALUES(business_tag), business_tag),
-    attributes = IF(VALUES(version) > version, VALUES(attributes), attributes),
-    blob_key = IF(VALUES(version) > version, VALUES(blob_key), blob_key),
-    blob_sha256 = IF(VALUES(version) > version, VALUES(blob_sha256), blob_sha256),
-    blob_size = IF(VALUES(version) > version, VALUES(blob_size), blob_size),
-    chunk_count = IF(VALUES(version) > version, VALUES(chunk_count), chunk_count),
-    version = GREATEST(version, VALUES(version))";
 
 /// Columns of a catalogue insert, in [`upsert_params`]' order plus `status`.
 const INSERT_COLUMNS: &str = "(doc_id, version, title, source_type, business_tag, attributes, blob_key, blob_sha256, blob_size, chunk_count, status)";
@@ -196,7 +183,7 @@ impl MysqlSink {
             .chunks(ROWS_PER_STATEMENT)
             .map(|part| {
                 (
-                    insert_statement(SHADOW_DOCUMENTS, part.len(), SHADOW_UPSERT_TAIL),
+                    insert_statement(SHADOW_DOCUMENTS, part.len(), UPSERT_TAIL),
                     part.iter().flat_map(|r| r.iter().cloned()).collect(),
                 )
             })
