@@ -163,6 +163,44 @@ fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError>
     serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))
 }
 
+/// What put and delete take from a request before their own body decoding.
+struct CommandRequest {
+    doc_id: DocId,
+    wait: Wait,
+    body: web::Bytes,
+    idempotency: Option<IdempotencyKey>,
+}
+
+/// Authorises, reads the document id, the consistency wait and the body (within the limit),
+/// and keys an `Idempotency-Key` to the canonical request `op \0 doc_id \0 body`.
+async fn command_request(
+    req: &HttpRequest,
+    payload: web::Payload,
+    query: &ConsistencyQuery,
+    state: &AppState,
+    op: &str,
+) -> Result<CommandRequest, ApiError> {
+    authorize(req, &state.config)?;
+    let doc_id = doc_id_of(req)?;
+    let wait = wait_of(query)?;
+    let body = read_body(req, payload, state.config.max_body_bytes).await?;
+    let canonical = [
+        op.as_bytes(),
+        b"\0",
+        doc_id.as_str().as_bytes(),
+        b"\0",
+        &body,
+    ]
+    .concat();
+    let idempotency = idempotency_of(req, &canonical)?;
+    Ok(CommandRequest {
+        doc_id,
+        wait,
+        body,
+        idempotency,
+    })
+}
+
 /// `PUT /v1/documents/{doc_id}`: create or replace.
 #[utoipa::path(put, path = "/v1/documents/{doc_id}", tag = "documents",
     params(("doc_id" = String, Path, description = "1-255 bytes of [A-Za-z0-9._:@/-], one percent-encoded segment"),
@@ -183,20 +221,9 @@ pub async fn put(
     query: web::Query<ConsistencyQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state.config)?;
-    let doc_id = doc_id_of(&req)?;
-    let wait = wait_of(&query)?;
-    let bytes = read_body(&req, payload, state.config.max_body_bytes).await?;
-    let body: PutBody = parse_json(&bytes)?;
-    let canonical = [
-        b"put\0".as_slice(),
-        doc_id.as_str().as_bytes(),
-        b"\0",
-        &bytes,
-    ]
-    .concat();
-    let idempotency = idempotency_of(&req, &canonical)?;
-    let (status, response) = execute_put(&state, doc_id, body, idempotency, wait).await?;
+    let r = command_request(&req, payload, &query, &state, "put").await?;
+    let body: PutBody = parse_json(&r.body)?;
+    let (status, response) = execute_put(&state, r.doc_id, body, r.idempotency, r.wait).await?;
     Ok(HttpResponse::build(status).json(response))
 }
 
@@ -224,25 +251,20 @@ pub async fn delete(
     query: web::Query<ConsistencyQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state.config)?;
-    let doc_id = doc_id_of(&req)?;
-    let wait = wait_of(&query)?;
-    let bytes = read_body(&req, payload, state.config.max_body_bytes).await?;
-    let body: DeleteBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+    let r = command_request(&req, payload, &query, &state, "delete").await?;
+    let body: DeleteBody = if r.body.iter().all(u8::is_ascii_whitespace) {
         DeleteBody::default()
     } else {
-        parse_json(&bytes)?
+        parse_json(&r.body)?
     };
-    let canonical = [
-        b"delete\0".as_slice(),
-        doc_id.as_str().as_bytes(),
-        b"\0",
-        &bytes,
-    ]
-    .concat();
-    let idempotency = idempotency_of(&req, &canonical)?;
-    let (status, response) =
-        execute_delete(&state, doc_id, body.expected_version, idempotency, wait).await?;
+    let (status, response) = execute_delete(
+        &state,
+        r.doc_id,
+        body.expected_version,
+        r.idempotency,
+        r.wait,
+    )
+    .await?;
     Ok(HttpResponse::build(status).json(response))
 }
 
