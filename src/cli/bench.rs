@@ -52,6 +52,8 @@ const READY_POLL: Duration = Duration::from_millis(50);
 const READY_TIMEOUT: Duration = Duration::from_secs(900);
 /// Attempts per step of the dual-write coordinator.
 const DUAL_WRITE_ATTEMPTS: u32 = 5;
+/// Requests in flight at most in the paced scenario (an open loop needs room to queue).
+const PACED_SLOTS: usize = 256;
 /// Lines per NDJSON request in `--touch` mode.
 const TOUCH_BATCH_LINES: usize = 1000;
 
@@ -79,6 +81,11 @@ pub struct BenchArgs {
     /// Send NDJSON batches of this many documents instead of one PUT per document (0 = PUTs).
     #[arg(long, default_value_t = 0)]
     pub batch_lines: usize,
+    /// Documents of the paced docledger scenario, sent open-loop at half the throughput the
+    /// first docledger scenario reached (its p99 time to consistent is the latency
+    /// target); 0 skips it.
+    #[arg(long, default_value_t = 1000)]
+    pub paced_docs: usize,
     /// Only measure RSS after this many distinct cheap documents (no blob, 1 chunk).
     #[arg(long)]
     pub touch: Option<usize>,
@@ -539,6 +546,7 @@ async fn send_all(
     concurrency: usize,
     batch_lines: usize,
     bearer: Option<&str>,
+    rate: Option<f64>,
 ) -> anyhow::Result<Vec<(f64, f64)>> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
@@ -577,11 +585,19 @@ async fn send_all(
             })
             .collect::<anyhow::Result<_>>()?
     };
+    // Open loop when paced: request i leaves at i / rate seconds (per request, so per batch
+    // in batch mode), whatever the answers before it; latency counts from its departure.
+    let origin = tokio::time::Instant::now();
     let sends: Vec<_> = requests
         .into_iter()
-        .map(|(url, body, n, is_batch)| {
+        .enumerate()
+        .map(|(i, (url, body, n, is_batch))| {
             let client = client.clone();
             async move {
+                if let Some(rate) = rate {
+                    let due = Duration::from_secs_f64(i as f64 / rate);
+                    tokio::time::sleep_until(origin + due).await;
+                }
                 let started = Instant::now();
                 let mut req = if is_batch {
                     client
@@ -607,10 +623,15 @@ async fn send_all(
             }
         })
         .collect();
-    let answers: Vec<anyhow::Result<Vec<(f64, f64)>>> = stream::iter(sends)
-        .buffered(concurrency.max(1))
-        .collect()
-        .await;
+    // Paced requests wait for their departure inside their slot: enough slots that the
+    // schedule, not the slots, decides when each leaves.
+    let slots = if rate.is_some() {
+        PACED_SLOTS
+    } else {
+        concurrency.max(1)
+    };
+    let answers: Vec<anyhow::Result<Vec<(f64, f64)>>> =
+        stream::iter(sends).buffered(slots).collect().await;
     let mut out = Vec::with_capacity(docs.len());
     for a in answers {
         out.extend(a?);
@@ -644,6 +665,7 @@ async fn run_docledger(
     exe: &PathBuf,
     names: &Names,
     docs: &[Doc],
+    rate: Option<f64>,
 ) -> anyhow::Result<(Row, Option<u64>)> {
     let vars = service_vars(config, names, args.dim)?;
     let service = Service::spawn(exe, &vars).await?;
@@ -657,6 +679,7 @@ async fn run_docledger(
         args.concurrency,
         args.batch_lines,
         bearer.as_deref(),
+        rate,
     )
     .await?;
     let sent = started.elapsed().as_secs_f64();
@@ -683,13 +706,16 @@ async fn run_docledger(
     Ok((
         Row {
             name: format!(
-                "docledger ({}, {} in flight)",
+                "docledger ({}, {})",
                 if args.batch_lines == 0 {
                     "PUTs".to_owned()
                 } else {
                     format!("NDJSON batches of {}", args.batch_lines)
                 },
-                args.concurrency
+                match rate {
+                    Some(r) => format!("paced at {r:.0} docs/s"),
+                    None => format!("{} in flight", args.concurrency),
+                }
             ),
             docs: docs.len(),
             seconds,
@@ -923,10 +949,20 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<String> {
         Names::new(&run, "dw1"),
         Names::new(&run, "dw16"),
         Names::new(&run, "ceil"),
+        Names::new(&run, "dlh"),
     ];
     let result = async {
         let (docledger, peak_rss) =
-            run_docledger(config, args, &exe, &scenarios[0], &docs[..args.docs]).await?;
+            run_docledger(config, args, &exe, &scenarios[0], &docs[..args.docs], None).await?;
+        let paced = if args.paced_docs == 0 {
+            None
+        } else {
+            let rate = docledger.docs_per_second() / 2.0;
+            let n = args.paced_docs.min(docs.len());
+            let (row, _) =
+                run_docledger(config, args, &exe, &scenarios[4], &docs[..n], Some(rate)).await?;
+            Some(row)
+        };
         let sequential = run_dual_write(
             config,
             args,
@@ -944,7 +980,7 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<String> {
         )
         .await?;
         let ceilings = run_ceilings(config, args, &scenarios[3], &docs[..args.docs]).await?;
-        Ok::<_, anyhow::Error>((docledger, peak_rss, sequential, concurrent, ceilings))
+        Ok::<_, anyhow::Error>((docledger, paced, peak_rss, sequential, concurrent, ceilings))
     }
     .await;
     if !args.keep {
@@ -952,27 +988,37 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<String> {
             drop_names(config, names, args.dim).await;
         }
     }
-    let (docledger, peak_rss, sequential, concurrent, ceilings) = result?;
-    Ok(report(
-        args,
-        &load_before,
+    let (docledger, paced, peak_rss, sequential, concurrent, ceilings) = result?;
+    let measured = Measured {
         docledger,
+        paced,
         peak_rss,
         sequential,
         concurrent,
         ceilings,
-    ))
+    };
+    Ok(report(args, &load_before, measured))
 }
 
-fn report(
-    args: &BenchArgs,
-    load_before: &str,
-    mut docledger: Row,
+/// What one run measured.
+struct Measured {
+    docledger: Row,
+    paced: Option<Row>,
     peak_rss: Option<u64>,
-    mut sequential: Row,
-    mut concurrent: Row,
+    sequential: Row,
+    concurrent: Row,
     ceilings: Vec<Row>,
-) -> String {
+}
+
+fn report(args: &BenchArgs, load_before: &str, measured: Measured) -> String {
+    let Measured {
+        mut docledger,
+        mut paced,
+        peak_rss,
+        mut sequential,
+        mut concurrent,
+        ceilings,
+    } = measured;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -995,11 +1041,13 @@ fn report(
         "milvus",
         "s3 (garage)",
     ];
-    for (r, coordinator) in [
-        (&mut docledger, "docledger"),
-        (&mut sequential, "bench client"),
-        (&mut concurrent, "bench client"),
-    ] {
+    let mut rows = vec![(&mut docledger, "docledger")];
+    if let Some(p) = paced.as_mut() {
+        rows.push((p, "docledger"));
+    }
+    rows.push((&mut sequential, "bench client"));
+    rows.push((&mut concurrent, "bench client"));
+    for (r, coordinator) in rows {
         let groups: Vec<&str> = if coordinator == "docledger" {
             all.to_vec()
         } else {
@@ -1098,6 +1146,19 @@ fn report(
             dl_cpu / b_cpu
         );
     }
+    match paced.as_mut() {
+        Some(p) => {
+            let p99 = quantile_ms(&mut p.to_consistent, 0.99);
+            let _ = writeln!(
+                out,
+                "p99 time to consistent at half throughput ({}): {p99:.0} ms (target <= 1000)",
+                p.name
+            );
+        }
+        None => {
+            let _ = writeln!(out, "p99 at half throughput: not measured (--paced-docs 0)");
+        }
+    }
     if let Some(kib) = peak_rss {
         let _ = writeln!(
             out,
@@ -1144,6 +1205,7 @@ async fn touch(
                 args.concurrency.min(4),
                 TOUCH_BATCH_LINES,
                 bearer.as_deref(),
+                None,
             )
             .await?;
             done += count;
