@@ -532,6 +532,22 @@ async fn slow_clients_get_408_and_lose_their_connection_while_others_are_served(
         elapsed
     };
 
+    // A body nobody reads (a GET's), trickling in chunks: answered, then the connection
+    // closes instead of waiting for the body's end.
+    let ignored_body = async {
+        let mut raw = Raw::connect(&svc).await;
+        raw.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await;
+        let _writer = raw.trickle(vec![chunk(b"     "); 150], pause);
+        let res = raw.response(MARGIN).await.expect("ignored body: an answer");
+        assert_eq!(res.status, 200, "ignored body: {res:?}");
+        assert!(
+            raw.closed_within(MARGIN).await,
+            "ignored body: connection closed while the client still trickles"
+        );
+        raw.started.elapsed()
+    };
+
     // A batch streams for longer than the whole-body deadline while lines keep coming, and
     // ends with a 408 line when they stop.
     let num_lines = 8;
@@ -595,17 +611,19 @@ async fn slow_clients_get_408_and_lose_their_connection_while_others_are_served(
         served
     };
 
-    let (head, body, stalled, chunked, batch, served) = tokio::join!(
+    let (head, body, stalled, chunked, ignored, batch, served) = tokio::join!(
         slow_head,
         slow_body,
         stalled_body,
         chunked_body,
+        ignored_body,
         batch,
         others
     );
     eprintln!(
         "408 after: slow head {head:?}, slow body {body:?}, stalled body {stalled:?}, \
-         chunked body {chunked:?}; batch streamed {batch:?}; {served} other requests served meanwhile"
+         chunked body {chunked:?}; ignored body closed after {ignored:?}; batch streamed \
+         {batch:?}; {served} other requests served meanwhile"
     );
 
     let streamed: Vec<String> = (0..num_lines)

@@ -15,8 +15,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::web::{self, Bytes, BytesMut};
-use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use futures::StreamExt;
 use tokio::time::Instant;
 
@@ -117,6 +119,35 @@ impl TimedBody {
     /// so the connection is closed rather than drained.
     pub fn refuse(self, error: &ApiError) -> HttpResponse {
         hold_until_sent(error.error_response(), self)
+    }
+}
+
+/// Middleware (`App::wrap_fn`): a request whose method carries no body in this API (all but
+/// PUT, POST and DELETE) has its body, if any, held unread until the answer is sent, so a
+/// client trickling a body nobody reads loses its connection after the answer instead of
+/// keeping it for as long as it trickles.
+pub fn hold_ignored_body<S, B>(
+    mut req: ServiceRequest,
+    service: &S,
+) -> impl std::future::Future<Output = Result<ServiceResponse<BoxBody>, actix_web::Error>>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody + 'static,
+{
+    let ignored = (![Method::PUT, Method::POST, Method::DELETE].contains(req.method()))
+        .then(|| req.take_payload());
+    let call = service.call(req);
+    async move {
+        let response = call.await?;
+        Ok(match ignored {
+            Some(payload) => response
+                .map_body(|_, body| HoldUntilSent {
+                    body: BoxBody::new(body),
+                    _held: payload,
+                })
+                .map_into_boxed_body(),
+            None => response.map_into_boxed_body(),
+        })
     }
 }
 
