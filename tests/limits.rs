@@ -705,3 +705,60 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
     drop(next);
     svc.stop().await;
 }
+
+#[actix_rt::test]
+async fn idle_connections_close_after_the_keep_alive_and_without_it_after_each_answer() {
+    const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+    let keep_alive = Duration::from_millis(1000);
+    let svc = TestService::start(
+        "limits_keepalive",
+        &[
+            ("DOCLEDGER_VERIFY_INTERVAL_SECS", "0"),
+            ("DOCLEDGER_KEEP_ALIVE_MS", "1000"),
+        ],
+    )
+    .await;
+    let mut raw = Raw::connect(&svc).await;
+    for _ in 0..2 {
+        raw.write(HEALTHZ).await;
+        let res = raw.response(MARGIN).await.expect("an answer");
+        assert_eq!(res.status, 200);
+        assert!(!res.head.contains("connection: close"), "{res:?}");
+    }
+    let idle_from = Instant::now();
+    assert!(
+        raw.closed_within(keep_alive + MARGIN).await,
+        "an idle connection is closed after the keep-alive"
+    );
+    let idle = idle_from.elapsed();
+    // The HTTP server's timers run on a clock it refreshes every 500 ms.
+    assert!(
+        idle >= keep_alive - Duration::from_millis(500),
+        "closed after {idle:?}"
+    );
+    svc.stop().await;
+
+    // Without keep-alive each connection carries one request, so the head timeout (which
+    // the HTTP server applies to a connection's first request) covers every request.
+    let svc = TestService::start(
+        "limits_no_keepalive",
+        &[
+            ("DOCLEDGER_VERIFY_INTERVAL_SECS", "0"),
+            ("DOCLEDGER_KEEP_ALIVE_MS", "0"),
+        ],
+    )
+    .await;
+    let mut raw = Raw::connect(&svc).await;
+    raw.write(HEALTHZ).await;
+    let res = raw.response(MARGIN).await.expect("an answer");
+    assert_eq!(res.status, 200);
+    assert!(res.head.contains("connection: close"), "{res:?}");
+    assert!(
+        raw.closed_within(MARGIN).await,
+        "closed after its one answer"
+    );
+    eprintln!(
+        "keep-alive: idle connection closed after {idle:?}; without keep-alive, after each answer"
+    );
+    svc.stop().await;
+}
