@@ -8,7 +8,8 @@
 //! Answering before the body was read to its end must also close the connection: actix
 //! would otherwise drain a dropped chunked body to its end at the client's pace, which is
 //! the trickle we are refusing. [`TimedBody::refuse`] keeps the unread body alive until the
-//! answer is sent, so actix answers with `Connection: close` and shuts the connection down.
+//! answer is sent, so actix answers with `Connection: close` and shuts the connection down;
+//! [`hold_ignored_body`] does the same for requests whose handlers take no body (a GET).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
