@@ -47,6 +47,17 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("ACTOR_IDLE_SECS", Some("60")),
     ("MAX_LIVE_ACTORS", Some("100000")),
     ("MAX_CHUNKS", Some("10000")),
+    // Largest NDJSON batch line; unset = MAX_BODY_BYTES (a line is a PUT body plus routing).
+    ("MAX_BATCH_LINE_BYTES", None),
+    // HTTP server limits (see HttpConfig).
+    ("REQUEST_TIMEOUT_MS", Some("5000")),
+    ("BODY_TIMEOUT_MS", Some("60000")),
+    ("BODY_IDLE_TIMEOUT_MS", Some("15000")),
+    ("KEEP_ALIVE_MS", Some("5000")),
+    ("DISCONNECT_TIMEOUT_MS", Some("1000")),
+    ("MAX_CONNECTIONS", Some("1024")),
+    // HTTP worker threads; unset = the number of cores.
+    ("HTTP_WORKERS", None),
     // Background verifier: seconds between sample runs (0 = off) and documents per run.
     ("VERIFY_INTERVAL_SECS", Some("300")),
     ("VERIFY_SAMPLE", Some("100")),
@@ -84,11 +95,34 @@ impl StoreUrl {
     }
 }
 
+/// Query parameters that carry credentials (`?password=…` is accepted by the PostgreSQL
+/// and MySQL clients): hidden when a URL is printed.
+fn is_secret_param(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["pass", "secret", "token", "key"]
+        .iter()
+        .any(|word| key.contains(word))
+}
+
 impl fmt::Debug for StoreUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut u = self.0.clone();
         if u.password().is_some() {
             let _ = u.set_password(Some("***"));
+        }
+        if u.query_pairs().any(|(k, _)| is_secret_param(&k)) {
+            let pairs: Vec<(String, String)> = u
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if is_secret_param(&k) {
+                        "***".into()
+                    } else {
+                        v.into_owned()
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            u.query_pairs_mut().clear().extend_pairs(pairs);
         }
         write!(f, "{u}")
     }
@@ -120,6 +154,36 @@ pub struct ActorConfig {
     pub idle_timeout: Duration,
     /// Most live actors; beyond it the idlest are passivated.
     pub max_live: usize,
+}
+
+/// Limits of the HTTP server: how long a client may take and how many may be connected.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Time allowed to receive a request's head (line and headers); then 408 and close.
+    pub request_timeout: Duration,
+    /// Time allowed to receive the whole body of a PUT or DELETE; then 408 and close.
+    /// A batch streams for as long as its lines keep arriving and has no total deadline.
+    pub body_timeout: Duration,
+    /// Longest pause between two pieces of any request body, batches included; then 408
+    /// (a batch: a last result line) and close.
+    pub body_idle_timeout: Duration,
+    /// An idle keep-alive connection is closed after this long; `None` = no keep-alive.
+    pub keep_alive: Option<Duration>,
+    /// Time a closing connection gets to shut down cleanly before it is dropped.
+    pub disconnect_timeout: Duration,
+    /// Most open connections of the process; beyond it new connections wait in the listen
+    /// backlog until one closes. Enforced per worker as `max_connections / workers`.
+    pub max_connections: usize,
+    /// HTTP worker threads (at most `max_connections`).
+    pub workers: usize,
+}
+
+impl HttpConfig {
+    /// The connection limit of each worker: `max_connections / workers`, rounded down, so
+    /// the process never holds more than `max_connections`.
+    pub fn max_connections_per_worker(&self) -> usize {
+        self.max_connections / self.workers
+    }
 }
 
 /// Background verifier tuning.
@@ -164,6 +228,10 @@ pub struct Config {
     pub max_blob_bytes: usize,
     /// Most chunks per document.
     pub max_chunks: usize,
+    /// Largest line of an NDJSON batch.
+    pub max_batch_line_bytes: usize,
+    /// HTTP server limits.
+    pub http: HttpConfig,
     /// Connections to the log database.
     pub log_pool_size: usize,
     /// Projection tuning.
@@ -339,6 +407,27 @@ impl Config {
             ));
         }
         let partitions = v.num::<u32>("PARTITIONS")?;
+        let max_body_bytes = positive("MAX_BODY_BYTES")?;
+        let millis = |key: &'static str| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_millis(positive(key)? as u64))
+        };
+        let max_connections = positive("MAX_CONNECTIONS")?;
+        let workers = match v.raw("HTTP_WORKERS") {
+            None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            Some(_) => positive("HTTP_WORKERS")?,
+        };
+        let http = HttpConfig {
+            request_timeout: millis("REQUEST_TIMEOUT_MS")?,
+            body_timeout: millis("BODY_TIMEOUT_MS")?,
+            body_idle_timeout: millis("BODY_IDLE_TIMEOUT_MS")?,
+            keep_alive: Some(v.num::<u64>("KEEP_ALIVE_MS")?)
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis),
+            disconnect_timeout: millis("DISCONNECT_TIMEOUT_MS")?,
+            max_connections,
+            // Fewer connections than workers: one connection per worker, never more in all.
+            workers: workers.min(max_connections),
+        };
         Ok(Config {
             listen: v.get("LISTEN", |s| {
                 s.parse()
@@ -355,9 +444,14 @@ impl Config {
             s3_region: v.get("S3_REGION", |s| Ok(s.to_owned()))?,
             vector_dim,
             api_tokens,
-            max_body_bytes: positive("MAX_BODY_BYTES")?,
+            max_body_bytes,
             max_blob_bytes: positive("MAX_BLOB_BYTES")?,
             max_chunks: positive("MAX_CHUNKS")?,
+            max_batch_line_bytes: match v.raw("MAX_BATCH_LINE_BYTES") {
+                None => max_body_bytes,
+                Some(_) => positive("MAX_BATCH_LINE_BYTES")?,
+            },
+            http,
             log_pool_size: positive("LOG_POOL_SIZE")?,
             projection: ProjectionConfig {
                 partitions: NonZeroU32::new(partitions)
@@ -457,19 +551,78 @@ mod tests {
     }
 
     #[test]
+    fn http_limits_have_defaults_and_divide_connections_over_workers() {
+        let c = Config::defaults().expect("defaults are valid");
+        assert_eq!(c.http.request_timeout, Duration::from_secs(5));
+        assert_eq!(c.http.body_timeout, Duration::from_secs(60));
+        assert_eq!(c.http.body_idle_timeout, Duration::from_secs(15));
+        assert_eq!(c.http.keep_alive, Some(Duration::from_secs(5)));
+        assert_eq!(c.http.max_connections, 1024);
+        assert_eq!(c.max_batch_line_bytes, c.max_body_bytes);
+        let c = Config::load(
+            None,
+            &env(&[
+                ("DOCLEDGER_MAX_CONNECTIONS", "10"),
+                ("DOCLEDGER_HTTP_WORKERS", "4"),
+                ("DOCLEDGER_KEEP_ALIVE_MS", "0"),
+                ("DOCLEDGER_MAX_BODY_BYTES", "4096"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.http.max_connections_per_worker(),
+            2,
+            "rounded down: 8 of 10"
+        );
+        assert_eq!(c.http.keep_alive, None);
+        assert_eq!(c.max_batch_line_bytes, 4096, "follows the body limit");
+        let c = Config::load(
+            None,
+            &env(&[
+                ("DOCLEDGER_MAX_CONNECTIONS", "3"),
+                ("DOCLEDGER_HTTP_WORKERS", "8"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(
+            (c.http.workers, c.http.max_connections_per_worker()),
+            (3, 1),
+            "never more connections than the limit"
+        );
+        for (key, value) in [
+            ("DOCLEDGER_MAX_CONNECTIONS", "0"),
+            ("DOCLEDGER_HTTP_WORKERS", "0"),
+            ("DOCLEDGER_REQUEST_TIMEOUT_MS", "0"),
+            ("DOCLEDGER_BODY_IDLE_TIMEOUT_MS", "x"),
+            ("DOCLEDGER_MAX_BATCH_LINE_BYTES", "0"),
+        ] {
+            let err = Config::load(None, &env(&[(key, value)])).expect_err("invalid");
+            assert!(err.to_string().contains(key), "{err}");
+        }
+    }
+
+    #[test]
     fn passwords_are_hidden_when_printed() {
         let c = Config::load(
             None,
             &env(&[
                 ("DOCLEDGER_MYSQL_URL", "mysql://root:hunter2@db:3306/x"),
                 ("DOCLEDGER_S3_SECRET_KEY", "hunter3"),
+                (
+                    "DOCLEDGER_EVENTSTORE_URL",
+                    "postgres://db/log?user=me&password=hunter4&application_name=dl",
+                ),
+                ("DOCLEDGER_API_TOKENS", "hunter5,hunter6"),
             ]),
         )
         .expect("valid");
         let printed = format!("{c:?}");
+        for secret in ["hunter2", "hunter3", "hunter4", "hunter5", "hunter6"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
         assert!(
-            !printed.contains("hunter2") && !printed.contains("hunter3"),
-            "{printed}"
+            printed.contains("application_name=dl") && printed.contains("user=me"),
+            "other parameters stay readable: {printed}"
         );
     }
 }

@@ -13,6 +13,7 @@ pub mod verify;
 use std::net::TcpListener;
 use std::sync::Arc;
 
+use actix_web::http::KeepAlive;
 use actix_web::{web, App, HttpServer};
 use projections::milvus::MilvusSink;
 use projections::mysql::MysqlSink;
@@ -229,6 +230,7 @@ pub async fn serve(
     };
     let server = HttpServer::new(move || {
         App::new()
+            .wrap_fn(api::body::hold_ignored_body)
             .app_data(web::Data::new(state.clone()))
             .app_data(
                 web::QueryConfig::default()
@@ -236,14 +238,28 @@ pub async fn serve(
             )
             .configure(api::routes)
     })
-    .workers(workers)
+    .workers(config.http.workers)
+    .max_connections(config.http.max_connections_per_worker())
+    .client_request_timeout(config.http.request_timeout)
+    .client_disconnect_timeout(config.http.disconnect_timeout)
+    .keep_alive(
+        config
+            .http
+            .keep_alive
+            .map_or(KeepAlive::Disabled, KeepAlive::Timeout),
+    )
     .disable_signals()
     .shutdown_timeout(30)
     .listen(listener)?
     .run();
     let handle = server.handle();
     let server_task = actix_rt::spawn(server);
-    info!(addr = ?handle_addr(&config), "docledger serving");
+    info!(
+        addr = ?handle_addr(&config),
+        http_workers = config.http.workers,
+        max_connections = config.http.max_connections_per_worker() * config.http.workers,
+        "docledger serving"
+    );
 
     shutdown.cancelled().await;
     info!("shutting down: draining requests");

@@ -3,14 +3,15 @@
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use aggregates::{DocId, DocumentCommand};
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
+use super::body::{hold_until_sent, TimedBody};
 use super::dto::{CommandResponse, ConsistencyQuery, ErrorBody, PutBody, StoresBody};
 use super::error::ApiError;
-use super::{authorize, read_body, AppState, DEFAULT_APPLIED_TIMEOUT, MAX_APPLIED_TIMEOUT};
+use super::{authorize, AppState, DEFAULT_APPLIED_TIMEOUT, MAX_APPLIED_TIMEOUT};
 use crate::actors::document::{CommandOutcome, ExecuteCommand};
 use crate::eventlog::{IdempotencyKey, StreamState, UNSETTLED_STATES};
 
@@ -171,19 +172,29 @@ struct CommandRequest {
     idempotency: Option<IdempotencyKey>,
 }
 
-/// Authorises, reads the document id, the consistency wait and the body (within the limit),
-/// and keys an `Idempotency-Key` to the canonical request `op \0 doc_id \0 body`.
+/// Authorises, reads the document id, the consistency wait and the body (within the size
+/// and time limits), and keys an `Idempotency-Key` to the canonical request
+/// `op \0 doc_id \0 body`. A refusal is the whole answer; it closes the connection when the
+/// body was not read to its end.
 async fn command_request(
     req: &HttpRequest,
     payload: web::Payload,
     query: &ConsistencyQuery,
     state: &AppState,
     op: &str,
-) -> Result<CommandRequest, ApiError> {
-    authorize(req, &state.config)?;
-    let doc_id = doc_id_of(req)?;
-    let wait = wait_of(query)?;
-    let body = read_body(req, payload, state.config.max_body_bytes).await?;
+) -> Result<CommandRequest, HttpResponse> {
+    let mut body = TimedBody::whole(payload, &state.config.http);
+    let read = async {
+        authorize(req, &state.config)?;
+        let doc_id = doc_id_of(req)?;
+        let wait = wait_of(query)?;
+        let bytes = body.read_whole(req, state.config.max_body_bytes).await?;
+        Ok::<_, ApiError>((doc_id, wait, bytes))
+    };
+    let (doc_id, wait, body) = match read.await {
+        Ok(read) => read,
+        Err(e) => return Err(body.refuse(&e)),
+    };
     let canonical = [
         op.as_bytes(),
         b"\0",
@@ -192,7 +203,7 @@ async fn command_request(
         &body,
     ]
     .concat();
-    let idempotency = idempotency_of(req, &canonical)?;
+    let idempotency = idempotency_of(req, &canonical).map_err(|e| e.error_response())?;
     Ok(CommandRequest {
         doc_id,
         wait,
@@ -212,6 +223,7 @@ async fn command_request(
         (status = 400, description = "invalid input (invalid_json, invalid_doc_id, invalid_field, invalid_query, invalid_idempotency_key)", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 409, description = "version_conflict", body = ErrorBody),
+        (status = 408, description = "request_timeout: the body did not arrive in time", body = ErrorBody),
         (status = 413, description = "payload_too_large", body = ErrorBody),
         (status = 503, description = "unavailable", body = ErrorBody)),
     security(("bearer" = [])))]
@@ -221,7 +233,10 @@ pub async fn put(
     query: web::Query<ConsistencyQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let r = command_request(&req, payload, &query, &state, "put").await?;
+    let r = match command_request(&req, payload, &query, &state, "put").await {
+        Ok(r) => r,
+        Err(refused) => return Ok(refused),
+    };
     let body: PutBody = parse_json(&r.body)?;
     let (status, response) = execute_put(&state, r.doc_id, body, r.idempotency, r.wait).await?;
     Ok(HttpResponse::build(status).json(response))
@@ -243,6 +258,7 @@ struct DeleteBody {
         (status = 400, description = "invalid input (invalid_json, invalid_doc_id, invalid_field, invalid_query, invalid_idempotency_key)", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 404, description = "unknown or already deleted", body = ErrorBody),
+        (status = 408, description = "request_timeout: the body did not arrive in time", body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete(
@@ -251,7 +267,10 @@ pub async fn delete(
     query: web::Query<ConsistencyQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let r = command_request(&req, payload, &query, &state, "delete").await?;
+    let r = match command_request(&req, payload, &query, &state, "delete").await {
+        Ok(r) => r,
+        Err(refused) => return Ok(refused),
+    };
     let body: DeleteBody = if r.body.iter().all(u8::is_ascii_whitespace) {
         DeleteBody::default()
     } else {
@@ -515,12 +534,16 @@ struct BatchLine {
 }
 
 /// `POST /v1/documents:batch`: NDJSON in, one result line per input line, in order. A bad
-/// line fails alone. Lines are read as they arrive, so memory is bounded by the longest line.
+/// line fails alone; a line longer than `DOCLEDGER_MAX_BATCH_LINE_BYTES` is refused alone
+/// (413 `payload_too_large`, skipped to its newline without being kept). Lines are read as
+/// they arrive, so memory is bounded by the longest line, and the batch runs for as long as
+/// its lines keep arriving; a pause longer than `DOCLEDGER_BODY_IDLE_TIMEOUT_MS` ends it with
+/// a 408 `request_timeout` line and closes the connection.
 #[utoipa::path(post, path = "/v1/documents:batch", tag = "documents",
     request_body(content = String, content_type = "application/x-ndjson",
         description = "one {\"op\":\"put\"|\"delete\",\"doc_id\":…} per line; a put line is the PUT body plus op, doc_id, optional idempotency_key"),
     responses((status = 200, content_type = "application/x-ndjson",
-        description = "one {line, status, result|error} per input line, in order", body = String),
+        description = "one {line, status, result|error} per input line, in order; an over-long line gets status 413, a stalled body a last line with status 408", body = String),
         (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn batch(
@@ -528,92 +551,125 @@ pub async fn batch(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state.config)?;
-    let limit = state.config.max_body_bytes;
+    let body = TimedBody::streaming(payload, &state.config.http);
+    if let Err(e) = authorize(&req, &state.config) {
+        return Ok(body.refuse(&e));
+    }
     let reader = BatchReader {
-        payload,
+        body,
         pending: Vec::new(),
         line_no: 0,
         finished: false,
-        limit,
+        skipping: false,
+        limit: state.config.max_batch_line_bytes,
         state,
     };
+    // A batch that ends early keeps its reader (and so the unread request body) until the
+    // answer is sent, so that the connection is closed instead of drained.
+    let unread = std::rc::Rc::new(std::cell::Cell::new(None));
+    let park = unread.clone();
     // Results stream out as lines complete: memory holds one line in and one line out.
-    let body = futures::stream::unfold(Some(reader), |reader| async move {
-        let mut reader = reader?;
-        match reader.next_result().await {
-            Some(Ok(line)) => Some((Ok::<_, actix_web::Error>(line), Some(reader))),
-            Some(Err(fatal)) => Some((Ok(fatal), None)),
-            None => None,
+    let lines = futures::stream::unfold(Some(reader), move |reader| {
+        let park = park.clone();
+        async move {
+            let mut reader = reader?;
+            match reader.next_result().await {
+                Some(Ok(line)) => Some((Ok::<_, actix_web::Error>(line), Some(reader))),
+                Some(Err(fatal)) => {
+                    park.set(Some(reader));
+                    Some((Ok(fatal), None))
+                }
+                None => None,
+            }
         }
     });
-    Ok(HttpResponse::Ok()
+    let response = HttpResponse::Ok()
         .content_type("application/x-ndjson")
-        .streaming(body))
+        .streaming(lines);
+    Ok(hold_until_sent(response, unread))
 }
 
 struct BatchReader {
-    payload: web::Payload,
+    body: TimedBody,
     pending: Vec<u8>,
     line_no: usize,
     finished: bool,
+    /// Discarding the rest of a line that was refused for its size.
+    skipping: bool,
     limit: usize,
     state: web::Data<AppState>,
 }
 
 impl BatchReader {
     /// The next result line; `Err` carries a last line for a batch that cannot go on (body
-    /// broken off, or a line over the size limit).
+    /// broken off or stalled).
     async fn next_result(&mut self) -> Option<Result<web::Bytes, web::Bytes>> {
-        use futures::StreamExt;
         loop {
-            if let Some(nl) = self.pending.iter().position(|b| *b == b'\n') {
+            let newline = self.pending.iter().position(|b| *b == b'\n');
+            if self.skipping {
+                match newline {
+                    Some(nl) => {
+                        self.pending.drain(..=nl);
+                        self.skipping = false;
+                        continue;
+                    }
+                    None => self.pending.clear(),
+                }
+            } else if let Some(nl) = newline {
                 let line: Vec<u8> = self.pending.drain(..=nl).collect();
                 let line = &line[..line.len() - 1];
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
                 self.line_no += 1;
-                let result = match batch_line(&self.state, line).await {
-                    Ok((status, r)) => {
-                        serde_json::json!({"line": self.line_no, "status": status.as_u16(), "result": r})
+                let result = if line.len() > self.limit {
+                    error_line(self.line_no, &self.line_too_large())
+                } else {
+                    match batch_line(&self.state, line).await {
+                        Ok((status, r)) => {
+                            serde_json::json!({"line": self.line_no, "status": status.as_u16(), "result": r})
+                        }
+                        Err(e) => error_line(self.line_no, &e),
                     }
-                    Err(e) => error_line(self.line_no, &e),
                 };
                 return Some(Ok(to_line(&result)));
+            } else if self.pending.len() > self.limit {
+                // Refused before its end arrives: the rest of it is discarded as it comes.
+                self.line_no += 1;
+                self.pending.clear();
+                self.skipping = true;
+                let e = self.line_too_large();
+                return Some(Ok(to_line(&error_line(self.line_no, &e))));
             }
             if self.finished {
                 return None;
             }
-            if self.pending.len() > self.limit {
-                self.finished = true;
-                let e = ApiError::PayloadTooLarge(format!(
-                    "batch line {} is larger than {} bytes; the rest of the batch was not read",
-                    self.line_no + 1,
-                    self.limit
-                ));
-                return Some(Err(to_line(&error_line(self.line_no + 1, &e))));
-            }
-            match self.payload.next().await {
-                Some(Ok(chunk)) => self.pending.extend_from_slice(&chunk),
-                Some(Err(e)) => {
-                    self.finished = true;
-                    let e = ApiError::InvalidJson(format!(
-                        "reading the body failed: {e}; the rest of the batch was not read"
-                    ));
-                    return Some(Err(to_line(&error_line(self.line_no + 1, &e))));
-                }
-                None => {
+            match self.body.next().await {
+                Ok(Some(piece)) => self.pending.extend_from_slice(&piece),
+                Ok(None) => {
                     self.finished = true;
                     self.pending.push(b'\n');
+                }
+                Err(e) => {
+                    self.finished = true;
+                    let mut last = error_line(self.line_no + 1, &e);
+                    last["error"]["message"] =
+                        format!("{e}; the rest of the batch was not read").into();
+                    return Some(Err(to_line(&last)));
                 }
             }
         }
     }
+
+    fn line_too_large(&self) -> ApiError {
+        ApiError::PayloadTooLarge(format!(
+            "batch line {} is larger than {} bytes; it was skipped",
+            self.line_no, self.limit
+        ))
+    }
 }
 
 fn error_line(line_no: usize, e: &ApiError) -> serde_json::Value {
-    use actix_web::ResponseError;
     serde_json::json!({"line": line_no, "status": e.status_code().as_u16(), "error": e.body()["error"]})
 }
 

@@ -206,7 +206,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// snake_case code: invalid_json, invalid_doc_id, invalid_field, invalid_query,
     /// invalid_idempotency_key, unauthorized, not_found, version_conflict,
-    /// payload_too_large, unavailable.
+    /// payload_too_large, request_timeout, rebuild_running, unavailable.
     pub code: String,
     /// Human-readable explanation.
     pub message: String,

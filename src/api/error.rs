@@ -39,6 +39,10 @@ pub enum ApiError {
     /// Body or blob beyond the configured limit.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The request body did not arrive in time (`DOCLEDGER_BODY_TIMEOUT_MS`,
+    /// `DOCLEDGER_BODY_IDLE_TIMEOUT_MS`).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// A rebuild of the store is running (a second rebuild, or a pause/resume of its runners).
     #[error("{0}")]
     RebuildRunning(String),
@@ -60,6 +64,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::VersionConflict(_) => "version_conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::RebuildRunning(_) => "rebuild_running",
             ApiError::Unavailable(_) => "unavailable",
         }
@@ -83,6 +88,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::VersionConflict(_) | ApiError::RebuildRunning(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

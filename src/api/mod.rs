@@ -1,6 +1,7 @@
 //! The HTTP API (DESIGN.md's contract): handlers map requests to commands and answers;
 //! they hold no SQL and no domain rules.
 
+pub mod body;
 pub mod documents;
 pub mod dto;
 pub mod error;
@@ -11,9 +12,8 @@ mod status_page;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::web::{self, Bytes, BytesMut};
+use actix_web::web;
 use actix_web::HttpRequest;
-use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::actors::projector::ProjectionView;
@@ -116,38 +116,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Reads a whole body, refusing (413) before reading when `Content-Length` is over `limit`
-/// and as soon as the bytes read pass it.
-///
-/// # Errors
-/// [`ApiError::PayloadTooLarge`]; [`ApiError::InvalidJson`] when the body breaks off.
-pub async fn read_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
-    let too_large =
-        || ApiError::PayloadTooLarge(format!("request body is larger than {limit} bytes"));
-    let declared = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::InvalidJson(format!("reading the body failed: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }
 
 #[cfg(test)]

@@ -342,7 +342,8 @@ impl Names {
 }
 
 fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
-    let mut u = url::Url::parse(url).with_context(|| format!("parse {url}"))?;
+    let mut u =
+        url::Url::parse(url).context("parse a store url (not printed: it may hold a password)")?;
     u.set_path(&format!("/{database}"));
     Ok(u.to_string())
 }

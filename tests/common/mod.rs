@@ -32,6 +32,17 @@ pub struct TestService {
     handle: Option<actix_rt::task::JoinHandle<Result<(), docledger::ServeError>>>,
 }
 
+/// What a service's log holds ([`TestService::log_contents`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogContents {
+    /// Events of each document.
+    pub events_per_stream: std::collections::BTreeMap<String, i64>,
+    /// Stored idempotency keys.
+    pub idempotency_keys: i64,
+    /// Stored blobs.
+    pub blobs: i64,
+}
+
 /// Waits until `probe` returns Some, polling; panics with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
 where
@@ -84,30 +95,50 @@ pub fn service_vars(
     (env, name, vars)
 }
 
-/// Starts `docledger serve` (the binary) with `vars`, listening on `listen`, its log
+/// The `docledger` binary with exactly the DOCLEDGER_* settings `vars` (the caller's own
+/// DOCLEDGER_* variables removed: an unknown one is an error).
+pub fn docledger_command(vars: &HashMap<String, String>) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_docledger"));
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("DOCLEDGER_")) {
+        command.env_remove(key);
+    }
+    command.envs(vars);
+    command
+}
+
+/// Starts `docledger serve` (the binary) with `vars`, listening on `listen`, its output
 /// appended to `log`; killed when dropped.
 pub fn spawn_serve(
     vars: &HashMap<String, String>,
     listen: &str,
     log: &std::path::Path,
 ) -> tokio::process::Child {
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("server log file");
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_docledger"));
-    // Only the test's settings: an unknown DOCLEDGER_* variable of the caller is an error.
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("DOCLEDGER_")) {
-        command.env_remove(key);
-    }
-    command
+    spawn_serve_logged(vars, listen, log, "warn", &[])
+}
+
+/// Like [`spawn_serve`], with the tracing filter `level` and `global_args` before `serve`
+/// (`--log-format json`, say).
+pub fn spawn_serve_logged(
+    vars: &HashMap<String, String>,
+    listen: &str,
+    log: &std::path::Path,
+    level: &str,
+    global_args: &[&str],
+) -> tokio::process::Child {
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("server log file")
+    };
+    docledger_command(vars)
+        .args(global_args)
         .arg("serve")
-        .envs(vars)
         .env("DOCLEDGER_LISTEN", listen)
-        .env("DOCLEDGER_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::from(stderr))
+        .env("DOCLEDGER_LOG", level)
+        .stdout(std::process::Stdio::from(open()))
+        .stderr(std::process::Stdio::from(open()))
         .kill_on_drop(true)
         .spawn()
         .expect("docledger serve starts")
@@ -214,6 +245,36 @@ impl TestService {
         )
         .await;
         service
+    }
+
+    /// What the log holds: events per stream, and the numbers of idempotency keys and
+    /// blobs (to prove a refused request appended nothing).
+    pub async fn log_contents(&self) -> LogContents {
+        let client = log::connect(self.config.eventstore_url.expose())
+            .await
+            .expect("connect to the log");
+        let events_per_stream = client
+            .query(
+                "SELECT stream_id, count(*) FROM events GROUP BY stream_id",
+                &[],
+            )
+            .await
+            .expect("read the log")
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+            .collect();
+        let counts = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM idempotency_keys), (SELECT count(*) FROM blobs)",
+                &[],
+            )
+            .await
+            .expect("read the log");
+        LogContents {
+            events_per_stream,
+            idempotency_keys: counts.get(0),
+            blobs: counts.get(1),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -47,11 +47,20 @@ pub struct DocumentRow {
 }
 
 /// Writes the catalogue to MySQL or MariaDB.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct MysqlSink {
     pool: Pool,
     admin_opts: Opts,
     database: String,
+}
+
+/// By hand: the client's options print the password.
+impl std::fmt::Debug for MysqlSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MysqlSink")
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MysqlSink {
@@ -358,5 +367,19 @@ impl Sink for MysqlSink {
         Ok(Applied {
             num_changes: batch.changes.len(),
         })
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::MysqlSink;
+
+    #[test]
+    fn printing_a_sink_hides_the_password() {
+        let sink =
+            MysqlSink::new("mysql://user:hunter2@127.0.0.1:1/catalogue").expect("a valid url");
+        let printed = format!("{sink:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("catalogue"), "{printed}");
     }
 }

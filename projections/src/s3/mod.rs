@@ -463,3 +463,21 @@ impl Sink for S3Sink {
         Ok(Applied { num_changes })
     }
 }
+
+#[cfg(test)]
+mod debug_tests {
+    use super::S3Sink;
+
+    #[test]
+    fn printing_a_sink_hides_the_secret_key() {
+        let sink = S3Sink::new(
+            "http://127.0.0.1:1",
+            "access",
+            "hunter2",
+            "us-east-1",
+            "bucket",
+        );
+        let printed = format!("{sink:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+    }
+}
