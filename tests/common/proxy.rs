@@ -102,7 +102,15 @@ impl Proxy {
         } else {
             format!("{scheme}://")
         };
-        format!("{prefix}{userinfo}{}{path}", self.addr)
+        let proxied = format!("{prefix}{userinfo}{}{path}", self.addr);
+        if scheme == "mysql" && !path.contains("prefer_socket") {
+            // mysql_async moves a connection to 127.0.0.1 onto the server's Unix socket unless
+            // told not to, which would route around the proxy and its faults.
+            let sep = if path.contains('?') { '&' } else { '?' };
+            format!("{proxied}{sep}prefer_socket=false")
+        } else {
+            proxied
+        }
     }
 
     /// Sets the fault (applies to open and new connections at once).
