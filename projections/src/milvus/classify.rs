@@ -147,7 +147,7 @@ pub fn sink_error(operation: &'static str, err: &Error) -> SinkError {
         sink: NAME,
         operation,
         class: classify(err),
-        message: err.to_string(),
+        message: crate::tls::describe_for("Milvus", err).unwrap_or_else(|| err.to_string()),
         doc_id: None,
     }
 }
