@@ -168,7 +168,7 @@ impl MilvusSink {
                 return Err(SinkError::transient(
                     NAME,
                     "connect",
-                    format!("Milvus TLS: {why}"),
+                    format!("{} TLS: {why}", classify::STORE),
                 ));
             }
             if trust.has_extra() {
