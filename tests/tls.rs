@@ -383,4 +383,38 @@ async fn an_untrusted_certificate_is_refused_naming_the_store_and_nothing_is_wri
             .is_err_and(|e| e.message.contains("NoSuchBucket")),
         "the bucket was created: {listed:?}"
     );
+
+    // The host name is verified too: `sslmode=require` (which does not check it in libpq)
+    // refuses a certificate of a trusted CA that names another host.
+    let misnamed = TestPki::generate_for("misnamed", &["db.example.invalid"]);
+    let proxy = Proxy::start_with(
+        host_port(&env.pg_url),
+        ClientSide::PostgresTls(misnamed.acceptor(&[])),
+    )
+    .await;
+    let url = format!(
+        "{}?sslmode=require",
+        proxy.url_for(&env.pg_database_url(&name))
+    );
+    let config = Config::load(
+        None,
+        &[
+            ("DOCLEDGER_EVENTSTORE_URL".to_owned(), url),
+            (
+                "DOCLEDGER_TLS_CA_FILE".to_owned(),
+                misnamed.ca_file().to_str().expect("utf-8 path").to_owned(),
+            ),
+        ]
+        .into(),
+    )
+    .expect("valid configuration");
+    let err = PgLog::connect_with_tls(&config.eventstore_url, 1, &config.tls)
+        .await
+        .expect_err("a certificate for another host");
+    assert!(
+        err.to_string()
+            .contains("PostgreSQL TLS: certificate does not name this host"),
+        "{err}"
+    );
+    assert_eq!(proxy.stats().tls_handshakes.load(Ordering::Relaxed), 0);
 }

@@ -1,5 +1,5 @@
-//! A throwaway certificate authority for TLS tests: a CA and one server certificate for
-//! `127.0.0.1` and `localhost`, made at test time and written to a temporary directory that
+//! A throwaway certificate authority for TLS tests: a CA and one server certificate (for
+//! `127.0.0.1` and `localhost` unless told otherwise), made at test time and written to a temporary directory that
 //! is removed when the value is dropped.
 
 use std::path::{Path, PathBuf};
@@ -23,6 +23,12 @@ pub struct TestPki {
 impl TestPki {
     /// A new CA named `name` and a server certificate for 127.0.0.1 / localhost.
     pub fn generate(name: &str) -> TestPki {
+        TestPki::generate_for(name, &["127.0.0.1", "localhost"])
+    }
+
+    /// A new CA named `name` and a server certificate for `server_names` (DNS names or IP
+    /// addresses) only.
+    pub fn generate_for(name: &str, server_names: &[&str]) -> TestPki {
         let ca_key = KeyPair::generate().expect("CA key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params
@@ -38,12 +44,12 @@ impl TestPki {
         let issuer = Issuer::new(ca_params, ca_key);
 
         let server_key = KeyPair::generate().expect("server key");
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-                .expect("server params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
+        let names: Vec<String> = server_names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names).expect("server params");
+        params.distinguished_name.push(
+            DnType::CommonName,
+            server_names.first().copied().unwrap_or("server"),
+        );
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
