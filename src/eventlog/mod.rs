@@ -32,6 +32,9 @@ pub use reader::{HorizonStatus, StreamState};
 
 use crate::config::StoreUrl;
 
+/// The log database's name in messages.
+const STORE: &str = "PostgreSQL";
+
 /// The channel NOTIFY wakes readers on. Notifications never carry data.
 pub const NOTIFY_CHANNEL: &str = "docledger_log";
 
@@ -86,7 +89,7 @@ impl LogError {
     ) -> impl FnOnce(deadpool_postgres::PoolError) -> LogError {
         move |e| LogError::Unavailable {
             operation,
-            message: e.to_string(),
+            message: projections::tls::describe_for(STORE, &e).unwrap_or_else(|| e.to_string()),
         }
     }
 }
@@ -96,7 +99,7 @@ impl LogError {
 pub fn db_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => projections::tls::describe_for("PostgreSQL", e).unwrap_or_else(|| e.to_string()),
+        None => projections::tls::describe_for(STORE, e).unwrap_or_else(|| e.to_string()),
     }
 }
 
