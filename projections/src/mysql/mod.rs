@@ -76,6 +76,12 @@ impl MysqlSink {
             .map_err(|e| SinkError::permanent(NAME, "parse url", e.to_string()))?;
         if let Some(ssl) = opts.ssl_opts().cloned() {
             tls::install_crypto_provider();
+            if ssl.accept_invalid_certs() || ssl.skip_domain_validation() {
+                tracing::warn!(
+                    "the MySQL URL switches TLS certificate verification off \
+                     (verify_ca=false or verify_identity=false)"
+                );
+            }
             // The same roots as every other store (not mysql_async's built-in Mozilla set).
             let ssl = ssl
                 .with_root_certs(vec![trust.roots_pem().into()])
