@@ -10,6 +10,8 @@ use std::num::NonZeroU32;
 use std::path::Path;
 use std::time::Duration;
 
+use projections::tls::TlsTrust;
+
 /// Prefix of every environment variable.
 pub const ENV_PREFIX: &str = "DOCLEDGER_";
 
@@ -33,6 +35,9 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("API_TOKENS", None),
     ("MAX_BODY_BYTES", Some("104857600")),
     ("MAX_BLOB_BYTES", Some("67108864")),
+    // PEM file of CA certificates trusted, beside the system's roots, by every store client
+    // whose URL asks for TLS.
+    ("TLS_CA_FILE", None),
     // Tuning knobs (not part of the contract; documented in the README).
     ("PARTITIONS", Some("2")),
     ("BATCH_SIZE", Some("500")),
@@ -240,6 +245,9 @@ pub struct Config {
     pub actors: ActorConfig,
     /// Background verifier tuning.
     pub verify: VerifyConfig,
+    /// What the store clients trust when their URL asks for TLS: the system's roots plus
+    /// the certificates of `DOCLEDGER_TLS_CA_FILE`.
+    pub tls: TlsTrust,
 }
 
 /// A configuration value that cannot be used.
@@ -474,6 +482,10 @@ impl Config {
                 sample: u32::try_from(positive("VERIFY_SAMPLE")?)
                     .map_err(|_| invalid("VERIFY_SAMPLE", "must fit 32 bits".into()))?,
             },
+            tls: match v.raw("TLS_CA_FILE").map(str::trim) {
+                None | Some("") => TlsTrust::system(),
+                Some(_) => v.get("TLS_CA_FILE", |s| TlsTrust::from_pem_file(Path::new(s)))?,
+            },
         })
     }
 
@@ -535,6 +547,39 @@ mod tests {
         let err = Config::load(None, &env(&[("DOCLEDGER_MYSQL_URL", "postgres://x")]))
             .expect_err("scheme");
         assert!(err.to_string().contains("DOCLEDGER_MYSQL_URL"), "{err}");
+    }
+
+    #[test]
+    fn the_tls_ca_file_must_be_readable_and_hold_a_certificate() {
+        let c = Config::defaults().expect("valid");
+        assert_eq!(c.tls, TlsTrust::system());
+        let dir = std::env::temp_dir().join(format!("docledger-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let missing = dir.join("missing.pem");
+        let err = Config::load(
+            None,
+            &env(&[("DOCLEDGER_TLS_CA_FILE", missing.to_str().expect("utf-8"))]),
+        )
+        .expect_err("unreadable");
+        let text = err.to_string();
+        assert!(
+            text.contains("DOCLEDGER_TLS_CA_FILE") && text.contains("cannot read"),
+            "{text}"
+        );
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").expect("write");
+        let err = Config::load(
+            None,
+            &env(&[("DOCLEDGER_TLS_CA_FILE", empty.to_str().expect("utf-8"))]),
+        )
+        .expect_err("no certificate");
+        let text = err.to_string();
+        assert!(
+            text.contains("DOCLEDGER_TLS_CA_FILE") && text.contains("no PEM CERTIFICATE"),
+            "{text}"
+        );
+        let blank = Config::load(None, &env(&[("DOCLEDGER_TLS_CA_FILE", "")])).expect("unset");
+        assert!(!blank.tls.has_extra());
     }
 
     #[test]

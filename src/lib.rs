@@ -62,28 +62,31 @@ pub struct Stores {
 }
 
 impl Stores {
-    /// Connects to the three stores named in `config`.
+    /// Connects to the three stores named in `config`, over TLS where a URL asks for it
+    /// (trusting `config.tls`).
     ///
     /// # Errors
     /// A [`SinkError`] when a store cannot be reached or its URL is wrong.
     pub async fn connect(config: &Config) -> Result<Stores, SinkError> {
         Ok(Stores {
-            mysql: Arc::new(MysqlSink::new(config.mysql_url.expose())?),
+            mysql: Arc::new(MysqlSink::with_tls(config.mysql_url.expose(), &config.tls)?),
             milvus: Arc::new(
-                MilvusSink::connect(
+                MilvusSink::connect_with_tls(
                     config.milvus_url.expose().trim_end_matches('/'),
                     &config.milvus_collection,
                     config.vector_dim,
+                    &config.tls,
                 )
                 .await?,
             ),
-            s3: Arc::new(S3Sink::new(
+            s3: Arc::new(S3Sink::with_tls(
                 config.s3_endpoint.expose().trim_end_matches('/'),
                 &config.s3_access_key,
                 config.s3_secret_key.expose(),
                 &config.s3_region,
                 &config.s3_bucket,
-            )),
+                &config.tls,
+            )?),
         })
     }
 }
@@ -108,7 +111,8 @@ pub async fn serve(
         warn!("DOCLEDGER_API_TOKENS is not set: the API accepts requests without authentication");
     }
     info!(config = ?config, "starting docledger");
-    let log = PgLog::connect(&config.eventstore_url, config.log_pool_size).await?;
+    let log =
+        PgLog::connect_with_tls(&config.eventstore_url, config.log_pool_size, &config.tls).await?;
     info!(log_id = log.log_id(), "log ready");
     let stores = Stores::connect(&config).await?;
 
@@ -138,11 +142,11 @@ pub async fn serve(
     // this one's runner has finished its batch.
     let lease_cancel = CancellationToken::new();
     let (leases, lease_task) = Leases::spawn(
-        &config.eventstore_url,
+        log.connector(),
         config.projection.lease_poll,
         retry,
         lease_cancel.clone(),
-    )?;
+    );
     let mut projectors = Projectors::leased(leases);
     projectors.start(
         stores.mysql.clone(),

@@ -125,7 +125,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }),
         Command::Migrate => system.block_on(async move {
-            let log_id = docledger::eventlog::migrate_only(&config.eventstore_url).await?;
+            let log_id =
+                docledger::eventlog::migrate_only(&config.eventstore_url, &config.tls).await?;
             println!("log {log_id} migrated");
             Ok(ExitCode::SUCCESS)
         }),

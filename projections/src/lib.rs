@@ -11,6 +11,7 @@ pub mod s3;
 pub mod sink;
 pub mod source;
 pub mod testing;
+pub mod tls;
 
 pub use error::{ErrorClass, SinkError};
 // `self::`: the `milvus` module shares its name with the milvus-sdk-rust crate.

@@ -37,6 +37,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::eventlog::PgConnector;
 
 /// `USER_HZ`: the unit of CPU times in `/proc/<pid>/stat` on every Linux architecture.
 const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
@@ -376,20 +377,25 @@ async fn prepared_stores(
     names: &Names,
     dim: usize,
 ) -> anyhow::Result<(MysqlSink, MilvusSink, S3Sink)> {
-    let mysql = MysqlSink::new(&with_database(config.mysql_url.expose(), &names.name)?)?;
-    let milvus = MilvusSink::connect(
+    let mysql = MysqlSink::with_tls(
+        &with_database(config.mysql_url.expose(), &names.name)?,
+        &config.tls,
+    )?;
+    let milvus = MilvusSink::connect_with_tls(
         config.milvus_url.expose().trim_end_matches('/'),
         &names.name,
         dim,
+        &config.tls,
     )
     .await?;
-    let s3 = S3Sink::new(
+    let s3 = S3Sink::with_tls(
         config.s3_endpoint.expose().trim_end_matches('/'),
         &config.s3_access_key,
         config.s3_secret_key.expose(),
         &config.s3_region,
         &names.bucket,
-    );
+        &config.tls,
+    )?;
     mysql.prepare().await?;
     milvus.prepare().await?;
     s3.prepare().await?;
@@ -407,8 +413,8 @@ async fn drop_names(config: &Config, names: &Names, dim: usize) {
         let _ = milvus.drop_collection().await;
         let _ = s3.drop_bucket().await;
     }
-    if let Ok(url) = with_database(config.eventstore_url.expose(), "postgres") {
-        if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+    if let Ok(connector) = PgConnector::new(&config.eventstore_url, &config.tls) {
+        if let Ok((client, conn)) = connector.with_dbname("postgres").connect().await {
             let task = tokio::spawn(conn);
             let _ = client
                 .batch_execute(&format!(
@@ -670,7 +676,10 @@ async fn run_docledger(
 ) -> anyhow::Result<(Row, Option<u64>)> {
     let vars = service_vars(config, names, args.dim)?;
     let service = Service::spawn(exe, &vars).await?;
-    let mysql = MysqlSink::new(&with_database(config.mysql_url.expose(), &names.name)?)?;
+    let mysql = MysqlSink::with_tls(
+        &with_database(config.mysql_url.expose(), &names.name)?,
+        &config.tls,
+    )?;
     let bearer = super::bearer(config);
     let cpu_start = cpu_snapshot(Some(service.pid()), Some(&names.name));
     let started = Instant::now();

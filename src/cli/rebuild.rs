@@ -153,7 +153,7 @@ pub async fn standalone(
     if probe.is_ok_and(|r| r.status().is_success()) {
         bail!("a service answers at {url}: rebuild through it (without --standalone), it owns the projectors");
     }
-    let log = PgLog::connect(&config.eventstore_url, 8).await?;
+    let log = PgLog::connect_with_tls(&config.eventstore_url, 8, &config.tls).await?;
     let connected = Stores::connect(config).await?;
     let rebuilder = Rebuilder::new(log, connected, config.projection.partitions.get(), None);
     let cancel = CancellationToken::new();

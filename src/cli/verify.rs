@@ -46,7 +46,7 @@ fn quiet(_: &str, _: u64) {}
 /// [`ServeError`] when the log or a store cannot be reached; [`VerifyError`] inside it when
 /// a read or write fails midway.
 pub async fn run(config: &Config, repair: bool) -> Result<VerifyOutcome, ServeError> {
-    let log = PgLog::connect(&config.eventstore_url, 4).await?;
+    let log = PgLog::connect_with_tls(&config.eventstore_url, 4, &config.tls).await?;
     let stores = Stores::connect(config).await?;
     let verifier = Verifier::new(log, stores, config.projection.partitions.get());
     let show: &(dyn Fn(&str, u64) + Sync) = if std::io::stderr().is_terminal() {

@@ -13,19 +13,16 @@
 //! not noticed yet) are safe, only wasteful: every store write is keyed and version-guarded
 //! and checkpoints never move backwards. Leases make ownership efficient, not correct.
 
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use projections::{Partition, RetryPolicy};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{db_message, LogError};
-use crate::config::StoreUrl;
+use super::{db_message, PgConnector};
 
 /// The first key of every lease lock (`pg_try_advisory_lock(int4, int4)`): "dlgr".
 const LEASE_LOCK_CLASS: i32 = 0x646c_6772;
@@ -73,25 +70,27 @@ pub struct Leases {
 }
 
 impl Leases {
-    /// Starts the lease loop on a dedicated connection to `url`, taking free leases every
-    /// `poll`, until `cancel` (then the connection closes and every lease is released).
-    ///
-    /// # Errors
-    /// [`LogError::Unavailable`] when the URL does not parse.
+    /// Starts the lease loop on a dedicated connection opened by `connector`, taking free
+    /// leases every `poll`, until `cancel` (then the connection closes and every lease is
+    /// released).
     pub fn spawn(
-        url: &StoreUrl,
+        connector: &PgConnector,
         poll: Duration,
         retry: RetryPolicy,
         cancel: CancellationToken,
-    ) -> Result<(Leases, JoinHandle<()>), LogError> {
-        let config =
-            tokio_postgres::Config::from_str(url.expose()).map_err(LogError::db("parse url"))?;
+    ) -> (Leases, JoinHandle<()>) {
         let leases = Leases {
             claims: Arc::new(Mutex::new(Vec::new())),
             claimed: Arc::new(Notify::new()),
         };
-        let task = tokio::spawn(lease_loop(leases.clone(), config, poll, retry, cancel));
-        Ok((leases, task))
+        let task = tokio::spawn(lease_loop(
+            leases.clone(),
+            connector.clone(),
+            poll,
+            retry,
+            cancel,
+        ));
+        (leases, task)
     }
 
     /// Asks for `key`; the receiver says whether this process owns it now.
@@ -133,7 +132,7 @@ impl Leases {
 
 async fn lease_loop(
     leases: Leases,
-    config: tokio_postgres::Config,
+    connector: PgConnector,
     poll: Duration,
     retry: RetryPolicy,
     cancel: CancellationToken,
@@ -142,7 +141,7 @@ async fn lease_loop(
     while !cancel.is_cancelled() {
         let connected = tokio::select! {
             _ = cancel.cancelled() => break,
-            c = config.connect(NoTls) => c,
+            c = connector.connect() => c,
         };
         match connected {
             Ok((client, conn)) => {

@@ -4,22 +4,22 @@
 
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tracing::{debug, warn};
 
 use projections::RetryPolicy;
 
-use super::NOTIFY_CHANNEL;
+use super::{PgConnector, NOTIFY_CHANNEL};
 
 /// Starts the listener task; the receiver changes on every notification. The task ends when
 /// every receiver is dropped.
-pub fn spawn(config: tokio_postgres::Config) -> watch::Receiver<u64> {
+pub fn spawn(connector: PgConnector) -> watch::Receiver<u64> {
     let (tx, rx) = watch::channel(0u64);
     tokio::spawn(async move {
         let retry = RetryPolicy::default();
         let mut failures = 0u32;
         while !tx.is_closed() {
-            match config.connect(NoTls).await {
+            match connector.connect().await {
                 Ok((client, mut conn)) => {
                     let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
                     let sql = format!("LISTEN {NOTIFY_CHANNEL}");
@@ -64,7 +64,7 @@ pub fn spawn(config: tokio_postgres::Config) -> watch::Receiver<u64> {
 /// flushed, so concurrent appends could never share a WAL flush. This transaction holds no
 /// data and commits asynchronously: a notification lost in a crash only delays readers until
 /// their next poll.
-pub fn spawn_notifier(config: tokio_postgres::Config) -> mpsc::Sender<()> {
+pub fn spawn_notifier(connector: PgConnector) -> mpsc::Sender<()> {
     let (tx, mut rx) = mpsc::channel::<()>(1);
     tokio::spawn(async move {
         let sql =
@@ -75,7 +75,7 @@ pub fn spawn_notifier(config: tokio_postgres::Config) -> mpsc::Sender<()> {
                 .as_ref()
                 .is_none_or(tokio_postgres::Client::is_closed)
             {
-                client = match config.connect(NoTls).await {
+                client = match connector.connect().await {
                     Ok((client, conn)) => {
                         tokio::spawn(async move {
                             if let Err(e) = conn.await {

@@ -8,6 +8,7 @@
 
 mod append;
 pub mod codec;
+pub mod connect;
 pub mod lease;
 mod listen;
 mod parked;
@@ -15,21 +16,24 @@ mod reader;
 pub mod schema;
 mod store_reader;
 
-use std::str::FromStr;
 use std::sync::Arc;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{ManagerConfig, Pool, RecyclingMethod};
+use projections::tls::TlsTrust;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::NoTls;
 use tracing::{info, warn};
 
 pub use append::{AppendRequest, Appended, IdempotencyKey, IdempotentResult};
+pub use connect::PgConnector;
 pub use parked::{
     CompensationView, ParkedResolution, PendingParked, ResolveTarget, UNSETTLED_STATES,
 };
 pub use reader::{HorizonStatus, StreamState};
 
 use crate::config::StoreUrl;
+
+/// The log database's name in messages.
+const STORE: &str = "PostgreSQL";
 
 /// The channel NOTIFY wakes readers on. Notifications never carry data.
 pub const NOTIFY_CHANNEL: &str = "docledger_log";
@@ -85,16 +89,17 @@ impl LogError {
     ) -> impl FnOnce(deadpool_postgres::PoolError) -> LogError {
         move |e| LogError::Unavailable {
             operation,
-            message: e.to_string(),
+            message: projections::tls::describe_for(STORE, &e).unwrap_or_else(|| e.to_string()),
         }
     }
 }
 
-/// The server's message of a database error, with its SQLSTATE.
+/// The server's message of a database error, with its SQLSTATE; for a failed TLS handshake
+/// why it failed ("PostgreSQL TLS: certificate not trusted ...").
 pub fn db_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => projections::tls::describe_for(STORE, e).unwrap_or_else(|| e.to_string()),
     }
 }
 
@@ -102,6 +107,8 @@ pub fn db_message(e: &tokio_postgres::Error) -> String {
 #[derive(Clone)]
 pub struct PgLog {
     pub(crate) pool: Pool,
+    /// Opens this log's dedicated connections (leases).
+    connector: PgConnector,
     log_id: Arc<str>,
     appended: watch::Receiver<u64>,
     /// Asks for a NOTIFY after a committed append (see [`listen::spawn_notifier`]).
@@ -133,18 +140,15 @@ impl std::fmt::Debug for PgLog {
     }
 }
 
-/// Creates the database named in `url` when it does not exist.
+/// Creates the database `connector` names when it does not exist.
 ///
 /// # Errors
 /// [`LogError::Unavailable`] when the server cannot be reached or refuses.
-pub async fn ensure_database(url: &StoreUrl) -> Result<(), LogError> {
-    let config =
-        tokio_postgres::Config::from_str(url.expose()).map_err(LogError::db("parse url"))?;
-    let db = config.get_dbname().unwrap_or("postgres").to_owned();
-    let mut admin = config.clone();
-    admin.dbname("postgres");
-    let (client, conn) = admin
-        .connect(NoTls)
+pub async fn ensure_database(connector: &PgConnector) -> Result<(), LogError> {
+    let db = connector.dbname().to_owned();
+    let (client, conn) = connector
+        .with_dbname("postgres")
+        .connect()
         .await
         .map_err(LogError::db("connect"))?;
     let conn = tokio::spawn(conn);
@@ -172,35 +176,39 @@ pub async fn ensure_database(url: &StoreUrl) -> Result<(), LogError> {
 
 impl PgLog {
     /// Connects (creating the database when missing), migrates, and starts listening for
-    /// appends.
+    /// appends; a URL asking for TLS (`sslmode=require`) trusts the system's roots.
     ///
     /// # Errors
     /// [`LogError::Unavailable`] when the database cannot be reached or migrated.
     pub async fn connect(url: &StoreUrl, pool_size: usize) -> Result<PgLog, LogError> {
-        ensure_database(url).await?;
-        let config =
-            tokio_postgres::Config::from_str(url.expose()).map_err(LogError::db("parse url"))?;
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
+        Self::connect_with_tls(url, pool_size, &TlsTrust::system()).await
+    }
+
+    /// Like [`PgLog::connect`]; a URL asking for TLS trusts the roots of `trust`.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`] when the database cannot be reached (a failed TLS handshake
+    /// included) or migrated.
+    pub async fn connect_with_tls(
+        url: &StoreUrl,
+        pool_size: usize,
+        trust: &TlsTrust,
+    ) -> Result<PgLog, LogError> {
+        let connector = PgConnector::new(url, trust)?;
+        ensure_database(&connector).await?;
+        let pool = connector.pool(
+            pool_size,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(pool_size)
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| LogError::Unavailable {
-                operation: "build pool",
-                message: e.to_string(),
-            })?;
+        )?;
         let log_id = migrate(&pool).await?;
-        let notify = listen::spawn_notifier(config.clone());
-        let appended = listen::spawn(config);
+        let notify = listen::spawn_notifier(connector.clone());
+        let appended = listen::spawn(connector.clone());
         Ok(PgLog {
             stats: Arc::default(),
             pool,
+            connector,
             log_id: log_id.into(),
             appended,
             notify,
@@ -210,6 +218,11 @@ impl PgLog {
     /// This process's append counters.
     pub fn append_stats(&self) -> &AppendStats {
         &self.stats
+    }
+
+    /// Opens dedicated connections to this log's database.
+    pub fn connector(&self) -> &PgConnector {
+        &self.connector
     }
 
     /// This log's identity.
@@ -305,22 +318,13 @@ async fn migrate(pool: &Pool) -> Result<String, LogError> {
     Ok(log_id)
 }
 
-/// Runs the migrations (for `docledger migrate`).
+/// Runs the migrations (for `docledger migrate`); a URL asking for TLS trusts `trust`.
 ///
 /// # Errors
 /// [`LogError::Unavailable`].
-pub async fn migrate_only(url: &StoreUrl) -> Result<String, LogError> {
-    ensure_database(url).await?;
-    let config =
-        tokio_postgres::Config::from_str(url.expose()).map_err(LogError::db("parse url"))?;
-    let manager = Manager::from_config(config, NoTls, ManagerConfig::default());
-    let pool = Pool::builder(manager)
-        .max_size(1)
-        .runtime(Runtime::Tokio1)
-        .build()
-        .map_err(|e| LogError::Unavailable {
-            operation: "build pool",
-            message: e.to_string(),
-        })?;
+pub async fn migrate_only(url: &StoreUrl, trust: &TlsTrust) -> Result<String, LogError> {
+    let connector = PgConnector::new(url, trust)?;
+    ensure_database(&connector).await?;
+    let pool = connector.pool(1, ManagerConfig::default())?;
     migrate(&pool).await
 }

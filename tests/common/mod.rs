@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // reason: each test binary uses a different subset of these helpers
 
+pub mod mariadb;
+pub mod pki;
 pub mod proxy;
 
 use std::collections::HashMap;

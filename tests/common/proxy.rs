@@ -3,15 +3,24 @@
 //! new connections hang), or resets every connection with RST and refuses new ones the same
 //! way, until it is told otherwise. Nothing is faked above TCP: the store and its client see
 //! exactly what they would see on a bad network.
+//!
+//! It can also terminate TLS in front of a store that only speaks plain TCP ([`ClientSide`]):
+//! clients must complete a real TLS handshake with the certificate it presents (and, for
+//! PostgreSQL, ask for TLS the way the protocol does); a client that does not is refused.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// What the proxy does to the bytes and connections passing through it.
@@ -29,6 +38,24 @@ pub enum Fault {
     Reset,
 }
 
+/// What clients must speak to the proxy; the store behind it always gets plain TCP.
+#[derive(Clone)]
+pub enum ClientSide {
+    /// Plain TCP, passed through.
+    Plain,
+    /// TLS from the first byte (HTTPS, gRPC over TLS), terminated by the proxy.
+    Tls(TlsAcceptor),
+    /// PostgreSQL's in-protocol upgrade: the client's SSLRequest is answered `S`, then TLS is
+    /// terminated by the proxy and the rest (startup message included) goes to the server in
+    /// plain. A client that starts without asking for TLS is refused.
+    PostgresTls(TlsAcceptor),
+}
+
+/// PostgreSQL's SSLRequest code (protocol 1234.5679).
+const PG_SSL_REQUEST: u32 = 80_877_103;
+/// PostgreSQL's GSSENCRequest code (1234.5680): answered `N` (no GSS encryption here).
+const PG_GSSENC_REQUEST: u32 = 80_877_104;
+
 /// Counters of what the proxy saw, for reports.
 #[derive(Debug, Default)]
 pub struct ProxyStats {
@@ -38,6 +65,11 @@ pub struct ProxyStats {
     pub resets: AtomicU64,
     /// Faults set other than `Pass`.
     pub faults: AtomicU64,
+    /// TLS handshakes completed with a client.
+    pub tls_handshakes: AtomicU64,
+    /// Clients refused before any byte reached the store: failed TLS handshakes and
+    /// PostgreSQL clients that did not ask for TLS.
+    pub tls_refused: AtomicU64,
 }
 
 /// A running proxy; stops (and closes every connection) when dropped.
@@ -51,6 +83,11 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a proxy on an ephemeral 127.0.0.1 port forwarding to `upstream`.
     pub async fn start(upstream: SocketAddr) -> Proxy {
+        Proxy::start_with(upstream, ClientSide::Plain).await
+    }
+
+    /// Starts a proxy forwarding to `upstream` whose clients speak `client_side`.
+    pub async fn start_with(upstream: SocketAddr, client_side: ClientSide) -> Proxy {
         assert!(
             upstream.ip().is_loopback(),
             "fault tests only talk to 127.0.0.1, not {upstream}"
@@ -65,6 +102,7 @@ impl Proxy {
         tokio::spawn(accept_loop(
             listener,
             upstream,
+            client_side,
             fault.clone(),
             stats.clone(),
             stop.clone(),
@@ -152,6 +190,7 @@ pub fn host_port(url: &str) -> SocketAddr {
 async fn accept_loop(
     listener: TcpListener,
     upstream: SocketAddr,
+    client_side: ClientSide,
     fault: watch::Sender<Fault>,
     stats: Arc<ProxyStats>,
     stop: CancellationToken,
@@ -168,6 +207,7 @@ async fn accept_loop(
         tokio::spawn(connection(
             client,
             upstream,
+            client_side.clone(),
             fault.subscribe(),
             stats.clone(),
             stop.clone(),
@@ -200,8 +240,9 @@ async fn gate(fault: &mut watch::Receiver<Fault>) -> Option<()> {
 }
 
 async fn connection(
-    mut client: TcpStream,
+    client: TcpStream,
     upstream: SocketAddr,
+    client_side: ClientSide,
     mut fault: watch::Receiver<Fault>,
     stats: Arc<ProxyStats>,
     stop: CancellationToken,
@@ -216,18 +257,32 @@ async fn connection(
         reset(client);
         return;
     }
-    let mut server = match TcpStream::connect(upstream).await {
-        Ok(s) => s,
+    let _ = client.set_nodelay(true);
+    let accepted = tokio::select! {
+        _ = stop.cancelled() => return,
+        accepted = accept_client(client, &client_side) => accepted,
+    };
+    let mut client = match accepted {
+        Ok(client) => client,
         Err(_) => {
-            reset(client);
+            stats.tls_refused.fetch_add(1, Ordering::Relaxed);
             return;
         }
     };
-    let _ = client.set_nodelay(true);
+    if matches!(client, ClientStream::Tls(_)) {
+        stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut server = match TcpStream::connect(upstream).await {
+        Ok(s) => s,
+        Err(_) => {
+            reset(client.into_tcp());
+            return;
+        }
+    };
     let _ = server.set_nodelay(true);
     let mut watch_reset = fault.clone();
     let must_reset = {
-        let (cr, cw) = client.split();
+        let (cr, cw) = tokio::io::split(&mut client);
         let (sr, sw) = server.split();
         let up = pump(cr, sw, fault.clone());
         let down = pump(sr, cw, fault.clone());
@@ -239,8 +294,94 @@ async fn connection(
     };
     if must_reset {
         stats.resets.fetch_add(1, Ordering::Relaxed);
-        reset(client);
+        reset(client.into_tcp());
         reset(server);
+    }
+}
+
+/// The client's side of a proxied connection, after the TLS handshake if there is one.
+enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl ClientStream {
+    fn into_tcp(self) -> TcpStream {
+        match self {
+            ClientStream::Plain(tcp) => tcp,
+            ClientStream::Tls(tls) => tls.into_inner().0,
+        }
+    }
+}
+
+/// Performs what `side` asks of a new client before any byte goes to the store.
+async fn accept_client(mut client: TcpStream, side: &ClientSide) -> io::Result<ClientStream> {
+    match side {
+        ClientSide::Plain => Ok(ClientStream::Plain(client)),
+        ClientSide::Tls(acceptor) => {
+            Ok(ClientStream::Tls(Box::new(acceptor.accept(client).await?)))
+        }
+        ClientSide::PostgresTls(acceptor) => {
+            loop {
+                // Every pre-startup request is 8 bytes: length 8, then the request code.
+                let mut request = [0u8; 8];
+                client.read_exact(&mut request).await?;
+                let length = u32::from_be_bytes([request[0], request[1], request[2], request[3]]);
+                let code = u32::from_be_bytes([request[4], request[5], request[6], request[7]]);
+                match (length, code) {
+                    (8, PG_SSL_REQUEST) => break,
+                    (8, PG_GSSENC_REQUEST) => client.write_all(b"N").await?,
+                    _ => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::PermissionDenied,
+                            "the client did not ask for TLS",
+                        ))
+                    }
+                }
+            }
+            client.write_all(b"S").await?;
+            Ok(ClientStream::Tls(Box::new(acceptor.accept(client).await?)))
+        }
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

@@ -14,6 +14,9 @@ use crate::error::{ErrorClass, SinkError};
 
 use super::NAME;
 
+/// The store's name in messages.
+pub(super) const STORE: &str = "Milvus";
+
 /// gRPC status codes (the numbering is part of the gRPC spec, so it is stable).
 mod grpc {
     pub const INVALID_ARGUMENT: i32 = 3;
@@ -147,7 +150,7 @@ pub fn sink_error(operation: &'static str, err: &Error) -> SinkError {
         sink: NAME,
         operation,
         class: classify(err),
-        message: err.to_string(),
+        message: crate::tls::describe_for(STORE, err).unwrap_or_else(|| err.to_string()),
         doc_id: None,
     }
 }

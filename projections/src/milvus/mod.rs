@@ -30,6 +30,7 @@ use aggregates::{LogCursor, StoreKind};
 
 use crate::error::SinkError;
 use crate::sink::{Applied, Batch, Partition, Sink};
+use crate::tls::{self, HandshakeError, TlsMode, TlsTrust};
 
 use self::classify::sink_error;
 use self::plan::{RowToWrite, StoredKey};
@@ -89,6 +90,20 @@ pub struct ChunkRow {
     pub embedding: Vec<f32>,
 }
 
+/// One TLS handshake (ALPN `h2`, as gRPC needs) with the server of `url`.
+async fn tls_handshake(url: &str, trust: &TlsTrust) -> Result<(), HandshakeError> {
+    let parsed = url::Url::parse(url).map_err(|e| HandshakeError::Connect(e.to_string()))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| HandshakeError::Connect(format!("{url} names no host")))?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = parsed.port_or_known_default().unwrap_or(443);
+    trust
+        .handshake(host, port, &[tls::ALPN_H2], CONNECT_TIMEOUT)
+        .await
+}
+
 /// Projects `VectorsIndexed` and removals into a Milvus collection.
 #[derive(Clone)]
 pub struct MilvusSink {
@@ -114,6 +129,21 @@ impl MilvusSink {
     /// Permanent when `dim` is not a valid Milvus dimension or the URL is malformed;
     /// transient when the server does not answer within the connect timeout.
     pub async fn connect(url: &str, collection: &str, dim: usize) -> Result<MilvusSink, SinkError> {
+        Self::connect_with_tls(url, collection, dim, &TlsTrust::system()).await
+    }
+
+    /// Like [`MilvusSink::connect`]; an `https://` URL connects over TLS (ALPN `h2`) and the
+    /// server's certificate must chain to a root of `trust` and name the URL's host.
+    ///
+    /// # Errors
+    /// As [`MilvusSink::connect`]; a failed TLS handshake is a transient error whose message
+    /// says why ("Milvus TLS: certificate not trusted ...").
+    pub async fn connect_with_tls(
+        url: &str,
+        collection: &str,
+        dim: usize,
+        trust: &TlsTrust,
+    ) -> Result<MilvusSink, SinkError> {
         if dim == 0 || dim > MAX_DIM {
             return Err(SinkError::permanent(
                 NAME,
@@ -121,15 +151,37 @@ impl MilvusSink {
                 format!("vector dimension {dim} is outside 1..={MAX_DIM}"),
             ));
         }
-        let config = ConnectConfig::new()
+        let mode = tls::http_tls(url).map_err(|e| SinkError::permanent(NAME, "connect", e))?;
+        let mut config = ConnectConfig::new()
             .uri(url)
             .connect_timeout(CONNECT_TIMEOUT)
             .rpc_timeout(RPC_TIMEOUT)
             .retry(RetryConfig::new().max_attempts(1))
             .telemetry(TelemetryConfig::new().enabled(false));
-        let client = ClientV2::new(&config)
-            .await
-            .map_err(|e| sink_error("connect", &e))?;
+        // The SDK trusts either the system's roots or one CA file: given extra roots, it gets
+        // a file of all of them, read once while the client is built.
+        let mut roots_file = None;
+        if mode == TlsMode::Verified {
+            // The SDK retries a failed handshake until its connect timeout and then reports
+            // only the timeout: one handshake of our own first says why, at once.
+            if let Err(HandshakeError::Tls(why)) = tls_handshake(url, trust).await {
+                return Err(SinkError::transient(
+                    NAME,
+                    "connect",
+                    format!("{} TLS: {why}", classify::STORE),
+                ));
+            }
+            if trust.has_extra() {
+                let file = trust.roots_pem_file().map_err(|e| {
+                    SinkError::transient(NAME, "connect", format!("write the TLS roots: {e}"))
+                })?;
+                config = config.ca_certificate(file.path().to_string_lossy().into_owned());
+                roots_file = Some(file);
+            }
+        }
+        let connected = ClientV2::new(&config).await;
+        drop(roots_file);
+        let client = connected.map_err(|e| sink_error("connect", &e))?;
         Ok(MilvusSink {
             client: Arc::new(client),
             collection: collection.to_owned(),

@@ -12,7 +12,10 @@ const TRANSIENT_SERVER_CODES: &[u16] = &[
     1213, 1205, 1040, 1053, 1290, 1317, 1927, 2006, 2013, 1049, 1146,
 ];
 
-/// Classifies a client error.
+/// The store's name in messages.
+const STORE: &str = "MySQL";
+
+/// Classifies a client error (a failed TLS handshake is a connection failure: transient).
 pub fn classify(e: &Error) -> ErrorClass {
     match e {
         Error::Server(s) if TRANSIENT_SERVER_CODES.contains(&s.code) => ErrorClass::Transient,
@@ -29,7 +32,7 @@ pub fn sink_error(operation: &'static str) -> impl FnOnce(Error) -> SinkError {
         sink: super::NAME,
         operation,
         class: classify(&e),
-        message: e.to_string(),
+        message: crate::tls::describe_for(STORE, &e).unwrap_or_else(|| e.to_string()),
         doc_id: None,
     }
 }

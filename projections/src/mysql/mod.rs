@@ -12,6 +12,7 @@ use mysql_async::{Opts, OptsBuilder, Pool, TxOpts, Value};
 use crate::error::SinkError;
 use crate::sink::{Applied, Batch, Change, Partition, Sink};
 use crate::source::AppliedVersion;
+use crate::tls::{self, TlsTrust};
 pub use classify::classify;
 use classify::sink_error;
 use schema::{blob_key, ROWS_PER_STATEMENT, UPSERT_HEAD, UPSERT_ROW, UPSERT_TAIL};
@@ -64,13 +65,43 @@ impl std::fmt::Debug for MysqlSink {
 }
 
 impl MysqlSink {
-    /// A sink for the database named in `url` (created by [`Sink::prepare`] when missing).
+    /// A sink for the database named in `url` (created by [`Sink::prepare`] when missing),
+    /// trusting the system's roots when the URL asks for TLS.
     ///
     /// # Errors
     /// A permanent [`SinkError`] for a URL without database or that does not parse.
     pub fn new(url: &str) -> Result<MysqlSink, SinkError> {
-        let opts = Opts::from_url(url)
+        Self::with_tls(url, &TlsTrust::system())
+    }
+
+    /// A sink for the database named in `url`; when the URL asks for TLS
+    /// (`require_ssl=true`), the server's certificate must chain to a root of `trust` and
+    /// name the URL's host, and the connection never moves to the server's unix socket.
+    ///
+    /// # Errors
+    /// A permanent [`SinkError`] for a URL without database or that does not parse.
+    pub fn with_tls(url: &str, trust: &TlsTrust) -> Result<MysqlSink, SinkError> {
+        let mut opts = Opts::from_url(url)
             .map_err(|e| SinkError::permanent(NAME, "parse url", e.to_string()))?;
+        if let Some(ssl) = opts.ssl_opts().cloned() {
+            tls::install_crypto_provider();
+            if ssl.accept_invalid_certs() || ssl.skip_domain_validation() {
+                tracing::warn!(
+                    "the MySQL URL switches TLS certificate verification off \
+                     (verify_ca=false or verify_identity=false)"
+                );
+            }
+            // The same roots as every other store (not mysql_async's built-in Mozilla set).
+            let ssl = ssl
+                .with_root_certs(vec![trust.roots_pem().into()])
+                .with_disable_built_in_roots(true);
+            // mysql_async would otherwise reconnect through the server's unix socket when it
+            // runs on this host, which it never secures.
+            opts = OptsBuilder::from_opts(opts)
+                .ssl_opts(Some(ssl))
+                .prefer_socket(false)
+                .into();
+        }
         let database = opts
             .db_name()
             .filter(|d| !d.is_empty())

@@ -52,7 +52,7 @@ pub fn classify_status(status: u16, code: Option<&str>) -> ErrorClass {
 }
 
 /// What an operator needs to read about `err`: for an S3 answer its HTTP status, code and
-/// message; otherwise the chain of causes. (`DisplayErrorContext` prints the same chain but
+/// message; for a failed TLS handshake why it failed; otherwise the chain of causes. (`DisplayErrorContext` prints the same chain but
 /// appends the whole `Debug` dump, raw response included: too much for a status page or a
 /// compensation reason stored in the log.)
 pub fn describe<E>(err: &SdkError<E, HttpResponse>) -> String
@@ -66,6 +66,9 @@ where
             Some(message) if !message.is_empty() => format!("HTTP {status} {code}: {message}"),
             _ => format!("HTTP {status} {code}"),
         };
+    }
+    if let Some(why) = crate::tls::describe_for("S3", err) {
+        return why;
     }
     let mut out = err.to_string();
     let mut source = err.source();

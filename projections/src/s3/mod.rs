@@ -36,6 +36,8 @@ use futures::stream::{self, StreamExt};
 
 use crate::error::SinkError;
 use crate::sink::{Applied, Batch, Change, DocChange, Partition, Sink};
+use crate::tls::{self, TlsMode, TlsTrust};
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider, TlsContext, TrustStore};
 
 use self::classify::sink_error;
 
@@ -111,7 +113,8 @@ enum Removal {
 
 impl S3Sink {
     /// A sink writing to `bucket` at `endpoint` (`http://host:9000`) with static
-    /// credentials and path-style addressing. Nothing is sent until [`Sink::prepare`].
+    /// credentials and path-style addressing. Nothing is sent until [`Sink::prepare`]. An
+    /// `https://` endpoint's certificate must chain to a system root.
     pub fn new(
         endpoint: &str,
         access_key: &str,
@@ -119,7 +122,59 @@ impl S3Sink {
         region: &str,
         bucket: &str,
     ) -> S3Sink {
-        let config = Builder::new()
+        S3Sink::from_builder(
+            Builder::new(),
+            endpoint,
+            access_key,
+            secret_key,
+            region,
+            bucket,
+        )
+    }
+
+    /// Like [`S3Sink::new`]; an `https://` endpoint's certificate must chain to a root of
+    /// `trust` and name the endpoint's host.
+    ///
+    /// # Errors
+    /// A permanent [`SinkError`] when the endpoint is not an `http(s)://` URL or the SDK
+    /// refuses the trust store.
+    pub fn with_tls(
+        endpoint: &str,
+        access_key: &str,
+        secret_key: &str,
+        region: &str,
+        bucket: &str,
+        trust: &TlsTrust,
+    ) -> Result<S3Sink, SinkError> {
+        let mode = tls::http_tls(endpoint).map_err(|e| SinkError::permanent(NAME, "connect", e))?;
+        let mut builder = Builder::new();
+        // Without extra roots the SDK's own HTTPS client (system roots) is the same trust.
+        if mode == TlsMode::Verified && trust.has_extra() {
+            let context = TlsContext::builder()
+                .with_trust_store(TrustStore::default().with_pem_certificate(trust.extra_pem()))
+                .build()
+                .map_err(|e| SinkError::permanent(NAME, "connect", e.to_string()))?;
+            builder = builder.http_client(
+                aws_smithy_http_client::Builder::new()
+                    .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+                    .tls_context(context)
+                    .build_https(),
+            );
+        }
+        Ok(S3Sink::from_builder(
+            builder, endpoint, access_key, secret_key, region, bucket,
+        ))
+    }
+
+    fn from_builder(
+        builder: Builder,
+        endpoint: &str,
+        access_key: &str,
+        secret_key: &str,
+        region: &str,
+        bucket: &str,
+    ) -> S3Sink {
+        let config = builder
             .behavior_version_latest()
             .endpoint_url(endpoint)
             .region(Region::new(region.to_owned()))
