@@ -1,10 +1,13 @@
 //! Document endpoints: put, delete, get, events and the NDJSON batch.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use aggregates::{DocId, DocumentCommand};
+use futures::future::LocalBoxFuture;
+use futures::stream::FuturesOrdered;
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
@@ -451,12 +454,22 @@ pub async fn events(
     Ok(HttpResponse::Ok().json(serde_json::json!({"doc_id": doc_id.as_str(), "events": events})))
 }
 
-async fn batch_line(
-    state: &AppState,
-    line: &[u8],
-) -> Result<(StatusCode, CommandResponse), ApiError> {
-    // A line is the PUT body plus `op`, `doc_id` and an optional `idempotency_key`; the rest
-    // goes to the same strict decoders as PUT and DELETE, so unknown fields are refused here too.
+/// A batch line, decoded: which document, its optional idempotency key and the command.
+struct BatchLine {
+    doc_id: DocId,
+    idempotency: Option<IdempotencyKey>,
+    op: BatchOp,
+}
+
+enum BatchOp {
+    Put(PutBody),
+    Delete(DeleteBody),
+}
+
+/// Decodes a batch line: the PUT body plus `op`, `doc_id` and an optional `idempotency_key`;
+/// the rest goes to the same strict decoders as PUT and DELETE, so unknown fields are
+/// refused here too.
+fn parse_batch_line(line: &[u8]) -> Result<BatchLine, ApiError> {
     let mut rest: serde_json::Map<String, serde_json::Value> = parse_json(line)?;
     let mut take_str = |field: &str| -> Result<Option<String>, ApiError> {
         match rest.remove(field) {
@@ -465,15 +478,12 @@ async fn batch_line(
             Some(_) => Err(ApiError::InvalidJson(format!("{field} must be a string"))),
         }
     };
-    let line_fields = BatchLine {
-        op: take_str("op")?.ok_or_else(|| ApiError::InvalidJson("missing field `op`".into()))?,
-        doc_id: take_str("doc_id")?
-            .ok_or_else(|| ApiError::InvalidJson("missing field `doc_id`".into()))?,
-        idempotency_key: take_str("idempotency_key")?,
-    };
-    let doc_id =
-        DocId::parse(&line_fields.doc_id).map_err(|e| ApiError::InvalidDocId(e.to_string()))?;
-    let idempotency = match line_fields.idempotency_key {
+    let op = take_str("op")?.ok_or_else(|| ApiError::InvalidJson("missing field `op`".into()))?;
+    let doc_id = take_str("doc_id")?
+        .ok_or_else(|| ApiError::InvalidJson("missing field `doc_id`".into()))?;
+    let idempotency_key = take_str("idempotency_key")?;
+    let doc_id = DocId::parse(&doc_id).map_err(|e| ApiError::InvalidDocId(e.to_string()))?;
+    let idempotency = match idempotency_key {
         Some(k) if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_BYTES => {
             return Err(ApiError::InvalidIdempotencyKey(format!(
                 "idempotency_key must be 1-{MAX_IDEMPOTENCY_KEY_BYTES} characters"
@@ -483,39 +493,55 @@ async fn batch_line(
         None => None,
     };
     let rest = serde_json::Value::Object(rest);
-    match line_fields.op.as_str() {
-        "put" => {
-            let body: PutBody =
-                serde_json::from_value(rest).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-            execute_put(state, doc_id, body, idempotency, Wait::Accepted).await
+    let op = match op.as_str() {
+        "put" => BatchOp::Put(
+            serde_json::from_value(rest).map_err(|e| ApiError::InvalidJson(e.to_string()))?,
+        ),
+        "delete" => BatchOp::Delete(
+            serde_json::from_value(rest).map_err(|e| ApiError::InvalidJson(e.to_string()))?,
+        ),
+        other => {
+            return Err(ApiError::InvalidField(format!(
+                "op must be put or delete, got {other:?}"
+            )))
         }
-        "delete" => {
-            let body: DeleteBody =
-                serde_json::from_value(rest).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    };
+    Ok(BatchLine {
+        doc_id,
+        idempotency,
+        op,
+    })
+}
+
+async fn execute_batch_line(
+    state: &AppState,
+    line: BatchLine,
+) -> Result<(StatusCode, CommandResponse), ApiError> {
+    match line.op {
+        BatchOp::Put(body) => {
+            execute_put(state, line.doc_id, body, line.idempotency, Wait::Accepted).await
+        }
+        BatchOp::Delete(body) => {
             execute_delete(
                 state,
-                doc_id,
+                line.doc_id,
                 body.expected_version,
-                idempotency,
+                line.idempotency,
                 Wait::Accepted,
             )
             .await
         }
-        other => Err(ApiError::InvalidField(format!(
-            "op must be put or delete, got {other:?}"
-        ))),
     }
 }
 
-/// The routing fields of a batch line.
-struct BatchLine {
-    op: String,
-    doc_id: String,
-    idempotency_key: Option<String>,
-}
+/// Most batch lines executing at once. Lines of different documents run together, so their
+/// appends can share the log's group commits; results still go out in input order.
+const MAX_BATCH_LINES_IN_FLIGHT: usize = 32;
 
 /// `POST /v1/documents:batch`: NDJSON in, one result line per input line, in order. A bad
-/// line fails alone. Lines are read as they arrive, so memory is bounded by the longest line.
+/// line fails alone. Lines are read as they arrive; up to [`MAX_BATCH_LINES_IN_FLIGHT`] lines
+/// of different documents execute at once (a line whose document has one in flight waits for
+/// it, so each document's lines apply in order), so memory is bounded by that many lines.
 #[utoipa::path(post, path = "/v1/documents:batch", tag = "documents",
     request_body(content = String, content_type = "application/x-ndjson",
         description = "one {\"op\":\"put\"|\"delete\",\"doc_id\":…} per line; a put line is the PUT body plus op, doc_id, optional idempotency_key"),
@@ -537,8 +563,12 @@ pub async fn batch(
         finished: false,
         limit,
         state,
+        in_flight: FuturesOrdered::new(),
+        in_flight_docs: VecDeque::new(),
+        waiting: None,
+        fatal: None,
     };
-    // Results stream out as lines complete: memory holds one line in and one line out.
+    // Results stream out as lines complete, in input order.
     let body = futures::stream::unfold(Some(reader), |reader| async move {
         let mut reader = reader?;
         match reader.next_result().await {
@@ -559,55 +589,122 @@ struct BatchReader {
     finished: bool,
     limit: usize,
     state: web::Data<AppState>,
+    /// Result lines of the lines executing, in input order.
+    in_flight: FuturesOrdered<LocalBoxFuture<'static, web::Bytes>>,
+    /// The document of each line in `in_flight` (None for a line refused before executing).
+    in_flight_docs: VecDeque<Option<DocId>>,
+    /// A decoded line whose document has an earlier line in flight.
+    waiting: Option<(usize, BatchLine)>,
+    /// The last line of a batch that cannot go on, sent once every earlier line answered.
+    fatal: Option<web::Bytes>,
 }
 
 impl BatchReader {
-    /// The next result line; `Err` carries a last line for a batch that cannot go on (body
-    /// broken off, or a line over the size limit).
+    /// The next result line, in input order; `Err` carries a last line for a batch that
+    /// cannot go on (body broken off, or a line over the size limit).
     async fn next_result(&mut self) -> Option<Result<web::Bytes, web::Bytes>> {
         use futures::StreamExt;
         loop {
-            if let Some(nl) = self.pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=nl).collect();
-                let line = &line[..line.len() - 1];
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
+            self.admit_lines();
+            let can_read = !self.finished && self.fatal.is_none() && self.waiting.is_none();
+            if self.in_flight.is_empty() {
+                if let Some(fatal) = self.fatal.take() {
+                    return Some(Err(fatal));
                 }
-                self.line_no += 1;
-                let result = match batch_line(&self.state, line).await {
-                    Ok((status, r)) => {
-                        serde_json::json!({"line": self.line_no, "status": status.as_u16(), "result": r})
+                if !can_read {
+                    return None;
+                }
+            }
+            let full = self.in_flight.len() >= MAX_BATCH_LINES_IN_FLIGHT;
+            let chunk = async {
+                if can_read && !full {
+                    self.payload.next().await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            tokio::select! {
+                biased;
+                Some(result) = self.in_flight.next() => {
+                    self.in_flight_docs.pop_front();
+                    return Some(Ok(result));
+                }
+                chunk = chunk => match chunk {
+                    Some(Ok(chunk)) => self.pending.extend_from_slice(&chunk),
+                    Some(Err(e)) => {
+                        self.finished = true;
+                        let e = ApiError::InvalidJson(format!(
+                            "reading the body failed: {e}; the rest of the batch was not read"
+                        ));
+                        self.fatal = Some(to_line(&error_line(self.line_no + 1, &e)));
                     }
-                    Err(e) => error_line(self.line_no, &e),
-                };
-                return Some(Ok(to_line(&result)));
+                    None => {
+                        self.finished = true;
+                        self.pending.push(b'\n');
+                    }
+                },
             }
-            if self.finished {
-                return None;
-            }
-            if self.pending.len() > self.limit {
-                self.finished = true;
-                let e = ApiError::PayloadTooLarge(format!(
-                    "batch line {} is larger than {} bytes; the rest of the batch was not read",
-                    self.line_no + 1,
-                    self.limit
-                ));
-                return Some(Err(to_line(&error_line(self.line_no + 1, &e))));
-            }
-            match self.payload.next().await {
-                Some(Ok(chunk)) => self.pending.extend_from_slice(&chunk),
-                Some(Err(e)) => {
-                    self.finished = true;
-                    let e = ApiError::InvalidJson(format!(
-                        "reading the body failed: {e}; the rest of the batch was not read"
-                    ));
-                    return Some(Err(to_line(&error_line(self.line_no + 1, &e))));
-                }
+        }
+    }
+
+    /// Starts the complete lines read so far, up to the in-flight bound, stopping at a line
+    /// whose document has one in flight (it starts once that one answered).
+    fn admit_lines(&mut self) {
+        while self.in_flight.len() < MAX_BATCH_LINES_IN_FLIGHT {
+            let (line_no, line) = match self.waiting.take() {
+                Some(waiting) => waiting,
                 None => {
-                    self.finished = true;
-                    self.pending.push(b'\n');
+                    let Some(nl) = self.pending.iter().position(|b| *b == b'\n') else {
+                        if self.pending.len() > self.limit && self.fatal.is_none() {
+                            self.finished = true;
+                            let e = ApiError::PayloadTooLarge(format!(
+                                "batch line {} is larger than {} bytes; the rest of the batch was not read",
+                                self.line_no + 1,
+                                self.limit
+                            ));
+                            self.fatal = Some(to_line(&error_line(self.line_no + 1, &e)));
+                            self.pending.clear();
+                        }
+                        return;
+                    };
+                    let line: Vec<u8> = self.pending.drain(..=nl).collect();
+                    let line = &line[..line.len() - 1];
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    self.line_no += 1;
+                    match parse_batch_line(line) {
+                        Ok(parsed) => (self.line_no, parsed),
+                        Err(e) => {
+                            let result = to_line(&error_line(self.line_no, &e));
+                            self.in_flight
+                                .push_back(Box::pin(futures::future::ready(result)));
+                            self.in_flight_docs.push_back(None);
+                            continue;
+                        }
+                    }
                 }
+            };
+            if self
+                .in_flight_docs
+                .iter()
+                .flatten()
+                .any(|d| *d == line.doc_id)
+            {
+                self.waiting = Some((line_no, line));
+                return;
             }
+            let state = self.state.clone();
+            self.in_flight_docs.push_back(Some(line.doc_id.clone()));
+            self.in_flight.push_back(Box::pin(async move {
+                let result = match execute_batch_line(&state, line).await {
+                    Ok((status, r)) => {
+                        serde_json::json!({"line": line_no, "status": status.as_u16(), "result": r})
+                    }
+                    Err(e) => error_line(line_no, &e),
+                };
+                to_line(&result)
+            }));
         }
     }
 }

@@ -4,10 +4,12 @@
 //! Invariants: an append is one transaction guarded by the stream row and
 //! `UNIQUE (stream_id, stream_version)`; readers only see events of transactions older than
 //! every running one, ordered and paged by `(epoch, xid, position)`; blob bytes are written
-//! once per sha256 in the append's transaction.
+//! once per sha256 in the append's transaction. Plain appends of different streams may
+//! share that transaction (group commit, `group`), each still with its own answer.
 
 mod append;
 pub mod codec;
+mod group;
 pub mod lease;
 mod listen;
 mod parked;
@@ -29,7 +31,7 @@ pub use parked::{
 };
 pub use reader::{HorizonStatus, StreamState};
 
-use crate::config::StoreUrl;
+use crate::config::{AppendGroupConfig, StoreUrl};
 
 /// The channel NOTIFY wakes readers on. Notifications never carry data.
 pub const NOTIFY_CHANNEL: &str = "docledger_log";
@@ -108,6 +110,8 @@ pub struct PgLog {
     notify: mpsc::Sender<()>,
     /// Append counters, for `/metrics`.
     stats: Arc<AppendStats>,
+    /// The group-commit queue of plain appends; `None` = each is its own statement.
+    group: Option<group::GroupAppender>,
 }
 
 /// Counters of this process's appends.
@@ -123,6 +127,12 @@ pub struct AppendStats {
     pub failed: std::sync::atomic::AtomicU64,
     /// Microseconds spent in appends, over all outcomes.
     pub micros: std::sync::atomic::AtomicU64,
+    /// Group statements that ran (each one transaction of one or more plain appends).
+    pub groups: std::sync::atomic::AtomicU64,
+    /// Commands those group statements carried (committed or conflicting).
+    pub grouped_commands: std::sync::atomic::AtomicU64,
+    /// Group statements that failed as a whole and whose commands were appended one by one.
+    pub group_fallbacks: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for PgLog {
@@ -177,6 +187,19 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`] when the database cannot be reached or migrated.
     pub async fn connect(url: &StoreUrl, pool_size: usize) -> Result<PgLog, LogError> {
+        Self::connect_with(url, pool_size, AppendGroupConfig::default()).await
+    }
+
+    /// As [`PgLog::connect`], with the group commit of plain appends tuned by `group`
+    /// (`max_commands == 1` turns it off: each append is a statement of its own).
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`] when the database cannot be reached or migrated.
+    pub async fn connect_with(
+        url: &StoreUrl,
+        pool_size: usize,
+        group: AppendGroupConfig,
+    ) -> Result<PgLog, LogError> {
         ensure_database(url).await?;
         let config =
             tokio_postgres::Config::from_str(url.expose()).map_err(LogError::db("parse url"))?;
@@ -198,8 +221,13 @@ impl PgLog {
         let log_id = migrate(&pool).await?;
         let notify = listen::spawn_notifier(config.clone());
         let appended = listen::spawn(config);
+        let stats = Arc::<AppendStats>::default();
+        let group = (group.max_commands > 1).then(|| {
+            group::GroupAppender::spawn(pool.clone(), stats.clone(), notify.clone(), group)
+        });
         Ok(PgLog {
-            stats: Arc::default(),
+            stats,
+            group,
             pool,
             log_id: log_id.into(),
             appended,
