@@ -389,7 +389,7 @@ impl GroupWriter {
 enum GroupError {
     /// The statement itself (may be retried one by one, see [`retry_one_by_one`]).
     Statement(tokio_postgres::Error),
-    /// Anything else (preparing, reading the conflicts' versions).
+    /// Preparing it.
     Log(LogError),
 }
 
@@ -486,36 +486,42 @@ async fn insert_group(
         .filter(|at| !committed(*at))
         .map(|at| stream_ids[at])
         .collect();
-    let mut actual: HashMap<String, i64> = HashMap::new();
-    if !conflicting.is_empty() {
-        // On the group's own connection (see `insert_events`): the statement committed, so
-        // this sees the stream rows that stopped the conflicting commands.
-        let read = prepared(client, READ_STREAM_VERSIONS, "prepare stream versions read")
-            .await
-            .map_err(GroupError::Log)?;
-        for row in client
-            .query(&read, &[&conflicting])
-            .await
-            .map_err(|e| GroupError::Log(LogError::db("read stream versions")(e)))?
-        {
-            actual.insert(row.get(0), row.get(1));
+    // The group committed: from here on a failure only withholds the conflicts' answers.
+    let actual: Result<HashMap<String, i64>, LogError> = async {
+        if conflicting.is_empty() {
+            return Ok(HashMap::new());
         }
         debug!(
             conflicts = conflicting.len(),
             commands = cmds.len(),
             "append group with conflicts"
         );
+        // On the group's own connection (see `insert_events`): the statement committed, so
+        // this sees the stream rows that stopped the conflicting commands.
+        let read = prepared(client, READ_STREAM_VERSIONS, "prepare stream versions read").await?;
+        Ok(client
+            .query(&read, &[&conflicting])
+            .await
+            .map_err(LogError::db("read stream versions"))?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect())
     }
+    .await;
     Ok(cmds
         .iter()
         .zip(&written)
         .enumerate()
-        .map(|(at, (cmd, (_, last)))| match last {
-            Some(last) if committed(at) => Ok(Appended::Committed {
+        .map(|(at, (cmd, (_, last)))| match (last, &actual) {
+            (Some(last), _) if committed(at) => Ok(Appended::Committed {
                 last: cursor_of(last, 2),
                 stream_version: cmd.new_stream_version,
             }),
-            _ => Err(cmd.conflict(actual.get(&cmd.doc_id).copied().unwrap_or(0))),
+            (_, Ok(actual)) => Err(cmd.conflict(actual.get(&cmd.doc_id).copied().unwrap_or(0))),
+            (_, Err(e)) => Err(LogError::Unavailable {
+                operation: "read stream versions",
+                message: e.to_string(),
+            }),
         })
         .collect())
 }
