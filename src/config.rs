@@ -46,7 +46,7 @@ const KEYS: &[(&str, Option<&str>)] = &[
     // Group commit of plain appends: most commands per statement (1 = off), appender
     // tasks, and a group's byte budget (blobs, vectors, payloads).
     ("APPEND_GROUP", Some("32")),
-    ("APPEND_GROUP_TASKS", Some("2")),
+    ("APPEND_GROUP_TASKS", Some("4")),
     ("APPEND_GROUP_BYTES", Some("8388608")),
     ("MAILBOX_CAPACITY", Some("64")),
     ("ACTOR_IDLE_SECS", Some("60")),
