@@ -5,10 +5,14 @@
 //! request), `RowInserted` and `VectorsIndexed` (8 chunks of 384-dimensional vectors), each
 //! command on a new document, in its own transaction. The ceiling writes the same rows (the
 //! same JSON payloads, packed vectors and blob bytes) into a plain table without constraints,
-//! `ROWS_PER_RAW_INSERT` rows per statement, one transaction per statement.
+//! `ROWS_PER_RAW_INSERT` rows per statement, one transaction per statement. The log's appends
+//! run twice: with group commit off (one statement and transaction per command, as before
+//! group commit) and as the service runs them (plain appends queued and group-committed,
+//! `DOCLEDGER_APPEND_GROUP*` defaults), beside the earlier hand-written group prototype.
 //!
 //! Run with `cargo bench --bench log_append`; `BENCH_SECS` sets each scenario's duration
-//! (default 3.5), `BENCH_STORAGE_EXTERNAL=1` tries vectors and blobs without compression.
+//! (default 3.5), `BENCH_STORAGE_EXTERNAL=1` tries vectors and blobs without compression,
+//! `DOCLEDGER_APPEND_GROUP*` tune the group-commit rows.
 //! The bench uses a database of its own and drops it at the end.
 
 use std::collections::HashMap;
@@ -19,7 +23,7 @@ use std::time::{Duration, Instant};
 use aggregates::{DocId, Document, DocumentCommand, DocumentEvent};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use docledger::config::Config;
+use docledger::config::{AppendGroupConfig, Config};
 use docledger::eventlog::codec::encode;
 use docledger::eventlog::{AppendRequest, Appended, IdempotencyKey, PgLog};
 use projections::sink::stream_hash;
@@ -40,6 +44,8 @@ const MANY_WRITERS: usize = 16;
 /// The group-append prototype: appenders, and commands each sends per statement.
 const GROUP_APPENDERS: usize = 4;
 const GROUP_APPEND_COMMANDS: usize = 16;
+/// Writers of the product's group append beyond `MANY_WRITERS`: more in flight, larger groups.
+const GROUPED_MANY_WRITERS: usize = 64;
 const DEFAULT_SECS: f64 = 3.5;
 
 /// The ceiling's table: the same columns the log stores per event, no keys but an identity.
@@ -309,7 +315,11 @@ impl Outcome {
 
 /// What every scenario runs against.
 struct Bench {
+    /// The log as the service runs it: plain appends group-committed.
     log: PgLog,
+    /// The same log with group commit off (`DOCLEDGER_APPEND_GROUP=1`): one statement per
+    /// append, as before group commit.
+    single: PgLog,
     /// The log's database (the raw table lives there too).
     database: String,
     url: String,
@@ -318,12 +328,13 @@ struct Bench {
 
 async fn docledger_scenario(
     bench: &Bench,
+    log: &PgLog,
     name: &str,
     writers: usize,
     idempotent: bool,
     duration: Duration,
 ) -> Result<Outcome> {
-    let (log, templates, database) = (&bench.log, &bench.templates, bench.database.as_str());
+    let (templates, database) = (&bench.templates, bench.database.as_str());
     let next = Arc::new(AtomicU64::new(0));
     let cpu_before = CpuSample::now(database);
     let started = Instant::now();
@@ -686,11 +697,29 @@ async fn run() -> Result<()> {
     let env = StoreEnv::require();
     let database = unique_name("bench_log_append");
     let url = env.pg_database_url(&database);
-    let config = Config::load(
-        None,
-        &HashMap::from([("DOCLEDGER_EVENTSTORE_URL".to_owned(), url.clone())]),
-    )?;
-    let log = PgLog::connect(&config.eventstore_url, MANY_WRITERS + 1).await?;
+    // The group-commit tuning keys are taken from the environment, to compare settings.
+    let mut vars: HashMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("DOCLEDGER_APPEND_GROUP"))
+        .collect();
+    vars.insert("DOCLEDGER_EVENTSTORE_URL".to_owned(), url.clone());
+    let config = Config::load(None, &vars)?;
+    let log = PgLog::connect_with(
+        &config.eventstore_url,
+        MANY_WRITERS + 1,
+        &config.tls,
+        config.append_group.clone(),
+    )
+    .await?;
+    let single = PgLog::connect_with(
+        &config.eventstore_url,
+        MANY_WRITERS + 1,
+        &config.tls,
+        AppendGroupConfig {
+            max_commands: 1,
+            ..config.append_group.clone()
+        },
+    )
+    .await?;
     let (client, conn) = tokio_postgres::connect(&url, NoTls).await?;
     tokio::spawn(conn);
     client.batch_execute(CREATE_RAW_TABLE).await?;
@@ -712,8 +741,10 @@ async fn run() -> Result<()> {
         }
     );
 
+    let group = config.append_group.clone();
     let bench = Bench {
         log,
+        single,
         database: database.clone(),
         url: url.clone(),
         templates,
@@ -721,12 +752,23 @@ async fn run() -> Result<()> {
     let mut outcomes = Vec::new();
     // A short warm-up so connections, prepared statements and the catalog caches exist.
     let warm_up = Duration::from_millis(500);
-    docledger_scenario(&bench, "warm-up", MANY_WRITERS, false, warm_up).await?;
-    let appends = "docledger append";
+    let single = &bench.single;
+    docledger_scenario(&bench, single, "warm-up", MANY_WRITERS, false, warm_up).await?;
+    docledger_scenario(
+        &bench,
+        &bench.log,
+        "warm-up grouped",
+        MANY_WRITERS,
+        false,
+        warm_up,
+    )
+    .await?;
+    let appends = "docledger append, 1 per statement";
     let keyed = "docledger append + idempotency key";
-    outcomes.push(docledger_scenario(&bench, appends, 1, false, duration).await?);
-    outcomes.push(docledger_scenario(&bench, appends, MANY_WRITERS, false, duration).await?);
-    outcomes.push(docledger_scenario(&bench, keyed, MANY_WRITERS, true, duration).await?);
+    outcomes.push(docledger_scenario(&bench, single, appends, 1, false, duration).await?);
+    outcomes
+        .push(docledger_scenario(&bench, single, appends, MANY_WRITERS, false, duration).await?);
+    outcomes.push(docledger_scenario(&bench, single, keyed, MANY_WRITERS, true, duration).await?);
     let raw = format!("raw INSERT, {ROWS_PER_RAW_INSERT} rows/statement");
     outcomes.push(raw_scenario(&bench, &raw, 1, duration).await?);
     outcomes.push(raw_scenario(&bench, &raw, MANY_WRITERS, duration).await?);
@@ -741,6 +783,20 @@ async fn run() -> Result<()> {
         )
         .await?,
     );
+    let grouped = format!(
+        "docledger group append (<= {} cmds, {} tasks)",
+        group.max_commands, group.tasks
+    );
+    let stats = bench.log.append_stats();
+    let groups_before = stats.groups.load(Ordering::Relaxed);
+    let grouped_before = stats.grouped_commands.load(Ordering::Relaxed);
+    for writers in [1, MANY_WRITERS, GROUPED_MANY_WRITERS] {
+        outcomes.push(
+            docledger_scenario(&bench, &bench.log, &grouped, writers, false, duration).await?,
+        );
+    }
+    let num_groups = stats.groups.load(Ordering::Relaxed) - groups_before;
+    let num_grouped = stats.grouped_commands.load(Ordering::Relaxed) - grouped_before;
     print_table(&outcomes);
 
     let ratio =
@@ -752,9 +808,26 @@ async fn run() -> Result<()> {
         ratio(&outcomes[1], &outcomes[4])
     );
     println!(
-        "target: >= 10000 events/s with {MANY_WRITERS} writers ({:.0}) and ratio >= 0.5 ({:.3})",
+        "ratio docledger group append/raw events/s: {MANY_WRITERS} writers {:.3}, \
+         {GROUPED_MANY_WRITERS} writers {:.3}; group append/prototype {MANY_WRITERS} writers \
+         {:.3}, {GROUPED_MANY_WRITERS} writers {:.3}; group/1 per statement with \
+         {MANY_WRITERS} writers {:.3}",
+        ratio(&outcomes[7], &outcomes[4]),
+        ratio(&outcomes[8], &outcomes[4]),
+        ratio(&outcomes[7], &outcomes[5]),
+        ratio(&outcomes[8], &outcomes[5]),
+        ratio(&outcomes[7], &outcomes[1]),
+    );
+    println!(
+        "group append: {num_grouped} commands in {num_groups} group statements ({:.1} per group)",
+        num_grouped as f64 / num_groups.max(1) as f64
+    );
+    println!(
+        "target: >= 10000 events/s with {MANY_WRITERS} writers ({:.0} grouped, {:.0} one per \
+         statement) and ratio >= 0.5 ({:.3} grouped)",
+        outcomes[7].events_per_sec(),
         outcomes[1].events_per_sec(),
-        ratio(&outcomes[1], &outcomes[4])
+        ratio(&outcomes[7], &outcomes[4])
     );
 
     drop(bench);

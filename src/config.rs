@@ -48,6 +48,11 @@ const KEYS: &[(&str, Option<&str>)] = &[
     // connection holding its own): a dead owner's partitions move within about this long.
     ("LEASE_POLL_MS", Some("1000")),
     ("LOG_POOL_SIZE", Some("16")),
+    // Group commit of plain appends: most commands per statement (1 = off), appender
+    // tasks, and a group's byte budget (blobs, vectors, payloads).
+    ("APPEND_GROUP", Some("32")),
+    ("APPEND_GROUP_TASKS", Some("4")),
+    ("APPEND_GROUP_BYTES", Some("8388608")),
     ("MAILBOX_CAPACITY", Some("64")),
     ("ACTOR_IDLE_SECS", Some("60")),
     ("MAX_LIVE_ACTORS", Some("100000")),
@@ -191,6 +196,26 @@ impl HttpConfig {
     }
 }
 
+/// Group commit of the log's plain appends (no idempotency key, no parked change to resolve).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendGroupConfig {
+    /// Most commands per group statement; 1 = no grouping.
+    pub max_commands: usize,
+    /// Appender tasks, each writing one group at a time on one pooled connection.
+    pub tasks: usize,
+    /// Bytes a group may carry; a larger command is a group of its own.
+    pub max_bytes: usize,
+}
+
+impl Default for AppendGroupConfig {
+    /// The defaults of [`KEYS`].
+    fn default() -> Self {
+        Config::defaults()
+            .expect("the default configuration is valid")
+            .append_group
+    }
+}
+
 /// Background verifier tuning.
 #[derive(Debug, Clone)]
 pub struct VerifyConfig {
@@ -239,6 +264,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Connections to the log database.
     pub log_pool_size: usize,
+    /// Group commit of plain appends.
+    pub append_group: AppendGroupConfig,
     /// Projection tuning.
     pub projection: ProjectionConfig,
     /// Actor tuning.
@@ -461,6 +488,11 @@ impl Config {
             },
             http,
             log_pool_size: positive("LOG_POOL_SIZE")?,
+            append_group: AppendGroupConfig {
+                max_commands: positive("APPEND_GROUP")?,
+                tasks: positive("APPEND_GROUP_TASKS")?,
+                max_bytes: positive("APPEND_GROUP_BYTES")?,
+            },
             projection: ProjectionConfig {
                 partitions: NonZeroU32::new(partitions)
                     .ok_or_else(|| invalid("PARTITIONS", "must be greater than 0".into()))?,

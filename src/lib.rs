@@ -111,8 +111,13 @@ pub async fn serve(
         warn!("DOCLEDGER_API_TOKENS is not set: the API accepts requests without authentication");
     }
     info!(config = ?config, "starting docledger");
-    let log =
-        PgLog::connect_with_tls(&config.eventstore_url, config.log_pool_size, &config.tls).await?;
+    let log = PgLog::connect_with(
+        &config.eventstore_url,
+        config.log_pool_size,
+        &config.tls,
+        config.append_group.clone(),
+    )
+    .await?;
     info!(log_id = log.log_id(), "log ready");
     let stores = Stores::connect(&config).await?;
 

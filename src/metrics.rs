@@ -99,6 +99,24 @@ pub fn render_activity(
         + get(&appends.conflicts)
         + get(&appends.duplicates)
         + get(&appends.failed);
+    counter(
+        &mut out,
+        "docledger_log_append_groups_total",
+        "Group statements of plain appends (one transaction each) run by this process.",
+        &[("", get(&appends.groups))],
+    );
+    counter(
+        &mut out,
+        "docledger_log_append_grouped_commands_total",
+        "Commands carried by those group statements.",
+        &[("", get(&appends.grouped_commands))],
+    );
+    counter(
+        &mut out,
+        "docledger_log_append_group_fallbacks_total",
+        "Group statements that failed as a whole; their commands were appended one by one.",
+        &[("", get(&appends.group_fallbacks))],
+    );
     summary(
         &mut out,
         "docledger_log_append_duration_seconds",

@@ -349,6 +349,82 @@ async fn batch_answers_each_line_in_order_and_a_bad_line_fails_alone() {
     svc.stop().await;
 }
 
+/// A metric's value from `/metrics` (0 when absent).
+async fn metric(svc: &TestService, http: &reqwest::Client, name: &str) -> f64 {
+    let (_, text) = send(http.get(svc.url("/metrics"))).await;
+    text.as_str()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Lines of different documents run together (their appends share group commits), while the
+/// lines of one document apply in input order: each later line of a document expects the
+/// version its earlier line made, so any reordering would answer 409.
+#[actix_rt::test]
+async fn batch_runs_documents_together_and_each_documents_lines_in_order() {
+    const DOCS: usize = 40;
+    let svc = TestService::start("api_batch_together", &[]).await;
+    let http = reqwest::Client::new();
+    let mut lines = Vec::new();
+    for round in 0..3u64 {
+        for d in 0..DOCS {
+            let doc_id = format!("together/{d}");
+            let line = match round {
+                0 | 1 => {
+                    let mut l = doc_body(&format!("{doc_id} round {round}"), 2);
+                    l["op"] = json!("put");
+                    l["doc_id"] = json!(doc_id);
+                    if round == 1 {
+                        l["expected_version"] = json!(1);
+                    }
+                    l
+                }
+                _ => json!({"op": "delete", "doc_id": doc_id, "expected_version": 2}),
+            };
+            lines.push(line.to_string());
+        }
+    }
+    let groups_before = metric(&svc, &http, "docledger_log_append_groups_total").await;
+    let grouped_before = metric(&svc, &http, "docledger_log_append_grouped_commands_total").await;
+    let res = http
+        .post(svc.url("/v1/documents:batch"))
+        .body(lines.join("\n"))
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(res.status().as_u16(), 200);
+    let out: Vec<Value> = res
+        .text()
+        .await
+        .expect("text")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(out.len(), 3 * DOCS);
+    for (i, line) in out.iter().enumerate() {
+        assert_eq!(line["line"], json!(i + 1), "results in input order");
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["result"]["version"], json!(i / DOCS + 1), "{line}");
+    }
+    let groups = metric(&svc, &http, "docledger_log_append_groups_total").await - groups_before;
+    let grouped =
+        metric(&svc, &http, "docledger_log_append_grouped_commands_total").await - grouped_before;
+    assert_eq!(
+        grouped as usize,
+        3 * DOCS,
+        "every line's append went through a group"
+    );
+    assert!(
+        groups < grouped,
+        "{grouped} appends in {groups} groups: no two lines were in flight together"
+    );
+    let (status, got) = send(http.get(svc.doc_url("together/7", ""))).await;
+    assert_eq!((status, &got["deleted"]), (200, &json!(true)));
+    svc.stop().await;
+}
+
 #[actix_rt::test]
 async fn openapi_describes_the_contract_and_ingest_sends_a_file() {
     let svc = TestService::start("api_openapi_ingest", &[]).await;

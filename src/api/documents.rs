@@ -1,10 +1,13 @@
 //! Document endpoints: put, delete, get, events and the NDJSON batch.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use aggregates::{DocId, DocumentCommand};
+use futures::future::LocalBoxFuture;
+use futures::stream::FuturesOrdered;
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
@@ -470,12 +473,22 @@ pub async fn events(
     Ok(HttpResponse::Ok().json(serde_json::json!({"doc_id": doc_id.as_str(), "events": events})))
 }
 
-async fn batch_line(
-    state: &AppState,
-    line: &[u8],
-) -> Result<(StatusCode, CommandResponse), ApiError> {
-    // A line is the PUT body plus `op`, `doc_id` and an optional `idempotency_key`; the rest
-    // goes to the same strict decoders as PUT and DELETE, so unknown fields are refused here too.
+/// A batch line, decoded: which document, its optional idempotency key and the command.
+struct BatchLine {
+    doc_id: DocId,
+    idempotency: Option<IdempotencyKey>,
+    op: BatchOp,
+}
+
+enum BatchOp {
+    Put(PutBody),
+    Delete(DeleteBody),
+}
+
+/// Decodes a batch line: the PUT body plus `op`, `doc_id` and an optional `idempotency_key`;
+/// the rest goes to the same strict decoders as PUT and DELETE, so unknown fields are
+/// refused here too.
+fn parse_batch_line(line: &[u8]) -> Result<BatchLine, ApiError> {
     let mut rest: serde_json::Map<String, serde_json::Value> = parse_json(line)?;
     let mut take_str = |field: &str| -> Result<Option<String>, ApiError> {
         match rest.remove(field) {
@@ -484,15 +497,12 @@ async fn batch_line(
             Some(_) => Err(ApiError::InvalidJson(format!("{field} must be a string"))),
         }
     };
-    let line_fields = BatchLine {
-        op: take_str("op")?.ok_or_else(|| ApiError::InvalidJson("missing field `op`".into()))?,
-        doc_id: take_str("doc_id")?
-            .ok_or_else(|| ApiError::InvalidJson("missing field `doc_id`".into()))?,
-        idempotency_key: take_str("idempotency_key")?,
-    };
-    let doc_id =
-        DocId::parse(&line_fields.doc_id).map_err(|e| ApiError::InvalidDocId(e.to_string()))?;
-    let idempotency = match line_fields.idempotency_key {
+    let op = take_str("op")?.ok_or_else(|| ApiError::InvalidJson("missing field `op`".into()))?;
+    let doc_id = take_str("doc_id")?
+        .ok_or_else(|| ApiError::InvalidJson("missing field `doc_id`".into()))?;
+    let idempotency_key = take_str("idempotency_key")?;
+    let doc_id = DocId::parse(&doc_id).map_err(|e| ApiError::InvalidDocId(e.to_string()))?;
+    let idempotency = match idempotency_key {
         Some(k) if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_BYTES => {
             return Err(ApiError::InvalidIdempotencyKey(format!(
                 "idempotency_key must be 1-{MAX_IDEMPOTENCY_KEY_BYTES} characters"
@@ -502,41 +512,57 @@ async fn batch_line(
         None => None,
     };
     let rest = serde_json::Value::Object(rest);
-    match line_fields.op.as_str() {
-        "put" => {
-            let body: PutBody =
-                serde_json::from_value(rest).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-            execute_put(state, doc_id, body, idempotency, Wait::Accepted).await
+    let op = match op.as_str() {
+        "put" => BatchOp::Put(
+            serde_json::from_value(rest).map_err(|e| ApiError::InvalidJson(e.to_string()))?,
+        ),
+        "delete" => BatchOp::Delete(
+            serde_json::from_value(rest).map_err(|e| ApiError::InvalidJson(e.to_string()))?,
+        ),
+        other => {
+            return Err(ApiError::InvalidField(format!(
+                "op must be put or delete, got {other:?}"
+            )))
         }
-        "delete" => {
-            let body: DeleteBody =
-                serde_json::from_value(rest).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    };
+    Ok(BatchLine {
+        doc_id,
+        idempotency,
+        op,
+    })
+}
+
+async fn execute_batch_line(
+    state: &AppState,
+    line: BatchLine,
+) -> Result<(StatusCode, CommandResponse), ApiError> {
+    match line.op {
+        BatchOp::Put(body) => {
+            execute_put(state, line.doc_id, body, line.idempotency, Wait::Accepted).await
+        }
+        BatchOp::Delete(body) => {
             execute_delete(
                 state,
-                doc_id,
+                line.doc_id,
                 body.expected_version,
-                idempotency,
+                line.idempotency,
                 Wait::Accepted,
             )
             .await
         }
-        other => Err(ApiError::InvalidField(format!(
-            "op must be put or delete, got {other:?}"
-        ))),
     }
 }
 
-/// The routing fields of a batch line.
-struct BatchLine {
-    op: String,
-    doc_id: String,
-    idempotency_key: Option<String>,
-}
+/// Most batch lines executing at once. Lines of different documents run together, so their
+/// appends can share the log's group commits; results still go out in input order.
+const MAX_BATCH_LINES_IN_FLIGHT: usize = 32;
 
 /// `POST /v1/documents:batch`: NDJSON in, one result line per input line, in order. A bad
 /// line fails alone; a line longer than `DOCLEDGER_MAX_BATCH_LINE_BYTES` is refused alone
 /// (413 `payload_too_large`, skipped to its newline without being kept). Lines are read as
-/// they arrive, so memory is bounded by the longest line, and the batch runs for as long as
+/// they arrive; up to [`MAX_BATCH_LINES_IN_FLIGHT`] lines of different documents execute at
+/// once (a line whose document has one in flight waits for it, so each document's lines
+/// apply in order), so memory is bounded by that many lines. The batch runs for as long as
 /// its lines keep arriving; a pause longer than `DOCLEDGER_BODY_IDLE_TIMEOUT_MS` ends it with
 /// a 408 `request_timeout` line and closes the connection.
 #[utoipa::path(post, path = "/v1/documents:batch", tag = "documents",
@@ -563,12 +589,16 @@ pub async fn batch(
         skipping: false,
         limit: state.config.max_batch_line_bytes,
         state,
+        in_flight: FuturesOrdered::new(),
+        in_flight_docs: VecDeque::new(),
+        waiting: None,
+        fatal: None,
     };
     // A batch that ends early keeps its reader (and so the unread request body) until the
     // answer is sent, so that the connection is closed instead of drained.
     let unread = std::rc::Rc::new(std::cell::Cell::new(None));
     let park = unread.clone();
-    // Results stream out as lines complete: memory holds one line in and one line out.
+    // Results stream out as lines complete, in input order.
     let lines = futures::stream::unfold(Some(reader), move |reader| {
         let park = park.clone();
         async move {
@@ -598,66 +628,148 @@ struct BatchReader {
     skipping: bool,
     limit: usize,
     state: web::Data<AppState>,
+    /// Result lines of the lines executing, in input order.
+    in_flight: FuturesOrdered<LocalBoxFuture<'static, web::Bytes>>,
+    /// The document of each line in `in_flight` (None for a line refused before executing).
+    in_flight_docs: VecDeque<Option<DocId>>,
+    /// A decoded line whose document has an earlier line in flight.
+    waiting: Option<(usize, BatchLine)>,
+    /// The last line of a batch that cannot go on (body broken off or stalled), sent once
+    /// every earlier line answered.
+    fatal: Option<web::Bytes>,
 }
 
 impl BatchReader {
-    /// The next result line; `Err` carries a last line for a batch that cannot go on (body
-    /// broken off or stalled).
+    /// The next result line, in input order; `Err` carries a last line for a batch that
+    /// cannot go on (body broken off or stalled).
     async fn next_result(&mut self) -> Option<Result<web::Bytes, web::Bytes>> {
+        use futures::StreamExt;
         loop {
-            let newline = self.pending.iter().position(|b| *b == b'\n');
-            if self.skipping {
-                match newline {
-                    Some(nl) => {
-                        self.pending.drain(..=nl);
-                        self.skipping = false;
+            self.admit_lines();
+            let can_read = !self.finished && self.fatal.is_none() && self.waiting.is_none();
+            if self.in_flight.is_empty() {
+                if let Some(fatal) = self.fatal.take() {
+                    return Some(Err(fatal));
+                }
+                if !can_read {
+                    return None;
+                }
+            }
+            let full = self.in_flight.len() >= MAX_BATCH_LINES_IN_FLIGHT;
+            let body = &mut self.body;
+            let piece = async {
+                if can_read && !full {
+                    body.next().await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            tokio::select! {
+                biased;
+                Some(result) = self.in_flight.next() => {
+                    self.in_flight_docs.pop_front();
+                    return Some(Ok(result));
+                }
+                piece = piece => match piece {
+                    Ok(Some(piece)) => self.pending.extend_from_slice(&piece),
+                    Ok(None) => {
+                        self.finished = true;
+                        self.pending.push(b'\n');
+                    }
+                    Err(e) => {
+                        self.finished = true;
+                        let mut last = error_line(self.line_no + 1, &e);
+                        last["error"]["message"] =
+                            format!("{e}; the rest of the batch was not read").into();
+                        self.fatal = Some(to_line(&last));
+                    }
+                },
+            }
+        }
+    }
+
+    /// A result known before executing (a refused line), queued in input order.
+    fn answer_now(&mut self, result: web::Bytes) {
+        self.in_flight
+            .push_back(Box::pin(futures::future::ready(result)));
+        self.in_flight_docs.push_back(None);
+    }
+
+    /// Starts the complete lines read so far, up to the in-flight bound, stopping at a line
+    /// whose document has one in flight (it starts once that one answered). A line over the
+    /// size limit is answered 413 and skipped to its newline without being kept.
+    fn admit_lines(&mut self) {
+        while self.in_flight.len() < MAX_BATCH_LINES_IN_FLIGHT {
+            let (line_no, line) = match self.waiting.take() {
+                Some(waiting) => waiting,
+                None => {
+                    let newline = self.pending.iter().position(|b| *b == b'\n');
+                    if self.skipping {
+                        match newline {
+                            Some(nl) => {
+                                self.pending.drain(..=nl);
+                                self.skipping = false;
+                                continue;
+                            }
+                            None => {
+                                self.pending.clear();
+                                return;
+                            }
+                        }
+                    }
+                    let Some(nl) = newline else {
+                        if self.pending.len() > self.limit {
+                            // Refused before its end arrives: the rest of it is discarded
+                            // as it comes.
+                            self.line_no += 1;
+                            self.pending.clear();
+                            self.skipping = true;
+                            let e = self.line_too_large();
+                            self.answer_now(to_line(&error_line(self.line_no, &e)));
+                            continue;
+                        }
+                        return;
+                    };
+                    let line: Vec<u8> = self.pending.drain(..=nl).collect();
+                    let line = &line[..line.len() - 1];
+                    if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    None => self.pending.clear(),
-                }
-            } else if let Some(nl) = newline {
-                let line: Vec<u8> = self.pending.drain(..=nl).collect();
-                let line = &line[..line.len() - 1];
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                self.line_no += 1;
-                let result = if line.len() > self.limit {
-                    error_line(self.line_no, &self.line_too_large())
-                } else {
-                    match batch_line(&self.state, line).await {
-                        Ok((status, r)) => {
-                            serde_json::json!({"line": self.line_no, "status": status.as_u16(), "result": r})
-                        }
-                        Err(e) => error_line(self.line_no, &e),
+                    self.line_no += 1;
+                    if line.len() > self.limit {
+                        let e = self.line_too_large();
+                        self.answer_now(to_line(&error_line(self.line_no, &e)));
+                        continue;
                     }
+                    match parse_batch_line(line) {
+                        Ok(parsed) => (self.line_no, parsed),
+                        Err(e) => {
+                            self.answer_now(to_line(&error_line(self.line_no, &e)));
+                            continue;
+                        }
+                    }
+                }
+            };
+            if self
+                .in_flight_docs
+                .iter()
+                .flatten()
+                .any(|d| *d == line.doc_id)
+            {
+                self.waiting = Some((line_no, line));
+                return;
+            }
+            let state = self.state.clone();
+            self.in_flight_docs.push_back(Some(line.doc_id.clone()));
+            self.in_flight.push_back(Box::pin(async move {
+                let result = match execute_batch_line(&state, line).await {
+                    Ok((status, r)) => {
+                        serde_json::json!({"line": line_no, "status": status.as_u16(), "result": r})
+                    }
+                    Err(e) => error_line(line_no, &e),
                 };
-                return Some(Ok(to_line(&result)));
-            } else if self.pending.len() > self.limit {
-                // Refused before its end arrives: the rest of it is discarded as it comes.
-                self.line_no += 1;
-                self.pending.clear();
-                self.skipping = true;
-                let e = self.line_too_large();
-                return Some(Ok(to_line(&error_line(self.line_no, &e))));
-            }
-            if self.finished {
-                return None;
-            }
-            match self.body.next().await {
-                Ok(Some(piece)) => self.pending.extend_from_slice(&piece),
-                Ok(None) => {
-                    self.finished = true;
-                    self.pending.push(b'\n');
-                }
-                Err(e) => {
-                    self.finished = true;
-                    let mut last = error_line(self.line_no + 1, &e);
-                    last["error"]["message"] =
-                        format!("{e}; the rest of the batch was not read").into();
-                    return Some(Err(to_line(&last)));
-                }
-            }
+                to_line(&result)
+            }));
         }
     }
 

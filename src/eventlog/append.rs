@@ -9,9 +9,10 @@
 //!
 //! Without idempotency key, the stream row, the blob and the events are written by one
 //! statement, sent on its own (autocommit): one round trip, and the statement's implicit
-//! transaction is the append's. Readers are woken by a NOTIFY sent after the commit (see
-//! `listen::spawn_notifier`), except in [`PgLog::append_in`], whose NOTIFY is part of the
-//! caller's transaction.
+//! transaction is the append's. With group commit on (the default, see `group`), such plain
+//! appends of several streams share one statement, so one transaction and one WAL flush.
+//! Readers are woken by a NOTIFY sent after the commit (see `listen::spawn_notifier`), except
+//! in [`PgLog::append_in`], whose NOTIFY is part of the caller's transaction.
 
 use aggregates::{DocId, DocumentEvent, LogCursor};
 use bytes::Bytes;
@@ -22,11 +23,11 @@ use tokio_postgres::types::ToSql;
 
 use projections::sink::stream_hash;
 
-use super::codec::encode;
+use super::codec::{encode, StoredEvent};
 use super::{LogError, ParkedResolution, PgLog, NOTIFY_CHANNEL};
 
 /// A statement prepared once per pooled connection.
-async fn prepared(
+pub(super) async fn prepared(
     db: &impl GenericClient,
     sql: &str,
     operation: &'static str,
@@ -67,7 +68,7 @@ pub struct IdempotentResult {
 }
 
 /// One command's events.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AppendRequest<'a> {
     /// The stream.
     pub doc_id: &'a DocId,
@@ -85,6 +86,14 @@ pub struct AppendRequest<'a> {
     pub idempotency: Option<&'a IdempotencyKey>,
     /// Parked changes this append compensates, resolved in the same transaction.
     pub resolves: Option<&'a ParkedResolution>,
+}
+
+impl AppendRequest<'_> {
+    /// Without idempotency key and parked change to resolve, with events: one statement,
+    /// which group commit may share with other streams' plain appends.
+    pub fn is_plain(&self) -> bool {
+        self.idempotency.is_none() && self.resolves.is_none() && !self.events.is_empty()
+    }
 }
 
 /// The outcome of an append.
@@ -134,6 +143,142 @@ ORDER BY e.stream_version
 RETURNING epoch, xid::text, position
 "#;
 
+/// One command's append, encoded and owned: what the single statement ([`APPEND_EVENTS`])
+/// and the group statement (`group::APPEND_GROUP`) send. Encoding happens in the caller's
+/// task, so the events' CPU cost is spread over the callers, not paid by an appender task.
+#[derive(Debug)]
+pub(super) struct EncodedAppend {
+    pub(super) doc_id: String,
+    pub(super) expected_stream_version: i64,
+    pub(super) new_stream_version: i64,
+    pub(super) doc_version: i64,
+    pub(super) deleted: bool,
+    pub(super) stream_hash: i32,
+    /// Per event, in order: stream version and stored form.
+    pub(super) versions: Vec<i64>,
+    pub(super) events: Vec<StoredEvent>,
+    /// Blob sha256 (raw bytes) and content.
+    pub(super) blob: Option<(Vec<u8>, Bytes)>,
+}
+
+impl EncodedAppend {
+    /// Encodes a request's events and decodes its blob's sha256.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`] for a blob sha256 that is not hex (the caller's bug; the
+    /// document actor computes it).
+    pub(super) fn new(req: &AppendRequest<'_>) -> Result<EncodedAppend, LogError> {
+        let events: Vec<StoredEvent> = req.events.iter().map(encode).collect();
+        let n = events.len() as i64;
+        let blob = match &req.blob {
+            Some((sha, bytes)) => Some((
+                hex::decode(sha).map_err(|e| LogError::Unavailable {
+                    operation: "decode blob sha256",
+                    message: e.to_string(),
+                })?,
+                bytes.clone(),
+            )),
+            None => None,
+        };
+        Ok(EncodedAppend {
+            doc_id: req.doc_id.as_str().to_owned(),
+            expected_stream_version: req.expected_stream_version,
+            new_stream_version: req.expected_stream_version + n,
+            doc_version: req.doc_version as i64,
+            deleted: req.deleted,
+            stream_hash: stream_hash(req.doc_id.as_str()),
+            versions: (1..=n).map(|i| req.expected_stream_version + i).collect(),
+            events,
+            blob,
+        })
+    }
+
+    /// Bytes the append sends (blob, packed vectors, an estimate of the JSON payloads): what
+    /// a group's byte budget counts.
+    pub(super) fn num_bytes(&self) -> usize {
+        const PAYLOAD_ESTIMATE: usize = 512;
+        let blob = self.blob.as_ref().map_or(0, |(_, b)| b.len());
+        let events: usize = self
+            .events
+            .iter()
+            .map(|e| PAYLOAD_ESTIMATE + e.vectors.as_ref().map_or(0, Vec::len))
+            .sum();
+        blob + events
+    }
+
+    /// The conflict of this append against the stream's current event count.
+    pub(super) fn conflict(&self, actual: i64) -> LogError {
+        LogError::Conflict {
+            stream: self.doc_id.clone(),
+            expected: self.expected_stream_version,
+            actual,
+        }
+    }
+}
+
+/// The cursor of a row `RETURNING epoch, xid::text, position` (at `first`, `first + 1`, ...).
+pub(super) fn cursor_of(row: &tokio_postgres::Row, first: usize) -> LogCursor {
+    LogCursor {
+        epoch: row.get(first),
+        xid: row.get::<_, &str>(first + 1).parse().unwrap_or_default(),
+        position: row.get(first + 2),
+    }
+}
+
+/// Writes one command's stream row, blob and events with [`APPEND_EVENTS`]; returns the
+/// cursor of its last event, or the conflict when the stream is not at the expected count.
+/// On a connection in autocommit this is the whole append, one implicit transaction.
+pub(super) async fn insert_events(
+    tx: &impl GenericClient,
+    cmd: &EncodedAppend,
+) -> Result<LogCursor, LogError> {
+    let append_events = prepared(tx, APPEND_EVENTS, "prepare event insert").await?;
+    let types: Vec<&str> = cmd.events.iter().map(|s| s.event_type.as_str()).collect();
+    let event_versions: Vec<i16> = cmd.events.iter().map(|s| s.event_version).collect();
+    let payloads: Vec<&serde_json::Value> = cmd.events.iter().map(|s| &s.payload).collect();
+    let vectors: Vec<Option<&[u8]>> = cmd.events.iter().map(|s| s.vectors.as_deref()).collect();
+    let (blob_sha, blob_size, blob_content) = match &cmd.blob {
+        Some((sha, bytes)) => (Some(sha), Some(bytes.len() as i64), Some(&bytes[..])),
+        None => (None, None, None),
+    };
+    let params: [&(dyn ToSql + Sync); 14] = [
+        &cmd.doc_id,
+        &cmd.expected_stream_version,
+        &cmd.new_stream_version,
+        &cmd.doc_version,
+        &cmd.deleted,
+        &cmd.stream_hash,
+        &cmd.versions,
+        &types,
+        &event_versions,
+        &payloads,
+        &vectors,
+        &blob_sha,
+        &blob_size,
+        &blob_content,
+    ];
+    let rows = tx
+        .query(&append_events, &params)
+        .await
+        .map_err(LogError::db("insert events"))?;
+    match rows.last() {
+        Some(last) if rows.len() == cmd.events.len() => Ok(cursor_of(last, 0)),
+        _ => {
+            // Read on the append's own connection, in its transaction if any (a new statement
+            // sees the winner's commit under READ COMMITTED): taking a second pooled
+            // connection here waits forever when every connection of the pool holds a
+            // conflicting append.
+            let read = prepared(tx, READ_STREAM_VERSION, "prepare stream version read").await?;
+            let actual = tx
+                .query_opt(&read, &[&cmd.doc_id])
+                .await
+                .map_err(LogError::db("read stream version"))?
+                .map_or(0, |r| r.get(0));
+            Err(cmd.conflict(actual))
+        }
+    }
+}
+
 /// Claims an idempotency key; concurrent retries wait on the first claim's row.
 const CLAIM_IDEMPOTENCY_KEY: &str =
     "INSERT INTO idempotency_keys (key, stream_id, request_hash, result)
@@ -144,7 +289,8 @@ const READ_IDEMPOTENCY_KEY: &str =
 
 const STORE_IDEMPOTENCY_RESULT: &str = "UPDATE idempotency_keys SET result = $2 WHERE key = $1";
 
-const READ_STREAM_VERSION: &str = "SELECT stream_version FROM streams WHERE stream_id = $1";
+pub(super) const READ_STREAM_VERSION: &str =
+    "SELECT stream_version FROM streams WHERE stream_id = $1";
 
 /// Where an append wakes readers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,35 +308,49 @@ impl PgLog {
     /// [`LogError::Conflict`] when the stream moved past `expected_stream_version`;
     /// [`LogError::IdempotencyKeyReused`]; [`LogError::Unavailable`].
     pub async fn append(&self, req: AppendRequest<'_>) -> Result<Appended, LogError> {
-        use std::sync::atomic::Ordering::Relaxed;
         let started = std::time::Instant::now();
         let result = self.append_once(req).await;
+        self.count_append(&result, started.elapsed());
+        result
+    }
+
+    /// Counts one append's outcome and time in [`AppendStats`].
+    pub(super) fn count_append(
+        &self,
+        result: &Result<Appended, LogError>,
+        elapsed: std::time::Duration,
+    ) {
+        use std::sync::atomic::Ordering::Relaxed;
         let stats = &self.stats;
-        stats
-            .micros
-            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
-        match &result {
+        stats.micros.fetch_add(elapsed.as_micros() as u64, Relaxed);
+        match result {
             Ok(Appended::Committed { .. }) => stats.committed.fetch_add(1, Relaxed),
             Ok(Appended::Duplicate(_)) => stats.duplicates.fetch_add(1, Relaxed),
             Ok(Appended::AlreadyResolved) => 0,
             Err(LogError::Conflict { .. }) => stats.conflicts.fetch_add(1, Relaxed),
             Err(_) => stats.failed.fetch_add(1, Relaxed),
         };
-        result
     }
 
     async fn append_once(&self, req: AppendRequest<'_>) -> Result<Appended, LogError> {
-        let mut client = self.client().await?;
-        if req.idempotency.is_none() && req.resolves.is_none() && !req.events.is_empty() {
+        if req.is_plain() {
             // One writing statement, its own transaction: no BEGIN and COMMIT round trips.
             // (Without events the statement would create an empty stream: that request takes
-            // the transaction below, which rolls back its conflict.)
-            let appended = self
-                .append_statements(&client, req, Wake::AfterCommit)
-                .await?;
+            // the transaction below, which rolls back its conflict.) With group commit on,
+            // the statement is shared with other streams' plain appends.
+            let encoded = EncodedAppend::new(&req)?;
+            if let Some(group) = &self.group {
+                return group.append(encoded).await;
+            }
+            let client = self.client().await?;
+            let last = insert_events(&client, &encoded).await?;
             self.wake_readers();
-            return Ok(appended);
+            return Ok(Appended::Committed {
+                last,
+                stream_version: encoded.new_stream_version,
+            });
         }
+        let mut client = self.client().await?;
         let tx = client
             .transaction()
             .await
@@ -232,26 +392,7 @@ impl PgLog {
         req: AppendRequest<'_>,
         wake: Wake,
     ) -> Result<Appended, LogError> {
-        let stored: Vec<_> = req.events.iter().map(encode).collect();
-        let n = stored.len() as i64;
-        let versions: Vec<i64> = (1..=n).map(|i| req.expected_stream_version + i).collect();
-        let types: Vec<&str> = stored.iter().map(|s| s.event_type.as_str()).collect();
-        let event_versions: Vec<i16> = stored.iter().map(|s| s.event_version).collect();
-        let payloads: Vec<&serde_json::Value> = stored.iter().map(|s| &s.payload).collect();
-        let vectors: Vec<Option<&[u8]>> = stored.iter().map(|s| s.vectors.as_deref()).collect();
-        let new_stream_version = req.expected_stream_version + n;
-        let doc_version = req.doc_version as i64;
-        let hash = stream_hash(req.doc_id.as_str());
-        let blob = match &req.blob {
-            Some((sha, bytes)) => Some((
-                hex::decode(sha).map_err(|e| LogError::Unavailable {
-                    operation: "decode blob sha256",
-                    message: e.to_string(),
-                })?,
-                bytes,
-            )),
-            None => None,
-        };
+        let encoded = EncodedAppend::new(&req)?;
 
         // The key is claimed before anything else is written, so a duplicate leaves the
         // transaction without writes whatever the caller does with it.
@@ -293,54 +434,8 @@ impl PgLog {
             }
         }
 
-        let append_events = prepared(tx, APPEND_EVENTS, "prepare event insert").await?;
-        let (blob_sha, blob_size, blob_content) = match &blob {
-            Some((sha, bytes)) => (Some(sha), Some(bytes.len() as i64), Some(&bytes[..])),
-            None => (None, None, None),
-        };
-        let params: [&(dyn ToSql + Sync); 14] = [
-            &req.doc_id.as_str(),
-            &req.expected_stream_version,
-            &new_stream_version,
-            &doc_version,
-            &req.deleted,
-            &hash,
-            &versions,
-            &types,
-            &event_versions,
-            &payloads,
-            &vectors,
-            &blob_sha,
-            &blob_size,
-            &blob_content,
-        ];
-        let rows = tx
-            .query(&append_events, &params)
-            .await
-            .map_err(LogError::db("insert events"))?;
-        if rows.len() as i64 != n || n == 0 {
-            // Read on the append's own connection, in its transaction if any (a new statement
-            // sees the winner's commit under READ COMMITTED): taking a second pooled
-            // connection here waits forever when every connection of the pool holds a
-            // conflicting append.
-            let read = prepared(tx, READ_STREAM_VERSION, "prepare stream version read").await?;
-            let actual = tx
-                .query_opt(&read, &[&req.doc_id.as_str()])
-                .await
-                .map_err(LogError::db("read stream version"))?
-                .map_or(0, |r| r.get(0));
-            return Err(LogError::Conflict {
-                stream: req.doc_id.to_string(),
-                expected: req.expected_stream_version,
-                actual,
-            });
-        }
-        let last = rows.last().map(|r| LogCursor {
-            epoch: r.get(0),
-            xid: r.get::<_, &str>(1).parse().unwrap_or_default(),
-            position: r.get(2),
-        });
-        let last = last.expect("n > 0 rows were returned");
+        let last = insert_events(tx, &encoded).await?;
+        let new_stream_version = encoded.new_stream_version;
 
         let result_stored = async {
             let Some(key) = req.idempotency else {

@@ -4,11 +4,13 @@
 //! Invariants: an append is one transaction guarded by the stream row and
 //! `UNIQUE (stream_id, stream_version)`; readers only see events of transactions older than
 //! every running one, ordered and paged by `(epoch, xid, position)`; blob bytes are written
-//! once per sha256 in the append's transaction.
+//! once per sha256 in the append's transaction. Plain appends of different streams may
+//! share that transaction (group commit, `group`), each still with its own answer.
 
 mod append;
 pub mod codec;
 pub mod connect;
+mod group;
 pub mod lease;
 mod listen;
 mod parked;
@@ -30,7 +32,7 @@ pub use parked::{
 };
 pub use reader::{HorizonStatus, StreamState};
 
-use crate::config::StoreUrl;
+use crate::config::{AppendGroupConfig, StoreUrl};
 
 /// The log database's name in messages.
 const STORE: &str = "PostgreSQL";
@@ -115,6 +117,8 @@ pub struct PgLog {
     notify: mpsc::Sender<()>,
     /// Append counters, for `/metrics`.
     stats: Arc<AppendStats>,
+    /// The group-commit queue of plain appends; `None` = each is its own statement.
+    group: Option<group::GroupAppender>,
 }
 
 /// Counters of this process's appends.
@@ -130,6 +134,12 @@ pub struct AppendStats {
     pub failed: std::sync::atomic::AtomicU64,
     /// Microseconds spent in appends, over all outcomes.
     pub micros: std::sync::atomic::AtomicU64,
+    /// Group statements that ran (each one transaction of one or more plain appends).
+    pub groups: std::sync::atomic::AtomicU64,
+    /// Commands those group statements carried (committed or conflicting).
+    pub grouped_commands: std::sync::atomic::AtomicU64,
+    /// Group statements that failed as a whole and whose commands were appended one by one.
+    pub group_fallbacks: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for PgLog {
@@ -194,6 +204,21 @@ impl PgLog {
         pool_size: usize,
         trust: &TlsTrust,
     ) -> Result<PgLog, LogError> {
+        Self::connect_with(url, pool_size, trust, AppendGroupConfig::default()).await
+    }
+
+    /// As [`PgLog::connect_with_tls`], with the group commit of plain appends tuned by
+    /// `group` (`max_commands == 1` turns it off: each append is a statement of its own).
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`] when the database cannot be reached (a failed TLS handshake
+    /// included) or migrated.
+    pub async fn connect_with(
+        url: &StoreUrl,
+        pool_size: usize,
+        trust: &TlsTrust,
+        group: AppendGroupConfig,
+    ) -> Result<PgLog, LogError> {
         let connector = PgConnector::new(url, trust)?;
         ensure_database(&connector).await?;
         let pool = connector.pool(
@@ -205,8 +230,13 @@ impl PgLog {
         let log_id = migrate(&pool).await?;
         let notify = listen::spawn_notifier(connector.clone());
         let appended = listen::spawn(connector.clone());
+        let stats = Arc::<AppendStats>::default();
+        let group = (group.max_commands > 1).then(|| {
+            group::GroupAppender::spawn(pool.clone(), stats.clone(), notify.clone(), group)
+        });
         Ok(PgLog {
-            stats: Arc::default(),
+            stats,
+            group,
             pool,
             connector,
             log_id: log_id.into(),
