@@ -11,6 +11,8 @@
 //!   (8), `REBUILD_BENCH_DIM` vector dimension (384)
 //! - `REBUILD_BENCH_STORES` which stores, comma-separated (`mysql,milvus,s3`)
 //! - `REBUILD_BENCH_SEED_TASKS` parallel appenders while seeding (16)
+//! - `REBUILD_BENCH_VACUUM` `0` to rebuild from the freshly seeded log without the
+//!   `VACUUM (ANALYZE)` that brings it to a running service's state first (1)
 //!
 //! Every resource is named `t_rbench_<pid>_<hex>` (a `unique_name`), so the test sweeper
 //! removes what a killed run left; a finished run removes them itself.
@@ -23,6 +25,7 @@ use aggregates::{
 };
 use anyhow::Context;
 use bytes::Bytes;
+use docledger::cli::bench::{cpu_between, cpu_snapshot, load_average, CpuSnapshot, GROUPS};
 use docledger::config::Config;
 use docledger::eventlog::{AppendRequest, Appended, PgLog};
 use docledger::rebuild::{RebuildProgress, Rebuilder, S3_CONCURRENCY};
@@ -217,11 +220,48 @@ async fn seed(log: &PgLog, s: &std::sync::Arc<Settings>) -> anyhow::Result<f64> 
     Ok(started.elapsed().as_secs_f64())
 }
 
+/// Wall time and CPU seconds per process group ([`GROUPS`]: the bench process is the
+/// rebuild's and the ceiling's client) of one measured step.
+struct Measured {
+    seconds: f64,
+    cpu: HashMap<&'static str, f64>,
+}
+
+/// Starts measuring: CPU of the stores' processes (PostgreSQL: the server's own and the
+/// backends of `log_database`) and of this process.
+struct Stopwatch {
+    started: Instant,
+    cpu: CpuSnapshot,
+    log_database: String,
+}
+
+impl Stopwatch {
+    fn start(log_database: &str) -> Stopwatch {
+        Stopwatch {
+            cpu: cpu_snapshot(None, Some(log_database)),
+            started: Instant::now(),
+            log_database: log_database.to_owned(),
+        }
+    }
+
+    fn stop(self) -> Measured {
+        let seconds = self.started.elapsed().as_secs_f64();
+        Measured {
+            seconds,
+            cpu: cpu_between(&self.cpu, &cpu_snapshot(None, Some(&self.log_database))),
+        }
+    }
+}
+
 /// One store's measurement.
 struct Row {
     store: StoreKind,
-    rebuild_seconds: f64,
-    ceiling_seconds: f64,
+    rebuild: Measured,
+    ceiling: Measured,
+    /// Where the rebuild's time went, phase by phase.
+    phases: Vec<(String, f64)>,
+    /// Load average when the rebuild started.
+    load: String,
 }
 
 impl Row {
@@ -235,7 +275,7 @@ impl Row {
 
 /// The catalogue rows of every document in multi-row plain inserts of the rebuild's size,
 /// `CONCURRENT_STATEMENTS` at a time, into a fresh table.
-async fn ceiling_mysql(stores: &Stores, s: &Settings) -> anyhow::Result<f64> {
+async fn ceiling_mysql(stores: &Stores, name: &str, s: &Settings) -> anyhow::Result<Measured> {
     let pool = stores.mysql.pool();
     let mut conn = pool.get_conn().await?;
     conn.query_drop(format!("DROP TABLE IF EXISTS {CEILING_TABLE}"))
@@ -265,14 +305,14 @@ async fn ceiling_mysql(stores: &Stores, s: &Settings) -> anyhow::Result<f64> {
             )
         })
         .collect();
-    let started = Instant::now();
+    let watch = Stopwatch::start(name);
     run_concurrently(pool, "ceiling insert", statements, CONCURRENT_STATEMENTS).await?;
-    Ok(started.elapsed().as_secs_f64())
+    Ok(watch.stop())
 }
 
 /// Every chunk row inserted into a fresh collection of the same schema and index, in
 /// requests of the rebuild's size, `CONCURRENT_REQUESTS` at a time.
-async fn ceiling_milvus(stores: &Stores, name: &str, s: &Settings) -> anyhow::Result<f64> {
+async fn ceiling_milvus(stores: &Stores, name: &str, s: &Settings) -> anyhow::Result<Measured> {
     let sink = stores
         .milvus
         .on_collection(&format!("{name}_{CEILING_SUFFIX}"));
@@ -290,13 +330,18 @@ async fn ceiling_milvus(stores: &Stores, name: &str, s: &Settings) -> anyhow::Re
             })
         })
         .collect();
-    let started = Instant::now();
+    let watch = Stopwatch::start(name);
     sink.insert_rows(&rows, CONCURRENT_REQUESTS).await?;
-    Ok(started.elapsed().as_secs_f64())
+    Ok(watch.stop())
 }
 
 /// Every blob put at its key in a fresh bucket, `S3_CONCURRENCY` at a time.
-async fn ceiling_s3(env: &StoreEnv, bucket: &str, s: &Settings) -> anyhow::Result<f64> {
+async fn ceiling_s3(
+    env: &StoreEnv,
+    name: &str,
+    bucket: &str,
+    s: &Settings,
+) -> anyhow::Result<Measured> {
     let sink = s3_sink(env, bucket);
     sink.prepare().await?;
     let blobs: Vec<(String, Bytes)> = (0..s.num_docs)
@@ -312,12 +357,12 @@ async fn ceiling_s3(env: &StoreEnv, bucket: &str, s: &Settings) -> anyhow::Resul
             async move { sink.put_raw(&key, bytes).await }
         })
         .collect();
-    let started = Instant::now();
+    let watch = Stopwatch::start(name);
     stream::iter(puts)
         .buffer_unordered(S3_CONCURRENCY)
         .try_collect::<Vec<()>>()
         .await?;
-    Ok(started.elapsed().as_secs_f64())
+    Ok(watch.stop())
 }
 
 fn s3_sink(env: &StoreEnv, bucket: &str) -> projections::S3Sink {
@@ -372,6 +417,10 @@ async fn measure(
         "seeded in {seconds:.1}s ({:.0} documents/s)",
         s.num_docs as f64 / seconds
     );
+    wait_for_horizon(env, name).await?;
+    if env_usize("REBUILD_BENCH_VACUUM", 1)? == 1 {
+        vacuum_log(env, name).await?;
+    }
     // The rebuild marks rebuilt documents ready in the catalogue: it must exist.
     stores.mysql.prepare().await?;
     let rebuilder = Rebuilder::new(
@@ -384,9 +433,10 @@ async fn measure(
     for &store in &s.stores {
         eprintln!("{}: rebuilding ...", store.name());
         let progress = RebuildProgress::default();
-        let started = Instant::now();
+        let load = load_average();
+        let watch = Stopwatch::start(name);
         let summary = rebuilder.rebuild(store, &progress, &cancel).await?;
-        let rebuild_seconds = started.elapsed().as_secs_f64();
+        let rebuild = watch.stop();
         anyhow::ensure!(
             summary.num_documents as usize >= s.num_docs,
             "{} rebuilt {} documents of {}",
@@ -395,21 +445,25 @@ async fn measure(
             s.num_docs
         );
         eprintln!(
-            "{}: rebuilt in {rebuild_seconds:.1}s; ceiling ...",
-            store.name()
+            "{}: rebuilt in {:.1}s; ceiling ...",
+            store.name(),
+            rebuild.seconds
         );
-        let ceiling_seconds = match store {
-            StoreKind::Mysql => ceiling_mysql(&stores, &s).await?,
+        let ceiling = match store {
+            StoreKind::Mysql => ceiling_mysql(&stores, name, &s).await?,
             StoreKind::Milvus => ceiling_milvus(&stores, name, &s).await?,
             StoreKind::S3 => {
-                ceiling_s3(env, &format!("{}-{CEILING_SUFFIX}", bucket_name(name)), &s).await?
+                let bucket = format!("{}-{CEILING_SUFFIX}", bucket_name(name));
+                ceiling_s3(env, name, &bucket, &s).await?
             }
         };
-        eprintln!("{}: ceiling in {ceiling_seconds:.1}s", store.name());
+        eprintln!("{}: ceiling in {:.1}s", store.name(), ceiling.seconds);
         rows.push(Row {
             store,
-            rebuild_seconds,
-            ceiling_seconds,
+            rebuild,
+            ceiling,
+            phases: progress.phase_seconds(),
+            load,
         });
     }
     Ok(())
@@ -431,6 +485,75 @@ async fn clean_up(env: &StoreEnv, name: &str) {
         "the ceiling bucket",
         drop_bucket(env, &format!("{bucket}-{CEILING_SUFFIX}")).await,
     );
+}
+
+/// Waits until every seeded event is below the log's read horizon: readers (the rebuild)
+/// only take events of transactions older than the oldest one still running anywhere in the
+/// PostgreSQL cluster, and on a shared server another client's long transaction holds that
+/// back, so a rebuild started now would stop short of the seeded documents.
+async fn wait_for_horizon(env: &StoreEnv, name: &str) -> anyhow::Result<()> {
+    const HORIZON_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+    let (client, conn) =
+        tokio_postgres::connect(&env.pg_database_url(name), tokio_postgres::NoTls).await?;
+    let task = tokio::spawn(conn);
+    let started = Instant::now();
+    let mut told = false;
+    loop {
+        let above: i64 = client
+            .query_one(
+                "SELECT count(*) FROM events WHERE xid >= pg_snapshot_xmin(pg_current_snapshot())",
+                &[],
+            )
+            .await?
+            .get(0);
+        if above == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < HORIZON_TIMEOUT,
+            "{above} seeded events still above the read horizon after {HORIZON_TIMEOUT:?}: \
+             a long transaction on the PostgreSQL server holds it back"
+        );
+        if !told {
+            eprintln!("waiting for the read horizon to pass {above} seeded events ...");
+            told = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    if told {
+        eprintln!(
+            "horizon passed after {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    drop(client);
+    let _ = task.await;
+    Ok(())
+}
+
+/// `VACUUM (ANALYZE)` of the seeded log, so the rebuild reads it as it would in a running
+/// service: there the projectors' own reads (and autovacuum) have long set the events' commit
+/// hint bits and the planner's statistics, while here 300,000 events of 100,000 just-committed
+/// transactions would make the first reader look up and write back each one's commit status.
+async fn vacuum_log(env: &StoreEnv, name: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (client, conn) =
+        tokio_postgres::connect(&env.pg_database_url(name), tokio_postgres::NoTls).await?;
+    let task = tokio::spawn(conn);
+    // One statement each: several in one string would be one transaction, which VACUUM
+    // refuses.
+    for table in ["events", "streams"] {
+        client
+            .batch_execute(&format!("VACUUM (ANALYZE) {table}"))
+            .await?;
+    }
+    drop(client);
+    let _ = task.await;
+    eprintln!(
+        "log vacuumed in {:.1}s (REBUILD_BENCH_VACUUM=0 skips it)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 async fn drop_pg(env: &StoreEnv, name: &str) -> anyhow::Result<()> {
@@ -515,8 +638,8 @@ fn print_table(rows: &[Row], num_docs: usize) {
     println!("| store  | documents | rebuild docs/s | ceiling docs/s | ratio | target | result |");
     println!("|--------|----------:|---------------:|---------------:|------:|-------:|--------|");
     for r in rows {
-        let rebuild = num_docs as f64 / r.rebuild_seconds;
-        let ceiling = num_docs as f64 / r.ceiling_seconds;
+        let rebuild = num_docs as f64 / r.rebuild.seconds;
+        let ceiling = num_docs as f64 / r.ceiling.seconds;
         let ratio = rebuild / ceiling;
         println!(
             "| {:<6} | {:>9} | {:>14.0} | {:>14.0} | {:>5.2} | ≥ {:.1}  | {} |",
@@ -527,6 +650,45 @@ fn print_table(rows: &[Row], num_docs: usize) {
             ratio,
             r.target(),
             if ratio >= r.target() { "met" } else { "missed" }
+        );
+    }
+    // The bench process is the rebuild's (and the ceiling's) client.
+    println!();
+    println!(
+        "CPU seconds per process group (the bench process runs the rebuild and the ceiling's \
+         client; shared store processes include other users' work):"
+    );
+    println!("| store  | step    | seconds | {} |", GROUPS.join(" | "));
+    println!(
+        "|--------|---------|--------:|{}",
+        "--:|".repeat(GROUPS.len())
+    );
+    for r in rows {
+        for (step, m) in [("rebuild", &r.rebuild), ("ceiling", &r.ceiling)] {
+            let cpu: Vec<String> = GROUPS
+                .iter()
+                .map(|g| format!("{:.2}", m.cpu.get(g).copied().unwrap_or_default()))
+                .collect();
+            println!(
+                "| {:<6} | {step} | {:>7.2} | {} |",
+                r.store.name(),
+                m.seconds,
+                cpu.join(" | ")
+            );
+        }
+    }
+    println!();
+    for r in rows {
+        let phases: Vec<String> = r
+            .phases
+            .iter()
+            .map(|(phase, seconds)| format!("{phase} {seconds:.2}s"))
+            .collect();
+        println!(
+            "{} rebuild phases: {} (load average at its start: {})",
+            r.store.name(),
+            phases.join(", "),
+            r.load
         );
     }
 }
@@ -544,8 +706,11 @@ async fn main() -> anyhow::Result<()> {
     let env = StoreEnv::require();
     let name = unique_name("rbench");
     let mut rows = Vec::new();
+    let load_before = load_average();
     let measured = measure(&env, &name, settings.clone(), &mut rows).await;
+    let load_after = load_average();
     clean_up(&env, &name).await;
     print_table(&rows, settings.num_docs);
+    println!("load average (1, 5, 15 min): {load_before} before, {load_after} after");
     measured
 }

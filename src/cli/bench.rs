@@ -232,7 +232,7 @@ fn all_procs() -> HashMap<u32, ProcInfo> {
 }
 
 /// The process groups whose CPU a scenario reports.
-const GROUPS: [&str; 6] = [
+pub const GROUPS: [&str; 6] = [
     "docledger",
     "bench client",
     "postgresql",
@@ -282,9 +282,11 @@ fn group_of(
 }
 
 /// CPU ticks per process at one moment, with each process's group.
-struct CpuSnapshot(HashMap<u32, (&'static str, u64)>);
+pub struct CpuSnapshot(HashMap<u32, (&'static str, u64)>);
 
-fn cpu_snapshot(service: Option<u32>, pg_database: Option<&str>) -> CpuSnapshot {
+/// CPU ticks of every process of [`GROUPS`] now: `service` is the docledger process when it
+/// is not this one, `pg_database` the log database whose PostgreSQL backends count.
+pub fn cpu_snapshot(service: Option<u32>, pg_database: Option<&str>) -> CpuSnapshot {
     let procs = all_procs();
     CpuSnapshot(
         procs
@@ -299,7 +301,7 @@ fn cpu_snapshot(service: Option<u32>, pg_database: Option<&str>) -> CpuSnapshot 
 
 /// CPU seconds per group between two snapshots (a process that started meanwhile counts
 /// from zero).
-fn cpu_between(start: &CpuSnapshot, end: &CpuSnapshot) -> HashMap<&'static str, f64> {
+pub fn cpu_between(start: &CpuSnapshot, end: &CpuSnapshot) -> HashMap<&'static str, f64> {
     let mut out: HashMap<&'static str, f64> = GROUPS.iter().map(|g| (*g, 0.0)).collect();
     for (pid, (group, ticks)) in &end.0 {
         let before = start.0.get(pid).map_or(0, |(_, t)| *t);
@@ -916,7 +918,8 @@ async fn run_ceilings(
 // ---------------------------------------------------------------------------------------
 // Entry points
 
-fn load_average() -> String {
+/// The 1, 5 and 15 minute load averages as `/proc/loadavg` shows them.
+pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()

@@ -21,6 +21,9 @@ use super::codec::decode;
 use super::{db_message, LogError, PgLog};
 
 /// Events after a cursor, below the horizon, in log order; `$4 = 1` reads every partition.
+/// The sort names the table's columns: a bare `xid` would be the output column `xid::text`,
+/// a text order (`10` before `9`) that pages would skip events by, and that no index serves
+/// (every page would sort everything after the cursor).
 const READ_AFTER: &str = r#"
 SELECT epoch, xid::text, position, stream_id, stream_version, event_type, event_version,
        payload, vectors, (extract(epoch FROM recorded_at) * 1000)::bigint
@@ -29,7 +32,7 @@ WHERE (epoch, xid, position) > ($1, $2::text::xid8, $3)
   AND (epoch < (SELECT epoch FROM log_meta)
        OR xid < pg_snapshot_xmin(pg_current_snapshot()))
   AND ($4::integer = 1 OR stream_hash % $4::integer = $5::integer)
-ORDER BY epoch, xid, position
+ORDER BY events.epoch, events.xid, events.position
 LIMIT $6
 "#;
 

@@ -8,7 +8,8 @@ use super::reader::decode_row;
 use super::{LogError, PgLog};
 
 /// Events of the given types after a cursor, below the horizon, in log order. The horizon
-/// and order are [`PgLog::read_after`]'s.
+/// and order are [`PgLog::read_after`]'s (the sort names the table's columns, so it is the
+/// numeric `xid8` order of the index, not the text of the output column `xid`).
 const READ_TYPES_AFTER: &str = r#"
 SELECT epoch, xid::text, position, stream_id, stream_version, event_type, event_version,
        payload, vectors, (extract(epoch FROM recorded_at) * 1000)::bigint
@@ -17,7 +18,7 @@ WHERE (epoch, xid, position) > ($1, $2::text::xid8, $3)
   AND (epoch < (SELECT epoch FROM log_meta)
        OR xid < pg_snapshot_xmin(pg_current_snapshot()))
   AND event_type = ANY($4)
-ORDER BY epoch, xid, position
+ORDER BY events.epoch, events.xid, events.position
 LIMIT $5
 "#;
 

@@ -27,6 +27,7 @@ use aggregates::{DocumentEvent, LogCursor, RecordedEvent, StoreKind};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use projections::milvus::rebuild::{generation_name, GenerationWriter};
+use projections::mysql::shadow::ShadowWriter;
 use projections::s3::rebuild::ObjectOutcome;
 use projections::s3::KEY_PREFIX;
 use projections::sink::Change;
@@ -45,15 +46,17 @@ use crate::Stores;
 /// Events read per page of the log.
 pub const PAGE_EVENTS: usize = 5000;
 /// Pages read ahead of the writer.
-const READ_AHEAD_PAGES: usize = 2;
+const READ_AHEAD_PAGES: usize = 4;
 /// Objects written (or checked) at the same time.
 pub const S3_CONCURRENCY: usize = 32;
 /// Documents whose blobs are loaded from the log in one query.
 const S3_BLOB_GROUP: usize = 32;
 /// How often a pausing rebuild looks at the runners.
 const PAUSE_POLL: Duration = Duration::from_millis(50);
-/// Rows per readiness query after a catalogue swap.
+/// Documents per readiness query while recording.
 const READY_PAGE: usize = 1000;
+/// Documents per readiness query after a catalogue swap (one PostgreSQL join each).
+const SETTLE_PAGE: usize = 10_000;
 
 /// Why a rebuild stopped.
 #[derive(Debug, thiserror::Error)]
@@ -259,19 +262,16 @@ impl Rebuilder {
         Ok(())
     }
 
-    /// Marks `ready` the catalogue rows left `pending` whose version every store holds
-    /// (documents that became consistent while their shadow row was being written).
-    async fn settle_readiness(&self) -> Result<(), RebuildError> {
-        let mut after = String::new();
-        loop {
-            let pending = self.stores.mysql.pending_after(&after, READY_PAGE).await?;
-            let Some((last, _)) = pending.last() else {
-                return Ok(());
-            };
-            after = last.clone();
-            let docs: Vec<(&str, u64)> = pending.iter().map(|(d, v)| (d.as_str(), *v)).collect();
+    /// Marks `ready` the rows the rebuild wrote `pending` whose version every store holds by
+    /// now (documents that became consistent while their shadow row was being written: the
+    /// tracker marked the old live row). Only the rebuild wrote the shadow table, so these are
+    /// all its `pending` rows; an entry since overwritten or deleted no longer matches its
+    /// document's version and is skipped.
+    async fn settle_readiness(&self, pending: &[(String, u64)]) -> Result<(), RebuildError> {
+        for part in pending.chunks(SETTLE_PAGE) {
+            let docs: Vec<(&str, u64)> = part.iter().map(|(d, v)| (d.as_str(), *v)).collect();
             let consistent = self.log.consistent_at(&docs).await?;
-            let ready: Vec<AppliedVersion> = pending
+            let ready: Vec<AppliedVersion> = part
                 .iter()
                 .filter(|(d, _)| consistent.contains(d))
                 .filter_map(|(d, v)| {
@@ -282,10 +282,8 @@ impl Rebuilder {
                 })
                 .collect();
             self.stores.mysql.mark_ready(&ready).await?;
-            if pending.len() < READY_PAGE {
-                return Ok(());
-            }
         }
+        Ok(())
     }
 
     async fn blue_green(
@@ -302,7 +300,7 @@ impl Rebuilder {
             StoreKind::Mysql => {
                 self.stores.mysql.prepare().await?;
                 self.stores.mysql.create_shadow().await?;
-                Target::Mysql
+                Target::Mysql(self.stores.mysql.shadow_writer())
             }
             _ => {
                 self.stores.milvus.prepare().await?;
@@ -360,13 +358,16 @@ impl Rebuilder {
                 cursor = end;
             }
             progress.phase("switching");
-            match &target {
-                Target::Mysql => {
+            match &mut target {
+                Target::Mysql(writer) => {
+                    // Every row in before the shadow goes live.
+                    writer.finish().await?;
                     self.stores
                         .mysql
                         .swap_shadow(self.log.log_id(), self.partitions, cursor)
                         .await?;
-                    self.settle_readiness().await?;
+                    progress.phase("recording");
+                    self.settle_readiness(writer.pending()).await?;
                 }
                 Target::Milvus(generation) => {
                     let old = self
@@ -409,7 +410,7 @@ impl Rebuilder {
 
     async fn write(&self, target: &mut Target, batch: &Batch) -> Result<(), RebuildError> {
         match target {
-            Target::Mysql => {
+            Target::Mysql(writer) => {
                 let docs: Vec<(&str, u64)> = batch
                     .changes
                     .iter()
@@ -417,9 +418,8 @@ impl Rebuilder {
                     .map(|c| (c.doc_id.as_str(), c.version))
                     .collect();
                 let consistent = self.log.consistent_at(&docs).await?;
-                self.stores
-                    .mysql
-                    .write_shadow(batch, |doc, _| consistent.contains(doc))
+                writer
+                    .write(batch, |doc, _| consistent.contains(doc))
                     .await?;
             }
             Target::Milvus(generation) => {
@@ -619,7 +619,8 @@ impl Rebuilder {
 }
 
 enum Target {
-    Mysql,
+    /// Writes into the shadow table in the background: finish it before the swap.
+    Mysql(ShadowWriter),
     Milvus(GenerationWriter),
 }
 

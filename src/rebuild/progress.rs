@@ -45,15 +45,28 @@ pub const PHASE_FAILED: &str = "failed";
 pub struct RebuildProgress {
     started: Instant,
     state: Mutex<RebuildStatus>,
+    /// Seconds spent in each phase so far, in order, and when the current one began.
+    timings: Mutex<PhaseTimings>,
+}
+
+#[derive(Debug)]
+struct PhaseTimings {
+    finished: Vec<(String, f64)>,
+    current_since: Instant,
 }
 
 impl Default for RebuildProgress {
     fn default() -> Self {
+        let now = Instant::now();
         Self {
-            started: Instant::now(),
+            started: now,
             state: Mutex::new(RebuildStatus {
                 phase: "preparing".into(),
                 ..RebuildStatus::default()
+            }),
+            timings: Mutex::new(PhaseTimings {
+                finished: Vec::new(),
+                current_since: now,
             }),
         }
     }
@@ -66,9 +79,29 @@ impl RebuildProgress {
         }
     }
 
-    /// Enters `phase`.
+    /// Enters `phase` (ending the current one: see [`RebuildProgress::phase_seconds`]).
     pub fn phase(&self, phase: &str) {
-        self.update(|s| s.phase = phase.to_owned());
+        let mut previous = String::new();
+        self.update(|s| previous = std::mem::replace(&mut s.phase, phase.to_owned()));
+        self.end_phase(previous);
+    }
+
+    fn end_phase(&self, phase: String) {
+        if let Ok(mut t) = self.timings.lock() {
+            let now = Instant::now();
+            let seconds = now.duration_since(t.current_since).as_secs_f64();
+            t.current_since = now;
+            t.finished.push((phase, seconds));
+        }
+    }
+
+    /// Seconds spent in each phase that has ended, in order (a phase entered twice appears
+    /// twice): where a rebuild's time went.
+    pub fn phase_seconds(&self) -> Vec<(String, f64)> {
+        self.timings
+            .lock()
+            .map(|t| t.finished.clone())
+            .unwrap_or_default()
     }
 
     /// Sets the documents the log knows.
@@ -86,10 +119,12 @@ impl RebuildProgress {
 
     /// Ends in failure.
     pub fn fail(&self, error: String) {
+        let mut previous = String::new();
         self.update(|s| {
-            s.phase = PHASE_FAILED.into();
+            previous = std::mem::replace(&mut s.phase, PHASE_FAILED.into());
             s.error = Some(error);
         });
+        self.end_phase(previous);
     }
 
     /// A copy with rate, ETA and elapsed time computed now.
@@ -113,6 +148,9 @@ impl RebuildProgress {
     /// Freezes the elapsed time and rate (called once at the end).
     pub fn finish(&self) {
         let snap = self.snapshot();
+        if !snap.finished() {
+            self.end_phase(snap.phase.clone());
+        }
         self.update(|s| {
             s.elapsed_seconds = snap.elapsed_seconds;
             s.rate_per_second = snap.rate_per_second;

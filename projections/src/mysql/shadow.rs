@@ -8,12 +8,16 @@
 //! in one statement, so the live table is never missing and its checkpoint always describes
 //! exactly its rows (exactly once survives the rebuild).
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
 
 use aggregates::LogCursor;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use mysql_async::prelude::*;
 use mysql_async::Value;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use super::classify::sink_error;
 use super::schema::{
@@ -37,6 +41,11 @@ pub const OLD_CHECKPOINTS: &str = "projection_checkpoints_old";
 /// Upsert statements of one page sent at the same time (each on its own connection). The
 /// documents of a page are distinct, so they never touch the same row.
 pub const CONCURRENT_STATEMENTS: usize = 2;
+
+/// Upsert statements a [`ShadowWriter`] keeps built and waiting behind the running ones, so
+/// that a statement starts the moment another ends even while the next page is still being
+/// read or built.
+pub const QUEUED_STATEMENTS: usize = 2;
 
 /// Columns of a catalogue insert, in [`upsert_params`]' order plus `status`.
 const INSERT_COLUMNS: &str = "(doc_id, version, title, source_type, business_tag, attributes, blob_key, blob_sha256, blob_size, chunk_count, status)";
@@ -82,6 +91,19 @@ pub fn catalogue_values(doc_id: &str, change: &Change, ready: bool) -> Option<[V
     Some([a, b, c, d, e, f, g, h, i, j, Value::from(status)])
 }
 
+/// Runs one statement on a pooled connection (autocommit).
+async fn exec_pooled(
+    pool: mysql_async::Pool,
+    operation: &'static str,
+    sql: String,
+    params: Vec<Value>,
+) -> Result<(), SinkError> {
+    let mut conn = pool.get_conn().await.map_err(sink_error("connect"))?;
+    conn.exec_drop(sql, params)
+        .await
+        .map_err(sink_error(operation))
+}
+
 /// Runs `statements` (SQL and parameters) on up to `concurrency` pooled connections.
 ///
 /// # Errors
@@ -95,21 +117,159 @@ pub async fn run_concurrently(
     // Collected before entering the stream (rust-lang/rust#89976).
     let sends: Vec<_> = statements
         .into_iter()
-        .map(|(sql, params)| {
-            let pool = pool.clone();
-            async move {
-                let mut conn = pool.get_conn().await.map_err(sink_error("connect"))?;
-                conn.exec_drop(sql, params)
-                    .await
-                    .map_err(sink_error(operation))
-            }
-        })
+        .map(|(sql, params)| exec_pooled(pool.clone(), operation, sql, params))
         .collect();
     stream::iter(sends)
         .buffer_unordered(concurrency.max(1))
         .try_collect::<Vec<()>>()
         .await
         .map(|_| ())
+}
+
+/// Fills the shadow table page after page without waiting for a page's inserts before the
+/// next page is read and built: upsert statements run in the background, at most
+/// [`CONCURRENT_STATEMENTS`] at a time (each on its own pooled connection, in the order
+/// they were queued), with up to [`QUEUED_STATEMENTS`] more waiting for a turn, and
+/// [`ShadowWriter::write`] returns once its page's last statement is queued.
+///
+/// Order where it matters: a statement never runs next to one holding the same document
+/// (it waits for it: no lock-order deadlock between two multi-row upserts, and the version
+/// guard decides between the two versions whichever lands first); a page's guarded deletes
+/// run only after every earlier upsert finished (an older upsert landing after a deletion
+/// would bring the row back). [`ShadowWriter::finish`] waits for everything: call it before
+/// the swap. Dropping the writer aborts what is still running (an abandoned rebuild).
+pub struct ShadowWriter {
+    pool: mysql_async::Pool,
+    /// Turns to run a statement (first come, first served).
+    turns: Arc<Semaphore>,
+    /// Most statements running or waiting for a turn.
+    capacity: usize,
+    running: JoinSet<Result<(), SinkError>>,
+    /// The documents of each running statement.
+    docs_of: HashMap<tokio::task::Id, Vec<String>>,
+    /// Every document some running statement writes.
+    in_flight: HashSet<String>,
+    /// The rows written `pending`, in order (a later entry may supersede an earlier one).
+    pending: Vec<(String, u64)>,
+}
+
+impl ShadowWriter {
+    /// Writes a coalesced page of the log: its upserts start in the background (in
+    /// multi-row statements of [`ROWS_PER_STATEMENT`]), then its deletes run after every
+    /// earlier write. `ready(doc_id, version)` says whether a row is written `ready`.
+    ///
+    /// # Errors
+    /// A classified [`SinkError`] of this page's deletes or of any earlier statement.
+    pub async fn write(
+        &mut self,
+        batch: &Batch,
+        ready: impl Fn(&str, u64) -> bool,
+    ) -> Result<(), SinkError> {
+        let mut rows: Vec<(&str, [Value; 11])> = Vec::new();
+        let mut removes: Vec<(&str, u64)> = Vec::new();
+        for c in &batch.changes {
+            match &c.change {
+                Change::Remove => removes.push((c.doc_id.as_str(), c.version)),
+                change => {
+                    let ready = ready(c.doc_id.as_str(), c.version);
+                    if let Some(values) = catalogue_values(c.doc_id.as_str(), change, ready) {
+                        rows.push((c.doc_id.as_str(), values));
+                        if !ready {
+                            self.pending.push((c.doc_id.to_string(), c.version));
+                        }
+                    }
+                }
+            }
+        }
+        for part in rows.chunks(ROWS_PER_STATEMENT) {
+            let docs: Vec<String> = part.iter().map(|(d, _)| (*d).to_owned()).collect();
+            let params = part.iter().flat_map(|(_, r)| r.iter().cloned()).collect();
+            let sql = insert_statement(SHADOW_DOCUMENTS, part.len(), UPSERT_TAIL);
+            self.start(docs, sql, params).await?;
+        }
+        if removes.is_empty() {
+            return Ok(());
+        }
+        self.finish().await?;
+        let deletes = removes
+            .chunks(ROWS_PER_STATEMENT)
+            .map(|docs| {
+                let cond = vec!["(doc_id = ? AND version < ?)"; docs.len()].join(" OR ");
+                let params = docs
+                    .iter()
+                    .flat_map(|(d, v)| [Value::from(*d), Value::from(*v)])
+                    .collect();
+                (
+                    format!("DELETE FROM {SHADOW_DOCUMENTS} WHERE {cond}"),
+                    params,
+                )
+            })
+            .collect();
+        run_concurrently(&self.pool, "delete shadow rows", deletes, 1).await
+    }
+
+    /// Queues one upsert statement once there is room and no queued or running statement
+    /// holds any of its documents.
+    async fn start(
+        &mut self,
+        docs: Vec<String>,
+        sql: String,
+        params: Vec<Value>,
+    ) -> Result<(), SinkError> {
+        while self.running.len() >= self.capacity || docs.iter().any(|d| self.in_flight.contains(d))
+        {
+            self.join_next().await?;
+        }
+        let (pool, turns) = (self.pool.clone(), self.turns.clone());
+        let handle = self.running.spawn(async move {
+            let _turn = turns.acquire_owned().await.map_err(|e| {
+                SinkError::permanent(NAME, "upsert shadow rows", format!("no turn: {e}"))
+            })?;
+            exec_pooled(pool, "upsert shadow rows", sql, params).await
+        });
+        self.in_flight.extend(docs.iter().cloned());
+        self.docs_of.insert(handle.id(), docs);
+        Ok(())
+    }
+
+    /// Waits for one running statement.
+    async fn join_next(&mut self) -> Result<(), SinkError> {
+        let Some(done) = self.running.join_next_with_id().await else {
+            return Ok(());
+        };
+        let (id, result) = match done {
+            Ok((id, result)) => (id, result),
+            Err(e) => {
+                return Err(SinkError::permanent(
+                    NAME,
+                    "upsert shadow rows",
+                    format!("statement task ended abnormally: {e}"),
+                ))
+            }
+        };
+        for doc in self.docs_of.remove(&id).unwrap_or_default() {
+            self.in_flight.remove(&doc);
+        }
+        result
+    }
+
+    /// `(doc_id, version)` of every row written `pending` so far, oldest first; a document
+    /// written again later appears again (or not at all when written `ready`): the caller
+    /// checks the version it finds against the log.
+    pub fn pending(&self) -> &[(String, u64)] {
+        &self.pending
+    }
+
+    /// Waits until every statement started so far has finished.
+    ///
+    /// # Errors
+    /// The first classified failure among them.
+    pub async fn finish(&mut self) -> Result<(), SinkError> {
+        while !self.running.is_empty() {
+            self.join_next().await?;
+        }
+        Ok(())
+    }
 }
 
 impl MysqlSink {
@@ -155,61 +315,18 @@ impl MysqlSink {
         .await
     }
 
-    /// Writes a coalesced page of the log into the shadow table: upserts in multi-row
-    /// statements (some at the same time), then guarded deletes. `ready(doc_id, version)`
-    /// says whether a row is written `ready`.
-    ///
-    /// # Errors
-    /// A classified [`SinkError`].
-    pub async fn write_shadow(
-        &self,
-        batch: &Batch,
-        ready: impl Fn(&str, u64) -> bool,
-    ) -> Result<(), SinkError> {
-        let mut rows: Vec<[Value; 11]> = Vec::new();
-        let mut removes: Vec<(&str, u64)> = Vec::new();
-        for c in &batch.changes {
-            match &c.change {
-                Change::Remove => removes.push((c.doc_id.as_str(), c.version)),
-                change => {
-                    let ready = ready(c.doc_id.as_str(), c.version);
-                    if let Some(values) = catalogue_values(c.doc_id.as_str(), change, ready) {
-                        rows.push(values);
-                    }
-                }
-            }
+    /// A writer filling the shadow table (see [`ShadowWriter`]); [`MysqlSink::create_shadow`]
+    /// first.
+    pub fn shadow_writer(&self) -> ShadowWriter {
+        ShadowWriter {
+            pool: self.pool.clone(),
+            turns: Arc::new(Semaphore::new(CONCURRENT_STATEMENTS)),
+            capacity: CONCURRENT_STATEMENTS + QUEUED_STATEMENTS,
+            running: JoinSet::new(),
+            docs_of: HashMap::new(),
+            in_flight: HashSet::new(),
+            pending: Vec::new(),
         }
-        let statements = rows
-            .chunks(ROWS_PER_STATEMENT)
-            .map(|part| {
-                (
-                    insert_statement(SHADOW_DOCUMENTS, part.len(), UPSERT_TAIL),
-                    part.iter().flat_map(|r| r.iter().cloned()).collect(),
-                )
-            })
-            .collect();
-        run_concurrently(
-            &self.pool,
-            "upsert shadow rows",
-            statements,
-            CONCURRENT_STATEMENTS,
-        )
-        .await?;
-        let deletes = removes
-            .chunks(ROWS_PER_STATEMENT)
-            .map(|docs| {
-                let cond = vec!["(doc_id = ? AND version < ?)"; docs.len()].join(" OR ");
-                let params = docs
-                    .iter()
-                    .flat_map(|(d, v)| [Value::from(*d), Value::from(*v)])
-                    .collect();
-                (
-                    format!("DELETE FROM {SHADOW_DOCUMENTS} WHERE {cond}"),
-                    params,
-                )
-            })
-            .collect();
-        run_concurrently(&self.pool, "delete shadow rows", deletes, 1).await
     }
 
     /// Makes the shadow table live: writes the checkpoint `end` of every partition into the
@@ -258,26 +375,6 @@ impl MysqlSink {
             .map_err(sink_error("drop old table"))?;
             Ok(())
         }
-    }
-
-    /// Up to `limit` `(doc_id, version)` of `pending` rows after `after`, in `doc_id` order.
-    ///
-    /// # Errors
-    /// A classified [`SinkError`].
-    pub async fn pending_after(
-        &self,
-        after: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, u64)>, SinkError> {
-        let mut conn = self.pool.get_conn().await.map_err(sink_error("connect"))?;
-        conn.exec(
-            format!(
-                "SELECT doc_id, version FROM {DOCUMENTS} WHERE status = 'pending' AND doc_id > ? ORDER BY doc_id LIMIT ?"
-            ),
-            (after, limit as u64),
-        )
-        .await
-        .map_err(sink_error("read pending rows"))
     }
 }
 
