@@ -8,7 +8,7 @@
 //! `ROWS_PER_RAW_INSERT` rows per statement, one transaction per statement. The log's appends
 //! run twice: with group commit off (one statement and transaction per command, as before
 //! group commit) and as the service runs them (plain appends queued and group-committed,
-//! `DOCLEDGER_APPEND_GROUP*` defaults), beside the earlier hand-written group prototype.
+//! `DOCLEDGER_APPEND_GROUP*` defaults).
 //!
 //! Run with `cargo bench --bench log_append`; `BENCH_SECS` sets each scenario's duration
 //! (default 3.5), `BENCH_STORAGE_EXTERNAL=1` tries vectors and blobs without compression,
@@ -26,7 +26,6 @@ use bytes::Bytes;
 use docledger::config::{AppendGroupConfig, Config};
 use docledger::eventlog::codec::encode;
 use docledger::eventlog::{AppendRequest, Appended, IdempotencyKey, PgLog};
-use projections::sink::stream_hash;
 use projections::testing::{unique_name, StoreEnv};
 use sha2::{Digest, Sha256};
 use tokio_postgres::types::ToSql;
@@ -41,9 +40,6 @@ const EVENTS_PER_COMMAND: u64 = 3;
 const NUM_TEMPLATES: usize = 64;
 const ROWS_PER_RAW_INSERT: usize = 100;
 const MANY_WRITERS: usize = 16;
-/// The group-append prototype: appenders, and commands each sends per statement.
-const GROUP_APPENDERS: usize = 4;
-const GROUP_APPEND_COMMANDS: usize = 16;
 /// Writers of the product's group append beyond `MANY_WRITERS`: more in flight, larger groups.
 const GROUPED_MANY_WRITERS: usize = 64;
 const DEFAULT_SECS: f64 = 3.5;
@@ -487,165 +483,6 @@ async fn raw_scenario(
     })
 }
 
-/// Prototype of a group append (a proposal, not docledger's code): the commands of several
-/// writers in one statement and one transaction, with the log's tables, indexes and guards
-/// (stream row created or moved from the expected count, blob once per sha256, events only
-/// for the streams that moved). Measures what batching would buy.
-const BATCHED_APPEND: &str = r#"
-WITH req AS (
-    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::boolean[],
-                         $6::bytea[], $7::bigint[], $8::bytea[])
-        AS r(stream_id, expected, new_version, doc_version, deleted, sha256, size, content)
-), created AS (
-    INSERT INTO streams (stream_id, stream_version, doc_version, deleted)
-    SELECT stream_id, new_version, doc_version, deleted FROM req WHERE expected = 0
-    ORDER BY stream_id
-    ON CONFLICT (stream_id) DO NOTHING
-    RETURNING stream_id
-), moved AS (
-    UPDATE streams s
-       SET stream_version = r.new_version, doc_version = r.doc_version, deleted = r.deleted,
-           updated_at = now()
-      FROM req r
-     WHERE s.stream_id = r.stream_id AND s.stream_version = r.expected AND r.expected > 0
-    RETURNING s.stream_id
-), moved_streams AS (
-    SELECT stream_id FROM created UNION ALL SELECT stream_id FROM moved
-), blob AS (
-    INSERT INTO blobs (sha256, size, content)
-    SELECT r.sha256, r.size, r.content FROM req r JOIN moved_streams USING (stream_id)
-     WHERE r.sha256 IS NOT NULL
-    ON CONFLICT (sha256) DO NOTHING
-)
-INSERT INTO events (epoch, stream_id, stream_version, stream_hash, event_type, event_version, payload, vectors)
-SELECT (SELECT epoch FROM log_meta), e.stream_id, e.stream_version, e.stream_hash, e.event_type,
-       e.event_version, e.payload, e.vectors
-FROM unnest($9::text[], $10::bigint[], $11::integer[], $12::text[], $13::smallint[],
-            $14::jsonb[], $15::bytea[]) WITH ORDINALITY
-     AS e(stream_id, stream_version, stream_hash, event_type, event_version, payload, vectors, ord)
-JOIN moved_streams USING (stream_id)
-ORDER BY e.ord
-RETURNING position
-"#;
-
-/// The group-append prototype: `connections` appenders, each writing `commands_per_statement`
-/// new documents per statement.
-async fn batched_scenario(
-    bench: &Bench,
-    name: &str,
-    connections: usize,
-    commands_per_statement: usize,
-    duration: Duration,
-) -> Result<Outcome> {
-    let (url, templates, database) = (&bench.url, &bench.templates, bench.database.as_str());
-    let next = Arc::new(AtomicU64::new(0));
-    let cpu_before = CpuSample::now(database);
-    let started = Instant::now();
-    let deadline = started + duration;
-    let tasks: Vec<_> = (0..connections)
-        .map(|_| {
-            let (url, templates, next) = (url.to_owned(), templates.clone(), next.clone());
-            tokio::spawn(async move {
-                let (client, conn) = tokio_postgres::connect(&url, NoTls).await?;
-                tokio::spawn(conn);
-                let statement = client.prepare(BATCHED_APPEND).await?;
-                let mut commands = 0u64;
-                let mut latencies = Vec::new();
-                while Instant::now() < deadline {
-                    let batch: Vec<Command> = (0..commands_per_statement)
-                        .map(|_| {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            templates[i as usize % templates.len()].command("batched", i)
-                        })
-                        .collect();
-                    let begun = Instant::now();
-                    let rows = append_batch(&client, &statement, &batch).await?;
-                    if rows as u64 != batch.len() as u64 * EVENTS_PER_COMMAND {
-                        bail!("a batch of {} commands appended {rows} events", batch.len());
-                    }
-                    latencies.push(begun.elapsed());
-                    commands += batch.len() as u64;
-                }
-                Ok::<_, anyhow::Error>((commands, latencies, client))
-            })
-        })
-        .collect();
-    let mut commands = 0;
-    let mut latencies = Vec::new();
-    let mut clients = Vec::new();
-    for task in tasks {
-        let (appended, batch_latencies, client) = task.await.context("batched writer task")??;
-        commands += appended;
-        latencies.extend(batch_latencies);
-        clients.push(client);
-    }
-    let elapsed = started.elapsed();
-    let cpu = CpuSample::now(database).and_then(|after| after.since(cpu_before));
-    drop(clients);
-    Ok(Outcome {
-        name: name.to_owned(),
-        writers: connections,
-        commands,
-        elapsed,
-        bytes_per_command: templates[0].bytes_per_command(),
-        latencies,
-        cpu,
-    })
-}
-
-/// Sends one group append of new documents; returns the number of events appended.
-async fn append_batch(
-    client: &tokio_postgres::Client,
-    statement: &tokio_postgres::Statement,
-    batch: &[Command],
-) -> Result<usize> {
-    let stream_ids: Vec<&str> = batch.iter().map(|c| c.doc_id.as_str()).collect();
-    let expected = vec![0i64; batch.len()];
-    let new_versions: Vec<i64> = batch.iter().map(|c| c.events.len() as i64).collect();
-    let doc_versions = vec![1i64; batch.len()];
-    let deleted = vec![false; batch.len()];
-    let shas: Vec<Vec<u8>> = batch
-        .iter()
-        .map(|c| hex::decode(&c.sha256))
-        .collect::<Result<_, _>>()?;
-    let sizes: Vec<i64> = batch.iter().map(|c| c.blob.len() as i64).collect();
-    let contents: Vec<&[u8]> = batch.iter().map(|c| &c.blob[..]).collect();
-    let mut event_streams = Vec::new();
-    let mut event_versions = Vec::new();
-    let mut hashes = Vec::new();
-    let mut stored = Vec::new();
-    for command in batch {
-        for (n, event) in command.events.iter().enumerate() {
-            event_streams.push(command.doc_id.as_str());
-            event_versions.push(n as i64 + 1);
-            hashes.push(stream_hash(command.doc_id.as_str()));
-            stored.push(encode(event));
-        }
-    }
-    let types: Vec<&str> = stored.iter().map(|s| s.event_type.as_str()).collect();
-    let payload_versions: Vec<i16> = stored.iter().map(|s| s.event_version).collect();
-    let payloads: Vec<&serde_json::Value> = stored.iter().map(|s| &s.payload).collect();
-    let vectors: Vec<Option<&[u8]>> = stored.iter().map(|s| s.vectors.as_deref()).collect();
-    let params: [&(dyn ToSql + Sync); 15] = [
-        &stream_ids,
-        &expected,
-        &new_versions,
-        &doc_versions,
-        &deleted,
-        &shas,
-        &sizes,
-        &contents,
-        &event_streams,
-        &event_versions,
-        &hashes,
-        &types,
-        &payload_versions,
-        &payloads,
-        &vectors,
-    ];
-    Ok(client.query(statement, &params).await?.len())
-}
-
 fn print_table(outcomes: &[Outcome]) {
     println!();
     println!(
@@ -772,17 +609,6 @@ async fn run() -> Result<()> {
     let raw = format!("raw INSERT, {ROWS_PER_RAW_INSERT} rows/statement");
     outcomes.push(raw_scenario(&bench, &raw, 1, duration).await?);
     outcomes.push(raw_scenario(&bench, &raw, MANY_WRITERS, duration).await?);
-    let batched = format!("prototype: group append, {GROUP_APPEND_COMMANDS} cmds/stmt");
-    outcomes.push(
-        batched_scenario(
-            &bench,
-            &batched,
-            GROUP_APPENDERS,
-            GROUP_APPEND_COMMANDS,
-            duration,
-        )
-        .await?,
-    );
     let grouped = format!(
         "docledger group append (<= {} cmds, {} tasks)",
         group.max_commands, group.tasks
@@ -809,14 +635,11 @@ async fn run() -> Result<()> {
     );
     println!(
         "ratio docledger group append/raw events/s: {MANY_WRITERS} writers {:.3}, \
-         {GROUPED_MANY_WRITERS} writers {:.3}; group append/prototype {MANY_WRITERS} writers \
-         {:.3}, {GROUPED_MANY_WRITERS} writers {:.3}; group/1 per statement with \
+         {GROUPED_MANY_WRITERS} writers {:.3}; group/1 per statement with \
          {MANY_WRITERS} writers {:.3}",
+        ratio(&outcomes[6], &outcomes[4]),
         ratio(&outcomes[7], &outcomes[4]),
-        ratio(&outcomes[8], &outcomes[4]),
-        ratio(&outcomes[7], &outcomes[5]),
-        ratio(&outcomes[8], &outcomes[5]),
-        ratio(&outcomes[7], &outcomes[1]),
+        ratio(&outcomes[6], &outcomes[1]),
     );
     println!(
         "group append: {num_grouped} commands in {num_groups} group statements ({:.1} per group)",
@@ -825,9 +648,9 @@ async fn run() -> Result<()> {
     println!(
         "target: >= 10000 events/s with {MANY_WRITERS} writers ({:.0} grouped, {:.0} one per \
          statement) and ratio >= 0.5 ({:.3} grouped)",
-        outcomes[7].events_per_sec(),
+        outcomes[6].events_per_sec(),
         outcomes[1].events_per_sec(),
-        ratio(&outcomes[7], &outcomes[4])
+        ratio(&outcomes[6], &outcomes[4])
     );
 
     drop(bench);
