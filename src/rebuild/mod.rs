@@ -55,8 +55,11 @@ const S3_BLOB_GROUP: usize = 32;
 const PAUSE_POLL: Duration = Duration::from_millis(50);
 /// Documents per readiness query while recording.
 const READY_PAGE: usize = 1000;
-/// Documents per readiness query after a catalogue swap (one PostgreSQL join each).
+/// Documents per readiness query (or MySQL update) after a catalogue swap.
 const SETTLE_PAGE: usize = 10_000;
+/// Settling scans `streams` once, instead of looking documents up, when the pending rows
+/// are at least one in this many of the log's documents.
+const SCAN_SHARE: u64 = 20;
 
 /// Why a rebuild stopped.
 #[derive(Debug, thiserror::Error)]
@@ -265,23 +268,48 @@ impl Rebuilder {
     /// Marks `ready` the rows the rebuild wrote `pending` whose version every store holds by
     /// now (documents that became consistent while their shadow row was being written: the
     /// tracker marked the old live row). Only the rebuild wrote the shadow table, so these are
-    /// all its `pending` rows; an entry since overwritten or deleted no longer matches its
-    /// document's version and is skipped.
-    async fn settle_readiness(&self, pending: &[(String, u64)]) -> Result<(), RebuildError> {
-        for part in pending.chunks(SETTLE_PAGE) {
-            let docs: Vec<(&str, u64)> = part.iter().map(|(d, v)| (d.as_str(), *v)).collect();
-            let consistent = self.log.consistent_at(&docs).await?;
-            let ready: Vec<AppliedVersion> = part
-                .iter()
-                .filter(|(d, _)| consistent.contains(d))
+    /// all its `pending` rows (the newest written per document counts); an entry since
+    /// overwritten or deleted no longer matches its document's version and is skipped.
+    /// A few pending rows are looked up one by one; once they are a sizeable share of the
+    /// log's `streams` documents, one scan of `streams` is cheaper.
+    async fn settle_readiness(
+        &self,
+        pending: &[(String, u64)],
+        num_streams: u64,
+    ) -> Result<(), RebuildError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut newest: HashMap<&str, u64> = HashMap::with_capacity(pending.len());
+        for (d, v) in pending {
+            let entry = newest.entry(d.as_str()).or_insert(*v);
+            *entry = (*entry).max(*v);
+        }
+        let ready_of = |consistent: &std::collections::HashSet<String>, docs: &[(&str, u64)]| {
+            docs.iter()
+                .filter(|(d, _)| consistent.contains(*d))
                 .filter_map(|(d, v)| {
                     Some(AppliedVersion {
                         doc_id: aggregates::DocId::parse(d).ok()?,
                         version: *v,
                     })
                 })
-                .collect();
-            self.stores.mysql.mark_ready(&ready).await?;
+                .collect::<Vec<_>>()
+        };
+        let docs: Vec<(&str, u64)> = newest.iter().map(|(d, v)| (*d, *v)).collect();
+        if (docs.len() as u64).saturating_mul(SCAN_SHARE) >= num_streams {
+            let consistent = self.log.consistent_among(&newest).await?;
+            for part in ready_of(&consistent, &docs).chunks(SETTLE_PAGE) {
+                self.stores.mysql.mark_ready(part).await?;
+            }
+            return Ok(());
+        }
+        for part in docs.chunks(SETTLE_PAGE) {
+            let consistent = self.log.consistent_at(part).await?;
+            self.stores
+                .mysql
+                .mark_ready(&ready_of(&consistent, part))
+                .await?;
         }
         Ok(())
     }
@@ -313,7 +341,8 @@ impl Rebuilder {
             }
         };
         let lowest = self.lowest_checkpoint(store).await?;
-        progress.total(self.log.count_streams().await?);
+        let num_streams = self.log.count_streams().await?;
+        progress.total(num_streams);
         let mut applied: Vec<AppliedVersion> = Vec::new();
         let mut num_documents = 0u64;
         let mut num_events = 0u64;
@@ -323,15 +352,12 @@ impl Rebuilder {
         let mut cursor = LogCursor::START;
         while let Some(page) = pages.recv().await {
             let page = page?;
-            let Some(last) = page.last() else { break };
-            let end = last.cursor;
-            let batch = Batch::coalesce(store, end, &page);
-            self.write(&mut target, &batch).await?;
-            note_applied(&batch, lowest, &mut applied);
-            num_documents += batch.changes.len() as u64;
-            num_events += page.len() as u64;
-            progress.advance(batch.changes.len() as u64, page.len() as u64);
-            cursor = end;
+            self.write(&mut target, &page).await?;
+            note_applied(&page.batch, lowest, &mut applied);
+            num_documents += page.batch.changes.len() as u64;
+            num_events += page.num_events as u64;
+            progress.advance(page.batch.changes.len() as u64, page.num_events as u64);
+            cursor = page.batch.end;
         }
         let _ = reader.await;
         if cancel.is_cancelled() {
@@ -343,19 +369,15 @@ impl Rebuilder {
         let switched = async {
             progress.phase("catching_up");
             loop {
-                let page = self
-                    .log
-                    .read_store_events(cursor, store, PAGE_EVENTS)
-                    .await?;
-                let Some(last) = page.last() else { break };
-                let end = last.cursor;
-                let batch = Batch::coalesce(store, end, &page);
-                self.write(&mut target, &batch).await?;
-                note_applied(&batch, lowest, &mut applied);
-                num_documents += batch.changes.len() as u64;
-                num_events += page.len() as u64;
-                progress.advance(batch.changes.len() as u64, page.len() as u64);
-                cursor = end;
+                let Some(page) = read_page(&self.log, store, cursor).await? else {
+                    break;
+                };
+                self.write(&mut target, &page).await?;
+                note_applied(&page.batch, lowest, &mut applied);
+                num_documents += page.batch.changes.len() as u64;
+                num_events += page.num_events as u64;
+                progress.advance(page.batch.changes.len() as u64, page.num_events as u64);
+                cursor = page.batch.end;
             }
             progress.phase("switching");
             match &mut target {
@@ -367,7 +389,7 @@ impl Rebuilder {
                         .swap_shadow(self.log.log_id(), self.partitions, cursor)
                         .await?;
                     progress.phase("recording");
-                    self.settle_readiness(writer.pending()).await?;
+                    self.settle_readiness(writer.pending(), num_streams).await?;
                 }
                 Target::Milvus(generation) => {
                     let old = self
@@ -408,29 +430,24 @@ impl Rebuilder {
         })
     }
 
-    async fn write(&self, target: &mut Target, batch: &Batch) -> Result<(), RebuildError> {
+    async fn write(&self, target: &mut Target, page: &PreparedPage) -> Result<(), RebuildError> {
         match target {
             Target::Mysql(writer) => {
-                let docs: Vec<(&str, u64)> = batch
-                    .changes
-                    .iter()
-                    .filter(|c| matches!(c.change, Change::Upsert(_)))
-                    .map(|c| (c.doc_id.as_str(), c.version))
-                    .collect();
-                let consistent = self.log.consistent_at(&docs).await?;
                 writer
-                    .write(batch, |doc, _| consistent.contains(doc))
+                    .write(&page.batch, |doc, _| page.consistent.contains(doc))
                     .await?;
             }
             Target::Milvus(generation) => {
-                generation.write(batch).await?;
+                generation.write(&page.batch).await?;
             }
         }
         Ok(())
     }
 
-    /// Reads the store's events after `from` in a task, up to [`READ_AHEAD_PAGES`] pages
-    /// ahead, until a page comes back short (the head is near: the hand-over reads the rest).
+    /// Reads and prepares ([`read_page`]) the store's pages after `from` in a task, up to
+    /// [`READ_AHEAD_PAGES`] pages ahead of the writer, until a page comes back short (the
+    /// head is near: the hand-over reads the rest). So PostgreSQL's reading and readiness
+    /// lookups run while the target store writes the pages before.
     fn read_ahead(
         &self,
         store: StoreKind,
@@ -443,21 +460,17 @@ impl Rebuilder {
         let handle = tokio::spawn(async move {
             let mut cursor = from;
             while !cancel.is_cancelled() {
-                let page = log.read_store_events(cursor, store, PAGE_EVENTS).await;
-                let (short, failed) = match &page {
-                    Ok(events) => {
-                        if let Some(last) = events.last() {
-                            cursor = last.cursor;
-                        }
-                        (events.len() < PAGE_EVENTS, false)
+                let page = match read_page(&log, store, cursor).await {
+                    Ok(Some(page)) => page,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
                     }
-                    Err(_) => (true, true),
                 };
-                let empty = page.as_ref().is_ok_and(Vec::is_empty);
-                if !empty && tx.send(page).await.is_err() {
-                    return;
-                }
-                if short || failed {
+                cursor = page.batch.end;
+                let short = page.num_events < PAGE_EVENTS;
+                if tx.send(Ok(page)).await.is_err() || short {
                     return;
                 }
             }
@@ -655,7 +668,50 @@ fn unix_ms() -> u64 {
 type RunningRebuild = (Arc<RebuildProgress>, Option<JoinHandle<()>>);
 
 /// A page of the log as the read-ahead task hands it over.
-type Page = Result<Vec<RecordedEvent<DocumentEvent>>, LogError>;
+type Page = Result<PreparedPage, LogError>;
+
+/// A page of the store's events, coalesced, with what the writer needs to know beside it.
+struct PreparedPage {
+    /// The newest change per document; ends at the page's last event.
+    batch: Batch,
+    /// Events read.
+    num_events: usize,
+    /// MySQL: the page's upserted documents whose version every store already holds (their
+    /// rows are written `ready`); empty for other stores.
+    consistent: std::collections::HashSet<String>,
+}
+
+/// Reads the page of `store`'s events after `after` and prepares it; `None` at the head.
+async fn read_page(
+    log: &PgLog,
+    store: StoreKind,
+    after: LogCursor,
+) -> Result<Option<PreparedPage>, LogError> {
+    let events: Vec<RecordedEvent<DocumentEvent>> =
+        log.read_store_events(after, store, PAGE_EVENTS).await?;
+    let Some(last) = events.last() else {
+        return Ok(None);
+    };
+    let batch = Batch::coalesce(store, last.cursor, &events);
+    let num_events = events.len();
+    drop(events);
+    let consistent = if store == StoreKind::Mysql {
+        let docs: Vec<(&str, u64)> = batch
+            .changes
+            .iter()
+            .filter(|c| matches!(c.change, Change::Upsert(_)))
+            .map(|c| (c.doc_id.as_str(), c.version))
+            .collect();
+        log.consistent_at(&docs).await?
+    } else {
+        Default::default()
+    };
+    Ok(Some(PreparedPage {
+        batch,
+        num_events,
+        consistent,
+    }))
+}
 
 /// The rebuilds a service runs (at most one per store) and their progress.
 #[derive(Clone, Default)]

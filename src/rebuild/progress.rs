@@ -81,9 +81,16 @@ impl RebuildProgress {
 
     /// Enters `phase` (ending the current one: see [`RebuildProgress::phase_seconds`]).
     pub fn phase(&self, phase: &str) {
-        let mut previous = String::new();
-        self.update(|s| previous = std::mem::replace(&mut s.phase, phase.to_owned()));
-        self.end_phase(previous);
+        let mut previous = None;
+        self.update(|s| {
+            if s.phase != phase {
+                previous = Some(std::mem::replace(&mut s.phase, phase.to_owned()));
+            }
+        });
+        // Entering the phase it is already in (the first, `preparing`) ends nothing.
+        if let Some(previous) = previous {
+            self.end_phase(previous);
+        }
     }
 
     fn end_phase(&self, phase: String) {

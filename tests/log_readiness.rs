@@ -1,0 +1,58 @@
+//! The log's readiness bookkeeping as a rebuild reads it, against real PostgreSQL: which
+//! `(document, version)` pairs every store holds. The per-document lookup and the one-scan
+//! form (used when many rows are pending) must agree on every case.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::Result;
+
+use common::TestLog;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookup_and_scan_agree_on_which_versions_every_store_holds() -> Result<()> {
+    let t = TestLog::create("lookup_and_scan_agree", 2).await?;
+    let raw = t.raw_client().await?;
+    // (stream, doc_version, mysql, milvus, s3, ready)
+    let streams: [(&str, i64, i64, i64, i64, i64); 6] = [
+        ("all-three", 3, 3, 3, 3, 0),
+        ("recorded-ready", 2, 0, 0, 0, 2),
+        ("two-of-three", 4, 4, 4, 3, 0),
+        ("ready-earlier", 5, 5, 5, 5, 4),
+        ("asked-older", 6, 6, 6, 6, 6),
+        ("nothing", 1, 0, 0, 0, 0),
+    ];
+    for (id, version, mysql, milvus, s3, ready) in streams {
+        raw.execute(
+            "INSERT INTO streams (stream_id, stream_version, doc_version, mysql_version,
+                                  milvus_version, s3_version, ready_version)
+             VALUES ($1, $2, $2, $3, $4, $5, $6)",
+            &[&id, &version, &mysql, &milvus, &s3, &ready],
+        )
+        .await?;
+    }
+    let asked: Vec<(&str, u64)> = vec![
+        ("all-three", 3),
+        ("recorded-ready", 2),
+        ("two-of-three", 4),
+        ("ready-earlier", 5),
+        // The log has moved on to version 6: version 5 is no longer the document's state.
+        ("asked-older", 5),
+        ("nothing", 1),
+        ("unknown", 1),
+    ];
+    let expected: HashSet<String> = ["all-three", "recorded-ready", "ready-earlier"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+
+    let looked_up = t.log.consistent_at(&asked).await?;
+    assert_eq!(looked_up, expected, "per-document lookup");
+    let by_doc: HashMap<&str, u64> = asked.iter().copied().collect();
+    let scanned = t.log.consistent_among(&by_doc).await?;
+    assert_eq!(scanned, expected, "one scan of streams");
+
+    drop(raw);
+    t.drop_database().await
+}
