@@ -361,6 +361,7 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
             }
             let source = self.source.clone();
             let limit = self.config.batch_size;
+            let read_started = std::time::Instant::now();
             let events = match self
                 .source_step(cancel, "read", || source.read_after(cursor, part, limit))
                 .await
@@ -394,11 +395,23 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
                 events = batch.num_events
             );
             let started = std::time::Instant::now();
-            match self.apply_batch(cancel, &mut batch).instrument(span).await {
-                Ok(()) => {}
+            let steps = match self.apply_batch(cancel, &mut batch).instrument(span).await {
+                Ok(steps) => steps,
                 Err(stop) => return stop,
-            }
+            };
             let took = started.elapsed().as_micros() as u64;
+            debug!(
+                sink = S::NAME,
+                partition = part.index,
+                events = batch.num_events,
+                changes = batch.changes.len(),
+                read_ms = ms(started - read_started),
+                store_ms = ms(steps.store),
+                record_ms = ms(steps.record),
+                checkpoint_ms = ms(steps.checkpoint),
+                lag_ms = now_ms() - recorded_at,
+                "batch done"
+            );
             cursor = end;
             self.status.update(|s| {
                 s.applied = end;
@@ -431,7 +444,8 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
         &mut self,
         cancel: &CancellationToken,
         batch: &mut Batch,
-    ) -> Result<(), Stop> {
+    ) -> Result<StepTimes, Stop> {
+        let started = std::time::Instant::now();
         let part = self.partition;
         debug!(sink = S::NAME, partition = part.index, from = ?batch.changes.first().map(|c| c.cursor), to = %batch.end, events = batch.num_events, changes = batch.changes.len(), "applying batch");
         let mut applied = Vec::with_capacity(batch.changes.len());
@@ -448,9 +462,11 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
         fail::fail_point!(&failpoint_name(S::NAME, FAILPOINT_AFTER_APPLY), |_| Err(
             simulated_crash(S::NAME, FAILPOINT_AFTER_APPLY)
         ));
+        let stored = std::time::Instant::now();
         // Applied versions are recorded before the log-side checkpoint moves: a crash in
         // between re-applies (idempotent) and re-records (idempotent), never skips a record.
         self.record(cancel, &applied).await?;
+        let recorded = std::time::Instant::now();
         fail::fail_point!(
             &failpoint_name(S::NAME, FAILPOINT_BEFORE_CHECKPOINT),
             |_| Err(simulated_crash(S::NAME, FAILPOINT_BEFORE_CHECKPOINT))
@@ -461,7 +477,11 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
             source.save_checkpoint(S::NAME, part, end)
         })
         .await?;
-        Ok(())
+        Ok(StepTimes {
+            store: stored - started,
+            record: recorded - stored,
+            checkpoint: recorded.elapsed(),
+        })
     }
 
     /// Loads the slice's blobs (for sinks that need them) and applies it; on a permanent
@@ -653,6 +673,20 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
         });
         Ok(())
     }
+}
+
+/// Where one batch's time went (debug log `batch done`).
+struct StepTimes {
+    /// Blobs loaded and the store written.
+    store: Duration,
+    /// Applied versions recorded in the log database.
+    record: Duration,
+    /// Checkpoint saved.
+    checkpoint: Duration,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 /// Most blob bytes a sink that needs them holds in memory for one apply.

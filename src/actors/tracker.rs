@@ -13,7 +13,7 @@ use projections::{AppliedVersion, ErrorClass, RetryPolicy};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::eventlog::PgLog;
 
@@ -113,6 +113,7 @@ impl Tracker {
 
     /// Marks rows ready, then records it; `Err` only when cancelled.
     async fn finish(&self, docs: &[AppliedVersion]) -> Result<(), ()> {
+        let started = std::time::Instant::now();
         self.retry
             .run(
                 &self.cancel,
@@ -137,6 +138,11 @@ impl Tracker {
             )
             .await
             .map_err(|_| ())?;
+        debug!(
+            documents = docs.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "rows marked ready"
+        );
         self.ready.send_modify(|n| *n += 1);
         Ok(())
     }
