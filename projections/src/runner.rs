@@ -634,7 +634,8 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
             // Each piece checkpoints at its own event; the last one at the batch's end.
             // State transfer makes that safe: a restart re-reads only newer states.
             let end = if i + 1 == n { batch.end } else { change.cursor };
-            let single = Batch::single(change.clone(), end, &batch.blobs);
+            let mut single = Batch::single(change.clone(), end, &batch.blobs);
+            single.fresh_first_versions = batch.fresh_first_versions;
             match self.apply_with_retry(cancel, &single).await? {
                 Ok(()) => applied.push(AppliedVersion {
                     doc_id: change.doc_id.clone(),
@@ -733,6 +734,7 @@ fn blob_slices(batch: &Batch) -> Option<Vec<Batch>> {
             num_events: if i + 1 == count { batch.num_events } else { 0 },
             changes,
             blobs: Default::default(),
+            fresh_first_versions: batch.fresh_first_versions,
         })
         .collect::<Vec<_>>()
         .into()
@@ -787,7 +789,7 @@ mod blob_slice_tests {
                 blob_change("b", 6, big),
                 blob_change("c", 9, 10),
             ],
-            blobs: Default::default(),
+            ..Batch::default()
         };
         let slices = blob_slices(&batch).expect("over the limit: sliced");
         let docs: Vec<Vec<&str>> = slices

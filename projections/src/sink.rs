@@ -79,6 +79,14 @@ pub struct Batch {
     pub changes: Vec<DocChange>,
     /// Blob bytes by sha256, loaded for sinks that need them.
     pub blobs: HashMap<String, Bytes>,
+    /// The batch was read in log order from the store's checkpoint ([`Batch::coalesce`]):
+    /// a document's first version (1) finds nothing of the document in the store but what
+    /// an earlier attempt at this very change wrote, so a sink may write it without first
+    /// reading what the store holds ([`Batch::is_first_write`]). A projector re-reads a
+    /// first version only after a crash before its checkpoint; anything written meanwhile
+    /// by a repair is older or newer state that the log's later events put right. False
+    /// for single changes built elsewhere (repairs, tests), which read first.
+    pub fresh_first_versions: bool,
 }
 
 impl Batch {
@@ -115,6 +123,7 @@ impl Batch {
             num_events: events.len(),
             changes: slots.into_iter().flatten().collect(),
             blobs: HashMap::new(),
+            fresh_first_versions: true,
         }
     }
 
@@ -147,7 +156,16 @@ impl Batch {
             num_events: 1,
             changes: vec![change],
             blobs,
+            fresh_first_versions: false,
         }
+    }
+
+    /// Whether `change` is the first write of its document to a store that reads this batch
+    /// in log order (see [`Batch::fresh_first_versions`]): the sink need not read the store.
+    pub fn is_first_write(&self, change: &DocChange) -> bool {
+        self.fresh_first_versions
+            && change.version == 1
+            && matches!(change.change, Change::Upsert(_))
     }
 }
 

@@ -47,7 +47,18 @@ fn recorded(position: i64, doc: &str, event: DocumentEvent) -> RecordedEvent<Doc
     }
 }
 
+/// The events as a batch delivered the way a repair does (the sink reads what Milvus holds
+/// before every write), so these tests exercise the version guard on every change; see
+/// [`first_batch`] for the runner's batches read in log order.
 fn batch(events: &[RecordedEvent<DocumentEvent>]) -> Batch {
+    Batch {
+        fresh_first_versions: false,
+        ..first_batch(events)
+    }
+}
+
+/// The events as the runner reads them, in log order from its checkpoint.
+fn first_batch(events: &[RecordedEvent<DocumentEvent>]) -> Batch {
     let end = events.last().map(|e| e.cursor).unwrap_or_default();
     Batch::coalesce(StoreKind::Milvus, end, events)
 }
@@ -100,6 +111,35 @@ async fn apply(sink: &MilvusSink, events: &[RecordedEvent<DocumentEvent>]) -> us
 
 async fn rows(sink: &MilvusSink, doc: &str) -> Vec<ChunkRow> {
     sink.rows_of(doc).await.expect("read rows")
+}
+
+#[tokio::test]
+async fn a_first_version_in_log_order_is_upserted_without_reading_the_rows() {
+    with_sink("milvus_first_write", |sink| async move {
+        let put = |events: Vec<RecordedEvent<DocumentEvent>>| {
+            let sink = &sink;
+            async move {
+                sink.apply(LOG_ID, Partition::ALL, &first_batch(&events))
+                    .await
+                    .expect("apply batch")
+                    .num_changes
+            }
+        };
+        let v1 = || vec![recorded(1, "doc-1", vectors(1, 3))];
+        assert_eq!(put(v1()).await, 1);
+        assert_eq!(rows(&sink, "doc-1").await, expected_rows("doc-1", 1, 3));
+        // Replayed after a crash before the checkpoint: upserted again (no read tells it is
+        // there), with the same rows.
+        assert_eq!(put(v1()).await, 1);
+        assert_eq!(rows(&sink, "doc-1").await, expected_rows("doc-1", 1, 3));
+        // Later versions still read first: v2 shrinks cleanly and its replay writes nothing.
+        let v2 = || vec![recorded(2, "doc-1", vectors(2, 1))];
+        assert_eq!(put(v2()).await, 1);
+        assert_eq!(put(v2()).await, 0);
+        assert_eq!(rows(&sink, "doc-1").await, expected_rows("doc-1", 2, 1));
+        assert_eq!(sink.count_rows().await.expect("count"), 1);
+    })
+    .await;
 }
 
 #[tokio::test]

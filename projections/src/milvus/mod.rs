@@ -651,12 +651,22 @@ impl Sink for MilvusSink {
         if batch.changes.is_empty() {
             return Ok(Applied::default());
         }
-        let doc_ids: Vec<&str> = batch.changes.iter().map(|c| c.doc_id.as_str()).collect();
+        // First writes need no Strong read (which waits for Milvus' time tick): nothing of
+        // theirs can be stored but their own rows.
+        let doc_ids: Vec<&str> = batch
+            .changes
+            .iter()
+            .filter(|c| !batch.is_first_write(c))
+            .map(|c| c.doc_id.as_str())
+            .collect();
+        let started = std::time::Instant::now();
         let stored = self.stored_keys(&doc_ids).await?;
+        let read = started.elapsed();
         let plan = plan::plan(batch, &stored, self.dim)?;
         for rows in upsert_requests(&plan.upserts) {
             self.upsert(rows).await?;
         }
+        let upserted = started.elapsed();
         for keys in plan.deletes.chunks(DELETE_MAX_KEYS) {
             self.delete(
                 "delete stale rows",
@@ -664,6 +674,15 @@ impl Sink for MilvusSink {
             )
             .await?;
         }
+        tracing::debug!(
+            documents_read = doc_ids.len(),
+            rows = plan.upserts.len(),
+            deletes = plan.deletes.len(),
+            read_ms = read.as_secs_f64() * 1e3,
+            upsert_ms = (upserted - read).as_secs_f64() * 1e3,
+            delete_ms = (started.elapsed() - upserted).as_secs_f64() * 1e3,
+            "milvus batch written"
+        );
         Ok(Applied {
             num_changes: plan.num_changes,
         })

@@ -246,7 +246,13 @@ impl S3Sink {
                     )
                     .for_doc(doc_id)
                 })?;
-                if let Stored::At(stored, stored_sha) = self.stored(doc_id).await? {
+                let stored = if batch.is_first_write(change) {
+                    // Nothing of the document can be there but this very object.
+                    Stored::Absent
+                } else {
+                    self.stored(doc_id).await?
+                };
+                if let Stored::At(stored, stored_sha) = stored {
                     if stored >= *version {
                         return Ok(false);
                     }
