@@ -384,8 +384,7 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
             };
             let end = last.cursor;
             let recorded_at = last.recorded_at_ms;
-            let mut batch = Batch::coalesce(S::STORE, end, &events);
-            drop(events);
+            let mut batch = Batch::coalesce_owned(S::STORE, end, events);
             let span = tracing::debug_span!(
                 "batch",
                 sink = S::NAME,

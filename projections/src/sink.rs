@@ -97,31 +97,48 @@ impl Batch {
         end: LogCursor,
         events: &[RecordedEvent<DocumentEvent>],
     ) -> Batch {
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        let mut slots: Vec<Option<DocChange>> = Vec::new();
-        for recorded in events {
-            let Some(change) = recorded.event.change_for(store) else {
-                continue;
-            };
-            let doc_change = DocChange {
-                doc_id: recorded.doc_id.clone(),
-                version: change.version(),
-                cursor: recorded.cursor,
-                change: match change {
-                    StoreChange::Upsert(e) => Change::Upsert(e.clone()),
-                    StoreChange::Remove(_) => Change::Remove,
-                },
-            };
-            // Later in the log = newer for the same document: move it to the end.
-            if let Some(old) = index.insert(recorded.doc_id.as_str(), slots.len()) {
-                slots[old] = None;
-            }
-            slots.push(Some(doc_change));
-        }
+        let newest = newest_per_document(store, events);
+        let changes = events
+            .iter()
+            .zip(newest)
+            .filter(|(_, newest)| *newest)
+            .filter_map(|(recorded, _)| {
+                doc_change(
+                    recorded.doc_id.clone(),
+                    recorded.cursor,
+                    store,
+                    recorded.event.clone(),
+                )
+            })
+            .collect();
+        Batch::of_changes(end, events.len(), changes)
+    }
+
+    /// [`Batch::coalesce`] of events the caller no longer needs: the newest events are moved
+    /// into the batch instead of copied (a page of vectors or rows is not copied twice).
+    pub fn coalesce_owned(
+        store: StoreKind,
+        end: LogCursor,
+        events: Vec<RecordedEvent<DocumentEvent>>,
+    ) -> Batch {
+        let newest = newest_per_document(store, &events);
+        let num_events = events.len();
+        let changes = events
+            .into_iter()
+            .zip(newest)
+            .filter(|(_, newest)| *newest)
+            .filter_map(|(recorded, _)| {
+                doc_change(recorded.doc_id, recorded.cursor, store, recorded.event)
+            })
+            .collect();
+        Batch::of_changes(end, num_events, changes)
+    }
+
+    fn of_changes(end: LogCursor, num_events: usize, changes: Vec<DocChange>) -> Batch {
         Batch {
             end,
-            num_events: events.len(),
-            changes: slots.into_iter().flatten().collect(),
+            num_events,
+            changes,
             blobs: HashMap::new(),
             fresh_first_versions: true,
         }
@@ -167,6 +184,42 @@ impl Batch {
             && change.version == 1
             && matches!(change.change, Change::Upsert(_))
     }
+}
+
+/// For each event, whether it is the newest event of its document that carries a change for
+/// `store` (the one a coalesced batch keeps).
+fn newest_per_document(store: StoreKind, events: &[RecordedEvent<DocumentEvent>]) -> Vec<bool> {
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut newest = vec![false; events.len()];
+    for (i, recorded) in events.iter().enumerate().rev() {
+        if recorded.event.change_for(store).is_some() && seen.insert(recorded.doc_id.as_str()) {
+            newest[i] = true;
+        }
+    }
+    newest
+}
+
+/// The change `event` carries for `store`, taking the event.
+fn doc_change(
+    doc_id: DocId,
+    cursor: LogCursor,
+    store: StoreKind,
+    event: DocumentEvent,
+) -> Option<DocChange> {
+    let (version, upsert) = match event.change_for(store)? {
+        change @ StoreChange::Upsert(_) => (change.version(), true),
+        change @ StoreChange::Remove(_) => (change.version(), false),
+    };
+    Some(DocChange {
+        doc_id,
+        version,
+        cursor,
+        change: if upsert {
+            Change::Upsert(event)
+        } else {
+            Change::Remove
+        },
+    })
 }
 
 /// What a sink reports after applying a batch.
@@ -295,6 +348,15 @@ mod tests {
         assert_eq!(batch.changes[0].change, Change::Upsert(vectors(2, 3)));
         assert_eq!(batch.changes[1].doc_id.as_str(), "b");
         assert_eq!(batch.changes[1].change, Change::Remove);
+        assert!(batch.fresh_first_versions, "read in log order");
+
+        for store in StoreKind::ALL {
+            assert_eq!(
+                Batch::coalesce_owned(store, end, events.clone()),
+                Batch::coalesce(store, end, &events),
+                "{store:?}: moving the events gives the same batch as copying them"
+            );
+        }
     }
 
     #[test]

@@ -507,7 +507,7 @@ impl Rebuilder {
                 cursor = last.cursor;
                 num_events += page.len() as u64;
                 progress.advance(0, page.len() as u64);
-                for change in Batch::coalesce(store, cursor, &page).changes {
+                for change in Batch::coalesce_owned(store, cursor, page).changes {
                     finals.insert(change.doc_id.to_string(), change);
                 }
                 if cancel.is_cancelled() {
@@ -692,9 +692,9 @@ async fn read_page(
     let Some(last) = events.last() else {
         return Ok(None);
     };
-    let batch = Batch::coalesce(store, last.cursor, &events);
+    let end = last.cursor;
     let num_events = events.len();
-    drop(events);
+    let batch = Batch::coalesce_owned(store, end, events);
     let consistent = if store == StoreKind::Mysql {
         let docs: Vec<(&str, u64)> = batch
             .changes

@@ -181,10 +181,13 @@ impl ShadowWriter {
                 }
             }
         }
-        for part in rows.chunks(ROWS_PER_STATEMENT) {
+        // The row values move into the statement's parameters (no copy of the texts).
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let part: Vec<(&str, [Value; 11])> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
             let docs: Vec<String> = part.iter().map(|(d, _)| (*d).to_owned()).collect();
-            let params = part.iter().flat_map(|(_, r)| r.iter().cloned()).collect();
             let sql = insert_statement(SHADOW_DOCUMENTS, part.len(), UPSERT_TAIL);
+            let params = part.into_iter().flat_map(|(_, r)| r).collect();
             self.start(docs, sql, params).await?;
         }
         if removes.is_empty() {
