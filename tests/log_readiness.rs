@@ -1,6 +1,8 @@
-//! The log's readiness bookkeeping as a rebuild reads it, against real PostgreSQL: which
-//! `(document, version)` pairs every store holds. The per-document lookup and the one-scan
-//! form (used when many rows are pending) must agree on every case.
+//! The log's bookkeeping queries against real PostgreSQL: which `(document, version)` pairs
+//! every store holds, as a rebuild reads it (the per-document lookup and the one-scan form,
+//! used when many rows are pending, must agree on every case), and the projection lag the
+//! status reports (counted up to a cap, so a long backlog never makes a status sample
+//! expensive).
 
 mod common;
 
@@ -54,5 +56,37 @@ async fn lookup_and_scan_agree_on_which_versions_every_store_holds() -> Result<(
     assert_eq!(scanned, expected, "one scan of streams");
 
     drop(raw);
+    t.drop_database().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_is_counted_up_to_its_cap_with_the_oldest_event_time() -> Result<()> {
+    use aggregates::LogCursor;
+    use common::{doc, request, row_events};
+    use projections::Partition;
+
+    let t = TestLog::create("lag_is_counted_up_to_its_cap", 2).await?;
+    let mut head = LogCursor::START;
+    for name in ["a", "b", "c"] {
+        let (id, events) = (doc(name), row_events(1, 2, name));
+        match t.log.append(request(&id, 0, &events)).await? {
+            docledger::eventlog::Appended::Committed { last, .. } => head = last,
+            other => anyhow::bail!("append of {name} not committed: {other:?}"),
+        }
+    }
+    let (all, oldest) = t
+        .log
+        .lag_after(LogCursor::START, Partition::ALL, 100)
+        .await?;
+    assert_eq!(all, 6, "every event counted below the cap");
+    let (capped, capped_oldest) = t.log.lag_after(LogCursor::START, Partition::ALL, 4).await?;
+    assert_eq!(capped, 4, "the count stops at the cap");
+    assert!(oldest.is_some());
+    assert_eq!(
+        capped_oldest, oldest,
+        "the oldest event is among the first counted"
+    );
+    let (none, none_oldest) = t.log.lag_after(head, Partition::ALL, 100).await?;
+    assert_eq!((none, none_oldest), (0, None), "nothing after the head");
     t.drop_database().await
 }

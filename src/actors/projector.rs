@@ -15,6 +15,10 @@ use crate::eventlog::lease::{LeaseKey, Leases};
 use crate::eventlog::{LogError, PgLog};
 use crate::rebuild::{RebuildStatus, Rebuilds};
 
+/// Unapplied events are counted up to this many per partition (`lag_events`); a larger
+/// backlog shows as this number, and `lag_seconds` tells how far behind it is.
+pub const LAG_COUNT_CAP: i64 = 10_000;
+
 /// Every runner of the service.
 #[derive(Default)]
 pub struct Projectors {
@@ -34,7 +38,7 @@ pub struct PartitionStatus {
     pub state: &'static str,
     /// Checkpoint position.
     pub applied_position: i64,
-    /// Events of the partition not yet applied.
+    /// Events of the partition not yet applied, counted up to [`LAG_COUNT_CAP`].
     pub lag_events: i64,
     /// Age of the oldest unapplied event, seconds.
     pub lag_seconds: f64,
@@ -65,7 +69,7 @@ pub struct StoreStatus {
     pub applied_position: i64,
     /// Newest log position.
     pub head_position: i64,
-    /// Unapplied events over all partitions.
+    /// Unapplied events over all partitions (each counted up to [`LAG_COUNT_CAP`]).
     pub lag_events: i64,
     /// Age of the oldest unapplied event, seconds.
     pub lag_seconds: f64,
@@ -214,7 +218,9 @@ impl ProjectionView {
             let mut partitions = Vec::new();
             for status in self.of(store.name()) {
                 let snap = status.snapshot();
-                let (lag_events, oldest) = log.lag_after(snap.applied, status.partition).await?;
+                let (lag_events, oldest) = log
+                    .lag_after(snap.applied, status.partition, LAG_COUNT_CAP)
+                    .await?;
                 partitions.push(PartitionStatus {
                     partition: status.partition.index,
                     state: snap.state,

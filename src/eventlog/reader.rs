@@ -310,8 +310,11 @@ impl PgLog {
         })
     }
 
-    /// Events of `part` after `after`: how many, and the recording time (Unix ms) of the
-    /// oldest of them (the projection's lag).
+    /// Events of `part` after `after`: how many, counted up to `cap`, and the recording
+    /// time (Unix ms) of the oldest of them (the projection's lag). The count walks the log
+    /// index from `after` and stops at `cap`, so a status sample costs at most `cap` rows
+    /// however far a projection lags (it used to count the whole backlog, several times a
+    /// sample, which loaded PostgreSQL most exactly when the projectors were behind).
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
@@ -319,19 +322,25 @@ impl PgLog {
         &self,
         after: LogCursor,
         part: Partition,
+        cap: i64,
     ) -> Result<(i64, Option<i64>), LogError> {
         let client = self.client().await?;
         let row = client
             .query_one(
-                "SELECT count(*), (extract(epoch FROM min(recorded_at)) * 1000)::bigint FROM events
-                 WHERE (epoch, xid, position) > ($1, $2::text::xid8, $3)
-                   AND ($4::integer = 1 OR stream_hash % $4::integer = $5::integer)",
+                "SELECT count(*), (extract(epoch FROM min(recorded_at)) * 1000)::bigint FROM (
+                     SELECT recorded_at FROM events
+                     WHERE (epoch, xid, position) > ($1, $2::text::xid8, $3)
+                       AND ($4::integer = 1 OR stream_hash % $4::integer = $5::integer)
+                     ORDER BY events.epoch, events.xid, events.position
+                     LIMIT $6
+                 ) AS pending",
                 &[
                     &after.epoch,
                     &after.xid.to_string(),
                     &after.position,
                     &(part.count as i32),
                     &(part.index as i32),
+                    &cap.max(1),
                 ],
             )
             .await
