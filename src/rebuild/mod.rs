@@ -343,21 +343,14 @@ impl Rebuilder {
         let lowest = self.lowest_checkpoint(store).await?;
         let num_streams = self.log.count_streams().await?;
         progress.total(num_streams);
-        let mut applied: Vec<AppliedVersion> = Vec::new();
-        let mut num_documents = 0u64;
-        let mut num_events = 0u64;
+        let mut done = Written::default();
 
         progress.phase("building");
         let (mut pages, reader) = self.read_ahead(store, LogCursor::START, cancel);
-        let mut cursor = LogCursor::START;
         while let Some(page) = pages.recv().await {
             let page = page?;
             self.write(&mut target, &page).await?;
-            note_applied(&page.batch, lowest, &mut applied);
-            num_documents += page.batch.changes.len() as u64;
-            num_events += page.num_events as u64;
-            progress.advance(page.batch.changes.len() as u64, page.num_events as u64);
-            cursor = page.batch.end;
+            done.count(&page, lowest, progress);
         }
         let _ = reader.await;
         if cancel.is_cancelled() {
@@ -369,15 +362,11 @@ impl Rebuilder {
         let switched = async {
             progress.phase("catching_up");
             loop {
-                let Some(page) = read_page(&self.log, store, cursor).await? else {
+                let Some(page) = read_page(&self.log, store, done.cursor).await? else {
                     break;
                 };
                 self.write(&mut target, &page).await?;
-                note_applied(&page.batch, lowest, &mut applied);
-                num_documents += page.batch.changes.len() as u64;
-                num_events += page.num_events as u64;
-                progress.advance(page.batch.changes.len() as u64, page.num_events as u64);
-                cursor = page.batch.end;
+                done.count(&page, lowest, progress);
             }
             progress.phase("switching");
             match &mut target {
@@ -386,7 +375,7 @@ impl Rebuilder {
                     writer.finish().await?;
                     self.stores
                         .mysql
-                        .swap_shadow(self.log.log_id(), self.partitions, cursor)
+                        .swap_shadow(self.log.log_id(), self.partitions, done.cursor)
                         .await?;
                     progress.phase("recording");
                     self.settle_readiness(writer.pending(), num_streams).await?;
@@ -402,7 +391,7 @@ impl Rebuilder {
                         collection = generation.collection(),
                         "alias switched"
                     );
-                    self.save_checkpoints(store, cursor).await?;
+                    self.save_checkpoints(store, done.cursor).await?;
                     if let Some(old) = old {
                         self.stores
                             .milvus
@@ -411,7 +400,7 @@ impl Rebuilder {
                             .await?;
                     }
                     progress.phase("recording");
-                    self.record(store, &applied).await?;
+                    self.record(store, &done.applied).await?;
                 }
             }
             Ok::<(), RebuildError>(())
@@ -421,9 +410,9 @@ impl Rebuilder {
         switched?;
         Ok(RebuildSummary {
             store: store.name(),
-            num_documents,
-            num_events,
-            end: cursor,
+            num_documents: done.num_documents,
+            num_events: done.num_events,
+            end: done.cursor,
             seconds: started.elapsed().as_secs_f64(),
             num_identical: 0,
             num_orphans_deleted: 0,
@@ -637,17 +626,37 @@ enum Target {
     Milvus(GenerationWriter),
 }
 
-fn note_applied(batch: &Batch, lowest: LogCursor, applied: &mut Vec<AppliedVersion>) {
-    applied.extend(
-        batch
-            .changes
-            .iter()
-            .filter(|c| c.cursor > lowest)
-            .map(|c| AppliedVersion {
-                doc_id: c.doc_id.clone(),
-                version: c.version,
-            }),
-    );
+/// What a blue/green rebuild has written so far.
+#[derive(Default)]
+struct Written {
+    /// Versions written past the store's lowest checkpoint (to record as applied).
+    applied: Vec<AppliedVersion>,
+    num_documents: u64,
+    num_events: u64,
+    /// The last page's end: where the rebuilt store's checkpoint stands.
+    cursor: LogCursor,
+}
+
+impl Written {
+    /// Counts a written page (and reports it to `progress`).
+    fn count(&mut self, page: &PreparedPage, lowest: LogCursor, progress: &RebuildProgress) {
+        let batch = &page.batch;
+        self.applied
+            .extend(
+                batch
+                    .changes
+                    .iter()
+                    .filter(|c| c.cursor > lowest)
+                    .map(|c| AppliedVersion {
+                        doc_id: c.doc_id.clone(),
+                        version: c.version,
+                    }),
+            );
+        self.num_documents += batch.changes.len() as u64;
+        self.num_events += page.num_events as u64;
+        progress.advance(batch.changes.len() as u64, page.num_events as u64);
+        self.cursor = batch.end;
+    }
 }
 
 fn source_error(e: projections::SourceError) -> RebuildError {
