@@ -137,3 +137,68 @@ async fn pages_in_flight_end_with_the_newest_state_per_document() {
         .await
         .expect("drop database");
 }
+
+/// Bulk statements keep their prepared form on the connection between uses: the second
+/// statement of the same text is executed, not parsed and described again (an 11,000
+/// placeholder statement cost MariaDB more to prepare than to insert its rows).
+#[tokio::test]
+async fn bulk_statements_are_prepared_once_per_connection() {
+    use projections::mysql::shadow::{insert_statement, run_concurrently};
+    let env = StoreEnv::require();
+    let name = unique_name("shadow_prepared");
+    // One connection, so every statement and the check run on the same session.
+    let url = format!("{}?pool_min=1&pool_max=1", env.mysql_database_url(&name));
+    let sink = MysqlSink::new(&url).expect("mysql url");
+    sink.prepare().await.expect("prepare database");
+    sink.create_shadow().await.expect("shadow table");
+    let rows = 50;
+    let statement = |first: usize| {
+        let params = (first..first + rows)
+            .flat_map(|i| {
+                let row = change(&doc(i), 1, Change::Upsert(row(1)));
+                projections::mysql::shadow::catalogue_values(
+                    row.doc_id.as_str(),
+                    &row.change,
+                    false,
+                )
+                .expect("a row")
+            })
+            .collect();
+        (insert_statement(SHADOW_DOCUMENTS, rows, ""), params)
+    };
+    for first in [0, rows, 2 * rows] {
+        run_concurrently(sink.pool(), "bulk insert", vec![statement(first)], 1)
+            .await
+            .expect("bulk insert");
+    }
+    let mut conn = sink.pool().get_conn().await.expect("conn");
+    let prepared: Option<(String, String)> = conn
+        .query_first("SHOW SESSION STATUS LIKE 'Com_stmt_prepare'")
+        .await
+        .expect("session status");
+    let executed: Option<(String, String)> = conn
+        .query_first("SHOW SESSION STATUS LIKE 'Com_stmt_execute'")
+        .await
+        .expect("session status");
+    let count = |v: Option<(String, String)>| v.map(|(_, n)| n.parse::<u64>().expect("a count"));
+    assert_eq!(
+        count(executed),
+        Some(3),
+        "three bulk statements ran on this session"
+    );
+    assert_eq!(
+        count(prepared),
+        Some(1),
+        "prepared once, executed three times"
+    );
+    let written: Option<u64> = conn
+        .query_first(format!("SELECT COUNT(*) FROM {SHADOW_DOCUMENTS}"))
+        .await
+        .expect("count");
+    assert_eq!(written, Some(3 * rows as u64));
+    drop(conn);
+    let mut conn = sink.pool().get_conn().await.expect("conn");
+    conn.query_drop(format!("DROP DATABASE `{name}`"))
+        .await
+        .expect("drop database");
+}

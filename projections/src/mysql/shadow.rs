@@ -99,6 +99,11 @@ async fn exec_pooled(
     params: Vec<Value>,
 ) -> Result<(), SinkError> {
     let mut conn = pool.get_conn().await.map_err(sink_error("connect"))?;
+    // Bulk statements repeat the same text (a full statement of `ROWS_PER_STATEMENT` rows):
+    // the connection keeps it prepared when it goes back to the pool instead of being
+    // reset, which would drop the prepared statement and make the next one parse and
+    // describe its 11,000 placeholders again. Nothing here changes the session's state.
+    conn.reset_connection(false);
     conn.exec_drop(sql, params)
         .await
         .map_err(sink_error(operation))
