@@ -91,14 +91,17 @@ pub fn encode(event: &DocumentEvent) -> StoredEvent {
     }
 }
 
-/// Decodes a stored event, upcasting older payload versions.
+/// Decodes a stored event from its JSON payload text (as read from the `payload` column),
+/// upcasting older payload versions. The text is deserialized straight into the event, with
+/// the type taken from its own column, never through an intermediate `serde_json::Value`
+/// (every projector page and rebuild decodes thousands of these).
 ///
 /// # Errors
 /// [`DecodeError`] for an unknown type or version or a malformed payload.
 pub fn decode(
     event_type: &str,
     event_version: i16,
-    payload: Value,
+    payload: &[u8],
     vectors: Option<&[u8]>,
 ) -> Result<DocumentEvent, DecodeError> {
     let fail = |message: String| DecodeError {
@@ -116,7 +119,7 @@ pub fn decode(
     }
     if event_type == "VectorsIndexed" {
         let stored: StoredVectors =
-            serde_json::from_value(payload).map_err(|e| fail(e.to_string()))?;
+            serde_json::from_slice(payload).map_err(|e| fail(e.to_string()))?;
         let packed = vectors.unwrap_or_default();
         if packed.len() != stored.chunks.len() * stored.dim * 4 {
             return Err(fail(format!(
@@ -143,14 +146,111 @@ pub fn decode(
             chunks,
         });
     }
-    let mut payload = payload;
-    match &mut payload {
-        Value::Object(map) => {
-            map.insert("type".into(), Value::String(event_type.to_owned()));
-        }
-        _ => return Err(fail("payload is not a JSON object".into())),
+    let mut json = serde_json::Deserializer::from_slice(payload);
+    let event = DocumentEvent::deserialize(tagged::WithType {
+        event_type,
+        inner: &mut json,
+    })
+    .map_err(|e| fail(e.to_string()))?;
+    json.end().map_err(|e| fail(e.to_string()))?;
+    Ok(event)
+}
+
+/// The stored payload lacks the `type` entry that [`DocumentEvent`]'s internally tagged
+/// form expects (the type lives in its own column): [`tagged::WithType`] presents the
+/// payload object as one whose first entry is `"type": event_type`.
+mod tagged {
+    use std::fmt;
+
+    use serde::de::{DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, Visitor};
+
+    /// A JSON object deserializer whose object gains a leading `type` entry.
+    pub struct WithType<'t, D> {
+        pub event_type: &'t str,
+        pub inner: D,
     }
-    serde_json::from_value(payload).map_err(|e| fail(e.to_string()))
+
+    impl<'de, D: Deserializer<'de>> Deserializer<'de> for WithType<'_, D> {
+        type Error = D::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+            self.inner.deserialize_map(TypeFirst {
+                event_type: self.event_type,
+                visitor,
+            })
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map struct enum identifier ignored_any
+        }
+    }
+
+    struct TypeFirst<'t, V> {
+        event_type: &'t str,
+        visitor: V,
+    }
+
+    impl<'de, V: Visitor<'de>> Visitor<'de> for TypeFirst<'_, V> {
+        type Value = V::Value;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            self.visitor.expecting(f)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
+            self.visitor.visit_map(TypeFirstMap {
+                key: Some(self.event_type),
+                value: None,
+                inner: map,
+            })
+        }
+    }
+
+    /// The object's entries, `type` first.
+    struct TypeFirstMap<'t, A> {
+        /// The `type` entry, until its key is taken.
+        key: Option<&'t str>,
+        /// The `type` entry's value, between its key and its value being taken.
+        value: Option<&'t str>,
+        inner: A,
+    }
+
+    impl<'de, A: MapAccess<'de>> MapAccess<'de> for TypeFirstMap<'_, A> {
+        type Error = A::Error;
+
+        fn next_key_seed<K: DeserializeSeed<'de>>(
+            &mut self,
+            seed: K,
+        ) -> Result<Option<K::Value>, A::Error> {
+            if let Some(event_type) = self.key.take() {
+                self.value = Some(event_type);
+                return seed
+                    .deserialize(IntoDeserializer::<A::Error>::into_deserializer("type"))
+                    .map(Some);
+            }
+            self.inner.next_key_seed(seed)
+        }
+
+        fn next_value_seed<S: DeserializeSeed<'de>>(
+            &mut self,
+            seed: S,
+        ) -> Result<S::Value, A::Error> {
+            match self.value.take() {
+                Some(event_type) => {
+                    seed.deserialize(IntoDeserializer::<A::Error>::into_deserializer(event_type))
+                }
+                None => self.inner.next_value_seed(seed),
+            }
+        }
+
+        fn size_hint(&self) -> Option<usize> {
+            self.inner
+                .size_hint()
+                .map(|n| n + usize::from(self.key.is_some()))
+        }
+    }
 }
 
 mod opt_base64 {
@@ -199,7 +299,7 @@ mod tests {
             let decoded = decode(
                 &stored.event_type,
                 stored.event_version,
-                stored.payload.clone(),
+                stored.payload.to_string().as_bytes(),
                 stored.vectors.as_deref(),
             )
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -235,7 +335,7 @@ mod tests {
         let back = decode(
             &stored.event_type,
             stored.event_version,
-            stored.payload,
+            stored.payload.to_string().as_bytes(),
             stored.vectors.as_deref(),
         )
         .expect("decodes");
@@ -244,27 +344,31 @@ mod tests {
 
     #[test]
     fn unknown_types_versions_and_bad_payloads_are_errors() {
-        assert!(decode("Nope", 1, serde_json::json!({}), None).is_err());
-        assert!(decode(
-            "DocumentDeleted",
-            9,
-            serde_json::json!({"version": 1}),
-            None
-        )
-        .is_err());
-        assert!(decode(
-            "DocumentDeleted",
-            1,
-            serde_json::json!({"version": "x"}),
-            None
-        )
-        .is_err());
+        assert!(decode("Nope", 1, b"{}", None).is_err());
+        assert!(decode("DocumentDeleted", 9, br#"{"version": 1}"#, None).is_err());
+        assert!(decode("DocumentDeleted", 1, br#"{"version": "x"}"#, None).is_err());
         assert!(decode(
             "VectorsIndexed",
             1,
-            serde_json::json!({"version": 1, "dim": 2, "chunks": [{"index": 0, "text": ""}]}),
+            br#"{"version": 1, "dim": 2, "chunks": [{"index": 0, "text": ""}]}"#,
             Some(&[0; 4])
         )
         .is_err());
+        // Not an object, trailing bytes, an unknown field, a type named inside the payload.
+        assert!(decode("DocumentDeleted", 1, b"[1]", None).is_err());
+        assert!(decode("DocumentDeleted", 1, br#"{"version": 1} x"#, None).is_err());
+        assert!(decode("DocumentDeleted", 1, br#"{"version": 1, "extra": 2}"#, None).is_err());
+        assert!(decode(
+            "DocumentDeleted",
+            1,
+            br#"{"type": "RowInserted", "version": 1}"#,
+            None
+        )
+        .is_err());
+        // The type comes from its column; the payload's own fields keep their order.
+        assert_eq!(
+            decode("DocumentDeleted", 1, br#" { "version" : 7 } "#, None).expect("decodes"),
+            DocumentEvent::DocumentDeleted { version: 7 }
+        );
     }
 }

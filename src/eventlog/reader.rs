@@ -74,12 +74,34 @@ pub struct HorizonStatus {
     pub oldest_running_xact_seconds: f64,
 }
 
+/// A `jsonb` (or `json`) column's JSON text, borrowed from the row, for [`decode`] to read
+/// straight into the event.
+struct JsonText<'a>(&'a [u8]);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for JsonText<'a> {
+    fn from_sql(
+        ty: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        if *ty != tokio_postgres::types::Type::JSONB {
+            return Ok(JsonText(raw));
+        }
+        // jsonb's binary form: a format version byte (1), then the JSON text.
+        match raw.split_first() {
+            Some((1, text)) => Ok(JsonText(text)),
+            _ => Err("unsupported jsonb format version".into()),
+        }
+    }
+
+    tokio_postgres::types::accepts!(JSON, JSONB);
+}
+
 pub(super) fn decode_row(row: &Row) -> Result<RecordedEvent<DocumentEvent>, LogError> {
     let position: i64 = row.get(2);
     let event = decode(
         row.get(5),
         row.get(6),
-        row.get(7),
+        row.get::<_, JsonText>(7).0,
         row.get::<_, Option<&[u8]>>(8),
     )
     .map_err(|source| LogError::Corrupt { position, source })?;

@@ -271,7 +271,7 @@ fn upsert_params(doc_id: &str, event: &DocumentEvent) -> Option<[Value; 10]> {
         Value::from(title.as_str()),
         Value::from(source_type.as_str()),
         Value::from(business_tag.as_deref()),
-        Value::from(serde_json::Value::Object(attributes.clone()).to_string()),
+        Value::from(serde_json::to_string(attributes).expect("a JSON object always serializes")),
         Value::from(blob_sha256.as_ref().map(|_| blob_key(doc_id))),
         Value::from(blob_sha256.as_deref()),
         Value::from(*blob_size),
