@@ -22,6 +22,43 @@ ORDER BY events.epoch, events.xid, events.position
 LIMIT $5
 "#;
 
+/// A page of the store's events as read, not yet decoded: reading the next page needs only
+/// its end, so a reader can ask for the next page while this one is decoded elsewhere.
+pub struct RawEvents {
+    rows: Vec<tokio_postgres::Row>,
+}
+
+impl RawEvents {
+    /// Events read.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// No event read (the head).
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The cursor of the page's last event (`None` for an empty page).
+    ///
+    /// # Errors
+    /// [`LogError::Corrupt`] for a row that does not decode.
+    pub fn end(&self) -> Result<Option<LogCursor>, LogError> {
+        self.rows
+            .last()
+            .map(|row| decode_row(row).map(|e| e.cursor))
+            .transpose()
+    }
+
+    /// The page's events, decoded.
+    ///
+    /// # Errors
+    /// [`LogError::Corrupt`].
+    pub fn decode(&self) -> Result<Vec<RecordedEvent<DocumentEvent>>, LogError> {
+        self.rows.iter().map(decode_row).collect()
+    }
+}
+
 impl PgLog {
     /// Up to `limit` events after `after` that can carry a change for `store`
     /// ([`StoreKind::event_types`]), in log order, only of finished transactions.
@@ -34,6 +71,19 @@ impl PgLog {
         store: StoreKind,
         limit: usize,
     ) -> Result<Vec<RecordedEvent<DocumentEvent>>, LogError> {
+        self.read_store_rows(after, store, limit).await?.decode()
+    }
+
+    /// [`PgLog::read_store_events`] without decoding them yet.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`].
+    pub async fn read_store_rows(
+        &self,
+        after: LogCursor,
+        store: StoreKind,
+        limit: usize,
+    ) -> Result<RawEvents, LogError> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(READ_TYPES_AFTER)
@@ -53,7 +103,7 @@ impl PgLog {
             )
             .await
             .map_err(LogError::db("read store events"))?;
-        rows.iter().map(decode_row).collect()
+        Ok(RawEvents { rows })
     }
 
     /// Number of documents the log knows (deleted ones included).

@@ -40,7 +40,7 @@ use tracing::{info, warn};
 pub use progress::{RebuildProgress, RebuildStatus};
 
 use crate::actors::projector::ProjectionView;
-use crate::eventlog::{LogError, PgLog};
+use crate::eventlog::{LogError, PgLog, RawEvents};
 use crate::Stores;
 
 /// Events read per page of the log.
@@ -433,36 +433,62 @@ impl Rebuilder {
         Ok(())
     }
 
-    /// Reads and prepares ([`read_page`]) the store's pages after `from` in a task, up to
+    /// Reads and prepares ([`prepare_page`]) the store's pages after `from`, up to
     /// [`READ_AHEAD_PAGES`] pages ahead of the writer, until a page comes back short (the
-    /// head is near: the hand-over reads the rest). So PostgreSQL's reading and readiness
-    /// lookups run while the target store writes the pages before.
+    /// head is near: the hand-over reads the rest). Two tasks: one reads pages (it needs only
+    /// a page's end to ask for the next one), the other decodes, coalesces and looks up
+    /// readiness on its own connection. So PostgreSQL reads page k+1 while page k is decoded
+    /// and checked, and both run while the target store writes the pages before.
     fn read_ahead(
         &self,
         store: StoreKind,
         from: LogCursor,
         cancel: &CancellationToken,
     ) -> (mpsc::Receiver<Page>, JoinHandle<()>) {
+        let (raw_tx, mut raw_rx) = mpsc::channel::<Result<RawEvents, LogError>>(READ_AHEAD_PAGES);
         let (tx, rx) = mpsc::channel(READ_AHEAD_PAGES);
         let log = self.log.clone();
-        let cancel = cancel.clone();
-        let handle = tokio::spawn(async move {
+        let reader_cancel = cancel.clone();
+        let reader = tokio::spawn(async move {
             let mut cursor = from;
-            while !cancel.is_cancelled() {
-                let page = match read_page(&log, store, cursor).await {
-                    Ok(Some(page)) => page,
-                    Ok(None) => return,
+            while !reader_cancel.is_cancelled() {
+                let raw = match log.read_store_rows(cursor, store, PAGE_EVENTS).await {
+                    Ok(raw) => raw,
                     Err(e) => {
-                        let _ = tx.send(Err(e)).await;
+                        let _ = raw_tx.send(Err(e)).await;
                         return;
                     }
                 };
-                cursor = page.batch.end;
-                let short = page.num_events < PAGE_EVENTS;
-                if tx.send(Ok(page)).await.is_err() || short {
+                let end = match raw.end() {
+                    Ok(Some(end)) => end,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = raw_tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                cursor = end;
+                let short = raw.len() < PAGE_EVENTS;
+                if raw_tx.send(Ok(raw)).await.is_err() || short {
                     return;
                 }
             }
+        });
+        let log = self.log.clone();
+        let handle = tokio::spawn(async move {
+            while let Some(raw) = raw_rx.recv().await {
+                let page = match raw {
+                    Ok(raw) => prepare_page(&log, store, &raw).await,
+                    Err(e) => Err(e),
+                };
+                let failed = page.is_err();
+                if tx.send(page).await.is_err() || failed {
+                    break;
+                }
+            }
+            // The reader stops at its next send once the pages are no longer wanted.
+            drop(raw_rx);
+            let _ = reader.await;
         });
         (rx, handle)
     }
@@ -696,12 +722,22 @@ async fn read_page(
     store: StoreKind,
     after: LogCursor,
 ) -> Result<Option<PreparedPage>, LogError> {
-    let events: Vec<RecordedEvent<DocumentEvent>> =
-        log.read_store_events(after, store, PAGE_EVENTS).await?;
-    let Some(last) = events.last() else {
+    let raw = log.read_store_rows(after, store, PAGE_EVENTS).await?;
+    if raw.is_empty() {
         return Ok(None);
-    };
-    let end = last.cursor;
+    }
+    prepare_page(log, store, &raw).await.map(Some)
+}
+
+/// Decodes and coalesces a page read by [`PgLog::read_store_rows`] (not empty) and, for
+/// MySQL, looks up which of its documents every store already holds.
+async fn prepare_page(
+    log: &PgLog,
+    store: StoreKind,
+    raw: &RawEvents,
+) -> Result<PreparedPage, LogError> {
+    let events: Vec<RecordedEvent<DocumentEvent>> = raw.decode()?;
+    let end = events.last().map_or(LogCursor::START, |e| e.cursor);
     let num_events = events.len();
     let batch = Batch::coalesce_owned(store, end, events);
     let consistent = if store == StoreKind::Mysql {
@@ -715,11 +751,11 @@ async fn read_page(
     } else {
         Default::default()
     };
-    Ok(Some(PreparedPage {
+    Ok(PreparedPage {
         batch,
         num_events,
         consistent,
-    }))
+    })
 }
 
 /// The rebuilds a service runs (at most one per store) and their progress.
