@@ -41,6 +41,11 @@ impl TlsMariadb {
             port,
             child: None,
         };
+        // Its own directory for temporary tables: a starting MariaDB server deletes the
+        // `#sql*` files it finds in its tmpdir, so with the default /tmp the servers of the
+        // TLS tests, starting in parallel, removed each other's bootstrap tables (seen in a
+        // CI run: "Could not remove temporary table '/tmp/#sql-temptable-…', error: 2").
+        std::fs::create_dir_all(server.tmp_dir()).expect("mariadb tmp dir");
         let started = Instant::now();
         let install = Command::new("mariadb-install-db")
             .args([
@@ -50,6 +55,7 @@ impl TlsMariadb {
                 "--skip-test-db",
             ])
             .arg(format!("--datadir={}", server.data_dir().display()))
+            .arg(format!("--tmpdir={}", server.tmp_dir().display()))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .output()
@@ -68,6 +74,7 @@ impl TlsMariadb {
                 "--skip-log-bin",
             ])
             .arg(format!("--datadir={}", server.data_dir().display()))
+            .arg(format!("--tmpdir={}", server.tmp_dir().display()))
             .arg(format!("--port={port}"))
             .arg(format!("--socket={}", server.socket().display()))
             .arg(format!(
@@ -108,6 +115,10 @@ impl TlsMariadb {
 
     fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.dir.join("tmp")
     }
 
     fn socket(&self) -> PathBuf {
