@@ -41,6 +41,8 @@ const KEYS: &[(&str, Option<&str>)] = &[
     // Tuning knobs (not part of the contract; documented in the README).
     ("PARTITIONS", Some("2")),
     ("BATCH_SIZE", Some("500")),
+    // Events a rebuild reads per page of the log.
+    ("REBUILD_PAGE_EVENTS", Some("5000")),
     ("IDLE_POLL_MS", Some("500")),
     ("RETRY_BASE_MS", Some("50")),
     ("RETRY_MAX_MS", Some("10000")),
@@ -145,6 +147,8 @@ pub struct ProjectionConfig {
     pub partitions: NonZeroU32,
     /// Most events per batch.
     pub batch_size: usize,
+    /// Events a rebuild reads per page of the log.
+    pub rebuild_page_events: usize,
     /// Poll interval when no NOTIFY arrives.
     pub idle_poll: Duration,
     /// First backoff ceiling.
@@ -497,6 +501,7 @@ impl Config {
                 partitions: NonZeroU32::new(partitions)
                     .ok_or_else(|| invalid("PARTITIONS", "must be greater than 0".into()))?,
                 batch_size: positive("BATCH_SIZE")?,
+                rebuild_page_events: positive("REBUILD_PAGE_EVENTS")?,
                 idle_poll: Duration::from_millis(positive("IDLE_POLL_MS")? as u64),
                 retry_base: Duration::from_millis(positive("RETRY_BASE_MS")? as u64),
                 retry_max: Duration::from_millis(positive("RETRY_MAX_MS")? as u64),

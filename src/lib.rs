@@ -223,7 +223,8 @@ pub async fn serve(
         stores.clone(),
         partitions,
         Some(projectors.view()),
-    );
+    )
+    .with_page_events(config.projection.rebuild_page_events);
     let rebuilds = projectors.view().rebuilds().clone();
     let state = AppState {
         instance,

@@ -249,9 +249,13 @@ async fn milvus_client(svc: &TestService) -> ClientV2 {
     .expect("milvus connects")
 }
 
+/// Pages of a few events, so every rebuild reads the log in many pages ahead of its writer
+/// (the default page holds 5000 events, more than these tests append).
+const SMALL_PAGES: &[(&str, &str)] = &[("DOCLEDGER_REBUILD_PAGE_EVENTS", "7")];
+
 #[actix_rt::test]
 async fn mysql_dropped_is_rebuilt_while_ingesting() {
-    let svc = TestService::start("rebuild_mysql", &[]).await;
+    let svc = TestService::start("rebuild_mysql", SMALL_PAGES).await;
     let acked: Acked = Arc::default();
     seed(&svc, &acked, 40).await;
     let pool = mysql_pool(&svc);
@@ -307,7 +311,7 @@ async fn mysql_dropped_is_rebuilt_while_ingesting() {
 
 #[actix_rt::test]
 async fn milvus_dropped_is_rebuilt_behind_an_alias_while_ingesting() {
-    let svc = TestService::start("rebuild_milvus", &[]).await;
+    let svc = TestService::start("rebuild_milvus", SMALL_PAGES).await;
     let acked: Acked = Arc::default();
     seed(&svc, &acked, 40).await;
     let milvus = milvus_client(&svc).await;
@@ -372,7 +376,7 @@ async fn milvus_dropped_is_rebuilt_behind_an_alias_while_ingesting() {
 
 #[actix_rt::test]
 async fn s3_corrupted_is_rebuilt_in_place_through_the_cli_while_ingesting() {
-    let svc = TestService::start("rebuild_s3", &[]).await;
+    let svc = TestService::start("rebuild_s3", SMALL_PAGES).await;
     let acked: Acked = Arc::default();
     seed(&svc, &acked, 40).await;
     let stores = Stores::connect(&svc.config).await.expect("stores");

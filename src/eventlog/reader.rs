@@ -96,12 +96,34 @@ impl<'a> tokio_postgres::types::FromSql<'a> for JsonText<'a> {
     tokio_postgres::types::accepts!(JSON, JSONB);
 }
 
+/// The log cursor of a row read by the readers' queries (columns epoch, `xid::text`,
+/// position), without decoding its event.
+pub(super) fn row_cursor(row: &Row) -> LogCursor {
+    LogCursor {
+        epoch: row.get(0),
+        xid: row.get::<_, &str>(1).parse().unwrap_or_default(),
+        position: row.get(2),
+    }
+}
+
 pub(super) fn decode_row(row: &Row) -> Result<RecordedEvent<DocumentEvent>, LogError> {
     let position: i64 = row.get(2);
+    let event_type: &str = row.get(5);
+    let event_version: i16 = row.get(6);
+    let payload = row
+        .try_get::<_, JsonText>(7)
+        .map_err(|e| LogError::Corrupt {
+            position,
+            source: super::codec::DecodeError {
+                event_type: event_type.to_owned(),
+                event_version,
+                message: format!("payload: {e}"),
+            },
+        })?;
     let event = decode(
-        row.get(5),
-        row.get(6),
-        row.get::<_, JsonText>(7).0,
+        event_type,
+        event_version,
+        payload.0,
         row.get::<_, Option<&[u8]>>(8),
     )
     .map_err(|source| LogError::Corrupt { position, source })?;
@@ -115,11 +137,7 @@ pub(super) fn decode_row(row: &Row) -> Result<RecordedEvent<DocumentEvent>, LogE
         },
     })?;
     Ok(RecordedEvent {
-        cursor: LogCursor {
-            epoch: row.get(0),
-            xid: row.get::<_, &str>(1).parse().unwrap_or_default(),
-            position,
-        },
+        cursor: row_cursor(row),
         doc_id,
         stream_version: row.get(4),
         recorded_at_ms: row.get(9),

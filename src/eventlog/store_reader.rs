@@ -4,7 +4,7 @@
 
 use aggregates::{DocumentEvent, LogCursor, RecordedEvent, StoreKind};
 
-use super::reader::decode_row;
+use super::reader::{decode_row, row_cursor};
 use super::{LogError, PgLog};
 
 /// Events of the given types after a cursor, below the horizon, in log order. The horizon
@@ -39,15 +39,10 @@ impl RawEvents {
         self.rows.is_empty()
     }
 
-    /// The cursor of the page's last event (`None` for an empty page).
-    ///
-    /// # Errors
-    /// [`LogError::Corrupt`] for a row that does not decode.
-    pub fn end(&self) -> Result<Option<LogCursor>, LogError> {
-        self.rows
-            .last()
-            .map(|row| decode_row(row).map(|e| e.cursor))
-            .transpose()
+    /// The cursor of the page's last event (`None` for an empty page), read from its
+    /// cursor columns alone: the event itself is decoded once, with the page.
+    pub fn end(&self) -> Option<LogCursor> {
+        self.rows.last().map(row_cursor)
     }
 
     /// The page's events, decoded.

@@ -43,7 +43,7 @@ use crate::actors::projector::ProjectionView;
 use crate::eventlog::{LogError, PgLog, RawEvents};
 use crate::Stores;
 
-/// Events read per page of the log.
+/// Events read per page of the log, unless [`Rebuilder::with_page_events`] says otherwise.
 pub const PAGE_EVENTS: usize = 5000;
 /// Pages read ahead of the writer.
 const READ_AHEAD_PAGES: usize = 4;
@@ -116,6 +116,8 @@ pub struct Rebuilder {
     partitions: u32,
     /// The service's runners, paused during the hand-over; `None` when no service runs.
     runners: Option<ProjectionView>,
+    /// Events read per page of the log.
+    page_events: usize,
 }
 
 /// The runners of one store, paused by a rebuild.
@@ -150,7 +152,15 @@ impl Rebuilder {
             stores,
             partitions: partitions.max(1),
             runners,
+            page_events: PAGE_EVENTS,
         }
+    }
+
+    /// Reads the log `page_events` events at a time (at least 1) instead of [`PAGE_EVENTS`]:
+    /// `DOCLEDGER_REBUILD_PAGE_EVENTS`.
+    pub fn with_page_events(mut self, page_events: usize) -> Rebuilder {
+        self.page_events = page_events.max(1);
+        self
     }
 
     /// Rebuilds `store`, reporting into `progress`.
@@ -362,7 +372,8 @@ impl Rebuilder {
         let switched = async {
             progress.phase("catching_up");
             loop {
-                let Some(page) = read_page(&self.log, store, done.cursor).await? else {
+                let Some(page) = read_page(&self.log, store, done.cursor, self.page_events).await?
+                else {
                     break;
                 };
                 self.write(&mut target, &page).await?;
@@ -448,27 +459,21 @@ impl Rebuilder {
         let (raw_tx, mut raw_rx) = mpsc::channel::<Result<RawEvents, LogError>>(READ_AHEAD_PAGES);
         let (tx, rx) = mpsc::channel(READ_AHEAD_PAGES);
         let log = self.log.clone();
+        let page_events = self.page_events;
         let reader_cancel = cancel.clone();
         let reader = tokio::spawn(async move {
             let mut cursor = from;
             while !reader_cancel.is_cancelled() {
-                let raw = match log.read_store_rows(cursor, store, PAGE_EVENTS).await {
+                let raw = match log.read_store_rows(cursor, store, page_events).await {
                     Ok(raw) => raw,
                     Err(e) => {
                         let _ = raw_tx.send(Err(e)).await;
                         return;
                     }
                 };
-                let end = match raw.end() {
-                    Ok(Some(end)) => end,
-                    Ok(None) => return,
-                    Err(e) => {
-                        let _ = raw_tx.send(Err(e)).await;
-                        return;
-                    }
-                };
+                let Some(end) = raw.end() else { return };
                 cursor = end;
-                let short = raw.len() < PAGE_EVENTS;
+                let short = raw.len() < page_events;
                 if raw_tx.send(Ok(raw)).await.is_err() || short {
                     return;
                 }
@@ -516,7 +521,7 @@ impl Rebuilder {
             loop {
                 let page = self
                     .log
-                    .read_store_events(cursor, store, PAGE_EVENTS)
+                    .read_store_events(cursor, store, self.page_events)
                     .await?;
                 let Some(last) = page.last() else { break };
                 cursor = last.cursor;
@@ -716,13 +721,15 @@ struct PreparedPage {
     consistent: std::collections::HashSet<String>,
 }
 
-/// Reads the page of `store`'s events after `after` and prepares it; `None` at the head.
+/// Reads the page of `store`'s events after `after` (at most `page_events`) and prepares it;
+/// `None` at the head.
 async fn read_page(
     log: &PgLog,
     store: StoreKind,
     after: LogCursor,
+    page_events: usize,
 ) -> Result<Option<PreparedPage>, LogError> {
-    let raw = log.read_store_rows(after, store, PAGE_EVENTS).await?;
+    let raw = log.read_store_rows(after, store, page_events).await?;
     if raw.is_empty() {
         return Ok(None);
     }
