@@ -14,7 +14,7 @@
 //! Readers are woken by a NOTIFY sent after the commit (see `listen::spawn_notifier`), except
 //! in [`PgLog::append_in`], whose NOTIFY is part of the caller's transaction.
 
-use aggregates::{DocId, DocumentEvent, LogCursor};
+use aggregates::{DocId, DocumentEvent, LogCursor, StoreKind};
 use bytes::Bytes;
 use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
@@ -113,19 +113,25 @@ pub enum Appended {
     AlreadyResolved,
 }
 
-/// Inserts the stream row (first append) or moves it from the expected count, then, only if
-/// that succeeded, the blob's bytes (once per sha256; `$12` is NULL without blob) and the
+/// Inserts the stream row (first append) or moves it from the expected count, with the
+/// document's final catalogue state when the command changes it (`$15`–`$18`, all NULL
+/// otherwise; see migration 4), then, only if that succeeded, the blob's bytes (once per sha256; `$12` is NULL without blob) and the
 /// events; returns one row per inserted event. One statement, so an append without
 /// idempotency key is one implicit transaction: a conflict writes nothing, not even the blob.
 const APPEND_EVENTS: &str = r#"
 WITH created AS (
-    INSERT INTO streams (stream_id, stream_version, doc_version, deleted)
-    SELECT $1, $3, $4, $5 WHERE $2::bigint = 0
+    INSERT INTO streams (stream_id, stream_version, doc_version, deleted, catalogue_version,
+                         catalogue_type, catalogue_event_version, catalogue)
+    SELECT $1, $3, $4, $5, $15, $16, $17, $18 WHERE $2::bigint = 0
     ON CONFLICT (stream_id) DO NOTHING
     RETURNING stream_id
 ), moved AS (
     UPDATE streams
-       SET stream_version = $3, doc_version = $4, deleted = $5, updated_at = now()
+       SET stream_version = $3, doc_version = $4, deleted = $5, updated_at = now(),
+           catalogue_version = COALESCE($15, catalogue_version),
+           catalogue_type = COALESCE($16, catalogue_type),
+           catalogue_event_version = COALESCE($17, catalogue_event_version),
+           catalogue = COALESCE($18::json, catalogue)
      WHERE stream_id = $1 AND stream_version = $2 AND $2::bigint > 0
     RETURNING stream_id
 ), stream AS (
@@ -159,6 +165,17 @@ pub(super) struct EncodedAppend {
     pub(super) events: Vec<StoredEvent>,
     /// Blob sha256 (raw bytes) and content.
     pub(super) blob: Option<(Vec<u8>, Bytes)>,
+    /// The command's newest event that carries a catalogue change (index into `events`) and
+    /// the document version it sets: the stream row's final catalogue state afterwards.
+    catalogue: Option<(usize, i64)>,
+}
+
+/// The stream row's catalogue columns an append writes (all `None`: unchanged).
+pub(super) struct CatalogueState<'a> {
+    pub(super) version: Option<i64>,
+    pub(super) event_type: Option<&'a str>,
+    pub(super) event_version: Option<i16>,
+    pub(super) payload: Option<&'a serde_json::Value>,
 }
 
 impl EncodedAppend {
@@ -170,6 +187,10 @@ impl EncodedAppend {
     pub(super) fn new(req: &AppendRequest<'_>) -> Result<EncodedAppend, LogError> {
         let events: Vec<StoredEvent> = req.events.iter().map(encode).collect();
         let n = events.len() as i64;
+        let catalogue = req.events.iter().enumerate().rev().find_map(|(i, e)| {
+            e.change_for(StoreKind::Mysql)
+                .map(|change| (i, change.version() as i64))
+        });
         let blob = match &req.blob {
             Some((sha, bytes)) => Some((
                 hex::decode(sha).map_err(|e| LogError::Unavailable {
@@ -190,7 +211,19 @@ impl EncodedAppend {
             versions: (1..=n).map(|i| req.expected_stream_version + i).collect(),
             events,
             blob,
+            catalogue,
         })
+    }
+
+    /// The catalogue state this append leaves in the stream row, if it changes it.
+    pub(super) fn catalogue(&self) -> CatalogueState<'_> {
+        let event = self.catalogue.map(|(i, v)| (&self.events[i], v));
+        CatalogueState {
+            version: event.map(|(_, v)| v),
+            event_type: event.map(|(e, _)| e.event_type.as_str()),
+            event_version: event.map(|(e, _)| e.event_version),
+            payload: event.map(|(e, _)| &e.payload),
+        }
     }
 
     /// Bytes the append sends (blob, packed vectors, an estimate of the JSON payloads): what
@@ -241,7 +274,8 @@ pub(super) async fn insert_events(
         Some((sha, bytes)) => (Some(sha), Some(bytes.len() as i64), Some(&bytes[..])),
         None => (None, None, None),
     };
-    let params: [&(dyn ToSql + Sync); 14] = [
+    let catalogue = cmd.catalogue();
+    let params: [&(dyn ToSql + Sync); 18] = [
         &cmd.doc_id,
         &cmd.expected_stream_version,
         &cmd.new_stream_version,
@@ -256,6 +290,10 @@ pub(super) async fn insert_events(
         &blob_sha,
         &blob_size,
         &blob_content,
+        &catalogue.version,
+        &catalogue.event_type,
+        &catalogue.event_version,
+        &catalogue.payload,
     ];
     let rows = tx
         .query(&append_events, &params)

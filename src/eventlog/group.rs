@@ -34,8 +34,9 @@ use crate::config::AppendGroupConfig;
 /// queue holds a few groups' worth, so a burst forms full groups without unbounded memory.
 const QUEUED_GROUPS_PER_TASK: usize = 4;
 
-/// The plain appends of several streams in one statement: the per-command arrays (`$1`–`$9`,
-/// numbered by `WITH ORDINALITY`) create or move each stream row from its expected count;
+/// The plain appends of several streams in one statement: the per-command arrays (`$1`–`$9`
+/// and the catalogue state `$16`–`$19`, numbered by `WITH ORDINALITY`) create or move each
+/// stream row from its expected count;
 /// only the commands whose stream moved get their blob (once per sha256) and their events
 /// (the per-event arrays `$10`–`$15`, joined to their command by number, inserted in command
 /// and version order, so each stream's positions follow its versions). One statement sent
@@ -44,19 +45,29 @@ const QUEUED_GROUPS_PER_TASK: usize = 4;
 const APPEND_GROUP: &str = r#"
 WITH req AS (
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::boolean[],
-                         $6::integer[], $7::bytea[], $8::bigint[], $9::bytea[]) WITH ORDINALITY
+                         $6::integer[], $7::bytea[], $8::bigint[], $9::bytea[], $16::bigint[],
+                         $17::text[], $18::smallint[], $19::json[]) WITH ORDINALITY
         AS r(stream_id, expected, new_version, doc_version, deleted, stream_hash,
-             sha256, size, content, cmd)
+             sha256, size, content, catalogue_version, catalogue_type, catalogue_event_version,
+             catalogue, cmd)
 ), created AS (
-    INSERT INTO streams (stream_id, stream_version, doc_version, deleted)
-    SELECT stream_id, new_version, doc_version, deleted FROM req WHERE expected = 0
+    INSERT INTO streams (stream_id, stream_version, doc_version, deleted, catalogue_version,
+                         catalogue_type, catalogue_event_version, catalogue)
+    SELECT stream_id, new_version, doc_version, deleted, catalogue_version, catalogue_type,
+           catalogue_event_version, catalogue
+      FROM req WHERE expected = 0
     ORDER BY stream_id
     ON CONFLICT (stream_id) DO NOTHING
     RETURNING stream_id
 ), moved AS (
     UPDATE streams s
        SET stream_version = r.new_version, doc_version = r.doc_version, deleted = r.deleted,
-           updated_at = now()
+           updated_at = now(),
+           catalogue_version = COALESCE(r.catalogue_version, s.catalogue_version),
+           catalogue_type = COALESCE(r.catalogue_type, s.catalogue_type),
+           catalogue_event_version = COALESCE(r.catalogue_event_version,
+                                              s.catalogue_event_version),
+           catalogue = COALESCE(r.catalogue, s.catalogue)
       FROM req r
      WHERE s.stream_id = r.stream_id AND s.stream_version = r.expected AND r.expected > 0
     RETURNING s.stream_id
@@ -424,6 +435,13 @@ async fn insert_group(
         .iter()
         .map(|c| c.blob.as_ref().map(|(_, b)| &b[..]))
         .collect();
+    let catalogues: Vec<_> = cmds.iter().map(EncodedAppend::catalogue).collect();
+    let catalogue_versions: Vec<Option<i64>> = catalogues.iter().map(|c| c.version).collect();
+    let catalogue_types: Vec<Option<&str>> = catalogues.iter().map(|c| c.event_type).collect();
+    let catalogue_event_versions: Vec<Option<i16>> =
+        catalogues.iter().map(|c| c.event_version).collect();
+    let catalogue_payloads: Vec<Option<&serde_json::Value>> =
+        catalogues.iter().map(|c| c.payload).collect();
     let num_events: usize = cmds.iter().map(|c| c.events.len()).sum();
     let mut event_cmds: Vec<i64> = Vec::with_capacity(num_events);
     let mut versions: Vec<i64> = Vec::with_capacity(num_events);
@@ -441,7 +459,7 @@ async fn insert_group(
             vectors.push(event.vectors.as_deref());
         }
     }
-    let params: [&(dyn ToSql + Sync); 15] = [
+    let params: [&(dyn ToSql + Sync); 19] = [
         &stream_ids,
         &expected,
         &new_versions,
@@ -457,6 +475,10 @@ async fn insert_group(
         &event_versions,
         &payloads,
         &vectors,
+        &catalogue_versions,
+        &catalogue_types,
+        &catalogue_event_versions,
+        &catalogue_payloads,
     ];
     let rows = client
         .query(&statement, &params)

@@ -108,10 +108,26 @@ pub(super) fn row_cursor(row: &Row) -> LogCursor {
 
 pub(super) fn decode_row(row: &Row) -> Result<RecordedEvent<DocumentEvent>, LogError> {
     let position: i64 = row.get(2);
-    let event_type: &str = row.get(5);
-    let event_version: i16 = row.get(6);
+    Ok(RecordedEvent {
+        cursor: row_cursor(row),
+        doc_id: decode_doc_id(row, 3, 5, position)?,
+        stream_version: row.get(4),
+        recorded_at_ms: row.get(9),
+        event: decode_event_columns(row, 5, position)?,
+    })
+}
+
+/// The event in a row's columns `event_type, event_version, payload, vectors`, from column
+/// `first` on; `position` names it in errors.
+pub(super) fn decode_event_columns(
+    row: &Row,
+    first: usize,
+    position: i64,
+) -> Result<DocumentEvent, LogError> {
+    let event_type: &str = row.get(first);
+    let event_version: i16 = row.get(first + 1);
     let payload = row
-        .try_get::<_, JsonText>(7)
+        .try_get::<_, JsonText>(first + 2)
         .map_err(|e| LogError::Corrupt {
             position,
             source: super::codec::DecodeError {
@@ -120,28 +136,31 @@ pub(super) fn decode_row(row: &Row) -> Result<RecordedEvent<DocumentEvent>, LogE
                 message: format!("payload: {e}"),
             },
         })?;
-    let event = decode(
+    decode(
         event_type,
         event_version,
         payload.0,
-        row.get::<_, Option<&[u8]>>(8),
+        row.get::<_, Option<&[u8]>>(first + 3),
     )
-    .map_err(|source| LogError::Corrupt { position, source })?;
-    let stream_id: &str = row.get(3);
-    let doc_id = DocId::parse(stream_id).map_err(|e| LogError::Corrupt {
+    .map_err(|source| LogError::Corrupt { position, source })
+}
+
+/// The document of a row's stream id column `column` (whose event type is in `type_column`,
+/// for the error).
+pub(super) fn decode_doc_id(
+    row: &Row,
+    column: usize,
+    type_column: usize,
+    position: i64,
+) -> Result<DocId, LogError> {
+    let stream_id: &str = row.get(column);
+    DocId::parse(stream_id).map_err(|e| LogError::Corrupt {
         position,
         source: super::codec::DecodeError {
-            event_type: row.get::<_, String>(5),
-            event_version: row.get(6),
+            event_type: row.get::<_, String>(type_column),
+            event_version: row.get(type_column + 1),
             message: format!("stream id {stream_id:?}: {e}"),
         },
-    })?;
-    Ok(RecordedEvent {
-        cursor: row_cursor(row),
-        doc_id,
-        stream_version: row.get(4),
-        recorded_at_ms: row.get(9),
-        event,
     })
 }
 

@@ -9,7 +9,35 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "initial log schema", MIGRATION_1),
     (2, "compensation of parked changes", MIGRATION_2),
     (3, "cheaper storage of vectors and blobs", MIGRATION_3),
+    (4, "each document's final catalogue state", MIGRATION_4),
 ];
+
+/// Each stream row keeps its document's final catalogue state: the payload of its newest
+/// event that carries a catalogue change (`RowInserted` or `DocumentDeleted`, which hold the
+/// whole row, see `StoreKind::event_types`), written by every append in the same statement
+/// that moves the row. A catalogue rebuild reads these rows in one scan instead of every
+/// historical event. `catalogue_version` is the document version of that state; a row
+/// where it differs from `doc_version` (written by a binary that predates this migration)
+/// is stale, and the rebuild reads that document's events instead. `json`, not `jsonb`:
+/// the text is stored and sent back as it came, never parsed into a tree nor queried.
+/// Existing rows are filled from the events (a sort of the log's catalogue events, once).
+const MIGRATION_4: &str = r#"
+ALTER TABLE streams
+    ADD COLUMN catalogue_version       bigint,
+    ADD COLUMN catalogue_type          text,
+    ADD COLUMN catalogue_event_version smallint,
+    ADD COLUMN catalogue               json;
+UPDATE streams s
+   SET catalogue_version = (e.payload->>'version')::bigint,
+       catalogue_type = e.event_type,
+       catalogue_event_version = e.event_version,
+       catalogue = e.payload::json
+  FROM (SELECT DISTINCT ON (stream_id) stream_id, event_type, event_version, payload
+          FROM events
+         WHERE event_type IN ('RowInserted', 'DocumentDeleted')
+         ORDER BY stream_id, stream_version DESC) e
+ WHERE s.stream_id = e.stream_id;
+"#;
 
 /// Embeddings are incompressible floats: store them out of line without trying to compress
 /// them (pglz spent CPU on every append for nothing). Blob bytes keep compression, with lz4
@@ -30,7 +58,8 @@ $$;
 ///   `xid` is the appending transaction's id, and readers order by `(epoch, xid, position)`.
 /// - `streams`: one row per document, locked by every append of that document, holding its
 ///   event count (the append's expected version), its document version and each store's
-///   applied version (the consistency tracker).
+///   applied version (the consistency tracker); since migration 4 also its final catalogue
+///   state.
 /// - `blobs`: bytes once per sha256, written in the append's transaction.
 const MIGRATION_1: &str = r#"
 CREATE TABLE log_meta (

@@ -1,10 +1,14 @@
 //! Reading the log for one store (rebuilds): only the event types that can carry a change
 //! for that store, in log order, below the read horizon — so a rebuild of the catalogue
-//! never transfers vectors, and one of the vectors never transfers catalogue rows.
+//! never transfers vectors, and one of the vectors never transfers catalogue rows. And the
+//! catalogue's final state per document ([`CatalogueScan`]), kept in the stream rows, read
+//! in one scan of one snapshot instead of every historical event.
+
+use std::collections::HashSet;
 
 use aggregates::{DocumentEvent, LogCursor, RecordedEvent, StoreKind};
 
-use super::reader::{decode_row, row_cursor};
+use super::reader::{decode_doc_id, decode_event_columns, decode_row, row_cursor};
 use super::{LogError, PgLog};
 
 /// Events of the given types after a cursor, below the horizon, in log order. The horizon
@@ -21,6 +25,189 @@ WHERE (epoch, xid, position) > ($1, $2::text::xid8, $3)
 ORDER BY events.epoch, events.xid, events.position
 LIMIT $5
 "#;
+
+/// The cursor over every stream row, in the columns [`CatalogueStates::decode`] reads: its
+/// final catalogue state (see migration 4), whether all three stores hold that version (the
+/// rebuilt row may be `ready`), and whether the row holds its document's state at all (it
+/// does not when written by a binary older than migration 4).
+const DECLARE_STATES: &str = r#"
+DECLARE catalogue_states NO SCROLL CURSOR FOR
+SELECT stream_id, stream_version, catalogue_type, catalogue_event_version, catalogue, NULL::bytea,
+       (ready_version >= doc_version
+        OR (mysql_version = doc_version AND milvus_version = doc_version
+            AND s3_version = doc_version)),
+       (catalogue_version = doc_version AND catalogue_type IS NOT NULL
+        AND catalogue IS NOT NULL) IS TRUE
+FROM streams
+"#;
+
+/// The catalogue events of the given documents (`$1`; `$2`: the catalogue's event types),
+/// per document in version order, in [`RawEvents`]'s columns.
+const READ_STALE: &str = r#"
+SELECT epoch, xid::text, position, stream_id, stream_version, event_type, event_version,
+       payload, vectors, (extract(epoch FROM recorded_at) * 1000)::bigint
+FROM events
+WHERE stream_id = ANY($1) AND event_type = ANY($2)
+ORDER BY stream_id, stream_version
+"#;
+
+/// Documents whose catalogue events [`READ_STALE`] reads at a time.
+const STALE_DOCS_PER_READ: usize = 500;
+
+/// Every document's final catalogue state, read in one `REPEATABLE READ` snapshot of the
+/// log: first the stream rows that hold it, a page at a time through a server-side cursor
+/// (one sequential scan), then the catalogue events of the documents whose row does not
+/// (looked up by document: normally there are none). [`CatalogueScan::end`] is
+/// a cursor below which every event is reflected in what the scan returns: every event of a
+/// transaction older than the snapshot's oldest running one. Events after it may be
+/// reflected too (transactions that committed before the snapshot while an older one still
+/// ran); reading on from `end` applies them again, which leaves a store where it was, since
+/// each event holds its document's whole state at its version.
+///
+/// The transaction is read-only, so it has no transaction id and holds back no reader's
+/// horizon. A scan dropped before its end closes its connection (it is not returned to the
+/// pool in the middle of a transaction).
+pub struct CatalogueScan {
+    client: Option<deadpool_postgres::Object>,
+    end: LogCursor,
+    /// Still reading stream rows.
+    reading_states: bool,
+    /// Documents whose stream row does not hold their state, whose events are still to read.
+    stale: Vec<String>,
+}
+
+/// A page of a [`CatalogueScan`].
+pub enum CataloguePage {
+    /// Stream rows holding their document's final catalogue state.
+    States(CatalogueStates),
+    /// Catalogue events of documents whose stream row does not, per document in version
+    /// order.
+    Events(RawEvents),
+}
+
+/// Stream rows holding their document's final catalogue state, as read.
+pub struct CatalogueStates {
+    rows: Vec<tokio_postgres::Row>,
+    end: LogCursor,
+}
+
+/// [`CatalogueStates`] decoded: each state as the event that set it, at the scan's end.
+pub struct DecodedStates {
+    /// One event per document.
+    pub events: Vec<RecordedEvent<DocumentEvent>>,
+    /// The documents whose state every store already holds.
+    pub consistent: HashSet<String>,
+}
+
+impl CatalogueStates {
+    /// Documents read.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// No document read.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The scan's end ([`CatalogueScan::end`]), where every state stands.
+    pub fn end(&self) -> LogCursor {
+        self.end
+    }
+
+    /// The states, decoded (rows that do not hold their document's state left out).
+    ///
+    /// # Errors
+    /// [`LogError::Corrupt`] (with position 0: the state is not an event of the log).
+    pub fn decode(&self) -> Result<DecodedStates, LogError> {
+        let mut events = Vec::with_capacity(self.rows.len());
+        let mut consistent = HashSet::new();
+        for row in self.rows.iter().filter(|r| holds_state(r)) {
+            let doc_id = decode_doc_id(row, 0, 2, 0)?;
+            if row.get::<_, bool>(6) {
+                consistent.insert(doc_id.as_str().to_owned());
+            }
+            events.push(RecordedEvent {
+                cursor: self.end,
+                stream_version: row.get(1),
+                recorded_at_ms: 0,
+                event: decode_event_columns(row, 2, 0)?,
+                doc_id,
+            });
+        }
+        Ok(DecodedStates { events, consistent })
+    }
+}
+
+/// A row of [`DECLARE_STATES`] holds its document's final catalogue state.
+fn holds_state(row: &tokio_postgres::Row) -> bool {
+    row.get(7)
+}
+
+impl CatalogueScan {
+    /// Where the log stands for this scan: reading the catalogue's events after it brings
+    /// the scanned state to the head.
+    pub fn end(&self) -> LogCursor {
+        self.end
+    }
+
+    /// The next page: at most `limit` stream rows (states), or the catalogue events of a
+    /// few documents whose row does not hold their state; `None` at the end, after which
+    /// the snapshot is released.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`].
+    pub async fn next(&mut self, limit: usize) -> Result<Option<CataloguePage>, LogError> {
+        let Some(client) = self.client.as_ref() else {
+            return Ok(None);
+        };
+        if self.reading_states {
+            let rows = client
+                .query(&format!("FETCH {limit} FROM catalogue_states"), &[])
+                .await
+                .map_err(LogError::db("scan catalogue"))?;
+            if !rows.is_empty() {
+                self.stale.extend(
+                    rows.iter()
+                        .filter(|r| !holds_state(r))
+                        .map(|r| r.get::<_, String>(0)),
+                );
+                return Ok(Some(CataloguePage::States(CatalogueStates {
+                    rows,
+                    end: self.end,
+                })));
+            }
+            self.reading_states = false;
+        }
+        while !self.stale.is_empty() {
+            let take = self.stale.len().min(STALE_DOCS_PER_READ);
+            let docs: Vec<String> = self.stale.drain(..take).collect();
+            let rows = client
+                .query(READ_STALE, &[&docs, &StoreKind::Mysql.event_types()])
+                .await
+                .map_err(LogError::db("read stale catalogue events"))?;
+            if !rows.is_empty() {
+                return Ok(Some(CataloguePage::Events(RawEvents { rows })));
+            }
+        }
+        if let Some(client) = self.client.take() {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(LogError::db("end catalogue scan"))?;
+        }
+        Ok(None)
+    }
+}
+
+impl Drop for CatalogueScan {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            // Mid-transaction: close the connection rather than pool it.
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
 
 /// A page of the store's events as read, not yet decoded: reading the next page needs only
 /// its end, so a reader can ask for the next page while this one is decoded elsewhere.
@@ -99,6 +286,52 @@ impl PgLog {
             .await
             .map_err(LogError::db("read store events"))?;
         Ok(RawEvents { rows })
+    }
+
+    /// Starts a [`CatalogueScan`] of every document's final catalogue state.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`].
+    pub async fn scan_catalogue(&self) -> Result<CatalogueScan, LogError> {
+        let client = self.client().await?;
+        let mut scan = CatalogueScan {
+            client: None,
+            end: LogCursor::START,
+            reading_states: true,
+            stale: Vec::new(),
+        };
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .map_err(LogError::db("begin catalogue scan"))?;
+        // From here on, a failure drops the scan, which closes the connection.
+        scan.client = Some(client);
+        let client = scan.client.as_ref().expect("just set");
+        let row = client
+            .query_one(
+                "SELECT m.epoch, (pg_snapshot_xmin(pg_current_snapshot())::text::numeric - 1)::text,
+                        COALESCE((SELECT max(position) FROM events), 0)
+                 FROM log_meta m",
+                &[],
+            )
+            .await
+            .map_err(LogError::db("begin catalogue scan"))?;
+        scan.end = LogCursor {
+            epoch: row.get(0),
+            xid: row
+                .get::<_, &str>(1)
+                .parse()
+                .map_err(|e| LogError::Unavailable {
+                    operation: "begin catalogue scan",
+                    message: format!("snapshot xmin: {e}"),
+                })?,
+            position: row.get(2),
+        };
+        client
+            .batch_execute(DECLARE_STATES)
+            .await
+            .map_err(LogError::db("begin catalogue scan"))?;
+        Ok(scan)
     }
 
     /// Number of documents the log knows (deleted ones included).

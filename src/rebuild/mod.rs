@@ -9,12 +9,15 @@
 //!   are skipped (listing, then `docledger-version` + `docledger-sha256`), the rest written,
 //!   objects no document owns deleted.
 //!
-//! The log is read once for the store (only the event types that carry its changes), in
-//! pages coalesced per document (newest state per page; a fresh target needs no version
-//! reads). Hand-over without losing or harmfully re-applying an event: the store's runners
-//! are paused and observed idle, the rebuild reads to the head, switches, moves the
-//! runners' checkpoints to where it stopped, and resumes them; a resumed runner re-reads
-//! its checkpoint. Appends never stop. A rebuild that dies midway leaves the live store
+//! The catalogue is built from each document's final state, which the log keeps in its
+//! stream row (one scan of one snapshot, [`PgLog::scan_catalogue`]; the events of documents
+//! whose row predates that are read instead), then caught up from the scan's end. The other
+//! stores read the log once (only the event types that carry their changes), in pages
+//! coalesced per document (newest state per page; a fresh target needs no version reads).
+//! Hand-over without losing or harmfully re-applying an event: the store's runners are
+//! paused and observed idle, the rebuild reads to the head, switches, moves the runners'
+//! checkpoints to where it stopped, and resumes them; a resumed runner re-reads its
+//! checkpoint. Appends never stop. A rebuild that dies midway leaves the live store
 //! untouched; the next one drops the stale shadow table or generation and starts over.
 
 pub mod progress;
@@ -40,7 +43,7 @@ use tracing::{info, warn};
 pub use progress::{RebuildProgress, RebuildStatus};
 
 use crate::actors::projector::ProjectionView;
-use crate::eventlog::{LogError, PgLog, RawEvents};
+use crate::eventlog::{CataloguePage, CatalogueStates, LogError, PgLog, RawEvents};
 use crate::Stores;
 
 /// Events read per page of the log, unless [`Rebuilder::with_page_events`] says otherwise.
@@ -356,7 +359,7 @@ impl Rebuilder {
         let mut done = Written::default();
 
         progress.phase("building");
-        let (mut pages, reader) = self.read_ahead(store, LogCursor::START, cancel);
+        let (mut pages, reader) = self.read_ahead(store, cancel);
         while let Some(page) = pages.recv().await {
             let page = page?;
             self.write(&mut target, &page).await?;
@@ -444,46 +447,39 @@ impl Rebuilder {
         Ok(())
     }
 
-    /// Reads and prepares ([`prepare_page`]) the store's pages after `from`, up to
-    /// [`READ_AHEAD_PAGES`] pages ahead of the writer, until a page comes back short (the
-    /// head is near: the hand-over reads the rest). Two tasks: one reads pages (it needs only
-    /// a page's end to ask for the next one), the other decodes, coalesces and looks up
-    /// readiness on its own connection. So PostgreSQL reads page k+1 while page k is decoded
-    /// and checked, and both run while the target store writes the pages before.
+    /// Reads and prepares the store's pages up to [`READ_AHEAD_PAGES`] pages ahead of the
+    /// writer: for the catalogue, every document's final state ([`PgLog::scan_catalogue`],
+    /// [`prepare_states`]); for the others, the store's events from the start
+    /// ([`prepare_page`]) until a page comes back short (the head is near: the hand-over
+    /// reads the rest). Two tasks: one reads pages (it needs only a page's end to ask for the
+    /// next one), the other decodes, coalesces and looks up readiness on its own connection.
+    /// So PostgreSQL reads page k+1 while page k is decoded and checked, and both run while
+    /// the target store writes the pages before.
     fn read_ahead(
         &self,
         store: StoreKind,
-        from: LogCursor,
         cancel: &CancellationToken,
     ) -> (mpsc::Receiver<Page>, JoinHandle<()>) {
-        let (raw_tx, mut raw_rx) = mpsc::channel::<Result<RawEvents, LogError>>(READ_AHEAD_PAGES);
+        let (raw_tx, mut raw_rx) = mpsc::channel::<Result<RawPage, LogError>>(READ_AHEAD_PAGES);
         let (tx, rx) = mpsc::channel(READ_AHEAD_PAGES);
         let log = self.log.clone();
         let page_events = self.page_events;
         let reader_cancel = cancel.clone();
         let reader = tokio::spawn(async move {
-            let mut cursor = from;
-            while !reader_cancel.is_cancelled() {
-                let raw = match log.read_store_rows(cursor, store, page_events).await {
-                    Ok(raw) => raw,
-                    Err(e) => {
-                        let _ = raw_tx.send(Err(e)).await;
-                        return;
-                    }
-                };
-                let Some(end) = raw.end() else { return };
-                cursor = end;
-                let short = raw.len() < page_events;
-                if raw_tx.send(Ok(raw)).await.is_err() || short {
-                    return;
-                }
+            let read = match store {
+                StoreKind::Mysql => read_states(&log, page_events, &raw_tx, &reader_cancel).await,
+                _ => read_events(&log, store, page_events, &raw_tx, &reader_cancel).await,
+            };
+            if let Err(e) = read {
+                let _ = raw_tx.send(Err(e)).await;
             }
         });
         let log = self.log.clone();
         let handle = tokio::spawn(async move {
             while let Some(raw) = raw_rx.recv().await {
                 let page = match raw {
-                    Ok(raw) => prepare_page(&log, store, &raw).await,
+                    Ok(RawPage::Events(raw, end)) => prepare_page(&log, store, &raw, end).await,
+                    Ok(RawPage::States(states)) => prepare_states(&states),
                     Err(e) => Err(e),
                 };
                 let failed = page.is_err();
@@ -683,9 +679,10 @@ impl Written {
                         version: c.version,
                     }),
             );
-        self.num_documents += batch.changes.len() as u64;
+        let num_documents = page.num_documents.unwrap_or(batch.changes.len()) as u64;
+        self.num_documents += num_documents;
         self.num_events += page.num_events as u64;
-        progress.advance(batch.changes.len() as u64, page.num_events as u64);
+        progress.advance(num_documents, page.num_events as u64);
         self.cursor = batch.end;
     }
 }
@@ -719,6 +716,61 @@ struct PreparedPage {
     /// MySQL: the page's upserted documents whose version every store already holds (their
     /// rows are written `ready`); empty for other stores.
     consistent: std::collections::HashSet<String>,
+    /// Documents the page covers when they are more than its changes (final states of
+    /// deleted documents, which write nothing); `None`: one per change.
+    num_documents: Option<usize>,
+}
+
+/// A page as the read-ahead's reader hands it to its preparer.
+enum RawPage {
+    /// Events, and the end to give the page instead of its last event's cursor.
+    Events(RawEvents, Option<LogCursor>),
+    /// Documents' final catalogue states.
+    States(CatalogueStates),
+}
+
+/// Reads `store`'s events from the start, a page at a time, until a page comes back short.
+async fn read_events(
+    log: &PgLog,
+    store: StoreKind,
+    page_events: usize,
+    pages: &mpsc::Sender<Result<RawPage, LogError>>,
+    cancel: &CancellationToken,
+) -> Result<(), LogError> {
+    let mut cursor = LogCursor::START;
+    while !cancel.is_cancelled() {
+        let raw = log.read_store_rows(cursor, store, page_events).await?;
+        let Some(end) = raw.end() else { break };
+        cursor = end;
+        let short = raw.len() < page_events;
+        if pages.send(Ok(RawPage::Events(raw, None))).await.is_err() || short {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Reads every document's final catalogue state in one snapshot, a page at a time; every
+/// page ends at the scan's end, so the writer's cursor stands there once it is done.
+async fn read_states(
+    log: &PgLog,
+    page_events: usize,
+    pages: &mpsc::Sender<Result<RawPage, LogError>>,
+    cancel: &CancellationToken,
+) -> Result<(), LogError> {
+    let mut scan = log.scan_catalogue().await?;
+    let end = scan.end();
+    while !cancel.is_cancelled() {
+        let page = match scan.next(page_events).await? {
+            None => break,
+            Some(CataloguePage::States(states)) => RawPage::States(states),
+            Some(CataloguePage::Events(raw)) => RawPage::Events(raw, Some(end)),
+        };
+        if pages.send(Ok(page)).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Reads the page of `store`'s events after `after` (at most `page_events`) and prepares it;
@@ -733,18 +785,20 @@ async fn read_page(
     if raw.is_empty() {
         return Ok(None);
     }
-    prepare_page(log, store, &raw).await.map(Some)
+    prepare_page(log, store, &raw, None).await.map(Some)
 }
 
 /// Decodes and coalesces a page read by [`PgLog::read_store_rows`] (not empty) and, for
-/// MySQL, looks up which of its documents every store already holds.
+/// MySQL, looks up which of its documents every store already holds. The page ends at `end`
+/// if given, else at its last event.
 async fn prepare_page(
     log: &PgLog,
     store: StoreKind,
     raw: &RawEvents,
+    end: Option<LogCursor>,
 ) -> Result<PreparedPage, LogError> {
     let events: Vec<RecordedEvent<DocumentEvent>> = raw.decode()?;
-    let end = events.last().map_or(LogCursor::START, |e| e.cursor);
+    let end = end.unwrap_or_else(|| events.last().map_or(LogCursor::START, |e| e.cursor));
     let num_events = events.len();
     let batch = Batch::coalesce_owned(store, end, events);
     let consistent = if store == StoreKind::Mysql {
@@ -762,6 +816,26 @@ async fn prepare_page(
         batch,
         num_events,
         consistent,
+        num_documents: None,
+    })
+}
+
+/// Decodes a page of final catalogue states into the changes that write them. Deleted
+/// documents are left out: the target is fresh, there is nothing to remove (they still
+/// count as documents done).
+fn prepare_states(states: &CatalogueStates) -> Result<PreparedPage, LogError> {
+    let decoded = states.decode()?;
+    let num_events = decoded.events.len();
+    let mut batch = Batch::coalesce_owned(StoreKind::Mysql, states.end(), decoded.events);
+    let num_documents = batch.changes.len();
+    batch
+        .changes
+        .retain(|c| matches!(c.change, Change::Upsert(_)));
+    Ok(PreparedPage {
+        batch,
+        num_events,
+        consistent: decoded.consistent,
+        num_documents: Some(num_documents),
     })
 }
 
