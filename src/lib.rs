@@ -33,6 +33,14 @@ use crate::eventlog::lease::Leases;
 use crate::eventlog::{LogError, PgLog};
 use crate::verify::Verifier;
 
+/// The allocator of every binary that links docledger (the service, the benches and the
+/// tests alike, so they measure what runs). Rebuilds and projector batches allocate and free
+/// pages of rows many times a second; glibc's malloc gave the freed memory back to the
+/// kernel and took it again, so a fifth of a rebuild's CPU went to page faults on fresh
+/// pages and another fifth to malloc and free (`perf`, README "Rebuild").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Capacity of the projectors → tracker channel (batches of newly consistent documents).
 const CONSISTENT_CHANNEL_CAPACITY: usize = 256;
 

@@ -53,6 +53,40 @@ struct StoredVectors {
     chunks: Vec<StoredChunk>,
 }
 
+/// `RowInserted`'s payload, read straight into its fields. serde reads an internally tagged
+/// enum such as [`DocumentEvent`] by first collecting every entry but the tag into an
+/// intermediate tree; for the catalogue's event, the one a catalogue rebuild decodes per
+/// document, that was a fifth of the rebuild's client CPU (`perf`). Same fields and rules as
+/// the event's own form (the golden fixtures and `row_inserted_fast_path_reads_as_the_event`
+/// hold them equal).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredRow {
+    version: u64,
+    title: String,
+    source_type: String,
+    business_tag: Option<String>,
+    attributes: serde_json::Map<String, Value>,
+    blob_sha256: Option<String>,
+    blob_size: Option<u64>,
+    chunk_count: u32,
+}
+
+impl From<StoredRow> for DocumentEvent {
+    fn from(r: StoredRow) -> DocumentEvent {
+        DocumentEvent::RowInserted {
+            version: r.version,
+            title: r.title,
+            source_type: r.source_type,
+            business_tag: r.business_tag,
+            attributes: r.attributes,
+            blob_sha256: r.blob_sha256,
+            blob_size: r.blob_size,
+            chunk_count: r.chunk_count,
+        }
+    }
+}
+
 /// Encodes an event for storage.
 pub fn encode(event: &DocumentEvent) -> StoredEvent {
     let (payload, vectors) = match event {
@@ -146,13 +180,21 @@ pub fn decode(
             chunks,
         });
     }
+    if event_type == "RowInserted" {
+        let row: StoredRow = serde_json::from_slice(payload).map_err(|e| fail(e.to_string()))?;
+        return Ok(row.into());
+    }
+    decode_tagged(event_type, payload).map_err(|e| fail(e.to_string()))
+}
+
+/// Decodes a payload through [`DocumentEvent`]'s own (internally tagged) form.
+fn decode_tagged(event_type: &str, payload: &[u8]) -> Result<DocumentEvent, serde_json::Error> {
     let mut json = serde_json::Deserializer::from_slice(payload);
     let event = DocumentEvent::deserialize(tagged::WithType {
         event_type,
         inner: &mut json,
-    })
-    .map_err(|e| fail(e.to_string()))?;
-    json.end().map_err(|e| fail(e.to_string()))?;
+    })?;
+    json.end()?;
     Ok(event)
 }
 
@@ -340,6 +382,42 @@ mod tests {
         )
         .expect("decodes");
         assert_eq!(back, event);
+    }
+
+    #[test]
+    fn row_inserted_fast_path_reads_as_the_event() {
+        let payloads: [&[u8]; 6] = [
+            br#"{"version":3,"title":"T","source_type":"pdf","business_tag":"fin","attributes":{"a":[1,{"b":null}]},"blob_sha256":"ab","blob_size":9,"chunk_count":2}"#,
+            br#"{"version":1,"title":"T","source_type":"pdf","business_tag":null,"attributes":{},"blob_sha256":null,"blob_size":null,"chunk_count":0}"#,
+            // Optional fields left out.
+            br#"{"version":1,"title":"T","source_type":"pdf","attributes":{},"chunk_count":0}"#,
+            // Unknown field, missing required field, wrong type, trailing data.
+            br#"{"version":1,"title":"T","source_type":"pdf","attributes":{},"chunk_count":0,"x":1}"#,
+            br#"{"version":1,"source_type":"pdf","attributes":{},"chunk_count":0}"#,
+            br#"{"version":"1","title":"T","source_type":"pdf","attributes":{},"chunk_count":0} {}"#,
+        ];
+        for (i, payload) in payloads.iter().enumerate() {
+            let fast = decode("RowInserted", CURRENT_EVENT_VERSION, payload, None).ok();
+            let tagged = decode_tagged("RowInserted", payload).ok();
+            assert_eq!(fast, tagged, "payload {i}");
+            assert_eq!(fast.is_some(), i < 3, "payload {i}");
+        }
+        let event = DocumentEvent::RowInserted {
+            version: 2,
+            title: "t".into(),
+            source_type: "s".into(),
+            business_tag: Some("b".into()),
+            attributes: serde_json::Map::from_iter([("k".to_owned(), Value::from(1))]),
+            blob_sha256: Some("cd".into()),
+            blob_size: Some(4),
+            chunk_count: 1,
+        };
+        let stored = encode(&event);
+        let text = serde_json::to_vec(&stored.payload).expect("serializes");
+        assert_eq!(
+            decode("RowInserted", stored.event_version, &text, None).ok(),
+            Some(event)
+        );
     }
 
     #[test]

@@ -170,30 +170,30 @@ impl ShadowWriter {
         batch: &Batch,
         ready: impl Fn(&str, u64) -> bool,
     ) -> Result<(), SinkError> {
-        let mut rows: Vec<(&str, [Value; 11])> = Vec::new();
         let mut removes: Vec<(&str, u64)> = Vec::new();
+        // Each statement's parameters are built in place, a statement's worth at a time.
+        let mut docs: Vec<String> = Vec::with_capacity(ROWS_PER_STATEMENT);
+        let mut params: Vec<Value> = Vec::with_capacity(ROWS_PER_STATEMENT * 11);
         for c in &batch.changes {
             match &c.change {
                 Change::Remove => removes.push((c.doc_id.as_str(), c.version)),
                 change => {
                     let ready = ready(c.doc_id.as_str(), c.version);
                     if let Some(values) = catalogue_values(c.doc_id.as_str(), change, ready) {
-                        rows.push((c.doc_id.as_str(), values));
+                        params.extend(values);
+                        docs.push(c.doc_id.to_string());
                         if !ready {
                             self.pending.push((c.doc_id.to_string(), c.version));
                         }
                     }
                 }
             }
+            if docs.len() == ROWS_PER_STATEMENT {
+                self.start_upsert(&mut docs, &mut params).await?;
+            }
         }
-        // The row values move into the statement's parameters (no copy of the texts).
-        let mut rows = rows.into_iter().peekable();
-        while rows.peek().is_some() {
-            let part: Vec<(&str, [Value; 11])> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
-            let docs: Vec<String> = part.iter().map(|(d, _)| (*d).to_owned()).collect();
-            let sql = insert_statement(SHADOW_DOCUMENTS, part.len(), UPSERT_TAIL);
-            let params = part.into_iter().flat_map(|(_, r)| r).collect();
-            self.start(docs, sql, params).await?;
+        if !docs.is_empty() {
+            self.start_upsert(&mut docs, &mut params).await?;
         }
         if removes.is_empty() {
             return Ok(());
@@ -214,6 +214,18 @@ impl ShadowWriter {
             })
             .collect();
         run_concurrently(&self.pool, "delete shadow rows", deletes, 1).await
+    }
+
+    /// Queues the upsert of `docs`' rows (`params`, 11 a row), leaving both empty.
+    async fn start_upsert(
+        &mut self,
+        docs: &mut Vec<String>,
+        params: &mut Vec<Value>,
+    ) -> Result<(), SinkError> {
+        let sql = insert_statement(SHADOW_DOCUMENTS, docs.len(), UPSERT_TAIL);
+        let docs = std::mem::replace(docs, Vec::with_capacity(ROWS_PER_STATEMENT));
+        let params = std::mem::replace(params, Vec::with_capacity(ROWS_PER_STATEMENT * 11));
+        self.start(docs, sql, params).await
     }
 
     /// Queues one upsert statement once there is room and no queued or running statement
