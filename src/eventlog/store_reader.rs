@@ -305,26 +305,21 @@ impl PgLog {
             .await
             .map_err(LogError::db("begin catalogue scan"))?;
         // From here on, a failure drops the scan, which closes the connection.
-        scan.client = Some(client);
-        let client = scan.client.as_ref().expect("just set");
+        let client = scan.client.insert(client);
         let row = client
             .query_one(
-                "SELECT m.epoch, (pg_snapshot_xmin(pg_current_snapshot())::text::numeric - 1)::text,
+                "SELECT m.epoch, pg_snapshot_xmin(pg_current_snapshot())::text,
                         COALESCE((SELECT max(position) FROM events), 0)
                  FROM log_meta m",
                 &[],
             )
             .await
             .map_err(LogError::db("begin catalogue scan"))?;
+        // Every transaction before the snapshot's oldest running one is in the snapshot.
+        let xmin: u64 = row.get::<_, &str>(1).parse().unwrap_or_default();
         scan.end = LogCursor {
             epoch: row.get(0),
-            xid: row
-                .get::<_, &str>(1)
-                .parse()
-                .map_err(|e| LogError::Unavailable {
-                    operation: "begin catalogue scan",
-                    message: format!("snapshot xmin: {e}"),
-                })?,
+            xid: xmin.saturating_sub(1),
             position: row.get(2),
         };
         client
