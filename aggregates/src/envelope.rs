@@ -47,6 +47,15 @@ impl DocId {
     /// # Errors
     /// [`DocIdError`] naming the first rule `s` breaks.
     pub fn parse(s: &str) -> Result<Self, DocIdError> {
+        Self::validate(s)?;
+        Ok(Self(s.to_owned()))
+    }
+
+    /// Checks `s` by the contract's rules without keeping it.
+    ///
+    /// # Errors
+    /// [`DocIdError`] naming the first rule `s` breaks.
+    pub fn validate(s: &str) -> Result<(), DocIdError> {
         if s.is_empty() || s.len() > MAX_DOC_ID_BYTES {
             return Err(DocIdError::Length(s.len()));
         }
@@ -59,7 +68,7 @@ impl DocId {
         if s.contains("..") {
             return Err(DocIdError::DotDot);
         }
-        Ok(Self(s.to_owned()))
+        Ok(())
     }
 
     /// The id as a string slice.

@@ -6,6 +6,7 @@
 
 use aggregates::document::EVENT_TYPES;
 use aggregates::{Chunk, DocumentEvent};
+use projections::mysql::CatalogueRow;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -85,6 +86,90 @@ impl From<StoredRow> for DocumentEvent {
             chunk_count: r.chunk_count,
         }
     }
+}
+
+/// `RowInserted`'s payload read straight into the catalogue row it writes (a catalogue
+/// rebuild's final states: no event in between), the attributes object kept as its text.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredRowText<'a> {
+    version: u64,
+    title: String,
+    source_type: String,
+    business_tag: Option<String>,
+    #[serde(borrow)]
+    attributes: &'a serde_json::value::RawValue,
+    blob_sha256: Option<String>,
+    blob_size: Option<u64>,
+    chunk_count: u32,
+}
+
+/// Whether JSON text has no whitespace outside its strings. This codec writes payloads with
+/// `serde_json` (compact, keys in order); PostgreSQL's text form of a `jsonb` value (how
+/// migration 4 filled in older stream rows) puts a space after every `:` and `,`.
+fn is_compact(json: &str) -> bool {
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in json.as_bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if b.is_ascii_whitespace() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Decodes a document's catalogue state (its newest `RowInserted` or `DocumentDeleted`
+/// payload) into the catalogue row it leaves: `None` for a deletion (no row). The row's
+/// attributes are exactly the text the MySQL projector writes for the same event
+/// (`serde_json::to_string` of the object): taken as stored when compact, written anew
+/// otherwise.
+///
+/// # Errors
+/// [`DecodeError`] as [`decode`]'s.
+pub fn decode_catalogue_row(
+    event_type: &str,
+    event_version: i16,
+    payload: &[u8],
+) -> Result<Option<CatalogueRow>, DecodeError> {
+    if event_type != "RowInserted" || event_version != CURRENT_EVENT_VERSION {
+        // A deletion (no row), or what `decode` rejects.
+        return decode(event_type, event_version, payload, None)
+            .map(|event| CatalogueRow::of_event(&event));
+    }
+    let fail = |message: String| DecodeError {
+        event_type: event_type.to_owned(),
+        event_version,
+        message,
+    };
+    let row: StoredRowText<'_> =
+        serde_json::from_slice(payload).map_err(|e| fail(e.to_string()))?;
+    let text = row.attributes.get();
+    let attributes = if text.starts_with('{') && is_compact(text) {
+        text.to_owned()
+    } else {
+        let object: serde_json::Map<String, Value> =
+            serde_json::from_str(text).map_err(|e| fail(format!("attributes: {e}")))?;
+        serde_json::to_string(&object).expect("a JSON object always serializes")
+    };
+    Ok(Some(CatalogueRow {
+        version: row.version,
+        title: row.title,
+        source_type: row.source_type,
+        business_tag: row.business_tag,
+        attributes,
+        blob_sha256: row.blob_sha256,
+        blob_size: row.blob_size,
+        chunk_count: row.chunk_count,
+    }))
 }
 
 /// Encodes an event for storage.
@@ -382,6 +467,56 @@ mod tests {
         )
         .expect("decodes");
         assert_eq!(back, event);
+    }
+
+    /// A catalogue state decodes into exactly the row the projector writes for its event,
+    /// whether its payload is this codec's text or PostgreSQL's `jsonb` text of it
+    /// (whitespace, keys by length); a deletion is no row; what `decode` rejects stays
+    /// rejected.
+    #[test]
+    fn catalogue_state_decodes_into_the_projectors_row() {
+        let event: DocumentEvent = serde_json::from_value(serde_json::json!({
+            "type": "RowInserted", "version": 4, "title": "Q3 \"report\"\t\u{e9}",
+            "source_type": "pdf", "business_tag": null, "blob_sha256": "ab", "blob_size": 9,
+            "chunk_count": 2,
+            "attributes": {"pages": 3, "lang": "en", "note": "a b, c: d", "n": {"zz": [1.5, null], "a": {}}}
+        }))
+        .expect("an event");
+        let expected = CatalogueRow::of_event(&event);
+        assert!(expected.is_some());
+        let stored = encode(&event);
+        let ours = serde_json::to_vec(&stored.payload).expect("serializes");
+        let decoded = decode_catalogue_row("RowInserted", 1, &ours).expect("decodes");
+        assert_eq!(decoded, expected);
+        let jsonb = br#"{"title": "Q3 \"report\"\t\u00e9", "version": 4, "blob_size": 9, "attributes": {"n": {"a": {}, "zz": [1.5, null]}, "lang": "en", "note": "a b, c: d", "pages": 3}, "blob_sha256": "ab", "chunk_count": 2, "source_type": "pdf", "business_tag": null}"#;
+        let decoded = decode_catalogue_row("RowInserted", 1, jsonb).expect("decodes");
+        assert_eq!(decoded, expected);
+        assert_eq!(
+            decode_catalogue_row("DocumentDeleted", 1, br#"{"version":5}"#).expect("decodes"),
+            None
+        );
+        for (event_type, version, payload) in [
+            ("RowInserted", 2, ours.as_slice()),
+            ("Nope", 1, br#"{"version":5}"#.as_slice()),
+            ("RowInserted", 1, br#"{"version":1,"title":"T","source_type":"pdf","attributes":[1],"chunk_count":0}"#.as_slice()),
+            ("RowInserted", 1, br#"{"version":1,"title":"T","source_type":"pdf","attributes":{},"chunk_count":0,"x":1}"#.as_slice()),
+            ("DocumentDeleted", 1, br#"{"version":"x"}"#.as_slice()),
+        ] {
+            assert!(
+                decode_catalogue_row(event_type, version, payload).is_err(),
+                "{event_type} v{version} {}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+    }
+
+    #[test]
+    fn compact_json_is_whitespace_free_outside_strings() {
+        assert!(is_compact(r#"{"a":"x y","b":[1,2],"c":"\" :"}"#));
+        assert!(is_compact("{}"));
+        assert!(!is_compact(r#"{"a": 1}"#));
+        assert!(!is_compact(r#"{"a":"\\", "b":1}"#));
+        assert!(!is_compact("{\n}"));
     }
 
     #[test]

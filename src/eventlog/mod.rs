@@ -31,7 +31,7 @@ pub use parked::{
     CompensationView, ParkedResolution, PendingParked, ResolveTarget, UNSETTLED_STATES,
 };
 pub use reader::{HorizonStatus, StreamState};
-pub use store_reader::{CataloguePage, CatalogueScan, CatalogueStates, DecodedStates, RawEvents};
+pub use store_reader::{CataloguePage, CatalogueScan, CatalogueState, CatalogueStates, RawEvents};
 
 use crate::config::{AppendGroupConfig, StoreUrl};
 

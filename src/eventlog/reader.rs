@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use aggregates::{DocId, Document, DocumentEvent, LogCursor, RecordedEvent, StoreKind};
 use bytes::Bytes;
+use projections::mysql::CatalogueRow;
 use projections::sink::DocChange;
 use projections::{AppliedVersion, LogSource, Partition, SinkError, SourceError};
 use serde::Serialize;
 use tokio_postgres::Row;
 
-use super::codec::decode;
+use super::codec::{decode, decode_catalogue_row};
 use super::{db_message, LogError, PgLog};
 
 /// Events after a cursor, below the horizon, in log order; `$4 = 1` reads every partition.
@@ -124,6 +125,38 @@ pub(super) fn decode_event_columns(
     first: usize,
     position: i64,
 ) -> Result<DocumentEvent, LogError> {
+    decode_columns(
+        row,
+        first,
+        position,
+        |event_type, event_version, payload| {
+            decode(
+                event_type,
+                event_version,
+                payload,
+                row.get::<_, Option<&[u8]>>(first + 3),
+            )
+        },
+    )
+}
+
+/// A document's final catalogue state in columns `first..first + 3` (type, version,
+/// payload) as the catalogue row it leaves ([`decode_catalogue_row`]).
+pub(super) fn decode_catalogue_columns(
+    row: &Row,
+    first: usize,
+    position: i64,
+) -> Result<Option<CatalogueRow>, LogError> {
+    decode_columns(row, first, position, decode_catalogue_row)
+}
+
+/// Runs `decode` on the type, version and payload in columns `first..first + 3`.
+fn decode_columns<T>(
+    row: &Row,
+    first: usize,
+    position: i64,
+    decode: impl FnOnce(&str, i16, &[u8]) -> Result<T, super::codec::DecodeError>,
+) -> Result<T, LogError> {
     let event_type: &str = row.get(first);
     let event_version: i16 = row.get(first + 1);
     let payload = row
@@ -136,13 +169,8 @@ pub(super) fn decode_event_columns(
                 message: format!("payload: {e}"),
             },
         })?;
-    decode(
-        event_type,
-        event_version,
-        payload.0,
-        row.get::<_, Option<&[u8]>>(first + 3),
-    )
-    .map_err(|source| LogError::Corrupt { position, source })
+    decode(event_type, event_version, payload.0)
+        .map_err(|source| LogError::Corrupt { position, source })
 }
 
 /// The document of a row's stream id column `column` (whose event type is in `type_column`,

@@ -4,11 +4,10 @@
 //! catalogue's final state per document ([`CatalogueScan`]), kept in the stream rows, read
 //! in one scan of one snapshot instead of every historical event.
 
-use std::collections::HashSet;
+use aggregates::{DocId, DocumentEvent, LogCursor, RecordedEvent, StoreKind};
+use projections::mysql::CatalogueRow;
 
-use aggregates::{DocumentEvent, LogCursor, RecordedEvent, StoreKind};
-
-use super::reader::{decode_doc_id, decode_event_columns, decode_row, row_cursor};
+use super::reader::{decode_catalogue_columns, decode_row, row_cursor};
 use super::{LogError, PgLog};
 
 /// Events of the given types after a cursor, below the horizon, in log order. The horizon
@@ -26,13 +25,13 @@ ORDER BY events.epoch, events.xid, events.position
 LIMIT $5
 "#;
 
-/// The cursor over every stream row, in the columns [`CatalogueStates::decode`] reads: its
-/// final catalogue state (see migration 4), whether all three stores hold that version (the
-/// rebuilt row may be `ready`), and whether the row holds its document's state at all (it
-/// does not when written by a binary older than migration 4).
+/// The cursor over every stream row, in the columns [`CatalogueStates::states`] reads: the
+/// document's version, its final catalogue state (see migration 4), whether all three
+/// stores hold that version (the rebuilt row may be `ready`), and whether the row holds its
+/// document's state at all (it does not when written by a binary older than migration 4).
 const DECLARE_STATES: &str = r#"
 DECLARE catalogue_states NO SCROLL CURSOR FOR
-SELECT stream_id, stream_version, catalogue_type, catalogue_event_version, catalogue, NULL::bytea,
+SELECT stream_id, doc_version, catalogue_type, catalogue_event_version, catalogue, NULL::bytea,
        (ready_version >= doc_version
         OR (mysql_version = doc_version AND milvus_version = doc_version
             AND s3_version = doc_version)),
@@ -91,12 +90,16 @@ pub struct CatalogueStates {
     end: LogCursor,
 }
 
-/// [`CatalogueStates`] decoded: each state as the event that set it, at the scan's end.
-pub struct DecodedStates {
-    /// One event per document.
-    pub events: Vec<RecordedEvent<DocumentEvent>>,
-    /// The documents whose state every store already holds.
-    pub consistent: HashSet<String>,
+/// A document's final catalogue state, decoded from its stream row.
+#[derive(Debug)]
+pub struct CatalogueState<'a> {
+    pub doc_id: &'a str,
+    /// The document's version.
+    pub version: u64,
+    /// Every store holds this version.
+    pub ready: bool,
+    /// The catalogue row it leaves; `None`: deleted.
+    pub row: Option<CatalogueRow>,
 }
 
 impl CatalogueStates {
@@ -119,23 +122,26 @@ impl CatalogueStates {
     ///
     /// # Errors
     /// [`LogError::Corrupt`] (with position 0: the state is not an event of the log).
-    pub fn decode(&self) -> Result<DecodedStates, LogError> {
-        let mut events = Vec::with_capacity(self.rows.len());
-        let mut consistent = HashSet::new();
-        for row in self.rows.iter().filter(|r| holds_state(r)) {
-            let doc_id = decode_doc_id(row, 0, 2, 0)?;
-            if row.get::<_, bool>(6) {
-                consistent.insert(doc_id.as_str().to_owned());
+    pub fn states(&self) -> impl Iterator<Item = Result<CatalogueState<'_>, LogError>> {
+        self.rows.iter().filter(|r| holds_state(r)).map(|row| {
+            let doc_id: &str = row.get(0);
+            if let Err(e) = DocId::validate(doc_id) {
+                return Err(LogError::Corrupt {
+                    position: 0,
+                    source: super::codec::DecodeError {
+                        event_type: row.get::<_, String>(2),
+                        event_version: row.get(3),
+                        message: format!("stream id {doc_id:?}: {e}"),
+                    },
+                });
             }
-            events.push(RecordedEvent {
-                cursor: self.end,
-                stream_version: row.get(1),
-                recorded_at_ms: 0,
-                event: decode_event_columns(row, 2, 0)?,
+            Ok(CatalogueState {
                 doc_id,
-            });
-        }
-        Ok(DecodedStates { events, consistent })
+                version: row.get::<_, i64>(1) as u64,
+                ready: row.get(6),
+                row: decode_catalogue_columns(row, 2, 0)?,
+            })
+        })
     }
 }
 

@@ -30,7 +30,7 @@ use aggregates::{DocumentEvent, LogCursor, RecordedEvent, StoreKind};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use projections::milvus::rebuild::{generation_name, GenerationWriter};
-use projections::mysql::shadow::ShadowWriter;
+use projections::mysql::shadow::{NewRows, ShadowWriter};
 use projections::s3::rebuild::ObjectOutcome;
 use projections::s3::KEY_PREFIX;
 use projections::sink::Change;
@@ -362,8 +362,8 @@ impl Rebuilder {
         let (mut pages, reader) = self.read_ahead(store, cancel);
         while let Some(page) = pages.recv().await {
             let page = page?;
-            self.write(&mut target, &page).await?;
             done.count(&page, lowest, progress);
+            self.write(&mut target, page).await?;
         }
         let _ = reader.await;
         if cancel.is_cancelled() {
@@ -379,8 +379,8 @@ impl Rebuilder {
                 else {
                     break;
                 };
-                self.write(&mut target, &page).await?;
                 done.count(&page, lowest, progress);
+                self.write(&mut target, page).await?;
             }
             progress.phase("switching");
             match &mut target {
@@ -433,15 +433,23 @@ impl Rebuilder {
         })
     }
 
-    async fn write(&self, target: &mut Target, page: &PreparedPage) -> Result<(), RebuildError> {
-        match target {
-            Target::Mysql(writer) => {
+    async fn write(&self, target: &mut Target, page: PreparedPage) -> Result<(), RebuildError> {
+        match (target, page.content) {
+            (Target::Mysql(writer), PageContent::Changes(batch)) => {
                 writer
-                    .write(&page.batch, |doc, _| page.consistent.contains(doc))
+                    .write(&batch, |doc, _| page.consistent.contains(doc))
                     .await?;
             }
-            Target::Milvus(generation) => {
-                generation.write(&page.batch).await?;
+            (Target::Mysql(writer), PageContent::NewRows(rows)) => writer.insert_new(rows).await?,
+            (Target::Milvus(generation), PageContent::Changes(batch)) => {
+                generation.write(&batch).await?;
+            }
+            (Target::Milvus(_), PageContent::NewRows(_)) => {
+                return Err(RebuildError::Store(SinkError::permanent(
+                    "milvus",
+                    "rebuild",
+                    "catalogue rows handed to a vector rebuild".to_owned(),
+                )))
             }
         }
         Ok(())
@@ -667,23 +675,19 @@ struct Written {
 impl Written {
     /// Counts a written page (and reports it to `progress`).
     fn count(&mut self, page: &PreparedPage, lowest: LogCursor, progress: &RebuildProgress) {
-        let batch = &page.batch;
-        self.applied
-            .extend(
-                batch
-                    .changes
-                    .iter()
-                    .filter(|c| c.cursor > lowest)
-                    .map(|c| AppliedVersion {
+        if let PageContent::Changes(batch) = &page.content {
+            self.applied
+                .extend(batch.changes.iter().filter(|c| c.cursor > lowest).map(|c| {
+                    AppliedVersion {
                         doc_id: c.doc_id.clone(),
                         version: c.version,
-                    }),
-            );
-        let num_documents = page.num_documents.unwrap_or(batch.changes.len()) as u64;
-        self.num_documents += num_documents;
+                    }
+                }));
+        }
+        self.num_documents += page.num_documents as u64;
         self.num_events += page.num_events as u64;
-        progress.advance(num_documents, page.num_events as u64);
-        self.cursor = batch.end;
+        progress.advance(page.num_documents as u64, page.num_events as u64);
+        self.cursor = page.end;
     }
 }
 
@@ -707,18 +711,28 @@ type RunningRebuild = (Arc<RebuildProgress>, Option<JoinHandle<()>>);
 /// A page of the log as the read-ahead task hands it over.
 type Page = Result<PreparedPage, LogError>;
 
-/// A page of the store's events, coalesced, with what the writer needs to know beside it.
+/// A page of the log as the writer takes it, with what it needs to know beside it.
 struct PreparedPage {
-    /// The newest change per document; ends at the page's last event.
-    batch: Batch,
-    /// Events read.
+    content: PageContent,
+    /// Where the page ends: the target holds the log up to here once it is written.
+    end: LogCursor,
+    /// Events (or final states) read.
     num_events: usize,
     /// MySQL: the page's upserted documents whose version every store already holds (their
-    /// rows are written `ready`); empty for other stores.
+    /// rows are written `ready`); empty for other stores and for [`PageContent::NewRows`]
+    /// (which carry their status).
     consistent: std::collections::HashSet<String>,
-    /// Documents the page covers when they are more than its changes (final states of
-    /// deleted documents, which write nothing); `None`: one per change.
-    num_documents: Option<usize>,
+    /// Documents the page covers (final states of deleted documents write nothing but
+    /// count).
+    num_documents: usize,
+}
+
+/// What a [`PreparedPage`] writes.
+enum PageContent {
+    /// The newest change per document of a page of events.
+    Changes(Batch),
+    /// MySQL: the rows of documents' final states, new to the shadow table.
+    NewRows(NewRows),
 }
 
 /// A page as the read-ahead's reader hands it to its preparer.
@@ -813,29 +827,34 @@ async fn prepare_page(
         Default::default()
     };
     Ok(PreparedPage {
-        batch,
+        end: batch.end,
+        num_documents: batch.changes.len(),
+        content: PageContent::Changes(batch),
         num_events,
         consistent,
-        num_documents: None,
     })
 }
 
-/// Decodes a page of final catalogue states into the changes that write them. Deleted
-/// documents are left out: the target is fresh, there is nothing to remove (they still
-/// count as documents done).
+/// Decodes a page of final catalogue states straight into the shadow table's new rows (the
+/// parameters of their inserts, built here in the read-ahead rather than by the writer).
+/// Deleted documents are left out: the target is fresh, there is nothing to remove (they
+/// still count as documents done).
 fn prepare_states(states: &CatalogueStates) -> Result<PreparedPage, LogError> {
-    let decoded = states.decode()?;
-    let num_events = decoded.events.len();
-    let mut batch = Batch::coalesce_owned(StoreKind::Mysql, states.end(), decoded.events);
-    let num_documents = batch.changes.len();
-    batch
-        .changes
-        .retain(|c| matches!(c.change, Change::Upsert(_)));
+    let mut rows = NewRows::default();
+    let mut num_documents = 0;
+    for state in states.states() {
+        let state = state?;
+        num_documents += 1;
+        if let Some(row) = state.row {
+            rows.push(state.doc_id, row, state.ready);
+        }
+    }
     Ok(PreparedPage {
-        batch,
-        num_events,
-        consistent: decoded.consistent,
-        num_documents: Some(num_documents),
+        content: PageContent::NewRows(rows),
+        end: states.end(),
+        num_events: num_documents,
+        consistent: Default::default(),
+        num_documents,
     })
 }
 

@@ -23,7 +23,7 @@ use super::classify::sink_error;
 use super::schema::{
     CREATE_CHECKPOINTS, CREATE_DOCUMENTS, DOCUMENTS, ROWS_PER_STATEMENT, UPSERT_TAIL,
 };
-use super::{upsert_params, MysqlSink, NAME};
+use super::{upsert_params, CatalogueRow, MysqlSink, NAME};
 use crate::error::SinkError;
 use crate::sink::{Batch, Change, Partition};
 
@@ -131,6 +131,46 @@ pub async fn run_concurrently(
         .map(|_| ())
 }
 
+/// Catalogue rows of documents new to the shadow table (each document's final state,
+/// read once), as the parameters of plain multi-row inserts of [`ROWS_PER_STATEMENT`]
+/// rows: built where the rows are read ([`NewRows::push`]), sent by
+/// [`ShadowWriter::insert_new`].
+#[derive(Default)]
+pub struct NewRows {
+    /// Each statement's parameters (11 a row), the last one possibly not full.
+    statements: Vec<Vec<Value>>,
+    /// The rows written `pending`.
+    pending: Vec<(String, u64)>,
+    num_rows: usize,
+}
+
+impl NewRows {
+    /// Adds `doc_id`'s row, written `ready` or `pending`.
+    pub fn push(&mut self, doc_id: &str, row: CatalogueRow, ready: bool) {
+        if self.num_rows.is_multiple_of(ROWS_PER_STATEMENT) {
+            self.statements
+                .push(Vec::with_capacity(ROWS_PER_STATEMENT * 11));
+        }
+        if !ready {
+            self.pending.push((doc_id.to_owned(), row.version));
+        }
+        let params = self.statements.last_mut().expect("pushed above");
+        params.extend(row.into_params(doc_id));
+        params.push(Value::from(if ready { "ready" } else { "pending" }));
+        self.num_rows += 1;
+    }
+
+    /// Rows added.
+    pub fn len(&self) -> usize {
+        self.num_rows
+    }
+
+    /// No row added.
+    pub fn is_empty(&self) -> bool {
+        self.num_rows == 0
+    }
+}
+
 /// Fills the shadow table page after page without waiting for a page's inserts before the
 /// next page is read and built: upsert statements run in the background, at most
 /// [`CONCURRENT_STATEMENTS`] at a time (each on its own pooled connection, in the order
@@ -156,6 +196,9 @@ pub struct ShadowWriter {
     in_flight: HashSet<String>,
     /// The rows written `pending`, in order (a later entry may supersede an earlier one).
     pending: Vec<(String, u64)>,
+    /// Some [`ShadowWriter::insert_new`] statement may still be running (its documents are
+    /// not in `in_flight`: an upsert waits for all of them).
+    new_rows_running: bool,
 }
 
 impl ShadowWriter {
@@ -216,6 +259,23 @@ impl ShadowWriter {
         run_concurrently(&self.pool, "delete shadow rows", deletes, 1).await
     }
 
+    /// Queues plain inserts of `rows`, in the background like [`ShadowWriter::write`]'s. No
+    /// other statement may hold these documents: each is new to the table, and a later
+    /// [`ShadowWriter::write`] first waits for every such insert (an upsert of one of them
+    /// landing first would make its insert fail as a duplicate).
+    ///
+    /// # Errors
+    /// A classified [`SinkError`] of an earlier statement.
+    pub async fn insert_new(&mut self, rows: NewRows) -> Result<(), SinkError> {
+        self.pending.extend(rows.pending);
+        for params in rows.statements {
+            let sql = insert_statement(SHADOW_DOCUMENTS, params.len() / 11, "");
+            self.new_rows_running = true;
+            self.start(Vec::new(), sql, params).await?;
+        }
+        Ok(())
+    }
+
     /// Queues the upsert of `docs`' rows (`params`, 11 a row), leaving both empty.
     async fn start_upsert(
         &mut self,
@@ -228,14 +288,18 @@ impl ShadowWriter {
         self.start(docs, sql, params).await
     }
 
-    /// Queues one upsert statement once there is room and no queued or running statement
-    /// holds any of its documents.
+    /// Queues one statement once there is room and no queued or running statement holds
+    /// any of its documents (`docs`; empty for [`ShadowWriter::insert_new`]'s, after which
+    /// the first statement with documents waits until all have finished).
     async fn start(
         &mut self,
         docs: Vec<String>,
         sql: String,
         params: Vec<Value>,
     ) -> Result<(), SinkError> {
+        if !docs.is_empty() && std::mem::take(&mut self.new_rows_running) {
+            self.finish().await?;
+        }
         while self.running.len() >= self.capacity || docs.iter().any(|d| self.in_flight.contains(d))
         {
             self.join_next().await?;
@@ -243,9 +307,9 @@ impl ShadowWriter {
         let (pool, turns) = (self.pool.clone(), self.turns.clone());
         let handle = self.running.spawn(async move {
             let _turn = turns.acquire_owned().await.map_err(|e| {
-                SinkError::permanent(NAME, "upsert shadow rows", format!("no turn: {e}"))
+                SinkError::permanent(NAME, "write shadow rows", format!("no turn: {e}"))
             })?;
-            exec_pooled(pool, "upsert shadow rows", sql, params).await
+            exec_pooled(pool, "write shadow rows", sql, params).await
         });
         self.in_flight.extend(docs.iter().cloned());
         self.docs_of.insert(handle.id(), docs);
@@ -262,7 +326,7 @@ impl ShadowWriter {
             Err(e) => {
                 return Err(SinkError::permanent(
                     NAME,
-                    "upsert shadow rows",
+                    "write shadow rows",
                     format!("statement task ended abnormally: {e}"),
                 ))
             }
@@ -288,6 +352,7 @@ impl ShadowWriter {
         while !self.running.is_empty() {
             self.join_next().await?;
         }
+        self.new_rows_running = false;
         Ok(())
     }
 }
@@ -346,6 +411,7 @@ impl MysqlSink {
             docs_of: HashMap::new(),
             in_flight: HashSet::new(),
             pending: Vec::new(),
+            new_rows_running: false,
         }
     }
 
