@@ -840,11 +840,13 @@ async fn prepare_page(
 /// Deleted documents are left out: the target is fresh, there is nothing to remove (they
 /// still count as documents done).
 fn prepare_states(states: &CatalogueStates) -> Result<PreparedPage, LogError> {
+    let mut page = states.states().collect::<Result<Vec<_>, _>>()?;
+    let num_documents = page.len();
+    // In the catalogue's key order: MariaDB appends each statement's rows to its B-tree
+    // instead of inserting them between each other in append order.
+    page.sort_unstable_by(|a, b| a.doc_id.cmp(b.doc_id));
     let mut rows = NewRows::default();
-    let mut num_documents = 0;
-    for state in states.states() {
-        let state = state?;
-        num_documents += 1;
+    for state in page {
         if let Some(row) = state.row {
             rows.push(state.doc_id, row, state.ready);
         }
