@@ -159,16 +159,6 @@ impl NewRows {
         params.push(Value::from(if ready { "ready" } else { "pending" }));
         self.num_rows += 1;
     }
-
-    /// Rows added.
-    pub fn len(&self) -> usize {
-        self.num_rows
-    }
-
-    /// No row added.
-    pub fn is_empty(&self) -> bool {
-        self.num_rows == 0
-    }
 }
 
 /// Fills the shadow table page after page without waiting for a page's inserts before the
@@ -268,9 +258,9 @@ impl ShadowWriter {
     /// A classified [`SinkError`] of an earlier statement.
     pub async fn insert_new(&mut self, rows: NewRows) -> Result<(), SinkError> {
         self.pending.extend(rows.pending);
+        self.new_rows_running |= !rows.statements.is_empty();
         for params in rows.statements {
             let sql = insert_statement(SHADOW_DOCUMENTS, params.len() / 11, "");
-            self.new_rows_running = true;
             self.start(Vec::new(), sql, params).await?;
         }
         Ok(())
