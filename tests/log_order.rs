@@ -347,3 +347,98 @@ async fn transaction_ids_are_paged_in_numeric_order() -> Result<()> {
     drop(raw);
     t.drop_database().await
 }
+
+/// A projector reads only its store's event types, yet pages end where the whole log's
+/// pages end: every store's pages cover the same events, the store's ones decoded exactly as
+/// the unfiltered reader decodes them, the others (vectors for MySQL and S3, rows for
+/// Milvus) counted but never fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_pages_decode_only_the_stores_events_and_end_where_the_log_does() -> Result<()> {
+    use aggregates::{Chunk, DocumentEvent, StoreKind};
+
+    let t = TestLog::create("store_pages", 2).await?;
+    let log = &t.log;
+    let vectors = |version, seed: f32| DocumentEvent::VectorsIndexed {
+        version,
+        chunks: (0..3)
+            .map(|index| Chunk {
+                index,
+                text: format!("chunk {index}"),
+                vector: vec![seed, index as f32, -1.5],
+            })
+            .collect(),
+    };
+    for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+        let d = doc(id);
+        let events = [common::row_event(1, id), vectors(1, i as f32)];
+        log.append(request(&d, 0, &events)).await?;
+    }
+    let a = doc("a");
+    log.append(request(
+        &a,
+        2,
+        &[DocumentEvent::DocumentDeleted { version: 2 }],
+    ))
+    .await?;
+    log.append(request(
+        &a,
+        3,
+        &[DocumentEvent::CompensationRequested {
+            version: 2,
+            target: "milvus".to_owned(),
+            reason: "test".to_owned(),
+        }],
+    ))
+    .await?;
+
+    let all = log
+        .read_after(LogCursor::START, Partition::ALL, 100)
+        .await?;
+    assert_eq!(all.len(), 8);
+    for store in StoreKind::ALL {
+        let types = store.event_types();
+        let (mut cursor, mut events, mut ends, mut num_read) =
+            (LogCursor::START, Vec::new(), Vec::new(), 0);
+        loop {
+            let page = log
+                .read_page(cursor, Partition::ALL, 3, Some(&types))
+                .await?;
+            let Some((last, _)) = page.last else { break };
+            assert!(page.events.len() <= page.num_read);
+            num_read += page.num_read;
+            ends.push(last);
+            events.extend(page.events);
+            cursor = last;
+        }
+        let expected: Vec<_> = all
+            .iter()
+            .filter(|e| types.contains(&e.event.type_name()))
+            .cloned()
+            .collect();
+        assert_eq!(events, expected, "{store:?}: its events, decoded in full");
+        assert!(
+            events.iter().all(|e| types.contains(&e.event.type_name())),
+            "{store:?}: only its types"
+        );
+        let page_ends: Vec<LogCursor> = all
+            .chunks(3)
+            .filter_map(|c| c.last())
+            .map(|e| e.cursor)
+            .collect();
+        assert_eq!(ends, page_ends, "{store:?}: pages end where the log's do");
+        assert_eq!(num_read, all.len(), "{store:?}: every event counted");
+    }
+    // The log ends on a compensation, which no store reads: the last page is all skipped.
+    let tail = log
+        .read_page(
+            all[5].cursor,
+            Partition::ALL,
+            10,
+            Some(&StoreKind::Milvus.event_types()),
+        )
+        .await?;
+    assert_eq!(tail.num_read, 2);
+    assert_eq!(tail.events.len(), 1, "the deletion only");
+    assert_eq!(tail.last.map(|(c, _)| c), Some(all[7].cursor));
+    t.drop_database().await
+}

@@ -20,4 +20,4 @@ pub use self::s3::S3Sink;
 pub use retry::RetryPolicy;
 pub use runner::{Runner, RunnerConfig, RunnerStatus};
 pub use sink::{Applied, Batch, DocChange, Partition, Sink};
-pub use source::{AppliedVersion, LogSource, SourceError};
+pub use source::{AppliedVersion, LogSource, SourceError, StorePage};

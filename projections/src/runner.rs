@@ -362,14 +362,16 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
             let source = self.source.clone();
             let limit = self.config.batch_size;
             let read_started = std::time::Instant::now();
-            let events = match self
-                .source_step(cancel, "read", || source.read_after(cursor, part, limit))
+            let page = match self
+                .source_step(cancel, "read", || {
+                    source.read_for_store(S::STORE, cursor, part, limit)
+                })
                 .await
             {
-                Ok(e) => e,
+                Ok(p) => p,
                 Err(stop) => return stop,
             };
-            let Some(last) = events.last() else {
+            let Some((end, recorded_at)) = page.last else {
                 self.status.update(|s| {
                     if s.state != "retrying" {
                         s.state = "running";
@@ -382,9 +384,8 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
                 }
                 continue;
             };
-            let end = last.cursor;
-            let recorded_at = last.recorded_at_ms;
-            let mut batch = Batch::coalesce_owned(S::STORE, end, events);
+            let mut batch = Batch::coalesce_owned(S::STORE, end, page.events);
+            batch.num_events = page.num_read;
             let span = tracing::debug_span!(
                 "batch",
                 sink = S::NAME,
@@ -556,13 +557,19 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
         while cursor < own {
             let source = self.source.clone();
             let limit = self.config.batch_size;
-            let events = self
-                .source_step(cancel, "read", || source.read_after(cursor, part, limit))
+            let page = self
+                .source_step(cancel, "read", || {
+                    source.read_for_store(S::STORE, cursor, part, limit)
+                })
                 .await?;
-            let within: Vec<_> = events.into_iter().take_while(|e| e.cursor <= own).collect();
-            let Some(last) = within.last() else { break };
-            let end = last.cursor;
-            let batch = Batch::coalesce(S::STORE, end, &within);
+            let Some((last, _)) = page.last else { break };
+            let end = last.min(own);
+            let within: Vec<_> = page
+                .events
+                .into_iter()
+                .take_while(|e| e.cursor <= own)
+                .collect();
+            let batch = Batch::coalesce_owned(S::STORE, end, within);
             let applied: Vec<AppliedVersion> = batch
                 .changes
                 .iter()

@@ -31,19 +31,34 @@ pub struct AppliedVersion {
     pub version: Version,
 }
 
+/// A page of the log as one store's projector reads it.
+#[derive(Debug, Default)]
+pub struct StorePage {
+    /// The page's events of the store's types, in log order.
+    pub events: Vec<RecordedEvent<DocumentEvent>>,
+    /// Cursor and recording time (ms since the epoch) of the page's last event, of the
+    /// store's types or not; `None` for an empty page.
+    pub last: Option<(LogCursor, i64)>,
+    /// Number of events in the page, of the store's types or not.
+    pub num_read: usize,
+}
+
 /// The log, as the projection runtime sees it.
 pub trait LogSource: Clone + Send + Sync + 'static {
     /// Identity of this log (a UUID fixed at its creation); checkpoints of another log are refused.
     fn log_id(&self) -> &str;
 
     /// Up to `limit` events of `part` after `after`, in log order, only of transactions older
-    /// than every transaction still running, so nothing can later appear before them.
-    fn read_after(
+    /// than every transaction still running, so nothing can later appear before them. Only
+    /// the events of `store`'s types ([`StoreKind::event_types`]) are decoded and returned;
+    /// the others count in the page's end and size, their payloads never leave the log.
+    fn read_for_store(
         &self,
+        store: StoreKind,
         after: LogCursor,
         part: Partition,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<RecordedEvent<DocumentEvent>>, SourceError>> + Send;
+    ) -> impl Future<Output = Result<StorePage, SourceError>> + Send;
 
     /// Returns when something was appended (NOTIFY) or after `timeout` (polling fallback).
     fn wait_for_append(&self, timeout: Duration) -> impl Future<Output = ()> + Send;

@@ -14,7 +14,7 @@ use aggregates::{DocId, Document, DocumentEvent, LogCursor, RecordedEvent, Store
 use bytes::Bytes;
 use projections::mysql::CatalogueRow;
 use projections::sink::DocChange;
-use projections::{AppliedVersion, LogSource, Partition, SinkError, SourceError};
+use projections::{AppliedVersion, LogSource, Partition, SinkError, SourceError, StorePage};
 use serde::Serialize;
 use tokio_postgres::Row;
 
@@ -24,10 +24,14 @@ use super::{db_message, LogError, PgLog};
 /// Events after a cursor, below the horizon, in log order; `$4 = 1` reads every partition.
 /// The sort names the table's columns: a bare `xid` would be the output column `xid::text`,
 /// a text order (`10` before `9`) that pages would skip events by, and that no index serves
-/// (every page would sort everything after the cursor).
+/// (every page would sort everything after the cursor). With `$7` (event types) the other
+/// events' payload and vectors are NULL (the column is NOT NULL otherwise): their cursors
+/// are read, their out-of-line vectors are never fetched nor sent.
 const READ_AFTER: &str = r#"
 SELECT epoch, xid::text, position, stream_id, stream_version, event_type, event_version,
-       payload, vectors, (extract(epoch FROM recorded_at) * 1000)::bigint
+       CASE WHEN $7::text[] IS NULL OR event_type = ANY($7) THEN payload END,
+       CASE WHEN $7::text[] IS NULL OR event_type = ANY($7) THEN vectors END,
+       (extract(epoch FROM recorded_at) * 1000)::bigint
 FROM events
 WHERE (epoch, xid, position) > ($1, $2::text::xid8, $3)
   AND (epoch < (SELECT epoch FROM log_meta)
@@ -35,6 +39,25 @@ WHERE (epoch, xid, position) > ($1, $2::text::xid8, $3)
   AND ($4::integer = 1 OR stream_hash % $4::integer = $5::integer)
 ORDER BY events.epoch, events.xid, events.position
 LIMIT $6
+"#;
+
+/// A document's snapshot (statements run for every document a command loads are prepared
+/// once per connection: parsing and planning them again would cost the log more than running
+/// them).
+const READ_SNAPSHOT: &str = "SELECT stream_version, state FROM snapshots WHERE stream_id = $1";
+
+/// A stream's events after a stream version, in stream order.
+const READ_STREAM_AFTER: &str = r#"
+SELECT epoch, xid::text, position, stream_id, stream_version, event_type, event_version,
+       payload, vectors, (extract(epoch FROM recorded_at) * 1000)::bigint
+FROM events WHERE stream_id = $1 AND stream_version > $2 ORDER BY stream_version
+"#;
+
+/// A document's versions, per store and overall.
+const READ_STREAM_STATE: &str = r#"
+SELECT stream_version, doc_version, deleted, mysql_version, milvus_version, s3_version,
+       ready_version
+FROM streams WHERE stream_id = $1
 "#;
 
 /// A document's bookkeeping row: its version and what each store holds.
@@ -203,6 +226,20 @@ impl PgLog {
         part: Partition,
         limit: usize,
     ) -> Result<Vec<RecordedEvent<DocumentEvent>>, LogError> {
+        Ok(self.read_page(after, part, limit, None).await?.events)
+    }
+
+    /// [`PgLog::read_after`], decoding only the events of `types` (all when `None`).
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
+    pub async fn read_page(
+        &self,
+        after: LogCursor,
+        part: Partition,
+        limit: usize,
+        types: Option<&[&str]>,
+    ) -> Result<StorePage, LogError> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(READ_AFTER)
@@ -218,11 +255,27 @@ impl PgLog {
                     &(part.count as i32),
                     &(part.index as i32),
                     &(limit as i64),
+                    &types,
                 ],
             )
             .await
             .map_err(LogError::db("read events"))?;
-        rows.iter().map(decode_row).collect()
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            // A NULL payload is an event of another type (payload is NOT NULL).
+            if row
+                .try_get::<_, Option<JsonText>>(7)
+                .is_ok_and(|p| p.is_none())
+            {
+                continue;
+            }
+            events.push(decode_row(row)?);
+        }
+        Ok(StorePage {
+            events,
+            last: rows.last().map(|row| (row_cursor(row), row.get(9))),
+            num_read: rows.len(),
+        })
     }
 
     /// Every event of a stream, in stream order, starting after its snapshot if any; returns
@@ -232,11 +285,12 @@ impl PgLog {
     /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
     pub async fn load(&self, doc_id: &DocId) -> Result<Document, LogError> {
         let client = self.client().await?;
+        let read_snapshot = client
+            .prepare_cached(READ_SNAPSHOT)
+            .await
+            .map_err(LogError::db("prepare snapshot read"))?;
         let snapshot = client
-            .query_opt(
-                "SELECT stream_version, state FROM snapshots WHERE stream_id = $1",
-                &[&doc_id.as_str()],
-            )
+            .query_opt(&read_snapshot, &[&doc_id.as_str()])
             .await
             .map_err(LogError::db("read snapshot"))?;
         let (mut doc, from) = match snapshot {
@@ -246,13 +300,12 @@ impl PgLog {
             },
             None => (Document::default(), 0),
         };
+        let read_stream = client
+            .prepare_cached(READ_STREAM_AFTER)
+            .await
+            .map_err(LogError::db("prepare stream read"))?;
         let rows = client
-            .query(
-                "SELECT epoch, xid::text, position, stream_id, stream_version, event_type, event_version,
-                        payload, vectors, (extract(epoch FROM recorded_at) * 1000)::bigint
-                 FROM events WHERE stream_id = $1 AND stream_version > $2 ORDER BY stream_version",
-                &[&doc_id.as_str(), &from],
-            )
+            .query(&read_stream, &[&doc_id.as_str(), &from])
             .await
             .map_err(LogError::db("load stream"))?;
         for row in &rows {
@@ -355,13 +408,12 @@ impl PgLog {
     /// [`LogError::Unavailable`].
     pub async fn stream_state(&self, doc_id: &DocId) -> Result<Option<StreamState>, LogError> {
         let client = self.client().await?;
+        let read_state = client
+            .prepare_cached(READ_STREAM_STATE)
+            .await
+            .map_err(LogError::db("prepare stream state read"))?;
         let row = client
-            .query_opt(
-                "SELECT stream_version, doc_version, deleted, mysql_version, milvus_version, s3_version,
-                        ready_version
-                 FROM streams WHERE stream_id = $1",
-                &[&doc_id.as_str()],
-            )
+            .query_opt(&read_state, &[&doc_id.as_str()])
             .await
             .map_err(LogError::db("read stream state"))?;
         let applied = |v: i64| (v > 0).then_some(v as u64);
@@ -501,12 +553,15 @@ impl PgLog {
         let client = self.client().await?;
         let ids: Vec<&str> = done.iter().map(|d| d.doc_id.as_str()).collect();
         let versions: Vec<i64> = done.iter().map(|d| d.version as i64).collect();
-        client
-            .execute(
+        let record = client
+            .prepare_cached(
                 "UPDATE streams s SET ready_version = GREATEST(s.ready_version, u.v)
                  FROM unnest($1::text[], $2::bigint[]) AS u(id, v) WHERE s.stream_id = u.id",
-                &[&ids, &versions],
             )
+            .await
+            .map_err(LogError::db("prepare readiness record"))?;
+        client
+            .execute(&record, &[&ids, &versions])
             .await
             .map_err(LogError::db("record readiness"))?;
         Ok(())
@@ -541,13 +596,14 @@ impl LogSource for PgLog {
         PgLog::log_id(self)
     }
 
-    async fn read_after(
+    async fn read_for_store(
         &self,
+        store: StoreKind,
         after: LogCursor,
         part: Partition,
         limit: usize,
-    ) -> Result<Vec<RecordedEvent<DocumentEvent>>, SourceError> {
-        PgLog::read_after(self, after, part, limit)
+    ) -> Result<StorePage, SourceError> {
+        self.read_page(after, part, limit, Some(&store.event_types()))
             .await
             .map_err(source_error("read"))
     }
@@ -564,11 +620,12 @@ impl LogSource for PgLog {
             .await
             .map_err(source_error("get connection"))?;
         let keys: Vec<Vec<u8>> = sha256s.iter().filter_map(|s| hex::decode(s).ok()).collect();
+        let read_blobs = client
+            .prepare_cached("SELECT sha256, content FROM blobs WHERE sha256 = ANY($1)")
+            .await
+            .map_err(pg_source_error("prepare blob read"))?;
         let rows = client
-            .query(
-                "SELECT sha256, content FROM blobs WHERE sha256 = ANY($1)",
-                &[&keys],
-            )
+            .query(&read_blobs, &[&keys])
             .await
             .map_err(pg_source_error("load blobs"))?;
         Ok(rows
@@ -622,14 +679,20 @@ impl LogSource for PgLog {
             .await
             .map_err(source_error("get connection"))?;
         // Never backwards: only a greater (epoch, xid, position) replaces the stored one.
-        client
-            .execute(
+        let save = client
+            .prepare_cached(
                 "INSERT INTO projection_checkpoints AS c (sink, partition, log_id, epoch, xid, position)
                  VALUES ($1, $2, $3::text::uuid, $4, $5::text::xid8, $6)
                  ON CONFLICT (sink, partition) DO UPDATE
                     SET epoch = EXCLUDED.epoch, xid = EXCLUDED.xid, position = EXCLUDED.position,
                         log_id = EXCLUDED.log_id, updated_at = now()
                   WHERE (c.epoch, c.xid, c.position) < (EXCLUDED.epoch, EXCLUDED.xid, EXCLUDED.position)",
+            )
+            .await
+            .map_err(pg_source_error("prepare checkpoint save"))?;
+        client
+            .execute(
+                &save,
                 &[
                     &sink,
                     &(part.index as i32),
@@ -667,8 +730,12 @@ impl LogSource for PgLog {
              FROM u WHERE s.stream_id = u.id AND s.stream_id IN (SELECT stream_id FROM locked)
              RETURNING s.stream_id, s.doc_version, s.mysql_version, s.milvus_version, s.s3_version, s.ready_version"
         );
+        let record = client
+            .prepare_cached(&sql)
+            .await
+            .map_err(pg_source_error("prepare applied versions record"))?;
         let rows = client
-            .query(&sql, &[&ids, &versions])
+            .query(&record, &[&ids, &versions])
             .await
             .map_err(pg_source_error("record applied versions"))?;
         Ok(rows
