@@ -250,6 +250,13 @@ async fn put_replace_delete_reach_every_store_exactly_as_the_contract_says() {
         (again["version"].clone(), again["unchanged"].clone()),
         (json!(1), json!(true))
     );
+    // An answer to a command that did not create the document reads the stores' state.
+    assert_eq!(
+        again["stores"],
+        json!({"mysql": 1, "milvus": 1, "s3": 1}),
+        "{again}"
+    );
+    assert_eq!(again["consistent"], true, "{again}");
 
     // Replace: fewer chunks and no blob.
     let (status, replaced) = send(
@@ -338,6 +345,40 @@ async fn put_replace_delete_reach_every_store_exactly_as_the_contract_says() {
         ]
     );
     assert!(!events.to_string().contains("\"vector\""));
+
+    // A command that creates a document is answered, once durable, with no store holding it
+    // (nothing can before the append commits); the stores then catch up.
+    let fresh = "reports/fresh";
+    let (status, created) = send(http.put(svc.doc_url(fresh, "")).json(&body(
+        "Fresh",
+        &["one"],
+        Some(&blob),
+    )))
+    .await;
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(
+        (
+            created["version"].clone(),
+            created["unchanged"].clone(),
+            created["consistent"].clone()
+        ),
+        (json!(1), json!(false), json!(false))
+    );
+    assert_eq!(
+        created["stores"],
+        json!({"mysql": null, "milvus": null, "s3": null})
+    );
+    let (status, applied) = send(
+        http.put(svc.doc_url(fresh, "?consistency=applied&timeout_ms=30000"))
+            .json(&body("Fresh", &["one"], Some(&blob))),
+    )
+    .await;
+    assert_eq!(status, 200, "{applied}");
+    assert_eq!(
+        applied["stores"],
+        json!({"mysql": 1, "milvus": 1, "s3": 1}),
+        "{applied}"
+    );
 
     svc.stop().await;
 }

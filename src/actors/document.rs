@@ -33,6 +33,9 @@ pub struct CommandOutcome {
     pub unchanged: bool,
     /// What a compensation did (only for [`DocumentCommand::RequestCompensation`]).
     pub compensation: Option<CompensationOutcome>,
+    /// This command's append created the document's stream just now (so no store can hold
+    /// anything of it yet); false for every other outcome, idempotent repeats included.
+    pub created: bool,
 }
 
 /// Why a command did not succeed.
@@ -234,6 +237,7 @@ async fn execute(
                         log_position: None,
                         unchanged: true,
                         compensation,
+                        created: false,
                     }),
                 );
             }
@@ -287,6 +291,7 @@ async fn execute(
                     log_position: Some(last.position),
                     unchanged: false,
                     compensation,
+                    created: state.stream_version == 0,
                 };
                 return (Some(next), Ok(result));
             }
@@ -297,6 +302,7 @@ async fn execute(
                     log_position: None,
                     unchanged: true,
                     compensation: None,
+                    created: false,
                 };
                 return (None, Ok(result));
             }
@@ -335,6 +341,7 @@ fn outcome(r: IdempotentResult) -> CommandOutcome {
         log_position: r.log_position,
         unchanged: r.unchanged,
         compensation: None,
+        created: false,
     }
 }
 

@@ -97,7 +97,14 @@ async fn respond(
     let mut ready = state.ready.clone();
     loop {
         ready.mark_unchanged();
-        let stream = state.log.stream_state(doc_id).await?;
+        // A stream this command just created is in no store yet: projectors read committed
+        // events only, and it has no earlier version whose rows they could hold. Answering
+        // that state needs no read (the common case of an ingestion).
+        let stream = if deadline.is_none() && outcome.created {
+            None
+        } else {
+            state.log.stream_state(doc_id).await?
+        };
         let settled = stream
             .as_ref()
             .is_some_and(|s| s.ready_version >= outcome.version || s.version > outcome.version);
@@ -390,6 +397,7 @@ pub async fn retry(
             log_position: None,
             unchanged: true,
             compensation: None,
+            created: false,
         };
         let (status, response) = respond(&state, &doc_id, outcome, wait).await?;
         return Ok(HttpResponse::build(status).json(response));
@@ -584,6 +592,8 @@ pub async fn batch(
     let reader = BatchReader {
         body,
         pending: Vec::new(),
+        head: 0,
+        scanned: 0,
         line_no: 0,
         finished: false,
         skipping: false,
@@ -621,7 +631,13 @@ pub async fn batch(
 
 struct BatchReader {
     body: TimedBody,
+    /// Body bytes received; those before `head` are taken (lines already admitted), those
+    /// from `head` to `scanned` hold no newline. A line is taken by moving `head`, and the
+    /// taken prefix is dropped only once it is the larger part: a batch's body is copied a
+    /// bounded number of times and searched once, however its pieces arrive.
     pending: Vec<u8>,
+    head: usize,
+    scanned: usize,
     line_no: usize,
     finished: bool,
     /// Discarding the rest of a line that was refused for its size.
@@ -671,10 +687,10 @@ impl BatchReader {
                     return Some(Ok(result));
                 }
                 piece = piece => match piece {
-                    Ok(Some(piece)) => self.pending.extend_from_slice(&piece),
+                    Ok(Some(piece)) => self.receive(&piece),
                     Ok(None) => {
                         self.finished = true;
-                        self.pending.push(b'\n');
+                        self.receive(b"\n");
                     }
                     Err(e) => {
                         self.finished = true;
@@ -686,6 +702,23 @@ impl BatchReader {
                 },
             }
         }
+    }
+
+    /// Appends a piece of the body, first dropping the taken prefix when it is the larger part.
+    fn receive(&mut self, piece: &[u8]) {
+        if self.head > 0 && self.head >= self.pending.len() / 2 {
+            self.pending.drain(..self.head);
+            self.scanned -= self.head;
+            self.head = 0;
+        }
+        self.pending.extend_from_slice(piece);
+    }
+
+    /// Drops every received byte not taken yet.
+    fn discard_pending(&mut self) {
+        self.pending.clear();
+        self.head = 0;
+        self.scanned = 0;
     }
 
     /// A result known before executing (a refused line), queued in input order.
@@ -703,26 +736,29 @@ impl BatchReader {
             let (line_no, line) = match self.waiting.take() {
                 Some(waiting) => waiting,
                 None => {
-                    let newline = self.pending.iter().position(|b| *b == b'\n');
+                    let from = self.scanned.max(self.head);
+                    let newline = memchr::memchr(b'\n', &self.pending[from..]).map(|at| from + at);
                     if self.skipping {
                         match newline {
                             Some(nl) => {
-                                self.pending.drain(..=nl);
+                                self.head = nl + 1;
+                                self.scanned = self.head;
                                 self.skipping = false;
                                 continue;
                             }
                             None => {
-                                self.pending.clear();
+                                self.discard_pending();
                                 return;
                             }
                         }
                     }
                     let Some(nl) = newline else {
-                        if self.pending.len() > self.limit {
+                        self.scanned = self.pending.len();
+                        if self.pending.len() - self.head > self.limit {
                             // Refused before its end arrives: the rest of it is discarded
                             // as it comes.
                             self.line_no += 1;
-                            self.pending.clear();
+                            self.discard_pending();
                             self.skipping = true;
                             let e = self.line_too_large();
                             self.answer_now(to_line(&error_line(self.line_no, &e)));
@@ -730,8 +766,10 @@ impl BatchReader {
                         }
                         return;
                     };
-                    let line: Vec<u8> = self.pending.drain(..=nl).collect();
-                    let line = &line[..line.len() - 1];
+                    let start = self.head;
+                    self.head = nl + 1;
+                    self.scanned = self.head;
+                    let line = &self.pending[start..nl];
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
