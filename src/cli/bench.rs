@@ -484,14 +484,28 @@ impl Service {
     }
 
     /// Stops the service with SIGTERM (graceful shutdown) and waits for it.
-    async fn stop(mut self) -> anyhow::Result<()> {
+    async fn stop(self) -> anyhow::Result<()> {
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status();
-        tokio::task::spawn_blocking(move || self.child.wait())
-            .await?
-            .context("wait for docledger serve")?;
+        tokio::task::spawn_blocking(move || {
+            let mut service = self;
+            service.child.wait()
+        })
+        .await?
+        .context("wait for docledger serve")?;
         Ok(())
+    }
+}
+
+impl Drop for Service {
+    /// A scenario that failed leaves no service running behind the bench (a stopped one
+    /// has exited, and this does nothing).
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -594,17 +608,20 @@ async fn send_all(
             })
             .collect::<anyhow::Result<_>>()?
     };
-    // Open loop when paced: request i leaves at i / rate seconds (per request, so per batch
-    // in batch mode), whatever the answers before it; latency counts from its departure.
+    // Open loop when paced: `rate` is in documents/s, so request i (a batch of `n` lines in
+    // batch mode) leaves when the documents before it are due, whatever the answers before
+    // it; latency counts from its departure.
     let origin = tokio::time::Instant::now();
+    let mut due_docs = 0usize;
     let sends: Vec<_> = requests
         .into_iter()
-        .enumerate()
-        .map(|(i, (url, body, n, is_batch))| {
+        .map(|(url, body, n, is_batch)| {
             let client = client.clone();
+            let docs_before = due_docs;
+            due_docs += n;
             async move {
                 if let Some(rate) = rate {
-                    let due = Duration::from_secs_f64(i as f64 / rate);
+                    let due = Duration::from_secs_f64(docs_before as f64 / rate);
                     tokio::time::sleep_until(origin + due).await;
                 }
                 let started = Instant::now();
@@ -648,14 +665,23 @@ async fn send_all(
     Ok(out)
 }
 
+/// MySQL's "table doesn't exist".
+const ER_NO_SUCH_TABLE: u16 = 1146;
+
 /// Waits until `n` rows are `ready`.
 async fn wait_ready(mysql: &MysqlSink, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         let mut conn = mysql.pool().get_conn().await?;
-        let ready: Option<u64> = conn
+        let ready: Option<u64> = match conn
             .query_first("SELECT COUNT(*) FROM documents WHERE status = 'ready'")
-            .await?;
+            .await
+        {
+            Ok(n) => n,
+            // The projector creates the table when it starts; none is ready before.
+            Err(mysql_async::Error::Server(e)) if e.code == ER_NO_SUCH_TABLE => None,
+            Err(e) => return Err(e.into()),
+        };
         drop(conn);
         if ready.unwrap_or(0) as usize >= n {
             return Ok(());
