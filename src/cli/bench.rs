@@ -665,29 +665,33 @@ async fn send_all(
     Ok(out)
 }
 
-/// MySQL's "table doesn't exist".
-const ER_NO_SUCH_TABLE: u16 = 1146;
+/// MySQL's "unknown database" and "table doesn't exist": the projector creates both when it
+/// starts, and nothing is ready before.
+const NOT_CREATED_YET: [u16; 2] = [1049, 1146];
+
+/// The number of `ready` rows.
+async fn count_ready(mysql: &MysqlSink) -> Result<u64, mysql_async::Error> {
+    let mut conn = mysql.pool().get_conn().await?;
+    let ready: Option<u64> = conn
+        .query_first("SELECT COUNT(*) FROM documents WHERE status = 'ready'")
+        .await?;
+    Ok(ready.unwrap_or(0))
+}
 
 /// Waits until `n` rows are `ready`.
 async fn wait_ready(mysql: &MysqlSink, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        let mut conn = mysql.pool().get_conn().await?;
-        let ready: Option<u64> = match conn
-            .query_first("SELECT COUNT(*) FROM documents WHERE status = 'ready'")
-            .await
-        {
-            Ok(n) => n,
-            // The projector creates the table when it starts; none is ready before.
-            Err(mysql_async::Error::Server(e)) if e.code == ER_NO_SUCH_TABLE => None,
+        let ready = match count_ready(mysql).await {
+            Ok(ready) => ready,
+            Err(mysql_async::Error::Server(e)) if NOT_CREATED_YET.contains(&e.code) => 0,
             Err(e) => return Err(e.into()),
         };
-        drop(conn);
-        if ready.unwrap_or(0) as usize >= n {
+        if ready as usize >= n {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("only {ready:?} of {n} documents ready after {READY_TIMEOUT:?}");
+            bail!("only {ready} of {n} documents ready after {READY_TIMEOUT:?}");
         }
         tokio::time::sleep(READY_POLL).await;
     }
