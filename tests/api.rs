@@ -483,3 +483,64 @@ async fn openapi_describes_the_contract_and_ingest_sends_a_file() {
     std::fs::remove_dir_all(&dir).ok();
     svc.stop().await;
 }
+
+/// A store that refuses to be prepared (here S3, with a secret key the server does not know)
+/// is retried, and `/v1/projections` says so with the store's error, instead of showing the
+/// partitions idle; the other stores run and the log accepts commands meanwhile.
+#[actix_rt::test]
+async fn a_store_refusing_preparation_is_shown_retrying_with_its_error() {
+    let svc = TestService::start(
+        "api_refused_prepare",
+        &[
+            (
+                "DOCLEDGER_S3_SECRET_KEY",
+                "not-the-secret-key-of-this-store",
+            ),
+            ("DOCLEDGER_RETRY_BASE_MS", "20"),
+            ("DOCLEDGER_RETRY_MAX_MS", "200"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let (status, _) = send(
+        http.put(svc.doc_url("refused/a", ""))
+            .json(&doc_body("t", 1)),
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "the log accepts commands while a store is down"
+    );
+    let projections = common::eventually(
+        std::time::Duration::from_secs(60),
+        "s3 shown retrying while mysql runs",
+        || {
+            let http = http.clone();
+            let url = svc.url("/v1/projections");
+            async move {
+                let (_, p) = send(http.get(url)).await;
+                let state = |name: &str| {
+                    p.as_array()?
+                        .iter()
+                        .find(|s| s["name"] == name)
+                        .map(|s| s["state"].clone())
+                };
+                (state("s3")? == json!("retrying") && state("mysql")? == json!("running"))
+                    .then_some(p)
+            }
+        },
+    )
+    .await;
+    let s3 = projections
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["name"] == "s3"))
+        .cloned()
+        .unwrap_or_default();
+    let error = s3["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("create bucket"), "{s3}");
+    assert!(
+        !error.contains("not-the-secret-key-of-this-store"),
+        "the secret stays out of the status: {s3}"
+    );
+    svc.stop().await;
+}

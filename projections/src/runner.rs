@@ -308,13 +308,23 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
         let part = self.partition;
         {
             let sink = &self.sink;
+            let status = &self.status;
             let prepared = self
                 .config
                 .retry
                 .run(
                     cancel,
                     |e: &SinkError| e.class == ErrorClass::Transient,
-                    |attempt, e| warn!(sink = S::NAME, attempt, error = %e, "preparing store failed, retrying"),
+                    |attempt, e| {
+                        warn!(sink = S::NAME, attempt, error = %e, "preparing store failed, retrying");
+                        // Shown by /v1/projections: a store that cannot be prepared (refused
+                        // credentials, say) is retried, not silently waited on.
+                        status.update(|s| {
+                            s.num_transient_retries += 1;
+                            s.state = "retrying";
+                            s.last_error = Some(e.to_string());
+                        });
+                    },
                     || sink.prepare(),
                 )
                 .await;
@@ -334,6 +344,9 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
             }
         }
         self.status.update(|s| {
+            if s.state == "retrying" {
+                s.last_error = None;
+            }
             s.state = "running";
             s.applied = cursor;
         });
