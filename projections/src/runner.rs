@@ -307,24 +307,14 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
     async fn run_inner(&mut self, cancel: &CancellationToken) -> Stop {
         let part = self.partition;
         {
+            // The shared retry shows a store that cannot be prepared (refused credentials,
+            // say) as retrying with its error in /v1/projections.
             let sink = &self.sink;
-            let status = &self.status;
             let prepared = self
-                .config
-                .retry
-                .run(
+                .with_retry(
                     cancel,
-                    |e: &SinkError| e.class == ErrorClass::Transient,
-                    |attempt, e| {
-                        warn!(sink = S::NAME, attempt, error = %e, "preparing store failed, retrying");
-                        // Shown by /v1/projections: a store that cannot be prepared (refused
-                        // credentials, say) is retried, not silently waited on.
-                        status.update(|s| {
-                            s.num_transient_retries += 1;
-                            s.state = "retrying";
-                            s.last_error = Some(e.to_string());
-                        });
-                    },
+                    "prepare store",
+                    |e: &SinkError| e.class,
                     || sink.prepare(),
                 )
                 .await;
@@ -344,9 +334,6 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
             }
         }
         self.status.update(|s| {
-            if s.state == "retrying" {
-                s.last_error = None;
-            }
             s.state = "running";
             s.applied = cursor;
         });

@@ -18,6 +18,7 @@ use projections::{AppliedVersion, LogSource, Partition, SinkError, SourceError, 
 use serde::Serialize;
 use tokio_postgres::Row;
 
+use super::append::prepared;
 use super::codec::{decode, decode_catalogue_row};
 use super::{db_message, LogError, PgLog};
 
@@ -241,10 +242,7 @@ impl PgLog {
         types: Option<&[&str]>,
     ) -> Result<StorePage, LogError> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(READ_AFTER)
-            .await
-            .map_err(LogError::db("prepare read"))?;
+        let stmt = prepared(&client, READ_AFTER, "prepare read").await?;
         let rows = client
             .query(
                 &stmt,
@@ -285,10 +283,7 @@ impl PgLog {
     /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
     pub async fn load(&self, doc_id: &DocId) -> Result<Document, LogError> {
         let client = self.client().await?;
-        let read_snapshot = client
-            .prepare_cached(READ_SNAPSHOT)
-            .await
-            .map_err(LogError::db("prepare snapshot read"))?;
+        let read_snapshot = prepared(&client, READ_SNAPSHOT, "prepare snapshot read").await?;
         let snapshot = client
             .query_opt(&read_snapshot, &[&doc_id.as_str()])
             .await
@@ -300,10 +295,7 @@ impl PgLog {
             },
             None => (Document::default(), 0),
         };
-        let read_stream = client
-            .prepare_cached(READ_STREAM_AFTER)
-            .await
-            .map_err(LogError::db("prepare stream read"))?;
+        let read_stream = prepared(&client, READ_STREAM_AFTER, "prepare stream read").await?;
         let rows = client
             .query(&read_stream, &[&doc_id.as_str(), &from])
             .await
@@ -408,10 +400,7 @@ impl PgLog {
     /// [`LogError::Unavailable`].
     pub async fn stream_state(&self, doc_id: &DocId) -> Result<Option<StreamState>, LogError> {
         let client = self.client().await?;
-        let read_state = client
-            .prepare_cached(READ_STREAM_STATE)
-            .await
-            .map_err(LogError::db("prepare stream state read"))?;
+        let read_state = prepared(&client, READ_STREAM_STATE, "prepare stream state read").await?;
         let row = client
             .query_opt(&read_state, &[&doc_id.as_str()])
             .await
@@ -553,13 +542,13 @@ impl PgLog {
         let client = self.client().await?;
         let ids: Vec<&str> = done.iter().map(|d| d.doc_id.as_str()).collect();
         let versions: Vec<i64> = done.iter().map(|d| d.version as i64).collect();
-        let record = client
-            .prepare_cached(
-                "UPDATE streams s SET ready_version = GREATEST(s.ready_version, u.v)
+        let record = prepared(
+            &client,
+            "UPDATE streams s SET ready_version = GREATEST(s.ready_version, u.v)
                  FROM unnest($1::text[], $2::bigint[]) AS u(id, v) WHERE s.stream_id = u.id",
-            )
-            .await
-            .map_err(LogError::db("prepare readiness record"))?;
+            "prepare readiness record",
+        )
+        .await?;
         client
             .execute(&record, &[&ids, &versions])
             .await
@@ -620,10 +609,13 @@ impl LogSource for PgLog {
             .await
             .map_err(source_error("get connection"))?;
         let keys: Vec<Vec<u8>> = sha256s.iter().filter_map(|s| hex::decode(s).ok()).collect();
-        let read_blobs = client
-            .prepare_cached("SELECT sha256, content FROM blobs WHERE sha256 = ANY($1)")
-            .await
-            .map_err(pg_source_error("prepare blob read"))?;
+        let read_blobs = prepared(
+            &client,
+            "SELECT sha256, content FROM blobs WHERE sha256 = ANY($1)",
+            "prepare blob read",
+        )
+        .await
+        .map_err(source_error("prepare blob read"))?;
         let rows = client
             .query(&read_blobs, &[&keys])
             .await
@@ -679,17 +671,14 @@ impl LogSource for PgLog {
             .await
             .map_err(source_error("get connection"))?;
         // Never backwards: only a greater (epoch, xid, position) replaces the stored one.
-        let save = client
-            .prepare_cached(
-                "INSERT INTO projection_checkpoints AS c (sink, partition, log_id, epoch, xid, position)
+        let save = prepared(&client, "INSERT INTO projection_checkpoints AS c (sink, partition, log_id, epoch, xid, position)
                  VALUES ($1, $2, $3::text::uuid, $4, $5::text::xid8, $6)
                  ON CONFLICT (sink, partition) DO UPDATE
                     SET epoch = EXCLUDED.epoch, xid = EXCLUDED.xid, position = EXCLUDED.position,
                         log_id = EXCLUDED.log_id, updated_at = now()
-                  WHERE (c.epoch, c.xid, c.position) < (EXCLUDED.epoch, EXCLUDED.xid, EXCLUDED.position)",
-            )
+                  WHERE (c.epoch, c.xid, c.position) < (EXCLUDED.epoch, EXCLUDED.xid, EXCLUDED.position)", "prepare checkpoint save")
             .await
-            .map_err(pg_source_error("prepare checkpoint save"))?;
+            .map_err(source_error("prepare checkpoint save"))?;
         client
             .execute(
                 &save,
@@ -730,10 +719,9 @@ impl LogSource for PgLog {
              FROM u WHERE s.stream_id = u.id AND s.stream_id IN (SELECT stream_id FROM locked)
              RETURNING s.stream_id, s.doc_version, s.mysql_version, s.milvus_version, s.s3_version, s.ready_version"
         );
-        let record = client
-            .prepare_cached(&sql)
+        let record = prepared(&client, &sql, "prepare applied versions record")
             .await
-            .map_err(pg_source_error("prepare applied versions record"))?;
+            .map_err(source_error("prepare applied versions record"))?;
         let rows = client
             .query(&record, &[&ids, &versions])
             .await
