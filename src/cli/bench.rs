@@ -51,6 +51,8 @@ const CEILING_S3_CONCURRENCY: usize = 32;
 const READY_POLL: Duration = Duration::from_millis(50);
 /// Longest wait for every document to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(900);
+/// How often the service's projections are looked at while waiting for readiness.
+const STATUS_POLL: Duration = Duration::from_secs(1);
 /// Attempts per step of the dual-write coordinator.
 const DUAL_WRITE_ATTEMPTS: u32 = 5;
 /// Requests in flight at most in the paced scenario (an open loop needs room to queue).
@@ -93,6 +95,11 @@ pub struct BenchArgs {
     /// The `docledger` executable to serve with (default: this one).
     #[arg(long)]
     pub bin: Option<PathBuf>,
+    /// Stop waiting, with the store's error, when a store has been shown `retrying` in the
+    /// service's `/v1/projections` for this many seconds (a store refusing every write, say a
+    /// wrong key, would otherwise hold the run until the 15-minute readiness timeout).
+    #[arg(long, default_value_t = 60)]
+    pub stuck_after_secs: u64,
     /// Keep the bench's databases, collections and buckets.
     #[arg(long)]
     pub keep: bool,
@@ -379,6 +386,19 @@ async fn prepared_stores(
     names: &Names,
     dim: usize,
 ) -> anyhow::Result<(MysqlSink, MilvusSink, S3Sink)> {
+    let (mysql, milvus, s3) = store_clients(config, names, dim).await?;
+    mysql.prepare().await?;
+    milvus.prepare().await?;
+    s3.prepare().await?;
+    Ok((mysql, milvus, s3))
+}
+
+/// The three store clients of `names`, without creating anything.
+async fn store_clients(
+    config: &Config,
+    names: &Names,
+    dim: usize,
+) -> anyhow::Result<(MysqlSink, MilvusSink, S3Sink)> {
     let mysql = MysqlSink::with_tls(
         &with_database(config.mysql_url.expose(), &names.name)?,
         &config.tls,
@@ -398,20 +418,22 @@ async fn prepared_stores(
         &names.bucket,
         &config.tls,
     )?;
-    mysql.prepare().await?;
-    milvus.prepare().await?;
-    s3.prepare().await?;
     Ok((mysql, milvus, s3))
 }
 
-/// Drops everything a scenario created (best effort).
+/// Drops everything a scenario created (best effort, each store on its own: a store that
+/// refused the run must not keep the others' leftovers).
 async fn drop_names(config: &Config, names: &Names, dim: usize) {
-    if let Ok((mysql, milvus, s3)) = prepared_stores(config, names, dim).await {
+    let server = with_database(config.mysql_url.expose(), "information_schema")
+        .and_then(|url| Ok(MysqlSink::with_tls(&url, &config.tls)?));
+    if let Ok(mysql) = server {
         if let Ok(mut conn) = mysql.pool().get_conn().await {
             let _ = conn
                 .query_drop(format!("DROP DATABASE IF EXISTS `{}`", names.name))
                 .await;
         }
+    }
+    if let Ok((_, milvus, s3)) = store_clients(config, names, dim).await {
         let _ = milvus.drop_collection().await;
         let _ = s3.drop_bucket().await;
     }
@@ -434,6 +456,8 @@ async fn drop_names(config: &Config, names: &Names, dim: usize) {
 struct Service {
     child: Child,
     base: String,
+    /// Where its standard error goes.
+    log: PathBuf,
 }
 
 impl Service {
@@ -460,6 +484,7 @@ impl Service {
         let service = Service {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            log: log_path.clone(),
         };
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -481,6 +506,14 @@ impl Service {
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the process has exited (it is a zombie until waited for, or gone).
+    fn exited(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).map_or(true, |stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+        })
     }
 
     /// Stops the service with SIGTERM (graceful shutdown) and waits for it.
@@ -678,8 +711,103 @@ async fn count_ready(mysql: &MysqlSink) -> Result<u64, mysql_async::Error> {
     Ok(ready.unwrap_or(0))
 }
 
-/// Waits until `n` rows are `ready`.
-async fn wait_ready(mysql: &MysqlSink, n: usize) -> anyhow::Result<()> {
+/// Watches the service's `GET /v1/projections` while the bench waits for readiness.
+struct StoreWatch<'a> {
+    service: &'a Service,
+    bearer: Option<&'a str>,
+    stuck_after: Duration,
+    http: reqwest::Client,
+    /// Since when each store has been seen `retrying`, and its latest error.
+    retrying: HashMap<String, (Instant, String)>,
+    next_poll: Instant,
+}
+
+impl<'a> StoreWatch<'a> {
+    fn new(service: &'a Service, bearer: Option<&'a str>, stuck_after: Duration) -> Self {
+        StoreWatch {
+            service,
+            bearer,
+            stuck_after,
+            http: reqwest::Client::new(),
+            retrying: HashMap::new(),
+            next_poll: Instant::now(),
+        }
+    }
+
+    /// The stores' states now (`None` when the service does not answer).
+    async fn stores(&self) -> Option<Vec<serde_json::Value>> {
+        let mut req = self
+            .http
+            .get(format!("{}/v1/projections", self.service.base))
+            .timeout(STATUS_POLL * 5);
+        if let Some(b) = self.bearer {
+            req = req.bearer_auth(b);
+        }
+        req.send().await.ok()?.json().await.ok()
+    }
+
+    /// Fails once a store has been `retrying` for longer than `stuck_after` (or the service
+    /// has exited); polls at most every [`STATUS_POLL`].
+    async fn check(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        if now < self.next_poll {
+            return Ok(());
+        }
+        self.next_poll = now + STATUS_POLL;
+        let Some(stores) = self.stores().await else {
+            if self.service.exited() {
+                bail!("docledger serve exited; see {:?}", self.service.log);
+            }
+            return Ok(());
+        };
+        let mut retrying = HashMap::new();
+        for store in &stores {
+            if store["state"] != "retrying" {
+                continue;
+            }
+            let name = store["name"].as_str().unwrap_or("?").to_owned();
+            let error = store["last_error"].as_str().unwrap_or("").to_owned();
+            let since = self.retrying.get(&name).map_or(now, |(since, _)| *since);
+            if now.duration_since(since) >= self.stuck_after {
+                bail!(
+                    "the {name} projection has been retrying for {}s: {error}; see {:?}",
+                    self.stuck_after.as_secs(),
+                    self.service.log
+                );
+            }
+            retrying.insert(name, (since, error));
+        }
+        self.retrying = retrying;
+        Ok(())
+    }
+
+    /// One line per store that is not keeping up, for a timeout's message.
+    async fn describe(&self) -> String {
+        match self.stores().await {
+            None => "the service does not answer".into(),
+            Some(stores) => stores
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} {} (lag {} events{})",
+                        s["name"].as_str().unwrap_or("?"),
+                        s["state"].as_str().unwrap_or("?"),
+                        s["lag_events"],
+                        s["last_error"]
+                            .as_str()
+                            .map(|e| format!(", last error: {e}"))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
+    }
+}
+
+/// Waits until `n` rows are `ready`; gives up with the store's error when `watch` sees a store
+/// stuck retrying.
+async fn wait_ready(mysql: &MysqlSink, n: usize, watch: &mut StoreWatch<'_>) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         let ready = match count_ready(mysql).await {
@@ -691,8 +819,12 @@ async fn wait_ready(mysql: &MysqlSink, n: usize) -> anyhow::Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("only {ready} of {n} documents ready after {READY_TIMEOUT:?}");
+            bail!(
+                "only {ready} of {n} documents ready after {READY_TIMEOUT:?}: {}",
+                watch.describe().await
+            );
         }
+        watch.check().await?;
         tokio::time::sleep(READY_POLL).await;
     }
 }
@@ -713,13 +845,18 @@ async fn run_docledger(
         &config.tls,
     )?;
     let bearer = super::bearer(config);
+    let mut watch = StoreWatch::new(
+        &service,
+        bearer.as_deref(),
+        Duration::from_secs(args.stuck_after_secs),
+    );
     // Steady state, not start-up: a new service's first documents wait while its projectors
     // create the bench's Milvus collection, index and bucket (about 3 s here). One document
     // through every store first; the clock starts after it.
     let warm_up = Instant::now();
     let warm_doc = generate("warmup", 1, args.blob_bytes, args.chunks, args.dim);
     send_all(&service.base, &warm_doc, 1, 0, bearer.as_deref(), None).await?;
-    wait_ready(&mysql, warm_doc.len()).await?;
+    wait_ready(&mysql, warm_doc.len(), &mut watch).await?;
     eprintln!(
         "docledger: warm-up document consistent {:.1}s after start",
         warm_up.elapsed().as_secs_f64()
@@ -736,7 +873,7 @@ async fn run_docledger(
     )
     .await?;
     let sent = started.elapsed().as_secs_f64();
-    wait_ready(&mysql, warm_doc.len() + docs.len()).await?;
+    wait_ready(&mysql, warm_doc.len() + docs.len(), &mut watch).await?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu_end = cpu_snapshot(Some(service.pid()), Some(&names.name));
     let peak_rss = status_kib(service.pid(), "VmHWM:");
