@@ -466,6 +466,20 @@ async fn load_rebuilds_the_applied_state_with_or_without_snapshot() -> Result<()
     );
     log.save_snapshot(&doc_id, &document).await?;
     assert_eq!(log.load(&doc_id).await?, document);
+    // A snapshot of a shape this build cannot read (an older one's): the whole stream is
+    // replayed instead.
+    client
+        .execute(
+            "UPDATE snapshots SET stream_version = 3, state = '{\"shape\": \"older\"}'",
+            &[],
+        )
+        .await
+        .context("outdate the snapshot")?;
+    assert_eq!(
+        log.load(&doc_id).await?,
+        document,
+        "an unreadable snapshot is replayed over"
+    );
     client
         .execute("DELETE FROM snapshots", &[])
         .await

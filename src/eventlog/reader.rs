@@ -42,12 +42,25 @@ ORDER BY events.epoch, events.xid, events.position
 LIMIT $6
 "#;
 
-/// A document's snapshot (statements run for every document a command loads are prepared
-/// once per connection: parsing and planning them again would cost the log more than running
-/// them).
-const READ_SNAPSHOT: &str = "SELECT stream_version, state FROM snapshots WHERE stream_id = $1";
+/// A document's snapshot and the events after it, in stream order, in one statement: one
+/// round trip per document a command loads (statements run for every loaded document are
+/// prepared once per connection: parsing and planning them again would cost the log more
+/// than running them). Columns: the event's position, type, version, payload and vectors
+/// (all NULL in the one row of a stream without events after its snapshot), then the
+/// snapshot's version and, in the first row only, its state (NULL without a snapshot).
+const READ_DOCUMENT: &str = r#"
+SELECT e.position, e.event_type, e.event_version, e.payload, e.vectors,
+       s.stream_version,
+       CASE WHEN row_number() OVER (ORDER BY e.stream_version) = 1 THEN s.state END
+FROM (SELECT $1::text AS stream_id) AS k
+LEFT JOIN snapshots s ON s.stream_id = k.stream_id
+LEFT JOIN events e ON e.stream_id = k.stream_id
+                  AND e.stream_version > COALESCE(s.stream_version, 0)
+ORDER BY e.stream_version
+"#;
 
-/// A stream's events after a stream version, in stream order.
+/// A stream's events after a stream version, in stream order (a load whose snapshot has an
+/// outdated shape replays the whole stream with it).
 const READ_STREAM_AFTER: &str = r#"
 SELECT epoch, xid::text, position, stream_id, stream_version, event_type, event_version,
        payload, vectors, (extract(epoch FROM recorded_at) * 1000)::bigint
@@ -283,25 +296,38 @@ impl PgLog {
     /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
     pub async fn load(&self, doc_id: &DocId) -> Result<Document, LogError> {
         let client = self.client().await?;
-        let read_snapshot = prepared(&client, READ_SNAPSHOT, "prepare snapshot read").await?;
-        let snapshot = client
-            .query_opt(&read_snapshot, &[&doc_id.as_str()])
-            .await
-            .map_err(LogError::db("read snapshot"))?;
-        let (mut doc, from) = match snapshot {
-            Some(row) => match serde_json::from_value::<Document>(row.get(1)) {
-                Ok(doc) => (doc, row.get::<_, i64>(0)),
-                Err(_) => (Document::default(), 0), // an outdated snapshot shape: replay all
-            },
-            None => (Document::default(), 0),
-        };
-        let read_stream = prepared(&client, READ_STREAM_AFTER, "prepare stream read").await?;
+        let read = prepared(&client, READ_DOCUMENT, "prepare document read").await?;
         let rows = client
-            .query(&read_stream, &[&doc_id.as_str(), &from])
+            .query(&read, &[&doc_id.as_str()])
             .await
-            .map_err(LogError::db("load stream"))?;
+            .map_err(LogError::db("load document"))?;
+        let mut doc = Document::default();
+        if let Some(state) = rows
+            .first()
+            .and_then(|row| row.get::<_, Option<serde_json::Value>>(6))
+        {
+            match serde_json::from_value::<Document>(state) {
+                Ok(snapshot) => doc = snapshot,
+                Err(_) => {
+                    // An outdated snapshot shape: replay the whole stream.
+                    let read_all =
+                        prepared(&client, READ_STREAM_AFTER, "prepare stream read").await?;
+                    let rows = client
+                        .query(&read_all, &[&doc_id.as_str(), &0i64])
+                        .await
+                        .map_err(LogError::db("load stream"))?;
+                    for row in &rows {
+                        doc.apply_event(&decode_row(row)?.event);
+                    }
+                    return Ok(doc);
+                }
+            }
+        }
         for row in &rows {
-            doc.apply_event(&decode_row(row)?.event);
+            let Some(position) = row.get::<_, Option<i64>>(0) else {
+                continue; // no events after the snapshot
+            };
+            doc.apply_event(&decode_event_columns(row, 1, position)?);
         }
         Ok(doc)
     }
