@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{docledger_command, service_vars};
 use mysql_async::prelude::Queryable;
 use projections::milvus::MilvusSink;
@@ -32,12 +34,15 @@ async fn a_store_refusing_every_write_ends_the_bench_with_its_error() {
         .env("DOCLEDGER_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .expect("docledger bench starts");
     let run = format!("bench_{}_", child.id().expect("pid"));
-    let out = child
-        .wait_with_output()
+    // Without the watch the bench would wait for readiness for 15 minutes: a bound here
+    // makes that a failure instead of a hung test.
+    let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
         .await
+        .expect("the bench gives up on the stuck store by itself")
         .expect("docledger bench ends");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -58,10 +63,7 @@ async fn a_store_refusing_every_write_ends_the_bench_with_its_error() {
 
     // The docledger scenario's log database, MySQL database and Milvus collection (created
     // before S3 failed) are dropped like those of a finished run.
-    let (pg, conn) = tokio_postgres::connect(&env.pg_url, tokio_postgres::NoTls)
-        .await
-        .expect("postgres");
-    tokio::spawn(conn);
+    let pg = common::log::connect(&env.pg_url).await.expect("postgres");
     let left = pg
         .query(
             "SELECT datname FROM pg_database WHERE starts_with(datname, $1)",

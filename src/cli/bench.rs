@@ -203,6 +203,8 @@ impl Doc {
 /// One process as `/proc/<pid>/stat` and `cmdline` show it.
 struct ProcInfo {
     comm: String,
+    /// `R`, `S`, ...; `Z` once exited and not yet waited for.
+    state: char,
     ppid: u32,
     ticks: u64,
     cmdline: String,
@@ -215,6 +217,7 @@ fn read_proc(pid: u32) -> Option<ProcInfo> {
     let comm = stat[open + 1..close].to_owned();
     let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
     // After the comm: state(0) ppid(1) ... utime(11) stime(12).
+    let state = fields.first()?.chars().next()?;
     let ppid = fields.get(1)?.parse().ok()?;
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
@@ -223,6 +226,7 @@ fn read_proc(pid: u32) -> Option<ProcInfo> {
         .unwrap_or_default();
     Some(ProcInfo {
         comm,
+        state,
         ppid,
         ticks: utime + stime,
         cmdline,
@@ -510,10 +514,7 @@ impl Service {
 
     /// Whether the process has exited (it is a zombie until waited for, or gone).
     fn exited(&self) -> bool {
-        std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).map_or(true, |stat| {
-            stat.rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
-        })
+        read_proc(self.pid()).is_none_or(|p| matches!(p.state, 'Z' | 'X'))
     }
 
     /// Stops the service with SIGTERM (graceful shutdown) and waits for it.
@@ -781,7 +782,7 @@ impl<'a> StoreWatch<'a> {
         Ok(())
     }
 
-    /// One line per store that is not keeping up, for a timeout's message.
+    /// Each store's state, lag and last error, for a timeout's message.
     async fn describe(&self) -> String {
         match self.stores().await {
             None => "the service does not answer".into(),

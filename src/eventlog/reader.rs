@@ -46,11 +46,10 @@ LIMIT $6
 /// round trip per document a command loads (statements run for every loaded document are
 /// prepared once per connection: parsing and planning them again would cost the log more
 /// than running them). Columns: the event's position, type, version, payload and vectors
-/// (all NULL in the one row of a stream without events after its snapshot), then the
-/// snapshot's version and, in the first row only, its state (NULL without a snapshot).
+/// (all NULL in the one row of a stream without events after its snapshot), then, in the
+/// first row only, the snapshot's state (NULL without a snapshot).
 const READ_DOCUMENT: &str = r#"
 SELECT e.position, e.event_type, e.event_version, e.payload, e.vectors,
-       s.stream_version,
        CASE WHEN row_number() OVER (ORDER BY e.stream_version) = 1 THEN s.state END
 FROM (SELECT $1::text AS stream_id) AS k
 LEFT JOIN snapshots s ON s.stream_id = k.stream_id
@@ -59,12 +58,22 @@ LEFT JOIN events e ON e.stream_id = k.stream_id
 ORDER BY e.stream_version
 "#;
 
-/// A stream's events after a stream version, in stream order (a load whose snapshot has an
-/// outdated shape replays the whole stream with it).
-const READ_STREAM_AFTER: &str = r#"
+/// A stream's events with their places in the log, in stream order.
+const READ_STREAM: &str = r#"
 SELECT epoch, xid::text, position, stream_id, stream_version, event_type, event_version,
        payload, vectors, (extract(epoch FROM recorded_at) * 1000)::bigint
-FROM events WHERE stream_id = $1 AND stream_version > $2 ORDER BY stream_version
+FROM events WHERE stream_id = $1 ORDER BY stream_version
+"#;
+
+/// A projection's checkpoint, never moved backwards: only a greater (epoch, xid, position)
+/// replaces the stored one.
+const SAVE_CHECKPOINT: &str = r#"
+INSERT INTO projection_checkpoints AS c (sink, partition, log_id, epoch, xid, position)
+VALUES ($1, $2, $3::text::uuid, $4, $5::text::xid8, $6)
+ON CONFLICT (sink, partition) DO UPDATE
+   SET epoch = EXCLUDED.epoch, xid = EXCLUDED.xid, position = EXCLUDED.position,
+       log_id = EXCLUDED.log_id, updated_at = now()
+ WHERE (c.epoch, c.xid, c.position) < (EXCLUDED.epoch, EXCLUDED.xid, EXCLUDED.position)
 "#;
 
 /// A document's versions, per store and overall.
@@ -304,22 +313,15 @@ impl PgLog {
         let mut doc = Document::default();
         if let Some(state) = rows
             .first()
-            .and_then(|row| row.get::<_, Option<serde_json::Value>>(6))
+            .and_then(|row| row.get::<_, Option<serde_json::Value>>(5))
         {
             match serde_json::from_value::<Document>(state) {
                 Ok(snapshot) => doc = snapshot,
                 Err(_) => {
-                    // An outdated snapshot shape: replay the whole stream.
-                    let read_all =
-                        prepared(&client, READ_STREAM_AFTER, "prepare stream read").await?;
-                    let rows = client
-                        .query(&read_all, &[&doc_id.as_str(), &0i64])
-                        .await
-                        .map_err(LogError::db("load stream"))?;
-                    for row in &rows {
-                        doc.apply_event(&decode_row(row)?.event);
-                    }
-                    return Ok(doc);
+                    // A snapshot of an older shape: replay the whole stream.
+                    drop(client);
+                    let events = self.stream_records(doc_id).await?;
+                    return Ok(Document::replay(events.iter().map(|e| &e.event)));
                 }
             }
         }
@@ -342,13 +344,9 @@ impl PgLog {
         doc_id: &DocId,
     ) -> Result<Vec<RecordedEvent<DocumentEvent>>, LogError> {
         let client = self.client().await?;
+        let read = prepared(&client, READ_STREAM, "prepare stream read").await?;
         let rows = client
-            .query(
-                "SELECT epoch, xid::text, position, stream_id, stream_version, event_type, event_version,
-                        payload, vectors, (extract(epoch FROM recorded_at) * 1000)::bigint
-                 FROM events WHERE stream_id = $1 ORDER BY stream_version",
-                &[&doc_id.as_str()],
-            )
+            .query(&read, &[&doc_id.as_str()])
             .await
             .map_err(LogError::db("read stream records"))?;
         rows.iter().map(decode_row).collect()
@@ -583,10 +581,18 @@ impl PgLog {
     }
 }
 
-fn source_error(operation: &'static str) -> impl FnOnce(LogError) -> SourceError {
-    move |e| SourceError {
-        operation,
-        message: e.to_string(),
+/// A log failure as the projection port's error. An unavailable database keeps its own
+/// operation and message, so the runner's status reads "log prepare blob read failed: ..."
+/// once, not wrapped in a second "failed".
+impl From<LogError> for SourceError {
+    fn from(e: LogError) -> SourceError {
+        match e {
+            LogError::Unavailable { operation, message } => SourceError { operation, message },
+            other => SourceError {
+                operation: "read",
+                message: other.to_string(),
+            },
+        }
     }
 }
 
@@ -618,9 +624,9 @@ impl LogSource for PgLog {
         part: Partition,
         limit: usize,
     ) -> Result<StorePage, SourceError> {
-        self.read_page(after, part, limit, Some(&store.event_types()))
-            .await
-            .map_err(source_error("read"))
+        Ok(self
+            .read_page(after, part, limit, Some(&store.event_types()))
+            .await?)
     }
 
     async fn wait_for_append(&self, timeout: Duration) {
@@ -630,18 +636,14 @@ impl LogSource for PgLog {
     }
 
     async fn load_blobs(&self, sha256s: &[String]) -> Result<HashMap<String, Bytes>, SourceError> {
-        let client = self
-            .client()
-            .await
-            .map_err(source_error("get connection"))?;
+        let client = self.client().await?;
         let keys: Vec<Vec<u8>> = sha256s.iter().filter_map(|s| hex::decode(s).ok()).collect();
         let read_blobs = prepared(
             &client,
             "SELECT sha256, content FROM blobs WHERE sha256 = ANY($1)",
             "prepare blob read",
         )
-        .await
-        .map_err(source_error("prepare blob read"))?;
+        .await?;
         let rows = client
             .query(&read_blobs, &[&keys])
             .await
@@ -662,10 +664,7 @@ impl LogSource for PgLog {
         sink: &'static str,
         part: Partition,
     ) -> Result<Option<(String, LogCursor)>, SourceError> {
-        let client = self
-            .client()
-            .await
-            .map_err(source_error("get connection"))?;
+        let client = self.client().await?;
         let row = client
             .query_opt(
                 "SELECT log_id::text, epoch, xid::text, position FROM projection_checkpoints
@@ -692,19 +691,8 @@ impl LogSource for PgLog {
         part: Partition,
         cursor: LogCursor,
     ) -> Result<(), SourceError> {
-        let client = self
-            .client()
-            .await
-            .map_err(source_error("get connection"))?;
-        // Never backwards: only a greater (epoch, xid, position) replaces the stored one.
-        let save = prepared(&client, "INSERT INTO projection_checkpoints AS c (sink, partition, log_id, epoch, xid, position)
-                 VALUES ($1, $2, $3::text::uuid, $4, $5::text::xid8, $6)
-                 ON CONFLICT (sink, partition) DO UPDATE
-                    SET epoch = EXCLUDED.epoch, xid = EXCLUDED.xid, position = EXCLUDED.position,
-                        log_id = EXCLUDED.log_id, updated_at = now()
-                  WHERE (c.epoch, c.xid, c.position) < (EXCLUDED.epoch, EXCLUDED.xid, EXCLUDED.position)", "prepare checkpoint save")
-            .await
-            .map_err(source_error("prepare checkpoint save"))?;
+        let client = self.client().await?;
+        let save = prepared(&client, SAVE_CHECKPOINT, "prepare checkpoint save").await?;
         client
             .execute(
                 &save,
@@ -727,10 +715,7 @@ impl LogSource for PgLog {
         store: StoreKind,
         applied: &[AppliedVersion],
     ) -> Result<Vec<AppliedVersion>, SourceError> {
-        let client = self
-            .client()
-            .await
-            .map_err(source_error("get connection"))?;
+        let client = self.client().await?;
         let mut sorted: Vec<&AppliedVersion> = applied.iter().collect();
         sorted.sort_by(|a, b| a.doc_id.cmp(&b.doc_id));
         let ids: Vec<&str> = sorted.iter().map(|a| a.doc_id.as_str()).collect();
@@ -745,9 +730,7 @@ impl LogSource for PgLog {
              FROM u WHERE s.stream_id = u.id AND s.stream_id IN (SELECT stream_id FROM locked)
              RETURNING s.stream_id, s.doc_version, s.mysql_version, s.milvus_version, s.s3_version, s.ready_version"
         );
-        let record = prepared(&client, &sql, "prepare applied versions record")
-            .await
-            .map_err(source_error("prepare applied versions record"))?;
+        let record = prepared(&client, &sql, "prepare applied versions record").await?;
         let rows = client
             .query(&record, &[&ids, &versions])
             .await
@@ -776,10 +759,7 @@ impl LogSource for PgLog {
         change: &DocChange,
         error: &SinkError,
     ) -> Result<(), SourceError> {
-        let client = self
-            .client()
-            .await
-            .map_err(source_error("get connection"))?;
+        let client = self.client().await?;
         client
             .execute(
                 "INSERT INTO parked_changes (sink, stream_id, version, position, error) VALUES ($1, $2, $3, $4, $5)",
@@ -799,5 +779,22 @@ impl LogSource for PgLog {
             .await
             .map_err(pg_source_error("notify parked change"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_failure_reaches_the_runner_named_once() {
+        let e = SourceError::from(LogError::Unavailable {
+            operation: "prepare blob read",
+            message: "connection reset".into(),
+        });
+        assert_eq!(
+            e.to_string(),
+            "log prepare blob read failed: connection reset"
+        );
     }
 }
