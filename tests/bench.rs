@@ -30,6 +30,8 @@ async fn a_store_refusing_every_write_ends_the_bench_with_its_error() {
             "8",
             "--stuck-after-secs",
             "3",
+            "--settle-secs",
+            "0",
         ])
         .env("DOCLEDGER_LOG", "warn")
         .stdout(std::process::Stdio::piped())

@@ -1,7 +1,10 @@
 //! `docledger bench`: measures docledger end to end against the dual-write coordinator it
 //! replaces and against each store's own bulk ceiling, in one run, on the real stores named
-//! by the configuration, with bench-owned databases, collections and buckets (dropped at the
-//! end unless `--keep`).
+//! by the configuration, with bench-owned databases, collections and buckets (each dropped
+//! as soon as its scenario is measured, unless `--keep`). Every scenario starts on a quiet
+//! machine: the bench waits until the stores' background work (Milvus sealing and indexing,
+//! Garage deleting a dropped bucket's objects) has settled, so one scenario's leftovers do
+//! not count against the next.
 //!
 //! docledger runs as a spawned `docledger serve` (this executable), so its CPU and peak RSS
 //! are read from `/proc/<pid>` apart from the bench's own clients. CPU of the stores is the
@@ -59,6 +62,10 @@ const DUAL_WRITE_ATTEMPTS: u32 = 5;
 const PACED_SLOTS: usize = 256;
 /// Lines per NDJSON request in `--touch` mode.
 const TOUCH_BATCH_LINES: usize = 1000;
+/// A scenario starts once the machine's cores have been this idle over one [`QUIET_SAMPLE`].
+const QUIET_BUSY_FRACTION: f64 = 0.20;
+/// How long each reading of the machine's busy fraction lasts.
+const QUIET_SAMPLE: Duration = Duration::from_millis(500);
 
 /// Options of `docledger bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -100,6 +107,10 @@ pub struct BenchArgs {
     /// wrong key, would otherwise hold the run until the 15-minute readiness timeout).
     #[arg(long, default_value_t = 60)]
     pub stuck_after_secs: u64,
+    /// Before each scenario, wait at most this many seconds for the machine to settle (its
+    /// cores at most 20 % busy over half a second); 0 starts each scenario at once.
+    #[arg(long, default_value_t = 60)]
+    pub settle_secs: u64,
     /// Keep the bench's databases, collections and buckets.
     #[arg(long)]
     pub keep: bool,
@@ -740,6 +751,53 @@ async fn send_requests(
 /// starts, and nothing is ready before.
 const NOT_CREATED_YET: [u16; 2] = [1049, 1146];
 
+/// `(busy, total)` clock ticks of all cores since boot, from `/proc/stat`.
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let total: u64 = ticks.iter().sum();
+    // idle and iowait
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some((total - idle, total))
+}
+
+/// Waits until the machine's cores are at most [`QUIET_BUSY_FRACTION`] busy over one
+/// [`QUIET_SAMPLE`], at most `timeout` (then warns and returns).
+async fn wait_quiet(timeout: Duration) {
+    if timeout.is_zero() {
+        return;
+    }
+    let started = Instant::now();
+    let mut busy = f64::NAN;
+    while started.elapsed() < timeout {
+        let Some(before) = machine_ticks() else {
+            return;
+        };
+        tokio::time::sleep(QUIET_SAMPLE).await;
+        let Some(after) = machine_ticks() else {
+            return;
+        };
+        let total = after.1.saturating_sub(before.1).max(1);
+        busy = after.0.saturating_sub(before.0) as f64 / total as f64;
+        if busy <= QUIET_BUSY_FRACTION {
+            return;
+        }
+    }
+    eprintln!(
+        "the machine is still {:.0} % busy after {}s; the next scenario starts anyway",
+        busy * 100.0,
+        timeout.as_secs()
+    );
+}
+
 /// The number of `ready` rows.
 async fn count_ready(mysql: &MysqlSink) -> Result<u64, mysql_async::Error> {
     let mut conn = mysql.pool().get_conn().await?;
@@ -1175,9 +1233,23 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<String> {
         Names::new(&run, "ceil"),
         Names::new(&run, "dlh"),
     ];
+    // Each scenario's stores are dropped once it is measured, and the next one waits for
+    // the machine to settle.
+    let quiet = Duration::from_secs(args.settle_secs);
+    let settle = |names: &Names| {
+        let names = names.clone();
+        async move {
+            if !args.keep {
+                drop_names(config, &names, args.dim).await;
+            }
+            wait_quiet(quiet).await;
+        }
+    };
     let result = async {
+        wait_quiet(quiet).await;
         let (docledger, peak_rss) =
             run_docledger(config, args, &exe, &scenarios[0], &docs[..args.docs], None).await?;
+        settle(&scenarios[0]).await;
         let paced = if args.paced_docs == 0 {
             None
         } else {
@@ -1185,6 +1257,7 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<String> {
             let n = args.paced_docs.min(docs.len());
             let (row, _) =
                 run_docledger(config, args, &exe, &scenarios[4], &docs[..n], Some(rate)).await?;
+            settle(&scenarios[4]).await;
             Some(row)
         };
         let sequential = run_dual_write(
@@ -1195,6 +1268,7 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<String> {
             1,
         )
         .await?;
+        settle(&scenarios[1]).await;
         let concurrent = run_dual_write(
             config,
             args,
@@ -1203,6 +1277,7 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<String> {
             args.concurrency,
         )
         .await?;
+        settle(&scenarios[2]).await;
         let ceilings = run_ceilings(config, args, &scenarios[3], &docs[..args.docs]).await?;
         Ok::<_, anyhow::Error>((docledger, paced, peak_rss, sequential, concurrent, ceilings))
     }
