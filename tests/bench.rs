@@ -1,15 +1,17 @@
 //! `docledger bench` (issue 7) against the real stores, where it must not mislead: a store
 //! that refuses every write ends the run with that store's error, instead of a wait until the
-//! 15-minute readiness timeout, prints no table, and leaves none of the run's databases or
-//! collections behind.
+//! 15-minute readiness timeout, prints no table, and leaves none of the run's databases,
+//! collections or buckets behind; a finished run prints its table and leaves nothing either.
 
 mod common;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{docledger_command, service_vars};
 use mysql_async::prelude::Queryable;
 use projections::milvus::MilvusSink;
+use projections::testing::StoreEnv;
 
 const WRONG_SECRET: &str = "not-the-secret-key-of-this-store";
 
@@ -17,35 +19,21 @@ const WRONG_SECRET: &str = "not-the-secret-key-of-this-store";
 async fn a_store_refusing_every_write_ends_the_bench_with_its_error() {
     let (env, _, mut vars) = service_vars("bench_stuck", &[]);
     vars.insert("DOCLEDGER_S3_SECRET_KEY".into(), WRONG_SECRET.into());
-    let child = docledger_command(&vars)
-        .args([
-            "bench",
-            "--docs",
-            "4",
+    // Without the watch the bench would wait for readiness for 15 minutes: a bound here
+    // makes that a failure instead of a hung test.
+    let (out, run) = run_bench(
+        &vars,
+        &[
             "--sequential-docs",
             "1",
             "--paced-docs",
             "0",
-            "--dim",
-            "8",
             "--stuck-after-secs",
             "3",
-            "--settle-secs",
-            "0",
-        ])
-        .env("DOCLEDGER_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("docledger bench starts");
-    let run = format!("bench_{}_", child.id().expect("pid"));
-    // Without the watch the bench would wait for readiness for 15 minutes: a bound here
-    // makes that a failure instead of a hung test.
-    let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
-        .await
-        .expect("the bench gives up on the stuck store by itself")
-        .expect("docledger bench ends");
+        ],
+        Duration::from_secs(180),
+    )
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -65,6 +53,62 @@ async fn a_store_refusing_every_write_ends_the_bench_with_its_error() {
 
     // The docledger scenario's log database, MySQL database and Milvus collection (created
     // before S3 failed) are dropped like those of a finished run.
+    assert_nothing_left(&env, &run).await;
+}
+
+#[actix_rt::test]
+async fn a_finished_bench_prints_its_table_and_leaves_nothing_behind() {
+    let (env, _, vars) = service_vars("bench_small", &[]);
+    let (out, run) = run_bench(
+        &vars,
+        &["--sequential-docs", "2", "--paced-docs", "2"],
+        Duration::from_secs(300),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for row in [
+        "| docledger (PUTs, 16 in flight) | 4 |",
+        "| docledger (PUTs, paced at",
+        "| dual-write coordinator, 1 writer(s) | 2 |",
+        "| dual-write coordinator, 16 writer(s) | 4 |",
+        "| ceiling: S3 parallel PUTs (32 in flight) | 4 |",
+        "docledger / dual-write x16: ",
+    ] {
+        assert!(stdout.contains(row), "{row:?} missing from:\n{stdout}");
+    }
+    // Each scenario's stores are dropped once it is measured; none is left at the end.
+    assert_nothing_left(&env, &run).await;
+}
+
+/// Runs `docledger bench` on 4 documents of 8 dimensions with `args`, no settling between
+/// scenarios, bounded by `timeout`; returns its output and the prefix of its resources' names.
+async fn run_bench(
+    vars: &HashMap<String, String>,
+    args: &[&str],
+    timeout: Duration,
+) -> (std::process::Output, String) {
+    let child = docledger_command(vars)
+        .args(["bench", "--docs", "4", "--dim", "8", "--settle-secs", "0"])
+        .args(args)
+        .env("DOCLEDGER_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("docledger bench starts");
+    let run = format!("bench_{}_", child.id().expect("pid"));
+    let out = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .expect("the bench ends by itself in time")
+        .expect("docledger bench ends");
+    (out, run)
+}
+
+/// No log database, MySQL database, Milvus collection or bucket whose name starts with
+/// `run`.
+async fn assert_nothing_left(env: &StoreEnv, run: &str) {
     let pg = common::log::connect(&env.pg_url).await.expect("postgres");
     let left = pg
         .query(
@@ -96,7 +140,20 @@ async fn a_store_refusing_every_write_ends_the_bench_with_its_error() {
         .await
         .expect("collections")
         .into_iter()
-        .filter(|c| c.starts_with(&run))
+        .filter(|c| c.starts_with(run))
         .collect();
     assert!(left.is_empty(), "collections of the run are left: {left:?}");
+    let bucket_prefix = run.replace('_', "-");
+    let left: Vec<String> = common::sweep::s3_client(env)
+        .list_buckets()
+        .send()
+        .await
+        .expect("buckets")
+        .buckets()
+        .iter()
+        .filter_map(|b| b.name())
+        .filter(|b| b.starts_with(&bucket_prefix))
+        .map(str::to_owned)
+        .collect();
+    assert!(left.is_empty(), "buckets of the run are left: {left:?}");
 }

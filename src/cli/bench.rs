@@ -753,20 +753,31 @@ const NOT_CREATED_YET: [u16; 2] = [1049, 1146];
 
 /// `(busy, total)` clock ticks of all cores since boot, from `/proc/stat`.
 fn machine_ticks() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    busy_and_total(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// `(busy, total)` ticks of the `cpu` line of a `/proc/stat` text: user, nice, system, idle,
+/// iowait, irq, softirq and steal in all; idle and iowait are not busy (the guest fields
+/// after them are already counted in user and nice).
+fn busy_and_total(stat: &str) -> Option<(u64, u64)> {
     let ticks: Vec<u64> = stat
         .lines()
         .next()?
+        .strip_prefix("cpu ")?
         .split_whitespace()
-        .skip(1)
         .take(8)
         .map(str::parse)
         .collect::<Result<_, _>>()
         .ok()?;
     let total: u64 = ticks.iter().sum();
-    // idle and iowait
     let idle = ticks.get(3)? + ticks.get(4)?;
     Some((total - idle, total))
+}
+
+/// The share of the ticks between two [`machine_ticks`] readings that were busy.
+fn busy_fraction(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let total = after.1.saturating_sub(before.1).max(1);
+    after.0.saturating_sub(before.0) as f64 / total as f64
 }
 
 /// Waits until the machine's cores are at most [`QUIET_BUSY_FRACTION`] busy over one
@@ -785,8 +796,7 @@ async fn wait_quiet(timeout: Duration) {
         let Some(after) = machine_ticks() else {
             return;
         };
-        let total = after.1.saturating_sub(before.1).max(1);
-        busy = after.0.saturating_sub(before.0) as f64 / total as f64;
+        busy = busy_fraction(before, after);
         if busy <= QUIET_BUSY_FRACTION {
             return;
         }
@@ -1234,13 +1244,16 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<String> {
         Names::new(&run, "dlh"),
     ];
     // Each scenario's stores are dropped once it is measured, and the next one waits for
-    // the machine to settle.
+    // the machine to settle; whatever a failed run leaves is dropped at the end.
     let quiet = Duration::from_secs(args.settle_secs);
+    let dropped = std::cell::RefCell::new(std::collections::HashSet::new());
     let settle = |names: &Names| {
         let names = names.clone();
+        let dropped = &dropped;
         async move {
             if !args.keep {
                 drop_names(config, &names, args.dim).await;
+                dropped.borrow_mut().insert(names.name);
             }
             wait_quiet(quiet).await;
         }
@@ -1283,7 +1296,11 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<String> {
     }
     .await;
     if !args.keep {
-        for names in &scenarios {
+        let left: Vec<&Names> = scenarios
+            .iter()
+            .filter(|n| !dropped.borrow().contains(&n.name))
+            .collect();
+        for names in left {
             drop_names(config, names, args.dim).await;
         }
     }
@@ -1528,4 +1545,31 @@ async fn touch(
     }
     result?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first lines of a real `/proc/stat` (2 cores).
+    const STAT: &str = "cpu  100 20 30 400 50 6 4 10 7 0\n\
+                        cpu0 50 10 15 200 25 3 2 5 3 0\n\
+                        cpu1 50 10 15 200 25 3 2 5 4 0\n\
+                        intr 12345 0 0\n";
+
+    #[test]
+    fn idle_and_iowait_are_not_busy_and_guest_time_is_not_counted_twice() {
+        // user + nice + system + irq + softirq + steal; the guest fields (7, 0) are inside user.
+        assert_eq!(busy_and_total(STAT), Some((170, 620)));
+        assert_eq!(busy_and_total("intr 1 2 3\n"), None);
+        assert_eq!(busy_and_total(""), None);
+    }
+
+    #[test]
+    fn the_busy_fraction_is_of_the_ticks_between_two_readings() {
+        assert_eq!(busy_fraction((170, 620), (270, 1020)), 0.25);
+        // No tick between the readings (or a counter that went back) is not busy.
+        assert_eq!(busy_fraction((170, 620), (170, 620)), 0.0);
+        assert_eq!(busy_fraction((170, 620), (100, 600)), 0.0);
+    }
 }

@@ -107,7 +107,8 @@ async fn sweep_milvus(env: &StoreEnv) {
     }
 }
 
-async fn sweep_s3(env: &StoreEnv) {
+/// An S3 client of the test stores.
+pub fn s3_client(env: &StoreEnv) -> aws_sdk_s3::Client {
     let conf = aws_sdk_s3::config::Builder::new()
         .behavior_version_latest()
         .endpoint_url(&env.s3_endpoint)
@@ -121,7 +122,11 @@ async fn sweep_s3(env: &StoreEnv) {
         ))
         .force_path_style(true)
         .build();
-    let s3 = aws_sdk_s3::Client::from_conf(conf);
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+async fn sweep_s3(env: &StoreEnv) {
+    let s3 = s3_client(env);
     let Ok(buckets) = s3.list_buckets().send().await else {
         return;
     };
