@@ -1,8 +1,9 @@
 //! The log's bookkeeping queries against real PostgreSQL: which `(document, version)` pairs
 //! every store holds, as a rebuild reads it (the per-document lookup and the one-scan form,
-//! used when many rows are pending, must agree on every case), and the projection lag the
-//! status reports (counted up to a cap, so a long backlog never makes a status sample
-//! expensive).
+//! used when many rows are pending, must agree on every case), the records of applied and
+//! ready versions (a document named twice in one record keeps its newest version), and the
+//! projection lag the status reports (counted up to a cap, so a long backlog never makes a
+//! status sample expensive).
 
 mod common;
 
@@ -54,6 +55,109 @@ async fn lookup_and_scan_agree_on_which_versions_every_store_holds() -> Result<(
     let by_doc: HashMap<&str, u64> = asked.iter().copied().collect();
     let scanned = t.log.consistent_among(&by_doc).await?;
     assert_eq!(scanned, expected, "one scan of streams");
+
+    drop(raw);
+    t.drop_database().await
+}
+
+/// A rebuild records the versions it wrote over all its pages at once, so a document that
+/// changed between two pages is named twice, the older version first. PostgreSQL's
+/// `UPDATE ... FROM` uses one matching row per target row: the record used to keep the
+/// older version, and the document never became consistent although the store held the
+/// newer one (seen as `{"milvus":47,"mysql":48,"s3":48}` after a Milvus rebuild).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_named_twice_in_one_record_keeps_its_newest_version() -> Result<()> {
+    use aggregates::{DocId, StoreKind};
+    use projections::{AppliedVersion, LogSource};
+
+    let t = TestLog::create("named_twice_keeps_newest", 2).await?;
+    let raw = t.raw_client().await?;
+    // (stream, doc_version, mysql, milvus, s3)
+    let streams: [(&str, i64, i64, i64, i64); 3] = [
+        ("older-first", 48, 48, 46, 48),
+        ("newer-first", 48, 48, 46, 48),
+        ("thrice", 9, 9, 1, 9),
+    ];
+    for (id, version, mysql, milvus, s3) in streams {
+        raw.execute(
+            "INSERT INTO streams (stream_id, stream_version, doc_version, mysql_version,
+                                  milvus_version, s3_version)
+             VALUES ($1, $2, $2, $3, $4, $5)",
+            &[&id, &version, &mysql, &milvus, &s3],
+        )
+        .await?;
+    }
+    let at = |id: &str, version: u64| -> Result<AppliedVersion> {
+        Ok(AppliedVersion {
+            doc_id: DocId::parse(id)?,
+            version,
+        })
+    };
+    let record = vec![
+        at("older-first", 47)?,
+        at("newer-first", 48)?,
+        at("thrice", 7)?,
+        at("older-first", 48)?,
+        at("thrice", 9)?,
+        at("newer-first", 47)?,
+        at("thrice", 8)?,
+    ];
+    let mut consistent = LogSource::record_applied(&t.log, StoreKind::Milvus, &record).await?;
+    consistent.sort_by(|a, b| a.doc_id.cmp(&b.doc_id));
+    let rows = raw
+        .query(
+            "SELECT stream_id, milvus_version, ready_version FROM streams ORDER BY stream_id",
+            &[],
+        )
+        .await?;
+    let recorded: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        recorded,
+        vec![
+            ("newer-first".to_owned(), 48),
+            ("older-first".to_owned(), 48),
+            ("thrice".to_owned(), 9)
+        ],
+        "each document's newest recorded version"
+    );
+    assert_eq!(
+        consistent,
+        vec![
+            at("newer-first", 48)?,
+            at("older-first", 48)?,
+            at("thrice", 9)?
+        ],
+        "each document became consistent once, at its version"
+    );
+
+    // Readiness records the newest version too, and neither record ever goes back.
+    t.log
+        .record_ready(&[
+            at("older-first", 47)?,
+            at("older-first", 48)?,
+            at("thrice", 9)?,
+        ])
+        .await?;
+    LogSource::record_applied(&t.log, StoreKind::Milvus, &[at("thrice", 2)?]).await?;
+    t.log.record_ready(&[at("thrice", 2)?]).await?;
+    let rows = raw
+        .query(
+            "SELECT stream_id, milvus_version, ready_version FROM streams ORDER BY stream_id",
+            &[],
+        )
+        .await?;
+    let after: Vec<(String, i64, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        after,
+        vec![
+            ("newer-first".to_owned(), 48, 0),
+            ("older-first".to_owned(), 48, 48),
+            ("thrice".to_owned(), 9, 9)
+        ]
+    );
 
     drop(raw);
     t.drop_database().await

@@ -249,6 +249,85 @@ async fn milvus_client(svc: &TestService) -> ClientV2 {
     .expect("milvus connects")
 }
 
+/// Posts a pause or resume of `store`'s projectors.
+async fn switch_projectors(http: &reqwest::Client, svc: &TestService, store: &str, action: &str) {
+    let res = http
+        .post(svc.url(&format!("/v1/projections/{store}/{action}")))
+        .send()
+        .await
+        .expect("pause or resume");
+    assert_eq!(
+        res.status(),
+        200,
+        "{}",
+        res.text().await.unwrap_or_default()
+    );
+}
+
+/// A rebuild records, for each document it wrote past the store's checkpoint, that the store
+/// holds the version it wrote. Here the document changed twice while Milvus' projectors were
+/// paused, and the rebuild read its two versions in two pages (one event a page), the older
+/// first. The record named the document twice and PostgreSQL's `UPDATE ... FROM` kept one
+/// of them, the older: Milvus held version 2, the log said 1, and the document never became
+/// consistent (seen as `"stores":{"milvus":47,"mysql":48,"s3":48}` under ingestion).
+#[actix_rt::test]
+async fn a_rebuild_records_the_newest_version_of_a_document_read_in_two_pages() {
+    let svc = TestService::start(
+        "rebuild_records_newest",
+        &[("DOCLEDGER_REBUILD_PAGE_EVENTS", "1")],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let acked: Acked = Arc::default();
+    switch_projectors(&http, &svc, "milvus", "pause").await;
+    put(
+        &http,
+        &svc,
+        "twice",
+        &body("first", 2, Some(b"one")),
+        &acked,
+    )
+    .await;
+    put(
+        &http,
+        &svc,
+        "twice",
+        &body("second", 3, Some(b"two")),
+        &acked,
+    )
+    .await;
+    let url = svc.doc_url("twice", "");
+    let held = |want: Value| {
+        let (http, url) = (http.clone(), url.clone());
+        move || {
+            let (http, url, want) = (http.clone(), url.clone(), want.clone());
+            async move {
+                let got: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                (got["stores"] == want).then_some(got)
+            }
+        }
+    };
+    eventually(
+        Duration::from_secs(30),
+        "MySQL and S3 at version 2, Milvus paused before version 1",
+        held(json!({"mysql": 2, "milvus": null, "s3": 2})),
+    )
+    .await;
+
+    rebuild_via_api(&svc, "milvus").await;
+    // The operator's pause outlives the rebuild: only the rebuild's record moved Milvus.
+    let got = eventually(
+        Duration::from_secs(10),
+        "every store recorded at version 2",
+        held(json!({"mysql": 2, "milvus": 2, "s3": 2})),
+    )
+    .await;
+    assert_eq!(got["consistent"], true, "{got}");
+    switch_projectors(&http, &svc, "milvus", "resume").await;
+    assert_converged(&svc, &acked).await;
+    svc.stop().await;
+}
+
 /// Pages of a few events, so every rebuild reads the log in many pages ahead of its writer
 /// (the default page holds 5000 events, more than these tests append).
 const SMALL_PAGES: &[(&str, &str)] = &[("DOCLEDGER_REBUILD_PAGE_EVENTS", "7")];

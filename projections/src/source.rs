@@ -84,8 +84,9 @@ pub trait LogSource: Clone + Send + Sync + 'static {
         cursor: LogCursor,
     ) -> impl Future<Output = Result<(), SourceError>> + Send;
 
-    /// Records that `store` holds these versions; returns the documents that thereby became
-    /// consistent (all three stores at the document's current version).
+    /// Records that `store` holds these versions (a document named more than once holds
+    /// the newest; a recorded version never goes down); returns the documents that thereby
+    /// became consistent (all three stores at the document's current version).
     fn record_applied(
         &self,
         store: StoreKind,

@@ -69,8 +69,8 @@ pub fn spawn(
     })
 }
 
-/// Keeps one entry per document, at its newest reported version (the log's readiness
-/// update joins on the document and would otherwise take any of them).
+/// Keeps one entry per document, at its newest reported version: fewer rows to send (the
+/// log's readiness update keeps a document's newest version of several itself).
 fn newest_per_document(batch: &mut Vec<AppliedVersion>) {
     batch.sort_by(|a, b| a.doc_id.cmp(&b.doc_id).then(b.version.cmp(&a.version)));
     batch.dedup_by(|later, first| later.doc_id == first.doc_id);

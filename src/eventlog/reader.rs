@@ -566,10 +566,13 @@ impl PgLog {
         let client = self.client().await?;
         let ids: Vec<&str> = done.iter().map(|d| d.doc_id.as_str()).collect();
         let versions: Vec<i64> = done.iter().map(|d| d.version as i64).collect();
+        // One row per document, its newest version (see `record_applied`).
         let record = prepared(
             &client,
             "UPDATE streams s SET ready_version = GREATEST(s.ready_version, u.v)
-                 FROM unnest($1::text[], $2::bigint[]) AS u(id, v) WHERE s.stream_id = u.id",
+                 FROM (SELECT id, max(v) AS v FROM unnest($1::text[], $2::bigint[]) AS u(id, v)
+                        GROUP BY id) u
+                WHERE s.stream_id = u.id",
             "prepare readiness record",
         )
         .await?;
@@ -721,9 +724,13 @@ impl LogSource for PgLog {
         let ids: Vec<&str> = sorted.iter().map(|a| a.doc_id.as_str()).collect();
         let versions: Vec<i64> = sorted.iter().map(|a| a.version as i64).collect();
         let column = applied_column(store);
-        // Rows are locked in doc_id order so the three stores' runners never deadlock.
+        // Rows are locked in doc_id order so the three stores' runners never deadlock. A
+        // document named more than once (a rebuild records the versions of all its pages at
+        // once) counts with its newest version: `UPDATE ... FROM` applies one arbitrary
+        // matching row per target row, in practice the first, which was the oldest.
         let sql = format!(
-            "WITH u AS (SELECT * FROM unnest($1::text[], $2::bigint[]) AS u(id, v)),
+            "WITH u AS (SELECT id, max(v) AS v FROM unnest($1::text[], $2::bigint[]) AS u(id, v)
+                        GROUP BY id),
                   locked AS (SELECT s.stream_id FROM streams s WHERE s.stream_id = ANY($1)
                              ORDER BY s.stream_id FOR UPDATE)
              UPDATE streams s SET {column} = GREATEST(s.{column}, u.v)
