@@ -44,6 +44,9 @@ const KEYS: &[(&str, Option<&str>)] = &[
     // Events a rebuild reads per page of the log.
     ("REBUILD_PAGE_EVENTS", Some("5000")),
     ("IDLE_POLL_MS", Some("500")),
+    // After a batch that was not full, a projector's next read waits until this long after
+    // its previous one (0 = no wait): single commands are applied in fewer, larger batches.
+    ("PROJECTOR_LINGER_MS", Some("50")),
     ("RETRY_BASE_MS", Some("50")),
     ("RETRY_MAX_MS", Some("10000")),
     // How often a process tries to take free projector partition leases (and pings the
@@ -151,6 +154,8 @@ pub struct ProjectionConfig {
     pub rebuild_page_events: usize,
     /// Poll interval when no NOTIFY arrives.
     pub idle_poll: Duration,
+    /// Least time between a projector's reads after a batch that was not full.
+    pub linger: Duration,
     /// First backoff ceiling.
     pub retry_base: Duration,
     /// Largest backoff ceiling.
@@ -503,6 +508,7 @@ impl Config {
                 batch_size: positive("BATCH_SIZE")?,
                 rebuild_page_events: positive("REBUILD_PAGE_EVENTS")?,
                 idle_poll: Duration::from_millis(positive("IDLE_POLL_MS")? as u64),
+                linger: Duration::from_millis(v.num::<u64>("PROJECTOR_LINGER_MS")?),
                 retry_base: Duration::from_millis(positive("RETRY_BASE_MS")? as u64),
                 retry_max: Duration::from_millis(positive("RETRY_MAX_MS")? as u64),
                 lease_poll: Duration::from_millis(positive("LEASE_POLL_MS")? as u64),

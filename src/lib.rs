@@ -145,6 +145,7 @@ pub async fn serve(
     let runner_config = RunnerConfig {
         batch_size: config.projection.batch_size,
         idle_poll: config.projection.idle_poll,
+        linger: config.projection.linger,
         retry,
     };
     let projection_cancel = CancellationToken::new();

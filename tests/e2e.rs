@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::TestService;
@@ -533,5 +533,101 @@ async fn ids_are_case_sensitive_and_bad_requests_change_nothing() {
     }
     assert_eq!(value("docledger_projection_parked_total"), 0.0);
     assert_eq!(value("docledger_compensations_open "), 0.0);
+    svc.stop().await;
+}
+
+/// Batches each store's projectors have applied since they started, by store.
+async fn batches_by_store(http: &reqwest::Client, svc: &TestService) -> Vec<(String, u64)> {
+    let (status, p) = send(http.get(svc.url("/v1/projections"))).await;
+    assert_eq!(status, 200, "{p}");
+    p.as_array()
+        .expect("array of stores")
+        .iter()
+        .map(|s| {
+            let name = s["name"].as_str().expect("store name").to_owned();
+            let partitions = s["partitions"].as_array().expect("partitions");
+            let n = partitions
+                .iter()
+                .map(|p| p["batches"].as_u64().expect("batches"))
+                .sum();
+            (name, n)
+        })
+        .collect()
+}
+
+/// `DOCLEDGER_PROJECTOR_LINGER_MS`: after a batch that was not full, a projector reads again
+/// no sooner than the linger after its previous read, so commands sent one by one are
+/// applied in a few batches instead of one each; a command after a quiet spell is applied at
+/// once. With the linger at 0, MySQL took 7 batches for the ten PUTs below.
+#[actix_rt::test]
+async fn single_puts_are_applied_together_within_the_linger_and_a_lone_one_at_once() {
+    let svc = TestService::start(
+        "e2e_linger",
+        &[
+            ("DOCLEDGER_PROJECTOR_LINGER_MS", "1500"),
+            ("DOCLEDGER_PARTITIONS", "1"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    common::eventually(
+        Duration::from_secs(60),
+        "every store's projector running (its store prepared)",
+        || {
+            let http = http.clone();
+            let url = svc.url("/v1/projections");
+            async move {
+                let p: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                p.as_array()?
+                    .iter()
+                    .all(|s| s["state"] == "running")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    // A quiet service: the lone PUT is applied without waiting for the linger.
+    let started = Instant::now();
+    let (status, put) = send(
+        http.put(svc.doc_url("lone", "?consistency=applied&timeout_ms=1000"))
+            .json(&body("lone", &["alpha"], Some(b"lone bytes"))),
+    )
+    .await;
+    assert_eq!(status, 200, "{put}");
+    assert_eq!(put["consistent"], true, "{put}");
+    assert!(started.elapsed() < Duration::from_millis(1400));
+
+    // Each store's projector now lingers 1.5 s after that batch; ten PUTs sent one by one
+    // meanwhile are read together (two batches if the sending outlasts the linger).
+    let before = batches_by_store(&http, &svc).await;
+    for i in 0..10 {
+        let (status, put) = send(
+            http.put(svc.doc_url(&format!("one-by-one-{i}"), ""))
+                .json(&body("one by one", &["alpha", "beta"], Some(b"bytes"))),
+        )
+        .await;
+        assert_eq!(status, 200, "{put}");
+    }
+    for i in 0..10 {
+        let url = svc.doc_url(&format!("one-by-one-{i}"), "");
+        common::eventually(Duration::from_secs(30), "every PUT consistent", || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let d: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                (d["consistent"] == true).then_some(())
+            }
+        })
+        .await;
+    }
+    let after = batches_by_store(&http, &svc).await;
+    assert_eq!(after.len(), 3, "{after:?}");
+    for ((store, b), (_, a)) in before.iter().zip(&after) {
+        assert!(
+            (1..=2).contains(&(a - b)),
+            "{store}: {} batches for ten single PUTs within the linger",
+            a - b
+        );
+    }
     svc.stop().await;
 }

@@ -49,6 +49,11 @@ pub struct RunnerConfig {
     pub batch_size: usize,
     /// Longest wait for a NOTIFY before polling the log again.
     pub idle_poll: Duration,
+    /// After a batch that was not full, the next read starts no sooner than this long after
+    /// the previous one (zero: at once). Commands arriving one by one are then applied
+    /// together instead of one batch each: fewer, larger store writes for at most this much
+    /// more time to consistent. A full batch (a backlog) is followed by the next read at once.
+    pub linger: Duration,
     /// Backoff for store and log failures.
     pub retry: RetryPolicy,
 }
@@ -58,6 +63,7 @@ impl Default for RunnerConfig {
         Self {
             batch_size: 500,
             idle_poll: Duration::from_millis(500),
+            linger: Duration::ZERO,
             retry: RetryPolicy::default(),
         }
     }
@@ -339,6 +345,8 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
         });
         info!(sink = S::NAME, partition = part.index, partitions = part.count, %cursor, "projector started");
         let mut paused = self.status.paused.subscribe();
+        // When the next read may start (see `RunnerConfig::linger`).
+        let mut linger_until: Option<tokio::time::Instant> = None;
         loop {
             if cancel.is_cancelled() {
                 return Stop::Cancelled;
@@ -358,6 +366,14 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
                     };
                 }
                 continue;
+            }
+            if let Some(until) = linger_until.take() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Stop::Cancelled,
+                    // A pause (or resume) is looked at before reading.
+                    _ = paused.changed() => continue,
+                    _ = tokio::time::sleep_until(until) => {}
+                }
             }
             let source = self.source.clone();
             let limit = self.config.batch_size;
@@ -384,6 +400,10 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
                 }
                 continue;
             };
+            if page.num_read < limit && !self.config.linger.is_zero() {
+                linger_until =
+                    Some(tokio::time::Instant::from_std(read_started) + self.config.linger);
+            }
             let mut batch = Batch::coalesce_owned(S::STORE, end, page.events);
             batch.num_events = page.num_read;
             let span = tracing::debug_span!(
