@@ -495,20 +495,53 @@ enum BatchOp {
 
 /// Decodes a batch line: the PUT body plus `op`, `doc_id` and an optional `idempotency_key`;
 /// the rest goes to the same strict decoders as PUT and DELETE, so unknown fields are
-/// refused here too.
+/// refused here too. A well-formed put line is read once; any other line is read for its
+/// routing fields first, then for the body its `op` names (see [`line`](super::line)).
 fn parse_batch_line(line: &[u8]) -> Result<BatchLine, ApiError> {
-    let mut rest: serde_json::Map<String, serde_json::Value> = parse_json(line)?;
-    let mut take_str = |field: &str| -> Result<Option<String>, ApiError> {
-        match rest.remove(field) {
+    if let Ok((put, head)) = super::line::body_with_head::<PutBody>(line) {
+        if matches!(&head.op.0, Some(serde_json::Value::String(op)) if op == "put") {
+            return route_batch_line(line, head, |_| Ok(BatchOp::Put(put)));
+        }
+    }
+    parse_batch_line_in_two_passes(line)
+}
+
+/// The routing fields first, then the body that `op` names.
+fn parse_batch_line_in_two_passes(line: &[u8]) -> Result<BatchLine, ApiError> {
+    let head = super::line::head(line).map_err(invalid_json)?;
+    route_batch_line(line, head, |op| match op {
+        "put" => Ok(BatchOp::Put(super::line::body(line).map_err(invalid_json)?)),
+        "delete" => Ok(BatchOp::Delete(
+            super::line::body(line).map_err(invalid_json)?,
+        )),
+        other => Err(ApiError::InvalidField(format!(
+            "op must be put or delete, got {other:?}"
+        ))),
+    })
+}
+
+fn invalid_json(e: serde_json::Error) -> ApiError {
+    ApiError::InvalidJson(e.to_string())
+}
+
+/// Checks a batch line's routing fields, then decodes its body with `decode(op)`.
+fn route_batch_line(
+    line: &[u8],
+    head: super::line::LineHead,
+    decode: impl FnOnce(&str) -> Result<BatchOp, ApiError>,
+) -> Result<BatchLine, ApiError> {
+    let take_str = |field: &str, value: super::line::Field| -> Result<Option<String>, ApiError> {
+        match value.0 {
             None => Ok(None),
             Some(serde_json::Value::String(s)) => Ok(Some(s)),
             Some(_) => Err(ApiError::InvalidJson(format!("{field} must be a string"))),
         }
     };
-    let op = take_str("op")?.ok_or_else(|| ApiError::InvalidJson("missing field `op`".into()))?;
-    let doc_id = take_str("doc_id")?
+    let op = take_str("op", head.op)?
+        .ok_or_else(|| ApiError::InvalidJson("missing field `op`".into()))?;
+    let doc_id = take_str("doc_id", head.doc_id)?
         .ok_or_else(|| ApiError::InvalidJson("missing field `doc_id`".into()))?;
-    let idempotency_key = take_str("idempotency_key")?;
+    let idempotency_key = take_str("idempotency_key", head.idempotency_key)?;
     let doc_id = DocId::parse(&doc_id).map_err(|e| ApiError::InvalidDocId(e.to_string()))?;
     let idempotency = match idempotency_key {
         Some(k) if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_BYTES => {
@@ -519,24 +552,10 @@ fn parse_batch_line(line: &[u8]) -> Result<BatchLine, ApiError> {
         Some(k) => Some(IdempotencyKey::new(k, line)),
         None => None,
     };
-    let rest = serde_json::Value::Object(rest);
-    let op = match op.as_str() {
-        "put" => BatchOp::Put(
-            serde_json::from_value(rest).map_err(|e| ApiError::InvalidJson(e.to_string()))?,
-        ),
-        "delete" => BatchOp::Delete(
-            serde_json::from_value(rest).map_err(|e| ApiError::InvalidJson(e.to_string()))?,
-        ),
-        other => {
-            return Err(ApiError::InvalidField(format!(
-                "op must be put or delete, got {other:?}"
-            )))
-        }
-    };
     Ok(BatchLine {
         doc_id,
         idempotency,
-        op,
+        op: decode(&op)?,
     })
 }
 
@@ -827,4 +846,56 @@ fn to_line(v: &serde_json::Value) -> web::Bytes {
     let mut out = v.to_string().into_bytes();
     out.push(b'\n');
     web::Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a decoded line amounts to, comparable.
+    fn outcome(r: Result<BatchLine, ApiError>) -> String {
+        match r {
+            Ok(l) => {
+                let op = match l.op {
+                    BatchOp::Put(b) => format!("put {b:?}"),
+                    BatchOp::Delete(b) => format!("delete {b:?}"),
+                };
+                format!("{} {} {op}", l.doc_id.as_str(), l.idempotency.is_some())
+            }
+            Err(e) => format!("error {e}"),
+        }
+    }
+
+    #[test]
+    fn a_line_is_answered_as_if_its_routing_fields_were_read_first() {
+        let put = r#""title":"t","source_type":"pdf","chunks":[{"text":"x","vector":[0.5,1]}]"#;
+        let lines = [
+            format!(r#"{{"op":"put","doc_id":"a",{put}}}"#),
+            format!(r#"{{{put},"doc_id":"a","op":"put","idempotency_key":"k"}}"#),
+            format!(r#"{{{put},"doc_id":"a","op":"put","idempotency_key":""}}"#),
+            format!(r#"{{{put},"doc_id":"../x","op":"put"}}"#),
+            format!(r#"{{{put},"op":"put"}}"#),
+            format!(r#"{{{put},"doc_id":"a","op":"replace"}}"#),
+            format!(r#"{{{put},"doc_id":"a","op":7}}"#),
+            format!(r#"{{{put},"doc_id":"a","op":"delete"}}"#),
+            format!(r#"{{{put},"doc_id":"a","op":"put","extra":1}}"#),
+            format!(r#"{{"extra":1,{put},"doc_id":"a","op":"put"}}"#),
+            r#"{"op":"delete","doc_id":"a","expected_version":3}"#.to_owned(),
+            r#"{"expected_version":3,"doc_id":"a","op":"delete"}"#.to_owned(),
+            r#"{"op":"put","doc_id":"a","source_type":"pdf"}"#.to_owned(),
+            r#"{"op":"put","doc_id":"a","title":"t","source_type":"pdf","title":"u"}"#.to_owned(),
+            r#"{"op":"put","doc_id":"a""#.to_owned(),
+            r#"[1,2]"#.to_owned(),
+        ];
+        for line in &lines {
+            let got = outcome(parse_batch_line(line.as_bytes()));
+            let want = outcome(parse_batch_line_in_two_passes(line.as_bytes()));
+            assert_eq!(got, want, "{line}");
+        }
+        // And the cases above are what they say.
+        assert!(outcome(parse_batch_line(lines[1].as_bytes())).starts_with("a true put"));
+        assert!(outcome(parse_batch_line(lines[10].as_bytes())).starts_with("a false delete"));
+        assert!(outcome(parse_batch_line(lines[8].as_bytes())).contains("unknown field `extra`"));
+        assert!(outcome(parse_batch_line(lines[7].as_bytes())).contains("unknown field `title`"));
+    }
 }

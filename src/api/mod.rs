@@ -5,6 +5,7 @@ pub mod body;
 pub mod documents;
 pub mod dto;
 pub mod error;
+pub mod line;
 pub mod openapi;
 pub mod ops;
 mod status_page;
