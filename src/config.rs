@@ -78,6 +78,9 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("VERIFY_SAMPLE", Some("100")),
 ];
 
+/// Longest projector linger, in milliseconds: a longer one would only hold changes back.
+const MAX_LINGER_MS: u64 = 60_000;
+
 /// A secret whose `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -508,7 +511,15 @@ impl Config {
                 batch_size: positive("BATCH_SIZE")?,
                 rebuild_page_events: positive("REBUILD_PAGE_EVENTS")?,
                 idle_poll: Duration::from_millis(positive("IDLE_POLL_MS")? as u64),
-                linger: Duration::from_millis(v.num::<u64>("PROJECTOR_LINGER_MS")?),
+                linger: Duration::from_millis(match v.num::<u64>("PROJECTOR_LINGER_MS")? {
+                    ms if ms > MAX_LINGER_MS => {
+                        return Err(invalid(
+                            "PROJECTOR_LINGER_MS",
+                            format!("must be at most {MAX_LINGER_MS} (a minute)"),
+                        ))
+                    }
+                    ms => ms,
+                }),
                 retry_base: Duration::from_millis(positive("RETRY_BASE_MS")? as u64),
                 retry_max: Duration::from_millis(positive("RETRY_MAX_MS")? as u64),
                 lease_poll: Duration::from_millis(positive("LEASE_POLL_MS")? as u64),
@@ -623,6 +634,26 @@ mod tests {
         );
         let blank = Config::load(None, &env(&[("DOCLEDGER_TLS_CA_FILE", "")])).expect("unset");
         assert!(!blank.tls.has_extra());
+    }
+
+    #[test]
+    fn the_projector_linger_is_50_ms_by_default_0_turns_it_off_and_a_minute_is_the_most() {
+        let c = Config::defaults().expect("defaults are valid");
+        assert_eq!(c.projection.linger, Duration::from_millis(50));
+        let off = Config::load(None, &env(&[("DOCLEDGER_PROJECTOR_LINGER_MS", "0")]))
+            .expect("0 is valid");
+        assert_eq!(off.projection.linger, Duration::ZERO);
+        let most = Config::load(None, &env(&[("DOCLEDGER_PROJECTOR_LINGER_MS", "60000")]))
+            .expect("a minute is valid");
+        assert_eq!(most.projection.linger, Duration::from_secs(60));
+        for bad in ["60001", "18446744073709551615", "-1", "x"] {
+            let err =
+                Config::load(None, &env(&[("DOCLEDGER_PROJECTOR_LINGER_MS", bad)])).expect_err(bad);
+            assert!(
+                err.to_string().contains("DOCLEDGER_PROJECTOR_LINGER_MS"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]
