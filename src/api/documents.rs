@@ -498,12 +498,15 @@ enum BatchOp {
 /// refused here too. A well-formed put line is read once; any other line is read for its
 /// routing fields first, then for the body its `op` names (see [`line`](super::line)).
 fn parse_batch_line(line: &[u8]) -> Result<BatchLine, ApiError> {
-    if let Ok((put, head)) = super::line::body_with_head::<PutBody>(line) {
-        if matches!(&head.op.0, Some(serde_json::Value::String(op)) if op == "put") {
-            return route_batch_line(line, head, |_| Ok(BatchOp::Put(put)));
-        }
-    }
-    parse_batch_line_in_two_passes(line)
+    parse_put_line_in_one_pass(line).unwrap_or_else(|| parse_batch_line_in_two_passes(line))
+}
+
+/// A line whose body decodes as a PUT body and whose `op` is `put`, decoded in one pass;
+/// `None` for any other line.
+fn parse_put_line_in_one_pass(line: &[u8]) -> Option<Result<BatchLine, ApiError>> {
+    let (put, head) = super::line::body_with_head::<PutBody>(line).ok()?;
+    matches!(&head.op.0, Some(serde_json::Value::String(op)) if op == "put")
+        .then(|| route_batch_line(line, head, |_| Ok(BatchOp::Put(put))))
 }
 
 /// The routing fields first, then the body that `op` names.
@@ -887,10 +890,17 @@ mod tests {
             r#"{"op":"put","doc_id":"a""#.to_owned(),
             r#"[1,2]"#.to_owned(),
         ];
-        for line in &lines {
+        // Lines 0-4 are well-formed puts (the last three refused for their routing fields):
+        // they take the one pass, every other line the two.
+        for (i, line) in lines.iter().enumerate() {
+            let one_pass = parse_put_line_in_one_pass(line.as_bytes());
+            assert_eq!(one_pass.is_some(), i <= 4, "{line}");
             let got = outcome(parse_batch_line(line.as_bytes()));
             let want = outcome(parse_batch_line_in_two_passes(line.as_bytes()));
             assert_eq!(got, want, "{line}");
+            if let Some(one_pass) = one_pass {
+                assert_eq!(outcome(one_pass), want, "{line}");
+            }
         }
         // And the cases above are what they say.
         assert!(outcome(parse_batch_line(lines[1].as_bytes())).starts_with("a true put"));

@@ -21,9 +21,8 @@ use serde::de::{
     DeserializeOwned, DeserializeSeed, Deserializer, Error as _, IgnoredAny, IntoDeserializer,
     MapAccess, Visitor,
 };
-use serde::Deserialize;
 
-/// The routing fields of a batch line.
+/// The routing fields of a batch line (each has its slot in [`LineHead`]).
 pub const ROUTING_FIELDS: &[&str] = &["op", "doc_id", "idempotency_key"];
 
 /// A routing field as it was sent: absent, or any JSON value (checked by the caller, so that
@@ -31,115 +30,115 @@ pub const ROUTING_FIELDS: &[&str] = &["op", "doc_id", "idempotency_key"];
 #[derive(Debug, Default, PartialEq)]
 pub struct Field(pub Option<serde_json::Value>);
 
-impl<'de> Deserialize<'de> for Field {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Field, D::Error> {
-        serde_json::Value::deserialize(d).map(|v| Field(Some(v)))
-    }
-}
-
-/// The routing fields of a line; every other field is skipped.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename = "BatchLine")]
+/// The routing fields of a line.
+#[derive(Debug, Default)]
 pub struct LineHead {
     /// `put` or `delete`.
-    #[serde(default)]
     pub op: Field,
     /// The document.
-    #[serde(default)]
     pub doc_id: Field,
     /// Optional idempotency key.
-    #[serde(default)]
     pub idempotency_key: Field,
 }
 
-/// Reads a line's routing fields.
+impl LineHead {
+    /// The name and slot of routing field `key`; `None` for any other key.
+    fn slot(&mut self, key: &str) -> Option<(&'static str, &mut Field)> {
+        match key {
+            "op" => Some(("op", &mut self.op)),
+            "doc_id" => Some(("doc_id", &mut self.doc_id)),
+            "idempotency_key" => Some(("idempotency_key", &mut self.idempotency_key)),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a line's routing fields; everything else is skipped.
 ///
 /// # Errors
-/// The line is not one JSON object.
+/// The line is not one JSON object, or gives a routing field twice.
 pub fn head(line: &[u8]) -> Result<LineHead, serde_json::Error> {
-    decode(line, &[], None)
+    body_with_head::<AnyObject>(line).map(|(_, head)| head)
 }
 
 /// Decodes `T` from a line, without its routing fields.
 ///
 /// # Errors
-/// What `T`'s decoder refuses (an unknown field, a missing or mistyped one), or trailing
-/// characters after the object.
+/// What `T`'s decoder refuses (an unknown field, a missing or mistyped one), a routing field
+/// given twice, or trailing characters after the object.
 pub fn body<T: DeserializeOwned>(line: &[u8]) -> Result<T, serde_json::Error> {
-    decode(line, ROUTING_FIELDS, None)
+    body_with_head(line).map(|(value, _)| value)
 }
 
 /// Decodes `T` from a line in one pass, taking its routing fields out as they come.
 ///
 /// # Errors
-/// As [`body`], and a routing field given twice; after an error the routing fields are
-/// incomplete (the line was not read to its end): use [`head`] and [`body`] instead.
+/// As [`body`]; after an error the routing fields are incomplete (the line was not read to
+/// its end): use [`head`] and [`body`] instead.
 pub fn body_with_head<T: DeserializeOwned>(
     line: &[u8],
 ) -> Result<(T, LineHead), serde_json::Error> {
     let mut head = LineHead::default();
-    let value = decode(line, ROUTING_FIELDS, Some(&mut head))?;
-    Ok((value, head))
-}
-
-fn decode<T: DeserializeOwned>(
-    line: &[u8],
-    hidden: &'static [&'static str],
-    capture: Option<&mut LineHead>,
-) -> Result<T, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(line);
     let value = T::deserialize(Without {
         inner: &mut de,
-        hidden,
-        capture,
+        head: &mut head,
     })?;
     de.end()?;
-    Ok(value)
+    Ok((value, head))
 }
 
-/// A deserializer of a JSON object that hides the `hidden` keys (and skips their values).
-/// Structs are read from objects only (serde_json would also take an array of the fields'
-/// values in order).
-/// With `capture`, the values of the routing fields among them are kept there.
+/// Any JSON object, its fields skipped: what [`head`] decodes beside the routing fields.
+struct AnyObject;
+
+impl<'de> serde::Deserialize<'de> for AnyObject {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<AnyObject, D::Error> {
+        d.deserialize_map(AnyObject)
+    }
+}
+
+impl<'de> Visitor<'de> for AnyObject {
+    type Value = AnyObject;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a batch line (a JSON object)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AnyObject, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(AnyObject)
+    }
+}
+
+/// A deserializer of a JSON object that takes the routing fields out into `head` before its
+/// visitor sees the entries. Structs are read from objects only (serde_json would also take
+/// an array of the fields' values in order).
 struct Without<'c, D> {
     inner: D,
-    hidden: &'static [&'static str],
-    capture: Option<&'c mut LineHead>,
-}
-
-impl<'c, D> Without<'c, D> {
-    fn visitor<V>(self, inner: V) -> (D, WithoutVisitor<'c, V>) {
-        let visitor = WithoutVisitor {
-            inner,
-            hidden: self.hidden,
-            capture: self.capture,
-        };
-        (self.inner, visitor)
-    }
+    head: &'c mut LineHead,
 }
 
 impl<'de, D: Deserializer<'de>> Deserializer<'de> for Without<'_, D> {
     type Error = D::Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-        let (inner, visitor) = self.visitor(visitor);
-        inner.deserialize_any(visitor)
+        self.deserialize_map(visitor)
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-        let (inner, visitor) = self.visitor(visitor);
-        inner.deserialize_map(visitor)
+        self.inner.deserialize_map(WithoutVisitor {
+            inner: visitor,
+            head: self.head,
+        })
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
         self,
-        name: &'static str,
-        fields: &'static [&'static str],
+        _name: &'static str,
+        _fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        let _ = (name, fields);
-        let (inner, visitor) = self.visitor(visitor);
-        inner.deserialize_map(visitor)
+        self.deserialize_map(visitor)
     }
 
     serde::forward_to_deserialize_any! {
@@ -149,12 +148,11 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Without<'_, D> {
     }
 }
 
-/// Hands the inner visitor a map without the hidden keys; anything else (not an object) goes
-/// to the inner visitor's refusal, with its own expectation in the message.
+/// Hands the inner visitor the map without the routing fields; anything else (not an
+/// object) goes to the inner visitor's refusal, with its own expectation in the message.
 struct WithoutVisitor<'c, V> {
     inner: V,
-    hidden: &'static [&'static str],
-    capture: Option<&'c mut LineHead>,
+    head: &'c mut LineHead,
 }
 
 impl<'de, V: Visitor<'de>> Visitor<'de> for WithoutVisitor<'_, V> {
@@ -167,16 +165,14 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for WithoutVisitor<'_, V> {
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
         self.inner.visit_map(WithoutMap {
             inner: map,
-            hidden: self.hidden,
-            capture: self.capture,
+            head: self.head,
         })
     }
 }
 
 struct WithoutMap<'c, A> {
     inner: A,
-    hidden: &'static [&'static str],
-    capture: Option<&'c mut LineHead>,
+    head: &'c mut LineHead,
 }
 
 impl<'de, A: MapAccess<'de>> MapAccess<'de> for WithoutMap<'_, A> {
@@ -190,21 +186,10 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for WithoutMap<'_, A> {
             let Some(key) = self.inner.next_key::<String>()? else {
                 return Ok(None);
             };
-            let Some(hidden) = self.hidden.iter().find(|h| **h == key) else {
-                return seed.deserialize(key.into_deserializer()).map(Some);
-            };
-            let slot = self.capture.as_deref_mut().and_then(|head| match *hidden {
-                "op" => Some(&mut head.op),
-                "doc_id" => Some(&mut head.doc_id),
-                "idempotency_key" => Some(&mut head.idempotency_key),
-                _ => None,
-            });
-            match slot {
-                None => {
-                    self.inner.next_value::<IgnoredAny>()?;
-                }
-                Some(Field(Some(_))) => return Err(A::Error::duplicate_field(hidden)),
-                Some(slot) => *slot = Field(Some(self.inner.next_value()?)),
+            match self.head.slot(&key) {
+                None => return seed.deserialize(key.into_deserializer()).map(Some),
+                Some((name, Field(Some(_)))) => return Err(A::Error::duplicate_field(name)),
+                Some((_, slot)) => *slot = Field(Some(self.inner.next_value()?)),
             }
         }
     }
@@ -217,6 +202,7 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for WithoutMap<'_, A> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
     use serde_json::json;
 
     #[derive(Debug, Deserialize, PartialEq)]
@@ -283,6 +269,15 @@ mod tests {
             .contains("duplicate field `op`"));
         // As the two passes refuse it too.
         assert!(head(br#"{"op":"put","title":"t","op":"delete"}"#).is_err());
+    }
+
+    #[test]
+    fn every_routing_field_has_its_slot() {
+        let mut h = LineHead::default();
+        for f in ROUTING_FIELDS {
+            assert_eq!(h.slot(f).map(|(name, _)| name), Some(*f));
+        }
+        assert!(h.slot("title").is_none());
     }
 
     #[test]
