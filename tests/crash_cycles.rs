@@ -171,22 +171,7 @@ async fn sigkill_cycles_lose_no_acknowledged_command_and_converge() {
     }
 
     // Converge, then the binary's verify must pass.
-    eventually(
-        Duration::from_secs(120),
-        "every projection to catch up",
-        || {
-            let url = format!("{base}/v1/projections");
-            let http = &http;
-            async move {
-                let p: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
-                p.as_array()?
-                    .iter()
-                    .all(|s| s["lag_events"] == 0 && s["state"] == "running")
-                    .then_some(())
-            }
-        },
-    )
-    .await;
+    common::projections_caught_up(&http, &base, Duration::from_secs(120)).await;
     // Readiness is marked just after the projections' records: let the tracker finish.
     let verify = eventually(Duration::from_secs(30), "docledger verify to pass", || {
         let vars = &vars;

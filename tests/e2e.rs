@@ -465,7 +465,7 @@ async fn ids_are_case_sensitive_and_bad_requests_change_nothing() {
         .map(|s| s["name"].as_str().unwrap_or(""))
         .collect();
     assert_eq!(names, ["mysql", "milvus", "s3"]);
-    projections_caught_up(&http, &svc, Duration::from_secs(30)).await;
+    common::projections_caught_up(&http, &svc.url(""), Duration::from_secs(30)).await;
     let metrics = http
         .get(svc.url("/metrics"))
         .send()
@@ -521,22 +521,6 @@ async fn ids_are_case_sensitive_and_bad_requests_change_nothing() {
     svc.stop().await;
 }
 
-/// Waits until every store's projectors run with no projection lag.
-async fn projections_caught_up(http: &reqwest::Client, svc: &TestService, timeout: Duration) {
-    common::eventually(timeout, "projection lag to reach zero", || {
-        let http = http.clone();
-        let url = svc.url("/v1/projections");
-        async move {
-            let p: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
-            p.as_array()?
-                .iter()
-                .all(|s| s["lag_events"] == 0 && s["state"] == "running")
-                .then_some(())
-        }
-    })
-    .await;
-}
-
 /// Batches each store's projectors have applied since they started, by store.
 async fn batches_by_store(http: &reqwest::Client, svc: &TestService) -> Vec<(String, u64)> {
     let (status, p) = send(http.get(svc.url("/v1/projections"))).await;
@@ -572,7 +556,7 @@ async fn single_puts_are_applied_together_within_the_linger_and_a_lone_one_at_on
     .await;
     let http = reqwest::Client::new();
     // Every store prepared, its projectors running and idle.
-    projections_caught_up(&http, &svc, Duration::from_secs(60)).await;
+    common::projections_caught_up(&http, &svc.url(""), Duration::from_secs(60)).await;
 
     // A quiet service: the lone PUT is applied without waiting for the linger.
     let started = Instant::now();

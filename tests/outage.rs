@@ -103,20 +103,6 @@ async fn ingest(svc: &TestService, http: &reqwest::Client, ops: Vec<Op>) {
         .await;
 }
 
-async fn wait_for_projections(svc: &TestService, http: &reqwest::Client, timeout: Duration) {
-    eventually(timeout, "every projection to catch up", || {
-        let url = svc.url("/v1/projections");
-        async move {
-            let p: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
-            p.as_array()?
-                .iter()
-                .all(|s| s["lag_events"] == 0 && s["state"] == "running")
-                .then_some(())
-        }
-    })
-    .await;
-}
-
 #[actix_rt::test]
 async fn store_outages_during_ingestion_converge_without_loss_or_duplicates() {
     let env = projections::testing::StoreEnv::require();
@@ -177,7 +163,7 @@ async fn store_outages_during_ingestion_converge_without_loss_or_duplicates() {
         eprintln!("phase {name}: {:?}", since.elapsed());
     }
     let faults_done = started.elapsed();
-    wait_for_projections(&svc, &http, Duration::from_secs(180)).await;
+    common::projections_caught_up(&http, &svc.url(""), Duration::from_secs(180)).await;
     let caught_up = started.elapsed();
 
     // Nothing parked: an outage is transient, never a refusal.
@@ -355,7 +341,7 @@ async fn a_log_outage_refuses_commands_with_503_and_loses_nothing() {
             "{doc}: exactly one put in the log"
         );
     }
-    wait_for_projections(&svc, &http, Duration::from_secs(60)).await;
+    common::projections_caught_up(&http, &svc.url(""), Duration::from_secs(60)).await;
     let log = PgLog::connect(&svc.config.eventstore_url, 2)
         .await
         .expect("log connects");

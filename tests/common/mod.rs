@@ -146,6 +146,22 @@ pub fn spawn_serve_logged(
         .expect("docledger serve starts")
 }
 
+/// Waits until every store's projectors of the service at `base` (`http://host:port`) run
+/// with no projection lag, as `/v1/projections` shows them.
+pub async fn projections_caught_up(http: &reqwest::Client, base: &str, timeout: Duration) {
+    eventually(timeout, "every projection to catch up", || {
+        let url = format!("{base}/v1/projections");
+        async move {
+            let p: serde_json::Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+            p.as_array()?
+                .iter()
+                .all(|s| s["lag_events"] == 0 && s["state"] == "running")
+                .then_some(())
+        }
+    })
+    .await;
+}
+
 /// Waits until the service at `base` answers `/readyz` (panics with its log after 60 s).
 pub async fn wait_ready(http: &reqwest::Client, base: &str, log: &std::path::Path) {
     let url = format!("{base}/readyz");
