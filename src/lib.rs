@@ -37,9 +37,24 @@ use crate::verify::Verifier;
 /// tests alike, so they measure what runs). Rebuilds and projector batches allocate and free
 /// pages of rows many times a second; glibc's malloc gave the freed memory back to the
 /// kernel and took it again, so a fifth of a rebuild's CPU went to page faults on fresh
-/// pages and another fifth to malloc and free (`perf`, README "Rebuild").
+/// pages and another fifth to malloc and free (`perf`, benches/HISTORY.md "Rebuild").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Turns transparent huge pages off for this process and the processes it starts, unless
+/// `MIMALLOC_ALLOW_THP` is set (mimalloc's own switch: `1` keeps them). mimalloc asks for huge
+/// pages on its arenas (`madvise(MADV_HUGEPAGE)`), so on a kernel in THP `madvise` or `always`
+/// mode the first touch of every fresh 2 MiB range zeroes all of it: request buffers, store
+/// client buffers and a new thread's heap each paid for 2 MiB, ~5 % of the service's CPU in a
+/// batch run (`clear_page_erms` under `perf`; README "Performance"). With 4 KiB pages only what
+/// is touched is zeroed. Returns whether huge pages are off.
+pub fn disable_transparent_huge_pages() -> bool {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return false;
+    }
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments and only sets a flag on this process.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0 }
+}
 
 /// Capacity of the projectors → tracker channel (batches of newly consistent documents).
 const CONSISTENT_CHANNEL_CAPACITY: usize = 256;

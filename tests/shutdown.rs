@@ -29,6 +29,7 @@ async fn sigterm_drains_requests_and_exits_cleanly() {
         .envs(&vars)
         .env("DOCLEDGER_LISTEN", format!("127.0.0.1:{port}"))
         .env("DOCLEDGER_LOG", "warn")
+        .env_remove("MIMALLOC_ALLOW_THP")
         .kill_on_drop(true)
         .spawn()
         .expect("docledger serve starts");
@@ -48,6 +49,16 @@ async fn sigterm_drains_requests_and_exits_cleanly() {
         },
     )
     .await;
+    // The binary turns transparent huge pages off for itself (see
+    // docledger::disable_transparent_huge_pages).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id().expect("pid")))
+        .expect("the process's status");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().eq(["THP_enabled:", "0"])),
+        "transparent huge pages are off in the serving process: {status}"
+    );
 
     let puts: Vec<_> = (0..40)
         .map(|i| {
