@@ -762,3 +762,95 @@ async fn idle_connections_close_after_the_keep_alive_and_without_it_after_each_a
     );
     svc.stop().await;
 }
+
+/// A blob's body is validated on the HTTP worker when its text is small and on the blocking
+/// pool when it is large (over 64 KiB of base64): both paths store the same bytes, answer a
+/// refusal with the same code, and a refused body changes nothing.
+#[actix_rt::test]
+async fn small_and_large_blobs_are_checked_alike_on_either_validation_path() {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+
+    let svc = TestService::start(
+        "limits_blob_validation_paths",
+        &[("DOCLEDGER_MAX_BLOB_BYTES", "100000")],
+    )
+    .await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client");
+    let with_blob = |doc: &str, blob_text: String| {
+        let mut body = put_body(doc, 1);
+        body["blob"] = json!({"content_base64": blob_text, "content_type": "application/pdf"});
+        body
+    };
+    let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+
+    // 30,000 bytes are 40,000 characters of base64 (checked in place); 90,000 bytes are
+    // 120,000 (checked on the blocking pool).
+    for (doc, size) in [
+        ("limits/blob-small", 30_000usize),
+        ("limits/blob-large", 90_000),
+    ] {
+        let bytes: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        let (status, body) = send(
+            http.put(svc.doc_url(doc, "?consistency=applied&timeout_ms=30000"))
+                .json(&with_blob(doc, encode(&bytes))),
+        )
+        .await;
+        assert_eq!(status, 200, "{doc}: {body}");
+        assert_eq!(body["consistent"], true, "{doc}: {body}");
+        let (status, events) = send(http.get(svc.doc_url(doc, "/events"))).await;
+        assert_eq!(status, 200, "{events}");
+        let stored = events["events"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["type"] == "BlobStored"))
+            .unwrap_or_else(|| panic!("{doc}: no BlobStored in {events}"));
+        assert_eq!(
+            (
+                stored["data"]["sha256"].as_str(),
+                stored["data"]["size"].as_u64()
+            ),
+            (
+                Some(hex::encode(Sha256::digest(&bytes)).as_str()),
+                Some(size as u64)
+            ),
+            "{doc}: {stored}"
+        );
+    }
+
+    let before = svc.log_contents().await;
+    // Refused alike on both paths: a blob over DOCLEDGER_MAX_BLOB_BYTES once decoded (the
+    // text is within the early estimate's slack), and text that is not base64.
+    let over = encode(&vec![1u8; 100_001]);
+    let cases = [
+        ("limits/blob-over", over, 413, "payload_too_large"),
+        (
+            "limits/blob-bad-small",
+            "!".repeat(1_000),
+            400,
+            "invalid_field",
+        ),
+        (
+            "limits/blob-bad-large",
+            "!".repeat(100_000),
+            400,
+            "invalid_field",
+        ),
+    ];
+    for (doc, text, want_status, want_code) in cases {
+        let (status, body) = send(http.put(svc.doc_url(doc, "")).json(&with_blob(doc, text))).await;
+        assert_eq!(
+            (status, code(&body)),
+            (want_status, want_code),
+            "{doc}: {body}"
+        );
+    }
+    assert_eq!(
+        svc.log_contents().await,
+        before,
+        "refused blobs change nothing"
+    );
+    svc.stop().await;
+}

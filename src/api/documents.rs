@@ -139,10 +139,14 @@ async fn execute_put(
     idempotency: Option<IdempotencyKey>,
     wait: Wait,
 ) -> Result<(StatusCode, CommandResponse), ApiError> {
-    let config = state.config.clone();
-    let valid = web::block(move || body.validate(&config))
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("validation worker failed: {e}")))??;
+    let valid = if body.validates_inline() {
+        body.validate(&state.config)?
+    } else {
+        let config = state.config.clone();
+        web::block(move || body.validate(&config))
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("validation worker failed: {e}")))??
+    };
     let msg = ExecuteCommand {
         command: DocumentCommand::Put(valid.command),
         blob: valid.blob,

@@ -64,9 +64,25 @@ pub struct ValidPut {
     pub blob: Option<Bytes>,
 }
 
+/// Longest blob text (base64) whose body [`PutBody::validate`] may check on an async worker:
+/// decoding and hashing 64 KiB takes a few tens of microseconds, less than handing the body
+/// to the blocking pool and back (a thread wake-up each way, a thread started after an idle
+/// spell); a larger blob (up to `DOCLEDGER_MAX_BLOB_BYTES`) would hold up the worker's other
+/// connections.
+const INLINE_VALIDATION_MAX_BLOB_TEXT: usize = 64 * 1024;
+
 impl PutBody {
+    /// Whether [`PutBody::validate`] is cheap enough to run on an async worker (see
+    /// [`INLINE_VALIDATION_MAX_BLOB_TEXT`]); otherwise it belongs on a blocking thread.
+    pub fn validates_inline(&self) -> bool {
+        self.blob
+            .as_ref()
+            .is_none_or(|b| b.content_base64.len() <= INLINE_VALIDATION_MAX_BLOB_TEXT)
+    }
+
     /// Checks what needs the configuration (dimension, sizes), decodes and hashes the blob.
-    /// CPU-heavy for large blobs: call from a blocking thread.
+    /// CPU-heavy for large blobs: call from a blocking thread unless
+    /// [`PutBody::validates_inline`].
     ///
     /// # Errors
     /// [`ApiError`] for the first broken rule.
