@@ -139,3 +139,60 @@ async fn idle_actors_passivate_the_cap_holds_and_state_reloads_from_the_log() {
     );
     svc.stop().await;
 }
+
+/// At the cap every new document evicts an idle actor, so with a cap of 1 nearly every
+/// command starts an actor and evicts another while others are in flight. An actor that a
+/// request has found or started must not be taken for idle, and an evicted one must not be
+/// sent more commands: either would answer the command 503 ("document actor keeps
+/// stopping"). Four batches at once keep ~64 commands in flight; every line must land, first
+/// versions and second ones (whose actors were evicted) alike.
+#[actix_rt::test]
+async fn commands_at_the_actor_cap_are_all_answered_while_actors_are_evicted() {
+    let svc =
+        TestService::start("actors_cap_eviction", &[("DOCLEDGER_MAX_LIVE_ACTORS", "1")]).await;
+    let http = reqwest::Client::new();
+    for (round, title) in ["v1", "v2"].into_iter().enumerate() {
+        let batches = (0..4).map(|b| {
+            let lines: String = (0..250)
+                .map(|i| {
+                    let mut line = doc_body(title);
+                    line["op"] = json!("put");
+                    line["doc_id"] = json!(format!("cap/{b}-{i}"));
+                    format!("{line}\n")
+                })
+                .collect();
+            let req = http
+                .post(svc.url("/v1/documents:batch"))
+                .header("content-type", "application/x-ndjson")
+                .body(lines);
+            async move {
+                req.send()
+                    .await
+                    .expect("batch")
+                    .text()
+                    .await
+                    .expect("answer")
+            }
+        });
+        let answers = futures::future::join_all(batches).await;
+        let lines: Vec<Value> = answers
+            .iter()
+            .flat_map(|a| a.lines())
+            .map(|l| serde_json::from_str(l).expect("an answer line"))
+            .collect();
+        assert_eq!(lines.len(), 1000);
+        let refused: Vec<&Value> = lines.iter().filter(|l| l["status"] != 200).collect();
+        assert!(
+            refused.is_empty(),
+            "round {round}: {} refused, first {}",
+            refused.len(),
+            refused[0]
+        );
+        assert!(
+            lines.iter().all(|l| l["result"]["version"] == round + 1),
+            "round {round}: every document at version {}",
+            round + 1
+        );
+    }
+    svc.stop().await;
+}

@@ -86,30 +86,39 @@ impl Registry {
         &self.inner.shards[stream_hash(doc_id.as_str()) as usize % SHARDS]
     }
 
-    fn entry(&self, doc_id: &DocId) -> Entry {
+    /// The document's live actor, started when there is none, with one more request counted
+    /// in flight (the count before it is returned too). The count is taken under the shard's
+    /// lock, the same lock an eviction holds while it looks for an idle actor, so an actor a
+    /// request has found or started is never evicted before the request reaches it.
+    fn entry(&self, doc_id: &DocId) -> (Entry, usize) {
         let mut evict = None;
-        let entry = {
+        let (entry, before) = {
             let mut shard = self
                 .shard(doc_id)
                 .lock()
                 .expect("registry shard lock poisoned");
             if let Some(entry) = shard.get(doc_id).filter(|e| e.addr.connected()) {
-                return entry.clone();
+                let before = entry.in_flight.fetch_add(1, Ordering::AcqRel);
+                return (entry.clone(), before);
             }
             if self.inner.live.load(Ordering::Relaxed) >= self.inner.config.max_live {
-                // Evict an idle actor (none waiting on it): this shard first, then any other
-                // shard not locked right now (try_lock: never wait on a second lock).
-                let idle = |map: &HashMap<DocId, Entry>| {
-                    map.iter()
+                // Evict an idle actor (no request counted on it): this shard first, then any
+                // other shard not locked right now (try_lock: never wait on a second lock).
+                // It leaves the map at once, so no later request is sent to it while it stops;
+                // a request for its document starts a new actor, which reads the log.
+                let take_idle = |map: &mut HashMap<DocId, Entry>| {
+                    let id = map
+                        .iter()
                         .find(|(id, e)| *id != doc_id && e.in_flight.load(Ordering::Acquire) == 0)
-                        .map(|(_, e)| e.addr.clone())
+                        .map(|(id, _)| id.clone())?;
+                    map.remove(&id).map(|e| e.addr)
                 };
-                evict = idle(&shard).or_else(|| {
+                evict = take_idle(&mut shard).or_else(|| {
                     self.inner
                         .shards
                         .iter()
                         .filter_map(|other| other.try_lock().ok())
-                        .find_map(|map| idle(&map))
+                        .find_map(|mut map| take_idle(&mut map))
                 });
             }
             let weak: Weak<Inner> = Arc::downgrade(&self.inner);
@@ -137,22 +146,21 @@ impl Registry {
             self.inner.live.fetch_add(1, Ordering::Relaxed);
             let entry = Entry {
                 addr,
-                in_flight: Arc::new(AtomicUsize::new(0)),
+                in_flight: Arc::new(AtomicUsize::new(1)),
             };
             shard.insert(doc_id.clone(), entry.clone());
-            entry
+            (entry, 0)
         };
         if let Some(other) = evict {
             other.do_send(Passivate);
         }
-        entry
+        (entry, before)
     }
 
     /// Reserves a place in the document's mailbox, or refuses at once when it is full
     /// (back-pressure: the API answers 503 with Retry-After instead of queueing without bound).
     fn reserve(&self, doc_id: &DocId) -> Result<(Addr<DocumentActor>, InFlight), CommandError> {
-        let entry = self.entry(doc_id);
-        let before = entry.in_flight.fetch_add(1, Ordering::AcqRel);
+        let (entry, before) = self.entry(doc_id);
         let guard = InFlight(entry.in_flight);
         if before >= self.inner.config.mailbox_capacity {
             return Err(CommandError::Busy(format!(
