@@ -720,9 +720,14 @@ async fn send_requests(
                     let status = res.status();
                     let text = res.text().await?;
                     if !status.is_success() || (is_batch && text.contains("\"error\"")) {
+                        // A batch's first refused line, not its first lines.
+                        let shown = text
+                            .lines()
+                            .find(|l| l.contains("\"error\""))
+                            .unwrap_or(&text);
                         bail!(
                             "{url} answered {status}: {}",
-                            text.chars().take(300).collect::<String>()
+                            shown.chars().take(300).collect::<String>()
                         );
                     }
                     let latency = started.elapsed().as_secs_f64();
