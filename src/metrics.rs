@@ -117,6 +117,12 @@ pub fn render_activity(
         "Group statements that failed as a whole; their commands were appended one by one.",
         &[("", get(&appends.group_fallbacks))],
     );
+    counter(
+        &mut out,
+        "docledger_log_append_fallback_commands_total",
+        "Commands of those group statements, each appended on its own.",
+        &[("", get(&appends.fallback_commands))],
+    );
     summary(
         &mut out,
         "docledger_log_append_duration_seconds",

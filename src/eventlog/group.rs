@@ -367,6 +367,9 @@ impl GroupWriter {
                 warn!(commands = cmds.len(), error = %super::db_message(&e),
                       "append group failed as a whole, appending its commands one by one");
                 self.stats.group_fallbacks.fetch_add(1, Relaxed);
+                self.stats
+                    .fallback_commands
+                    .fetch_add(cmds.len() as u64, Relaxed);
                 let mut answers = Vec::with_capacity(cmds.len());
                 for cmd in cmds {
                     answers.push(insert_events(&client, cmd).await.map(|last| {

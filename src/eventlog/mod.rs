@@ -141,6 +141,8 @@ pub struct AppendStats {
     pub grouped_commands: std::sync::atomic::AtomicU64,
     /// Group statements that failed as a whole and whose commands were appended one by one.
     pub group_fallbacks: std::sync::atomic::AtomicU64,
+    /// Commands of those groups, each appended on its own.
+    pub fallback_commands: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for PgLog {
