@@ -416,6 +416,7 @@ async fn batch_runs_documents_together_and_each_documents_lines_in_order() {
     // commands are counted apart): every line still went through the group path.
     let fallback =
         metric(&svc, &http, "docledger_log_append_fallback_commands_total").await - fallback_before;
+    println!("{grouped} commands in {groups} groups, {fallback} appended one by one");
     assert_eq!(
         (grouped + fallback) as usize,
         3 * DOCS,
