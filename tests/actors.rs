@@ -142,10 +142,12 @@ async fn idle_actors_passivate_the_cap_holds_and_state_reloads_from_the_log() {
 
 /// At the cap every new document evicts an idle actor, so with a cap of 1 nearly every
 /// command starts an actor and evicts another while others are in flight. An actor that a
-/// request has found or started must not be taken for idle, and an evicted one must not be
-/// sent more commands: either would answer the command 503 ("document actor keeps
-/// stopping"). Four batches at once keep ~64 commands in flight; every line must land, first
-/// versions and second ones (whose actors were evicted) alike.
+/// request has found or started must not be taken for idle, an evicted one must not be sent
+/// more commands (either would answer the command 503, "document actor keeps stopping"), and
+/// two evictions must not pick the same actor (the second would be lost and the cap
+/// overrun). Four batches at once keep ~128 commands in flight; every line must land, first
+/// versions and second ones (whose actors were evicted) alike, and the live actors stay
+/// within the cap plus the lines in flight.
 #[actix_rt::test]
 async fn commands_at_the_actor_cap_are_all_answered_while_actors_are_evicted() {
     let svc =
@@ -187,6 +189,17 @@ async fn commands_at_the_actor_cap_are_all_answered_while_actors_are_evicted() {
             "round {round}: {} refused, first {}",
             refused.len(),
             refused[0]
+        );
+        // Each new actor at the cap evicts an idle one, so only the actors started while
+        // every live one was busy exceed it: at most one per line in flight (4 batches of
+        // 32 lines at a time), plus a few whose eviction found the other shards locked
+        // (32 of slack). Before, evictions that picked the same idle actor twice were lost,
+        // and 511-716 actors stayed alive here.
+        let live = live_actors(&http, &svc).await.expect("metrics");
+        println!("round {round}: {live} live actors");
+        assert!(
+            live <= 1 + 4 * 32 + 32,
+            "round {round}: {live} live actors, above the cap of 1 plus the lines in flight"
         );
         assert!(
             lines.iter().all(|l| l["result"]["version"] == round + 1),
