@@ -47,13 +47,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// mode the first touch of every fresh 2 MiB range zeroes all of it: request buffers, store
 /// client buffers and a new thread's heap each paid for 2 MiB, ~5 % of the service's CPU in a
 /// batch run (`clear_page_erms` under `perf`; README "Performance"). With 4 KiB pages only what
-/// is touched is zeroed. Returns whether huge pages are off.
-pub fn disable_transparent_huge_pages() -> bool {
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
-        return false;
+/// is touched is zeroed. A kernel without the switch keeps huge pages: nothing else changes.
+pub fn disable_transparent_huge_pages() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // SAFETY: PR_SET_THP_DISABLE takes integer arguments and only sets a flag on this
+        // process.
+        unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     }
-    // SAFETY: PR_SET_THP_DISABLE takes integer arguments and only sets a flag on this process.
-    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0 }
 }
 
 /// Capacity of the projectors → tracker channel (batches of newly consistent documents).

@@ -789,14 +789,18 @@ async fn small_and_large_blobs_are_checked_alike_on_either_validation_path() {
 
     // 30,000 bytes are 40,000 characters of base64 (checked in place); 90,000 bytes are
     // 120,000 (checked on the blocking pool).
-    for (doc, size) in [
-        ("limits/blob-small", 30_000usize),
-        ("limits/blob-large", 90_000),
+    for (doc, size, in_place) in [
+        ("limits/blob-small", 30_000usize, true),
+        ("limits/blob-large", 90_000, false),
     ] {
         let bytes: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        let sent = with_blob(doc, encode(&bytes));
+        let parsed: docledger::api::dto::PutBody =
+            serde_json::from_value(sent.clone()).expect("a put body");
+        assert_eq!(parsed.validates_inline(), in_place, "{doc} takes its path");
         let (status, body) = send(
             http.put(svc.doc_url(doc, "?consistency=applied&timeout_ms=30000"))
-                .json(&with_blob(doc, encode(&bytes))),
+                .json(&sent),
         )
         .await;
         assert_eq!(status, 200, "{doc}: {body}");

@@ -175,7 +175,7 @@ async fn execute_delete(
 }
 
 fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))
+    serde_json::from_slice(bytes).map_err(invalid_json)
 }
 
 /// What put and delete take from a request before their own body decoding.

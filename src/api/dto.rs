@@ -227,3 +227,26 @@ pub struct ErrorDetail {
     /// Human-readable explanation.
     pub message: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_with_blob_text(len: Option<usize>) -> PutBody {
+        let mut body = serde_json::json!({"title": "t", "source_type": "s"});
+        if let Some(len) = len {
+            body["blob"] =
+                serde_json::json!({"content_base64": "A".repeat(len), "content_type": "a/b"});
+        }
+        serde_json::from_value(body).expect("a put body")
+    }
+
+    #[test]
+    fn bodies_with_up_to_64_kib_of_blob_text_are_validated_in_place() {
+        assert!(body_with_blob_text(None).validates_inline());
+        assert!(body_with_blob_text(Some(0)).validates_inline());
+        assert!(body_with_blob_text(Some(64 * 1024)).validates_inline());
+        assert!(!body_with_blob_text(Some(64 * 1024 + 1)).validates_inline());
+        assert!(!body_with_blob_text(Some(1 << 20)).validates_inline());
+    }
+}
