@@ -15,6 +15,7 @@ use aggregates::{DocId, DocumentEvent, LogCursor};
 use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
 use docledger::eventlog::{AppendRequest, AppendStats, Appended, LogError, PgLog};
+use projections::AppliedVersion;
 
 use common::log::eventually;
 use common::{blob_bytes, doc, request, row_events, sha256_hex, Follower, TestLog};
@@ -414,6 +415,137 @@ async fn a_group_that_fails_as_a_whole_falls_back_to_one_statement_per_command()
     // The held stream takes appends again once the other writer is gone.
     committed(&log.append(request(&held, 1, &h)).await)?;
     drop(log);
+    t.drop_database().await
+}
+
+/// Stream ids `order-0` … `order-7` (sorted), each created with one event, `order-0` last:
+/// neither the table's physical order nor the reverse order the tests name them in is
+/// `stream_id` order.
+async fn eight_streams(log: &PgLog) -> Result<Vec<DocId>> {
+    let ids: Vec<DocId> = (0..8).map(|i| doc(&format!("order-{i}"))).collect();
+    for d in ids[1..].iter().chain(&ids[..1]) {
+        committed(&log.append(request(d, 0, &row_events(1, 1, "setup"))).await)?;
+    }
+    Ok(ids)
+}
+
+/// Runs `update` (a statement that updates the stream rows of `ids`, named in reverse order)
+/// while another transaction holds the row of `ids[0]`, as a projector's record of applied
+/// versions does, which locks in `stream_id` order; once `update` waits, that transaction
+/// takes the other rows too. It must find them free: `update` locks in `stream_id` order as
+/// well, so it waits for the first row holding nothing. Locked in its arguments' order (or
+/// a hash table's), `update` held rows while it waited, and the two deadlocked (PostgreSQL
+/// failed one of them after `deadlock_timeout`; `tests/api.rs`'s batch test met it about
+/// one run in six).
+async fn waits_holding_nothing<T, F>(t: &TestLog, ids: &[DocId], update: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T> + Send + 'static,
+{
+    let mut record = t.raw_client().await?;
+    let record = record.transaction().await?;
+    let lock = "SELECT 1 FROM streams WHERE stream_id = $1 FOR UPDATE";
+    record.execute(lock, &[&ids[0].as_str()]).await?;
+    let update = tokio::spawn(update);
+    let admin = t.raw_client().await?;
+    eventually(NO_HANG, "the update to wait for the held row", || async {
+        let waiting: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await?
+            .get(0);
+        Ok((waiting > 0).then_some(()))
+    })
+    .await?;
+    let mut held = Vec::new();
+    for id in &ids[1..] {
+        let nowait = format!("{lock} NOWAIT");
+        if let Err(e) = record.execute(&nowait, &[&id.as_str()]).await {
+            let message = e
+                .as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_owned());
+            held.push(format!("{id}: {message}"));
+            break; // the transaction is aborted
+        }
+    }
+    if held.is_empty() {
+        record.commit().await?;
+    } else {
+        record.rollback().await?;
+    }
+    let done = tokio::time::timeout(NO_HANG, update).await??;
+    ensure!(
+        held.is_empty(),
+        "the waiting update held other rows: {held:?}"
+    );
+    Ok(done)
+}
+
+/// A group locks the stream rows it moves in `stream_id` order (see
+/// [`waits_holding_nothing`]), and commits its commands in one statement once the other
+/// transaction is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_locks_the_streams_it_moves_in_stream_order() -> Result<()> {
+    let t = TestLog::create("group_lock_order", 4).await?;
+    let log = &t.log;
+    let ids = eight_streams(log).await?;
+    let before = counters(log.append_stats());
+    let group = {
+        let (log, ids) = (log.clone(), ids.clone());
+        async move {
+            let events = row_events(2, 1, "moved");
+            let reqs: Vec<AppendRequest<'_>> =
+                ids.iter().rev().map(|d| request(d, 1, &events)).collect();
+            log.append_group(&reqs).await
+        }
+    };
+    let answers = waits_holding_nothing(&t, &ids, group).await?;
+    let after = counters(log.append_stats());
+    for answer in &answers {
+        committed(answer)?;
+    }
+    assert_eq!(
+        [
+            after[0] - before[0],
+            after[1] - before[1],
+            after[2] - before[2]
+        ],
+        [1, 8, 0],
+        "one group statement of all commands, no fallback"
+    );
+    t.drop_database().await
+}
+
+/// The readiness record locks its documents' stream rows in `stream_id` order too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readiness_record_locks_its_streams_in_stream_order() -> Result<()> {
+    let t = TestLog::create("ready_lock_order", 4).await?;
+    let log = &t.log;
+    let ids = eight_streams(log).await?;
+    let record = {
+        let (log, ids) = (log.clone(), ids.clone());
+        async move {
+            let done: Vec<AppliedVersion> = ids
+                .into_iter()
+                .rev()
+                .map(|doc_id| AppliedVersion { doc_id, version: 1 })
+                .collect();
+            log.record_ready(&done).await
+        }
+    };
+    waits_holding_nothing(&t, &ids, record).await??;
+    let ready: Vec<i64> = t
+        .raw_client()
+        .await?
+        .query("SELECT ready_version FROM streams ORDER BY stream_id", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ready, [1; 8], "every readiness version recorded");
     t.drop_database().await
 }
 

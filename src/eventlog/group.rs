@@ -41,7 +41,11 @@ const QUEUED_GROUPS_PER_TASK: usize = 4;
 /// (the per-event arrays `$10`–`$15`, joined to their command by number, inserted in command
 /// and version order, so each stream's positions follow its versions). One statement sent
 /// on its own, so one implicit transaction: a conflicting command writes nothing, and the
-/// others' events share one xid.
+/// others' events share one xid. The rows it moves are locked first, in `stream_id` order,
+/// like every other statement that updates several stream rows (the projectors' applied
+/// versions and readiness): left to the join's order, a group and a projector's record of
+/// the same documents deadlocked, and PostgreSQL broke it after `deadlock_timeout` by failing
+/// one of them (the group then went one by one).
 const APPEND_GROUP: &str = r#"
 WITH req AS (
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::boolean[],
@@ -59,6 +63,11 @@ WITH req AS (
     ORDER BY stream_id
     ON CONFLICT (stream_id) DO NOTHING
     RETURNING stream_id
+), locked AS (
+    SELECT s.stream_id FROM streams s
+     WHERE s.stream_id IN (SELECT stream_id FROM req WHERE expected > 0)
+     ORDER BY s.stream_id
+       FOR UPDATE
 ), moved AS (
     UPDATE streams s
        SET stream_version = r.new_version, doc_version = r.doc_version, deleted = r.deleted,
@@ -70,6 +79,7 @@ WITH req AS (
            catalogue = COALESCE(r.catalogue, s.catalogue)
       FROM req r
      WHERE s.stream_id = r.stream_id AND s.stream_version = r.expected AND r.expected > 0
+       AND s.stream_id IN (SELECT stream_id FROM locked)
     RETURNING s.stream_id
 ), ok AS (
     SELECT req.* FROM req

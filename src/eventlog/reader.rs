@@ -566,13 +566,16 @@ impl PgLog {
         let client = self.client().await?;
         let ids: Vec<&str> = done.iter().map(|d| d.doc_id.as_str()).collect();
         let versions: Vec<i64> = done.iter().map(|d| d.version as i64).collect();
-        // One row per document, its newest version (see `record_applied`).
+        // One row per document, its newest version; rows locked in doc_id order (see
+        // `record_applied`).
         let record = prepared(
             &client,
-            "UPDATE streams s SET ready_version = GREATEST(s.ready_version, u.v)
-                 FROM (SELECT id, max(v) AS v FROM unnest($1::text[], $2::bigint[]) AS u(id, v)
-                        GROUP BY id) u
-                WHERE s.stream_id = u.id",
+            "WITH u AS (SELECT id, max(v) AS v FROM unnest($1::text[], $2::bigint[]) AS u(id, v)
+                        GROUP BY id),
+                  locked AS (SELECT s.stream_id FROM streams s WHERE s.stream_id = ANY($1)
+                             ORDER BY s.stream_id FOR UPDATE)
+             UPDATE streams s SET ready_version = GREATEST(s.ready_version, u.v)
+               FROM u WHERE s.stream_id = u.id AND s.stream_id IN (SELECT stream_id FROM locked)",
             "prepare readiness record",
         )
         .await?;
@@ -724,7 +727,8 @@ impl LogSource for PgLog {
         let ids: Vec<&str> = sorted.iter().map(|a| a.doc_id.as_str()).collect();
         let versions: Vec<i64> = sorted.iter().map(|a| a.version as i64).collect();
         let column = applied_column(store);
-        // Rows are locked in doc_id order so the three stores' runners never deadlock. A
+        // Rows are locked in doc_id order so the three stores' runners, the readiness
+        // record and group appends (`group::APPEND_GROUP`) never deadlock. A
         // document named more than once (a rebuild records the versions of all its pages at
         // once) counts with its newest version: `UPDATE ... FROM` applies one arbitrary
         // matching row per target row, in practice the first, which was the oldest.
