@@ -230,6 +230,7 @@ pub mod sink_suite {
     const LOG_ID: &str = "conformance-log";
 
     /// A small log of several documents, their blobs by sha256, and the documents' ids.
+    #[derive(Default)]
     pub struct SuiteLog {
         /// Events in log order.
         pub events: Vec<RecordedEvent<DocumentEvent>>,
@@ -246,7 +247,8 @@ pub mod sink_suite {
     }
 
     impl SuiteLog {
-        fn new() -> SuiteLog {
+        /// An empty log.
+        pub fn new() -> SuiteLog {
             SuiteLog {
                 events: Vec::new(),
                 blobs: HashMap::new(),

@@ -255,6 +255,18 @@ fn upsert_params(doc_id: &str, event: &DocumentEvent) -> Option<[Value; 10]> {
     CatalogueRow::of_event(event).map(|row| row.into_params(doc_id))
 }
 
+/// One document's write in a batch: its row's parameters, or the version it was removed at.
+enum RowOp {
+    Upsert(Box<[Value; 10]>),
+    Remove(u64),
+}
+
+impl RowOp {
+    fn is_upsert(&self) -> bool {
+        matches!(self, RowOp::Upsert(_))
+    }
+}
+
 /// What a document's catalogue row holds besides its id and status (DESIGN.md "what the
 /// stores hold"), owned, so that its strings move into a statement's parameters.
 #[derive(Debug, Clone, PartialEq)]
@@ -367,43 +379,49 @@ impl Sink for MysqlSink {
         part: Partition,
         batch: &Batch,
     ) -> Result<Applied, SinkError> {
-        let mut upserts: Vec<[Value; 10]> = Vec::new();
-        let mut removes: Vec<(&str, u64)> = Vec::new();
-        for change in &batch.changes {
-            match &change.change {
-                Change::Upsert(event) => {
-                    if let Some(params) = upsert_params(change.doc_id.as_str(), event) {
-                        upserts.push(params);
-                    }
+        // Rows are written in doc_id order, the order in which `mark_ready` (a range scan of
+        // the primary key) locks them: written in log order, a batch and a readiness update
+        // of the same documents deadlocked, and InnoDB rolled one of them back. A run of
+        // upserts (or of removals) is one statement per `ROWS_PER_STATEMENT` rows.
+        let mut ops: Vec<(&str, RowOp)> = batch
+            .changes
+            .iter()
+            .filter_map(|change| {
+                let doc_id = change.doc_id.as_str();
+                match &change.change {
+                    Change::Upsert(event) => upsert_params(doc_id, event)
+                        .map(|row| (doc_id, RowOp::Upsert(Box::new(row)))),
+                    Change::Remove => Some((doc_id, RowOp::Remove(change.version))),
                 }
-                Change::Remove => removes.push((change.doc_id.as_str(), change.version)),
-            }
-        }
+            })
+            .collect();
+        ops.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut conn = self.pool.get_conn().await.map_err(sink_error("connect"))?;
         let mut tx = conn
             .start_transaction(TxOpts::default())
             .await
             .map_err(sink_error("begin"))?;
-        for rows in upserts.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "{UPSERT_HEAD}{}{UPSERT_TAIL}",
-                vec![UPSERT_ROW; rows.len()].join(", ")
-            );
-            let params: Vec<Value> = rows.iter().flat_map(|r| r.iter().cloned()).collect();
-            tx.exec_drop(sql, params)
-                .await
-                .map_err(sink_error("upsert rows"))?;
-        }
-        for docs in removes.chunks(ROWS_PER_STATEMENT) {
-            // Guarded: a row newer than the deletion is kept.
-            let cond = vec!["(doc_id = ? AND version < ?)"; docs.len()].join(" OR ");
-            let params: Vec<Value> = docs
-                .iter()
-                .flat_map(|(d, v)| [Value::from(*d), Value::from(*v)])
-                .collect();
-            tx.exec_drop(format!("DELETE FROM documents WHERE {cond}"), params)
-                .await
-                .map_err(sink_error("delete rows"))?;
+        for run in ops.chunk_by(|a, b| a.1.is_upsert() == b.1.is_upsert()) {
+            for rows in run.chunks(ROWS_PER_STATEMENT) {
+                let mut params = Vec::with_capacity(rows.len() * 10);
+                for (doc_id, op) in rows {
+                    match op {
+                        RowOp::Upsert(row) => params.extend(row.iter().cloned()),
+                        RowOp::Remove(version) => {
+                            params.extend([Value::from(*doc_id), Value::from(*version)])
+                        }
+                    }
+                }
+                let (sql, what) = if rows[0].1.is_upsert() {
+                    let values = vec![UPSERT_ROW; rows.len()].join(", ");
+                    (format!("{UPSERT_HEAD}{values}{UPSERT_TAIL}"), "upsert rows")
+                } else {
+                    // Guarded: a row newer than the deletion is kept.
+                    let cond = vec!["(doc_id = ? AND version < ?)"; rows.len()].join(" OR ");
+                    (format!("DELETE FROM documents WHERE {cond}"), "delete rows")
+                };
+                tx.exec_drop(sql, params).await.map_err(sink_error(what))?;
+            }
         }
         let end = batch.end;
         tx.exec_drop(

@@ -1,0 +1,123 @@
+//! The MySQL projector writes a batch's rows in doc_id order, the order in which the
+//! readiness update (`MysqlSink::mark_ready`, a range scan of the primary key) locks them.
+//! Written in log order, a batch and a readiness update of the same documents deadlocked
+//! and InnoDB rolled one of them back (`SHOW ENGINE INNODB STATUS` showed it during the
+//! benchmark's runs).
+
+use std::time::{Duration, Instant};
+
+use aggregates::StoreKind;
+use mysql_async::prelude::Queryable;
+use mysql_async::TxOpts;
+use projections::mysql::MysqlSink;
+use projections::sink::{Partition, Sink};
+use projections::testing::sink_suite::SuiteLog;
+use projections::testing::{unique_name, StoreEnv};
+
+const DIM: usize = 8;
+
+/// Another transaction holds the row of `order-0` (the lowest doc_id, as a readiness update
+/// takes it first) while the projector applies a batch of eight documents in reverse doc_id
+/// order. Once the batch waits, that transaction takes the seven other rows with `NOWAIT`:
+/// the batch must not hold any of them, since it waits for the first row in doc_id order.
+#[tokio::test]
+async fn a_batch_locks_its_rows_in_doc_id_order() {
+    let env = StoreEnv::require();
+    let name = unique_name("mysql_lock_order");
+    let sink = MysqlSink::new(&env.mysql_database_url(&name)).expect("mysql url");
+    sink.prepare().await.expect("prepare database");
+    let ids: Vec<String> = (0..8).map(|i| format!("order-{i}")).collect();
+    let mut log = SuiteLog::new();
+    for id in &ids {
+        log.put(id, 1, 1, DIM);
+    }
+    let first = log.events.len();
+    for id in ids.iter().rev() {
+        log.put(id, 2, 1, DIM);
+    }
+    sink.apply(
+        "lock-order",
+        Partition::ALL,
+        &log.batch(StoreKind::Mysql, 0, first),
+    )
+    .await
+    .expect("apply the first versions");
+
+    // Connections of their own: the sink's pool is the projector's.
+    let url = env.mysql_database_url(&name);
+    let mut holder = mysql_async::Conn::from_url(url.as_str())
+        .await
+        .expect("mysql conn");
+    let mut holder = holder
+        .start_transaction(TxOpts::default())
+        .await
+        .expect("begin");
+    holder
+        .exec_drop(
+            "SELECT 1 FROM documents WHERE doc_id = ? FOR UPDATE",
+            (&ids[0],),
+        )
+        .await
+        .expect("hold order-0");
+    let second = log.batch(StoreKind::Mysql, first, log.events.len());
+    let apply = {
+        let sink = sink.clone();
+        tokio::spawn(async move { sink.apply("lock-order", Partition::ALL, &second).await })
+    };
+    let mut admin = mysql_async::Conn::from_url(url.as_str())
+        .await
+        .expect("mysql conn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: Option<i64> = admin
+            .query_first(
+                "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'",
+            )
+            .await
+            .expect("read INNODB_TRX");
+        if waiting.unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the batch never waited for order-0"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut held = Vec::new();
+    for id in &ids[1..] {
+        if let Err(e) = holder
+            .exec_drop(
+                "SELECT 1 FROM documents WHERE doc_id = ? FOR UPDATE NOWAIT",
+                (id,),
+            )
+            .await
+        {
+            held.push(format!("{id}: {e}"));
+        }
+    }
+    holder.rollback().await.expect("release order-0");
+    tokio::time::timeout(Duration::from_secs(30), apply)
+        .await
+        .expect("the batch finishes once order-0 is free")
+        .expect("apply task")
+        .expect("apply the second versions");
+    assert!(
+        held.is_empty(),
+        "the waiting batch held other rows: {held:?}"
+    );
+
+    let versions: Vec<(String, u64)> = admin
+        .query("SELECT doc_id, version FROM documents ORDER BY doc_id")
+        .await
+        .expect("read rows");
+    assert_eq!(
+        versions,
+        ids.iter().map(|id| (id.clone(), 2)).collect::<Vec<_>>(),
+        "every row at its second version"
+    );
+    admin
+        .query_drop(format!("DROP DATABASE `{name}`"))
+        .await
+        .expect("drop database");
+}
