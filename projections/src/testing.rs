@@ -249,10 +249,7 @@ pub mod sink_suite {
     impl SuiteLog {
         /// An empty log.
         pub fn new() -> SuiteLog {
-            SuiteLog {
-                events: Vec::new(),
-                blobs: HashMap::new(),
-            }
+            SuiteLog::default()
         }
 
         fn push(&mut self, doc: &str, event: DocumentEvent) {

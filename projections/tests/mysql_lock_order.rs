@@ -1,8 +1,9 @@
-//! The MySQL projector writes a batch's rows in doc_id order, the order in which the
-//! readiness update (`MysqlSink::mark_ready`, a range scan of the primary key) locks them.
-//! Written in log order, a batch and a readiness update of the same documents deadlocked
-//! and InnoDB rolled one of them back (`SHOW ENGINE INNODB STATUS` showed it during the
-//! benchmark's runs).
+//! How the MySQL projector cuts a batch into statements. It writes the rows in doc_id order,
+//! the order in which the readiness update (`MysqlSink::mark_ready`, a range scan of the
+//! primary key) locks them: written in log order, a batch and a readiness update of the
+//! same documents deadlocked and InnoDB rolled one of them back (`SHOW ENGINE INNODB STATUS`
+//! showed it during the benchmark's runs). And every row lands, across the cuts between
+//! statements and between runs of puts and deletions.
 
 use std::time::{Duration, Instant};
 
@@ -115,6 +116,79 @@ async fn a_batch_locks_its_rows_in_doc_id_order() {
         versions,
         ids.iter().map(|id| (id.clone(), 2)).collect::<Vec<_>>(),
         "every row at its second version"
+    );
+    admin
+        .query_drop(format!("DROP DATABASE `{name}`"))
+        .await
+        .expect("drop database");
+}
+
+/// A batch of more rows than one statement takes (`ROWS_PER_STATEMENT`), puts and deletes
+/// interleaved in doc_id order, writes every row: each run of one kind is cut into
+/// statements without losing or repeating a row at the cuts.
+#[tokio::test]
+async fn a_batch_longer_than_a_statement_writes_every_row() {
+    let env = StoreEnv::require();
+    let name = unique_name("mysql_long_batch");
+    let sink = MysqlSink::new(&env.mysql_database_url(&name)).expect("mysql url");
+    sink.prepare().await.expect("prepare database");
+    let rows = projections::mysql::schema::ROWS_PER_STATEMENT * 2 + 7;
+    let ids: Vec<String> = (0..rows).map(|i| format!("long-{i:05}")).collect();
+    let mut log = SuiteLog::new();
+    for id in &ids {
+        log.put(id, 1, 1, DIM);
+    }
+    let first = log.events.len();
+    // Every tenth document deleted, the others at their second version: long runs of puts
+    // cut by single deletions, and the whole more than two statements long.
+    for (i, id) in ids.iter().enumerate() {
+        if i % 10 == 3 {
+            log.delete(id, 2);
+        } else {
+            log.put(id, 2, 1, DIM);
+        }
+    }
+    sink.apply(
+        "long",
+        Partition::ALL,
+        &log.batch(StoreKind::Mysql, 0, first),
+    )
+    .await
+    .expect("apply the first versions");
+    let url = env.mysql_database_url(&name);
+    let mut admin = mysql_async::Conn::from_url(url.as_str())
+        .await
+        .expect("mysql conn");
+    let count: Option<usize> = admin
+        .query_first("SELECT COUNT(*) FROM documents WHERE version = 1")
+        .await
+        .expect("count rows");
+    assert_eq!(
+        count,
+        Some(rows),
+        "one statement's worth and more, all written"
+    );
+    sink.apply(
+        "long",
+        Partition::ALL,
+        &log.batch(StoreKind::Mysql, first, log.events.len()),
+    )
+    .await
+    .expect("apply the second versions and deletions");
+    let held: Vec<(String, u64)> = admin
+        .query("SELECT doc_id, version FROM documents ORDER BY doc_id")
+        .await
+        .expect("read rows");
+    let want: Vec<(String, u64)> = ids
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 10 != 3)
+        .map(|(_, id)| (id.clone(), 2))
+        .collect();
+    assert_eq!(held.len(), want.len());
+    assert!(
+        held == want,
+        "every row at its second version, deleted rows gone"
     );
     admin
         .query_drop(format!("DROP DATABASE `{name}`"))

@@ -566,16 +566,9 @@ impl PgLog {
         let client = self.client().await?;
         let ids: Vec<&str> = done.iter().map(|d| d.doc_id.as_str()).collect();
         let versions: Vec<i64> = done.iter().map(|d| d.version as i64).collect();
-        // One row per document, its newest version; rows locked in doc_id order (see
-        // `record_applied`).
         let record = prepared(
             &client,
-            "WITH u AS (SELECT id, max(v) AS v FROM unnest($1::text[], $2::bigint[]) AS u(id, v)
-                        GROUP BY id),
-                  locked AS (SELECT s.stream_id FROM streams s WHERE s.stream_id = ANY($1)
-                             ORDER BY s.stream_id FOR UPDATE)
-             UPDATE streams s SET ready_version = GREATEST(s.ready_version, u.v)
-               FROM u WHERE s.stream_id = u.id AND s.stream_id IN (SELECT stream_id FROM locked)",
+            &raise_versions_sql("ready_version", ""),
             "prepare readiness record",
         )
         .await?;
@@ -610,6 +603,24 @@ fn pg_source_error(operation: &'static str) -> impl FnOnce(tokio_postgres::Error
 }
 
 /// The store's applied-version column in `streams` (a fixed name per store, never input).
+/// The statement that raises `column` of the stream rows named in `$1` to the versions in
+/// `$2`, then `returning`. Rows are locked in doc_id order, so the three stores' runners, the
+/// readiness record and group appends (`group::APPEND_GROUP`) never deadlock. A document
+/// named more than once (a rebuild records the versions of all its pages at once) counts
+/// with its newest version: `UPDATE ... FROM` applies one arbitrary matching row per target
+/// row, in practice the first, which was the oldest.
+fn raise_versions_sql(column: &str, returning: &str) -> String {
+    format!(
+        "WITH u AS (SELECT id, max(v) AS v FROM unnest($1::text[], $2::bigint[]) AS u(id, v)
+                    GROUP BY id),
+              locked AS (SELECT s.stream_id FROM streams s WHERE s.stream_id = ANY($1)
+                         ORDER BY s.stream_id FOR UPDATE)
+         UPDATE streams s SET {column} = GREATEST(s.{column}, u.v)
+           FROM u WHERE s.stream_id = u.id AND s.stream_id IN (SELECT stream_id FROM locked)
+         {returning}"
+    )
+}
+
 fn applied_column(store: StoreKind) -> &'static str {
     match store {
         StoreKind::Mysql => "mysql_version",
@@ -726,20 +737,10 @@ impl LogSource for PgLog {
         sorted.sort_by(|a, b| a.doc_id.cmp(&b.doc_id));
         let ids: Vec<&str> = sorted.iter().map(|a| a.doc_id.as_str()).collect();
         let versions: Vec<i64> = sorted.iter().map(|a| a.version as i64).collect();
-        let column = applied_column(store);
-        // Rows are locked in doc_id order so the three stores' runners, the readiness
-        // record and group appends (`group::APPEND_GROUP`) never deadlock. A
-        // document named more than once (a rebuild records the versions of all its pages at
-        // once) counts with its newest version: `UPDATE ... FROM` applies one arbitrary
-        // matching row per target row, in practice the first, which was the oldest.
-        let sql = format!(
-            "WITH u AS (SELECT id, max(v) AS v FROM unnest($1::text[], $2::bigint[]) AS u(id, v)
-                        GROUP BY id),
-                  locked AS (SELECT s.stream_id FROM streams s WHERE s.stream_id = ANY($1)
-                             ORDER BY s.stream_id FOR UPDATE)
-             UPDATE streams s SET {column} = GREATEST(s.{column}, u.v)
-             FROM u WHERE s.stream_id = u.id AND s.stream_id IN (SELECT stream_id FROM locked)
-             RETURNING s.stream_id, s.doc_version, s.mysql_version, s.milvus_version, s.s3_version, s.ready_version"
+        let sql = raise_versions_sql(
+            applied_column(store),
+            "RETURNING s.stream_id, s.doc_version, s.mysql_version, s.milvus_version, \
+             s.s3_version, s.ready_version",
         );
         let record = prepared(&client, &sql, "prepare applied versions record").await?;
         let rows = client

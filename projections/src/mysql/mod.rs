@@ -256,8 +256,9 @@ fn upsert_params(doc_id: &str, event: &DocumentEvent) -> Option<[Value; 10]> {
 }
 
 /// One document's write in a batch: its row's parameters, or the version it was removed at.
+#[allow(clippy::large_enum_variant)] // reason: built once per row and moved into its statement
 enum RowOp {
-    Upsert(Box<[Value; 10]>),
+    Upsert([Value; 10]),
     Remove(u64),
 }
 
@@ -381,16 +382,16 @@ impl Sink for MysqlSink {
     ) -> Result<Applied, SinkError> {
         // Rows are written in doc_id order, the order in which `mark_ready` (a range scan of
         // the primary key) locks them: written in log order, a batch and a readiness update
-        // of the same documents deadlocked, and InnoDB rolled one of them back. A run of
-        // upserts (or of removals) is one statement per `ROWS_PER_STATEMENT` rows.
+        // of the same documents deadlocked, and InnoDB rolled one of them back.
         let mut ops: Vec<(&str, RowOp)> = batch
             .changes
             .iter()
             .filter_map(|change| {
                 let doc_id = change.doc_id.as_str();
                 match &change.change {
-                    Change::Upsert(event) => upsert_params(doc_id, event)
-                        .map(|row| (doc_id, RowOp::Upsert(Box::new(row)))),
+                    Change::Upsert(event) => {
+                        upsert_params(doc_id, event).map(|row| (doc_id, RowOp::Upsert(row)))
+                    }
                     Change::Remove => Some((doc_id, RowOp::Remove(change.version))),
                 }
             })
@@ -401,27 +402,37 @@ impl Sink for MysqlSink {
             .start_transaction(TxOpts::default())
             .await
             .map_err(sink_error("begin"))?;
-        for run in ops.chunk_by(|a, b| a.1.is_upsert() == b.1.is_upsert()) {
-            for rows in run.chunks(ROWS_PER_STATEMENT) {
-                let mut params = Vec::with_capacity(rows.len() * 10);
-                for (doc_id, op) in rows {
-                    match op {
-                        RowOp::Upsert(row) => params.extend(row.iter().cloned()),
-                        RowOp::Remove(version) => {
-                            params.extend([Value::from(*doc_id), Value::from(*version)])
-                        }
+        let mut ops = ops.into_iter().peekable();
+        while let Some(first) = ops.next() {
+            // The next run of one kind, at most `ROWS_PER_STATEMENT` rows, moved into the
+            // statement's parameters.
+            let upsert = first.1.is_upsert();
+            let mut rows = 0;
+            let mut params = Vec::new();
+            let mut next = Some(first);
+            while let Some((doc_id, op)) = next {
+                match op {
+                    RowOp::Upsert(row) => params.extend(row),
+                    RowOp::Remove(version) => {
+                        params.extend([Value::from(doc_id), Value::from(version)])
                     }
                 }
-                let (sql, what) = if rows[0].1.is_upsert() {
-                    let values = vec![UPSERT_ROW; rows.len()].join(", ");
-                    (format!("{UPSERT_HEAD}{values}{UPSERT_TAIL}"), "upsert rows")
+                rows += 1;
+                next = if rows < ROWS_PER_STATEMENT {
+                    ops.next_if(|(_, op)| op.is_upsert() == upsert)
                 } else {
-                    // Guarded: a row newer than the deletion is kept.
-                    let cond = vec!["(doc_id = ? AND version < ?)"; rows.len()].join(" OR ");
-                    (format!("DELETE FROM documents WHERE {cond}"), "delete rows")
+                    None
                 };
-                tx.exec_drop(sql, params).await.map_err(sink_error(what))?;
             }
+            let (sql, what) = if upsert {
+                let values = vec![UPSERT_ROW; rows].join(", ");
+                (format!("{UPSERT_HEAD}{values}{UPSERT_TAIL}"), "upsert rows")
+            } else {
+                // Guarded: a row newer than the deletion is kept.
+                let cond = vec!["(doc_id = ? AND version < ?)"; rows].join(" OR ");
+                (format!("DELETE FROM documents WHERE {cond}"), "delete rows")
+            };
+            tx.exec_drop(sql, params).await.map_err(sink_error(what))?;
         }
         let end = batch.end;
         tx.exec_drop(
