@@ -17,16 +17,39 @@ use projections::testing::{unique_name, StoreEnv};
 
 const DIM: usize = 8;
 
+/// A prepared sink on a database of its own, and the database's name and URL.
+async fn fresh_sink(test: &str) -> (MysqlSink, String, String) {
+    let env = StoreEnv::require();
+    let name = unique_name(test);
+    let url = env.mysql_database_url(&name);
+    let sink = MysqlSink::new(&url).expect("mysql url");
+    sink.prepare().await.expect("prepare database");
+    (sink, name, url)
+}
+
+/// A connection of the test's own: the sink's pool is the projector's.
+async fn connect(url: &str) -> mysql_async::Conn {
+    mysql_async::Conn::from_url(url).await.expect("mysql conn")
+}
+
+/// Applies `log.events[from..to]` through `sink`.
+async fn apply(sink: &MysqlSink, log: &SuiteLog, from: usize, to: usize, what: &str) {
+    sink.apply(
+        "test-log",
+        Partition::ALL,
+        &log.batch(StoreKind::Mysql, from, to),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("apply {what}: {e}"));
+}
+
 /// Another transaction holds the row of `order-0` (the lowest doc_id, as a readiness update
 /// takes it first) while the projector applies a batch of eight documents in reverse doc_id
 /// order. Once the batch waits, that transaction takes the seven other rows with `NOWAIT`:
 /// the batch must not hold any of them, since it waits for the first row in doc_id order.
 #[tokio::test]
 async fn a_batch_locks_its_rows_in_doc_id_order() {
-    let env = StoreEnv::require();
-    let name = unique_name("mysql_lock_order");
-    let sink = MysqlSink::new(&env.mysql_database_url(&name)).expect("mysql url");
-    sink.prepare().await.expect("prepare database");
+    let (sink, name, url) = fresh_sink("mysql_lock_order").await;
     let ids: Vec<String> = (0..8).map(|i| format!("order-{i}")).collect();
     let mut log = SuiteLog::new();
     for id in &ids {
@@ -36,19 +59,9 @@ async fn a_batch_locks_its_rows_in_doc_id_order() {
     for id in ids.iter().rev() {
         log.put(id, 2, 1, DIM);
     }
-    sink.apply(
-        "lock-order",
-        Partition::ALL,
-        &log.batch(StoreKind::Mysql, 0, first),
-    )
-    .await
-    .expect("apply the first versions");
+    apply(&sink, &log, 0, first, "the first versions").await;
 
-    // Connections of their own: the sink's pool is the projector's.
-    let url = env.mysql_database_url(&name);
-    let mut holder = mysql_async::Conn::from_url(url.as_str())
-        .await
-        .expect("mysql conn");
+    let mut holder = connect(&url).await;
     let mut holder = holder
         .start_transaction(TxOpts::default())
         .await
@@ -61,13 +74,11 @@ async fn a_batch_locks_its_rows_in_doc_id_order() {
         .await
         .expect("hold order-0");
     let second = log.batch(StoreKind::Mysql, first, log.events.len());
-    let apply = {
+    let applying = {
         let sink = sink.clone();
-        tokio::spawn(async move { sink.apply("lock-order", Partition::ALL, &second).await })
+        tokio::spawn(async move { sink.apply("test-log", Partition::ALL, &second).await })
     };
-    let mut admin = mysql_async::Conn::from_url(url.as_str())
-        .await
-        .expect("mysql conn");
+    let mut admin = connect(&url).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let waiting: Option<i64> = admin
@@ -98,7 +109,7 @@ async fn a_batch_locks_its_rows_in_doc_id_order() {
         }
     }
     holder.rollback().await.expect("release order-0");
-    tokio::time::timeout(Duration::from_secs(30), apply)
+    tokio::time::timeout(Duration::from_secs(30), applying)
         .await
         .expect("the batch finishes once order-0 is free")
         .expect("apply task")
@@ -128,10 +139,7 @@ async fn a_batch_locks_its_rows_in_doc_id_order() {
 /// statements without losing or repeating a row at the cuts.
 #[tokio::test]
 async fn a_batch_longer_than_a_statement_writes_every_row() {
-    let env = StoreEnv::require();
-    let name = unique_name("mysql_long_batch");
-    let sink = MysqlSink::new(&env.mysql_database_url(&name)).expect("mysql url");
-    sink.prepare().await.expect("prepare database");
+    let (sink, name, url) = fresh_sink("mysql_long_batch").await;
     let rows = projections::mysql::schema::ROWS_PER_STATEMENT * 2 + 7;
     let ids: Vec<String> = (0..rows).map(|i| format!("long-{i:05}")).collect();
     let mut log = SuiteLog::new();
@@ -148,17 +156,8 @@ async fn a_batch_longer_than_a_statement_writes_every_row() {
             log.put(id, 2, 1, DIM);
         }
     }
-    sink.apply(
-        "long",
-        Partition::ALL,
-        &log.batch(StoreKind::Mysql, 0, first),
-    )
-    .await
-    .expect("apply the first versions");
-    let url = env.mysql_database_url(&name);
-    let mut admin = mysql_async::Conn::from_url(url.as_str())
-        .await
-        .expect("mysql conn");
+    apply(&sink, &log, 0, first, "the first versions").await;
+    let mut admin = connect(&url).await;
     let count: Option<usize> = admin
         .query_first("SELECT COUNT(*) FROM documents WHERE version = 1")
         .await
@@ -168,13 +167,8 @@ async fn a_batch_longer_than_a_statement_writes_every_row() {
         Some(rows),
         "one statement's worth and more, all written"
     );
-    sink.apply(
-        "long",
-        Partition::ALL,
-        &log.batch(StoreKind::Mysql, first, log.events.len()),
-    )
-    .await
-    .expect("apply the second versions and deletions");
+    let end = log.events.len();
+    apply(&sink, &log, first, end, "the second versions and deletions").await;
     let held: Vec<(String, u64)> = admin
         .query("SELECT doc_id, version FROM documents ORDER BY doc_id")
         .await
