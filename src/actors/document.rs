@@ -1,8 +1,10 @@
 //! The document actor: holds one document's state in memory after one load, and handles its
 //! commands strictly one at a time (`AtomicResponse`), so decide → append → apply never
-//! interleaves with another command of the same document in this process. Another process
-//! writing the same document shows up as a log conflict: the actor reloads, decides again
-//! once, and only then reports the conflict.
+//! interleaves with another command of the same document in this process. Several processes
+//! may serve one log, so the cached state is never trusted for an answer: an append names the
+//! event count it was decided on (a stale state is a log conflict: refresh, decide again
+//! once, then report the conflict), and every answer that appends nothing, and every read,
+//! is given on a state brought up to the log first (see [`PgLog::refresh`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -148,8 +150,13 @@ impl Handler<GetState> for DocumentActor {
         let cached = self.state.clone();
         AtomicResponse::new(Box::pin(
             async move {
+                // The cache is a guess: another process may have appended since.
                 match cached {
-                    Some(doc) => Ok(doc),
+                    Some(doc) => log
+                        .refresh(&doc_id, doc)
+                        .await
+                        .map(|(doc, _)| doc)
+                        .map_err(CommandError::from),
                     None => log.load(&doc_id).await.map_err(CommandError::from),
                 }
             }
@@ -192,30 +199,54 @@ impl Handler<ExecuteCommand> for DocumentActor {
     }
 }
 
-/// decide → append → apply, with one reload-and-retry on a log conflict.
+/// decide → append → apply, with one refresh-and-retry on a log conflict.
+///
+/// The cached state is only a guess when several processes serve one log: another one may
+/// have appended since. An append is checked by the log itself (it names the event count it
+/// was decided on), so a stale guess there costs a conflict, a refresh and a second decision.
+/// Every other answer (unchanged, a refusal, a compensation that appends nothing) is given
+/// only on a state read from the log during this command: a cached state is refreshed
+/// first (one indexed read of the events after it; none in a single process) and the
+/// command decided again if it moved.
 async fn execute(
     log: PgLog,
     doc_id: DocId,
     cached: Option<Document>,
     msg: ExecuteCommand,
 ) -> (Option<Document>, Result<CommandOutcome, CommandError>) {
-    let mut state = match cached {
-        Some(s) => s,
+    let (mut state, mut fresh) = match cached {
+        Some(s) => (s, false),
         None => match log.load(&doc_id).await {
-            Ok(s) => s,
+            Ok(s) => (s, true),
             Err(e) => return (None, Err(e.into())),
         },
     };
-    for attempt in 0..2 {
-        let (events, compensation) = match &msg.command {
+    let mut conflicts = 0;
+    loop {
+        let decided = match &msg.command {
             DocumentCommand::RequestCompensation { .. } => {
                 let (events, outcome) = state.decide_compensation(&msg.command);
-                (events, Some(outcome))
+                Ok((events, Some(outcome)))
             }
-            command => match state.decide(command) {
-                Ok(events) => (events, None),
-                Err(refusal) => return (Some(state), Err(refusal.into())),
-            },
+            command => state.decide(command).map(|events| (events, None)),
+        };
+        let appends = matches!(&decided, Ok((events, _)) if !events.is_empty());
+        if !appends && !fresh {
+            match log.refresh(&doc_id, state).await {
+                Ok((current, moved)) => {
+                    state = current;
+                    fresh = true;
+                    if moved {
+                        debug!(doc_id = %doc_id, "cached state was behind the log; deciding again");
+                        continue;
+                    }
+                }
+                Err(e) => return (None, Err(e.into())),
+            }
+        }
+        let (events, compensation) = match decided {
+            Ok(decided) => decided,
+            Err(refusal) => return (Some(state), Err(refusal.into())),
         };
         let resolution = resolution_of(&doc_id, &msg, compensation.as_ref(), state.version + 1);
         if events.is_empty() {
@@ -310,29 +341,20 @@ async fn execute(
                 // Our state may be behind the first request's effect: reload next time.
                 return (None, Ok(outcome(first)));
             }
-            Err(LogError::Conflict { .. }) if attempt == 0 => {
-                debug!(doc_id = %doc_id, "append conflict, reloading and deciding again");
-                match log.load(&doc_id).await {
-                    Ok(fresh) => state = fresh,
+            Err(LogError::Conflict { .. }) if conflicts == 0 => {
+                conflicts += 1;
+                debug!(doc_id = %doc_id, "append conflict, refreshing and deciding again");
+                match log.refresh(&doc_id, state).await {
+                    Ok((current, _)) => {
+                        state = current;
+                        fresh = true;
+                    }
                     Err(e) => return (None, Err(e.into())),
                 }
             }
             Err(e) => return (None, Err(e.into())),
         }
     }
-    unreachable_conflict(doc_id)
-}
-
-fn unreachable_conflict(doc_id: DocId) -> (Option<Document>, Result<CommandOutcome, CommandError>) {
-    // The loop returns on every path of its second attempt; kept total for the compiler.
-    (
-        None,
-        Err(CommandError::Log(LogError::Conflict {
-            stream: doc_id.to_string(),
-            expected: -1,
-            actual: -1,
-        })),
-    )
 }
 
 fn outcome(r: IdempotentResult) -> CommandOutcome {

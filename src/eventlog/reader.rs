@@ -77,6 +77,14 @@ ON CONFLICT (sink, partition) DO UPDATE
 "#;
 
 /// A document's versions, per store and overall.
+/// A stream's events after a known event count, in stream order: what brings a cached state
+/// up to the log (nothing when no other process appended since).
+const READ_DOCUMENT_AFTER: &str = r#"
+SELECT position, event_type, event_version, payload, vectors
+FROM events WHERE stream_id = $1 AND stream_version > $2
+ORDER BY stream_version
+"#;
+
 const READ_STREAM_STATE: &str = r#"
 SELECT stream_version, doc_version, deleted, mysql_version, milvus_version, s3_version,
        ready_version
@@ -332,6 +340,29 @@ impl PgLog {
             doc.apply_event(&decode_event_columns(row, 1, position)?);
         }
         Ok(doc)
+    }
+
+    /// Brings `doc`, a state of `doc_id` that some process held, up to the log: applies the
+    /// events appended after `doc.stream_version` (one indexed read; none when no other
+    /// process appended since). Returns the state and whether it moved.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
+    pub async fn refresh(
+        &self,
+        doc_id: &DocId,
+        mut doc: Document,
+    ) -> Result<(Document, bool), LogError> {
+        let client = self.client().await?;
+        let read = prepared(&client, READ_DOCUMENT_AFTER, "prepare document refresh").await?;
+        let rows = client
+            .query(&read, &[&doc_id.as_str(), &doc.stream_version])
+            .await
+            .map_err(LogError::db("refresh document"))?;
+        for row in &rows {
+            doc.apply_event(&decode_event_columns(row, 1, row.get(0))?);
+        }
+        Ok((doc, !rows.is_empty()))
     }
 
     /// Every event of a stream with its place in the log, in stream order (what verification

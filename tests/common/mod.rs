@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // reason: each test binary uses a different subset of these helpers
 
+pub mod cluster;
 pub mod mariadb;
 pub mod pki;
 pub mod proxy;
