@@ -427,7 +427,7 @@ async fn measure(
         log.clone(),
         stores.clone(),
         config.projection.partitions.get(),
-        None,
+        false,
     );
     let cancel = CancellationToken::new();
     for &store in &s.stores {

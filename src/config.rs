@@ -39,6 +39,8 @@ const KEYS: &[(&str, Option<&str>)] = &[
     // whose URL asks for TLS.
     ("TLS_CA_FILE", None),
     // Tuning knobs (not part of the contract; documented in the README).
+    // Projector partitions per store (1..=1024); every process on one log should use the
+    // same count (a new count takes over once no process of the old one holds a lease).
     ("PARTITIONS", Some("2")),
     ("BATCH_SIZE", Some("500")),
     // Events a rebuild reads per page of the log.
@@ -80,6 +82,9 @@ const KEYS: &[(&str, Option<&str>)] = &[
 
 /// Longest projector linger, in milliseconds: a longer one would only hold changes back.
 const MAX_LINGER_MS: u64 = 60_000;
+
+/// Most projector partitions per store (the lease lock's key holds the count in 10 bits).
+pub const MAX_PARTITIONS: u32 = 1024;
 
 /// A secret whose `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -507,7 +512,13 @@ impl Config {
             },
             projection: ProjectionConfig {
                 partitions: NonZeroU32::new(partitions)
-                    .ok_or_else(|| invalid("PARTITIONS", "must be greater than 0".into()))?,
+                    .filter(|p| p.get() <= MAX_PARTITIONS)
+                    .ok_or_else(|| {
+                        invalid(
+                            "PARTITIONS",
+                            format!("must be between 1 and {MAX_PARTITIONS}"),
+                        )
+                    })?,
                 batch_size: positive("BATCH_SIZE")?,
                 rebuild_page_events: positive("REBUILD_PAGE_EVENTS")?,
                 idle_poll: Duration::from_millis(positive("IDLE_POLL_MS")? as u64),

@@ -174,9 +174,10 @@ pub async fn serve(
         log.connector(),
         config.projection.lease_poll,
         retry,
+        partitions,
         lease_cancel.clone(),
     );
-    let mut projectors = Projectors::leased(leases);
+    let mut projectors = Projectors::leased(leases.clone());
     projectors.start(
         stores.mysql.clone(),
         &log,
@@ -242,19 +243,18 @@ pub async fn serve(
             .map_or_else(|_| config.listen.to_string(), |a| a.to_string()),
         std::process::id()
     );
-    let rebuilder = rebuild::Rebuilder::new(
+    let rebuilder = rebuild::Rebuilder::new(log.clone(), stores.clone(), partitions, true)
+        .with_page_events(config.projection.rebuild_page_events);
+    let control = actors::control::spawn(
         log.clone(),
-        stores.clone(),
-        partitions,
-        Some(projectors.view()),
-    )
-    .with_page_events(config.projection.rebuild_page_events);
-    let rebuilds = projectors.view().rebuilds().clone();
+        projectors.view(),
+        leases.clone(),
+        rebuilder,
+        projection_cancel.clone(),
+    );
     let state = AppState {
         instance,
         history,
-        rebuilder,
-        rebuild_cancel: projection_cancel.clone(),
         verifier,
         config: config.clone(),
         registry,
@@ -301,7 +301,7 @@ pub async fn serve(
     let served = server_task.await;
     info!("stopping projectors");
     projection_cancel.cancel();
-    rebuilds.join().await;
+    let _ = control.await;
     projectors.join().await;
     lease_cancel.cancel();
     let _ = lease_task.await;

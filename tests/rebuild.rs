@@ -402,7 +402,11 @@ async fn mysql_dropped_is_rebuilt_while_ingesting() {
         .expect("tables");
     assert_eq!(
         leftovers,
-        ["projection_checkpoints"],
+        [
+            "document_tombstones",
+            "projection_checkpoints",
+            "projection_fences"
+        ],
         "no shadow or old table is left"
     );
     pool.disconnect().await.expect("disconnect");

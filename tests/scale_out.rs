@@ -160,3 +160,261 @@ async fn answers_rest_on_the_log_not_on_another_process_s_cache() {
     assert_eq!(got["deleted"], true, "{got}");
     drop(cluster);
 }
+
+/// `rebuild` of the store in `GET /v1/projections` of `base`.
+async fn rebuild_status(http: &reqwest::Client, base: &str, store: &str) -> Option<Value> {
+    let all: Value = http
+        .get(format!("{base}/v1/projections"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    all.as_array()?
+        .iter()
+        .find(|s| s["name"] == store)
+        .map(|s| s["rebuild"].clone())
+}
+
+/// Partitions of `store` shown `state` by any of `bases`.
+async fn partitions_in(
+    http: &reqwest::Client,
+    bases: &[String],
+    store: &str,
+    state: &str,
+) -> Option<std::collections::BTreeSet<u64>> {
+    let mut out = std::collections::BTreeSet::new();
+    for base in bases {
+        let all: Value = http
+            .get(format!("{base}/v1/projections"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let s = all.as_array()?.iter().find(|s| s["name"] == store)?;
+        for p in s["partitions"].as_array()? {
+            if p["state"] == state {
+                out.insert(p["partition"].as_u64()?);
+            }
+        }
+    }
+    Some(out)
+}
+
+async fn wait_consistent(http: &reqwest::Client, base: &str, docs: &[String]) {
+    for doc in docs {
+        common::eventually(
+            Duration::from_secs(60),
+            "the document to be consistent",
+            || {
+                let url = doc_url(base, doc);
+                async move {
+                    let got: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                    (got["consistent"] == true).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+}
+
+/// Pause, resume and rebuild asked of one process act on every partition of the store,
+/// wherever it runs; a rebuild's progress shows on every process; a rebuild whose process
+/// dies is finished by another one.
+#[actix_rt::test]
+async fn pause_resume_and_rebuild_act_on_every_process() {
+    let mut cluster = Cluster::start(
+        "scale_out_control",
+        2,
+        &[
+            ("DOCLEDGER_PARTITIONS", "2"),
+            ("DOCLEDGER_LEASE_POLL_MS", "200"),
+            ("DOCLEDGER_VERIFY_INTERVAL_SECS", "0"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    cluster.caught_up(Duration::from_secs(60)).await;
+    let (a, b) = (cluster.base(0), cluster.base(1));
+    let bases = vec![a.clone(), b.clone()];
+    // Each process owns some partitions (the setting: B owns one of Milvus' two).
+    let running_a = partitions_in(&http, &bases[..1], "milvus", "running")
+        .await
+        .expect("status");
+    let running_b = partitions_in(&http, &bases[1..], "milvus", "running")
+        .await
+        .expect("status");
+    assert_eq!(
+        running_a.len() + running_b.len(),
+        2,
+        "{running_a:?} {running_b:?}"
+    );
+
+    let docs: Vec<String> = (0..12).map(|i| format!("ctl-{i:02}")).collect();
+    for (i, doc) in docs.iter().enumerate() {
+        let base = &bases[i % 2];
+        let (s, v) = send(http.put(doc_url(base, doc)).json(&body(doc))).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    wait_consistent(&http, &a, &docs).await;
+
+    // Pause through A: both partitions stop, wherever they run.
+    let (s, v) = send(http.post(format!("{a}/v1/projections/milvus/pause"))).await;
+    assert_eq!(s, 200, "{v}");
+    common::eventually(
+        Duration::from_secs(10),
+        "both Milvus partitions paused",
+        || {
+            let (http, bases) = (&http, &bases);
+            async move {
+                let paused = partitions_in(http, bases, "milvus", "paused").await?;
+                (paused.len() == 2).then_some(())
+            }
+        },
+    )
+    .await;
+    let paused_docs: Vec<String> = (0..6).map(|i| format!("ctl-paused-{i}")).collect();
+    for (i, doc) in paused_docs.iter().enumerate() {
+        send(http.put(doc_url(&bases[i % 2], doc)).json(&body(doc))).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for doc in &paused_docs {
+        let (_, got) = send(http.get(doc_url(&b, doc))).await;
+        assert_eq!(
+            got["stores"]["milvus"],
+            Value::Null,
+            "paused, yet applied: {got}"
+        );
+    }
+    // Resume through B: both partitions run again.
+    let (s, v) = send(http.post(format!("{b}/v1/projections/milvus/resume"))).await;
+    assert_eq!(s, 200, "{v}");
+    wait_consistent(&http, &a, &paused_docs).await;
+
+    // Rebuild through A while B owns a Milvus partition: it finishes, B shows its progress,
+    // and documents put afterwards reach Milvus.
+    let (s, v) = send(http.post(format!("{a}/v1/projections/milvus/rebuild"))).await;
+    assert_eq!(s, 202, "{v}");
+    let (s, v) = send(http.post(format!("{b}/v1/projections/milvus/rebuild"))).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("rebuild_running")),
+        "one rebuild of a store at a time, cluster-wide: {v}"
+    );
+    let done = common::eventually(Duration::from_secs(120), "the rebuild to finish", || {
+        let http = &http;
+        let b = &b;
+        async move {
+            let status = rebuild_status(http, b, "milvus").await?;
+            match status["phase"].as_str()? {
+                "done" => Some(status),
+                "failed" => panic!("rebuild failed: {status}"),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(done["documents_done"].as_u64() >= Some(18), "{done}");
+    let after: Vec<String> = (0..6).map(|i| format!("ctl-after-{i}")).collect();
+    for (i, doc) in after.iter().enumerate() {
+        send(http.put(doc_url(&bases[i % 2], doc)).json(&body(doc))).await;
+    }
+    wait_consistent(&http, &b, &after).await;
+
+    // A rebuild whose process dies is finished by another: B is frozen, so A's rebuild of
+    // S3 waits for B's partitions to pause; A is killed there; B, thawed, starts it over.
+    cluster.signal(1, libc::SIGSTOP);
+    let (s, v) = send(http.post(format!("{a}/v1/projections/s3/rebuild"))).await;
+    assert_eq!(s, 202, "{v}");
+    common::eventually(Duration::from_secs(30), "A's rebuild to wait for B", || {
+        let (http, a) = (&http, &a);
+        async move {
+            let status = rebuild_status(http, a, "s3").await?;
+            (status["phase"] == "pausing").then_some(())
+        }
+    })
+    .await;
+    cluster.kill(0).await;
+    cluster.signal(1, libc::SIGCONT);
+    let done = common::eventually(Duration::from_secs(120), "B to finish the rebuild", || {
+        let (http, b) = (&http, &b);
+        async move {
+            let status = rebuild_status(http, b, "s3").await?;
+            match status["phase"].as_str()? {
+                "done" => Some(status),
+                "failed" => panic!("rebuild failed: {status}"),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(done["error"].is_null(), "{done}");
+    cluster.restart(0).await;
+    cluster.caught_up(Duration::from_secs(60)).await;
+    let (code, out) = cluster.verify().await;
+    assert_eq!(code, Some(0), "verify: {out}\n{}", cluster.logs());
+}
+
+/// A process whose runner fails fatally (its vector dimension is not the collection's) gives
+/// the partition's lease back, and another process runs it: one misconfigured process never
+/// stalls its share of the partitions for everyone.
+#[actix_rt::test]
+async fn a_runner_that_fails_fatally_gives_its_lease_back() {
+    let mut cluster = Cluster::start(
+        "scale_out_fatal",
+        1,
+        &[
+            ("DOCLEDGER_PARTITIONS", "2"),
+            ("DOCLEDGER_LEASE_POLL_MS", "200"),
+            ("DOCLEDGER_VERIFY_INTERVAL_SECS", "0"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    cluster.caught_up(Duration::from_secs(60)).await;
+    let a = cluster.base(0);
+    // B joins and takes its fair share (3 of the 6 leases), Milvus ones among them once it
+    // held them all: its Milvus runners fail on the collection's dimension.
+    let b = cluster.add(&[("DOCLEDGER_VECTOR_DIM", "16")]).await;
+    let b = cluster.base(b);
+    common::eventually(Duration::from_secs(30), "B to own a partition", || {
+        let (http, b) = (&http, &b);
+        async move {
+            let owned = partitions_in(http, std::slice::from_ref(b), "mysql", "running")
+                .await?
+                .len()
+                + partitions_in(http, std::slice::from_ref(b), "milvus", "failed")
+                    .await?
+                    .len()
+                + partitions_in(http, std::slice::from_ref(b), "s3", "running")
+                    .await?
+                    .len();
+            (owned > 0).then_some(())
+        }
+    })
+    .await;
+    let docs: Vec<String> = (0..16).map(|i| format!("fatal-{i:02}")).collect();
+    for doc in &docs {
+        let (s, v) = send(http.put(doc_url(&a, doc)).json(&body(doc))).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    // Both Milvus partitions end up running on A, and every document reaches Milvus.
+    common::eventually(
+        Duration::from_secs(60),
+        "A to run both Milvus partitions",
+        || {
+            let (http, a) = (&http, &a);
+            async move {
+                let running =
+                    partitions_in(http, std::slice::from_ref(a), "milvus", "running").await?;
+                (running.len() == 2).then_some(())
+            }
+        },
+    )
+    .await;
+    wait_consistent(&http, &a, &docs).await;
+    drop(cluster);
+}

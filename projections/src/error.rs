@@ -10,6 +10,9 @@ pub enum ErrorClass {
     /// The store refuses this data (constraint, schema, 4xx): retrying cannot help; the
     /// change is parked and compensation is requested.
     Permanent,
+    /// The store (or the log) refused the write because another process owns the partition
+    /// now (a newer fencing token was seen): the runner stops at once, parking nothing.
+    Fenced,
 }
 
 impl ErrorClass {
@@ -18,6 +21,7 @@ impl ErrorClass {
         match self {
             ErrorClass::Transient => "transient",
             ErrorClass::Permanent => "permanent",
+            ErrorClass::Fenced => "fenced",
         }
     }
 }
@@ -64,6 +68,17 @@ impl SinkError {
             sink,
             operation,
             class: ErrorClass::Permanent,
+            message: message.into(),
+            doc_id: None,
+        }
+    }
+
+    /// A write refused because a newer owner of the partition fenced it off.
+    pub fn fenced(sink: &'static str, operation: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            sink,
+            operation,
+            class: ErrorClass::Fenced,
             message: message.into(),
             doc_id: None,
         }

@@ -164,10 +164,14 @@ pub struct Runner<S: Sink, L: LogSource> {
     config: RunnerConfig,
     status: Arc<RunnerStatus>,
     consistent: Option<mpsc::Sender<Vec<AppliedVersion>>>,
+    /// The lease generation this runner writes under (see [`Runner::with_fence`]).
+    fence: Option<i64>,
 }
 
 enum Stop {
     Cancelled,
+    /// Another process owns the partition now: stop without writing anything more.
+    Fenced(String),
     Fatal(String),
 }
 
@@ -188,7 +192,16 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
             config,
             status: Arc::new(RunnerStatus::new(S::NAME, partition)),
             consistent,
+            fence: None,
         }
+    }
+
+    /// Writes under the fencing token `generation` (the partition's lease generation when
+    /// the runner started): every batch carries it to the sink, and the checkpoint moves
+    /// only while it still owns the partition. A runner that finds itself fenced off stops.
+    pub fn with_fence(mut self, generation: i64) -> Self {
+        self.fence = Some(generation);
+        self
     }
 
     /// Reports through `status` instead of a fresh one (a partition's successive runners,
@@ -210,6 +223,10 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
             Stop::Cancelled => {
                 self.status.update(|s| s.state = "stopped");
                 info!(sink = S::NAME, partition = part.index, "projector stopped");
+            }
+            Stop::Fenced(message) => {
+                warn!(sink = S::NAME, partition = part.index, generation = ?self.fence, reason = %message, "projector fenced off: another process owns the partition now");
+                self.status.update(|s| s.state = "stopped");
             }
             Stop::Fatal(message) => {
                 error!(sink = S::NAME, partition = part.index, error = %message, "projector stopped on a fatal error");
@@ -278,7 +295,7 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
 
     async fn start_cursor(&mut self, cancel: &CancellationToken) -> Result<LogCursor, Stop> {
         let part = self.partition;
-        let stored = if S::KEEPS_OWN_CHECKPOINT {
+        let own = if S::KEEPS_OWN_CHECKPOINT {
             let sink = &self.sink;
             let retry = self.config.retry;
             retry
@@ -294,11 +311,25 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
                     RetryOutcome::Failed(e) => Stop::Fatal(e.to_string()),
                 })?
         } else {
-            let source = self.source.clone();
-            self.source_step(cancel, "load checkpoint", || {
-                source.load_checkpoint(S::NAME, part)
-            })
-            .await?
+            None
+        };
+        let source = self.source.clone();
+        let stored = match own {
+            Some(own) => Some(own),
+            // No checkpoint of its own for this partition count: where a change of count
+            // seeded the log-side one, or the start of the log (an emptied store).
+            None if S::KEEPS_OWN_CHECKPOINT => {
+                self.source_step(cancel, "load seeded checkpoint", || {
+                    source.load_seed(S::NAME, part)
+                })
+                .await?
+            }
+            None => {
+                self.source_step(cancel, "load checkpoint", || {
+                    source.load_checkpoint(S::NAME, part)
+                })
+                .await?
+            }
         };
         match stored {
             None => Ok(LogCursor::START),
@@ -406,6 +437,7 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
             }
             let mut batch = Batch::coalesce_owned(S::STORE, end, page.events);
             batch.num_events = page.num_read;
+            batch.fence = self.fence;
             let span = tracing::debug_span!(
                 "batch",
                 sink = S::NAME,
@@ -491,17 +523,34 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
             &failpoint_name(S::NAME, FAILPOINT_BEFORE_CHECKPOINT),
             |_| Err(simulated_crash(S::NAME, FAILPOINT_BEFORE_CHECKPOINT))
         );
-        let source = self.source.clone();
-        let end = batch.end;
-        self.source_step(cancel, "save checkpoint", || {
-            source.save_checkpoint(S::NAME, part, end)
-        })
-        .await?;
+        self.save_checkpoint(cancel, batch.end).await?;
         Ok(StepTimes {
             store: stored - started,
             record: recorded - stored,
             checkpoint: recorded.elapsed(),
         })
+    }
+
+    /// Saves the log-side checkpoint under the runner's fence.
+    async fn save_checkpoint(
+        &self,
+        cancel: &CancellationToken,
+        end: LogCursor,
+    ) -> Result<(), Stop> {
+        let source = self.source.clone();
+        let (part, fence) = (self.partition, self.fence);
+        let held = self
+            .source_step(cancel, "save checkpoint", || {
+                source.save_checkpoint(S::NAME, part, end, fence)
+            })
+            .await?;
+        if held {
+            Ok(())
+        } else {
+            Err(Stop::Fenced(format!(
+                "the checkpoint at {end} was not saved: generation {fence:?} no longer owns the lease"
+            )))
+        }
     }
 
     /// Loads the slice's blobs (for sinks that need them) and applies it; on a permanent
@@ -522,17 +571,55 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
                     .await?;
             }
         }
+        self.drop_superseded_by_deletion(cancel, slice).await?;
         match self.apply_with_retry(cancel, slice).await? {
             Ok(()) => applied.extend(slice.changes.iter().map(|c| AppliedVersion {
                 doc_id: c.doc_id.clone(),
                 version: c.version,
             })),
+            Err(fenced) if fenced.class == ErrorClass::Fenced => {
+                return Err(Stop::Fenced(fenced.to_string()))
+            }
             Err(first) => {
                 warn!(sink = S::NAME, partition = part.index, error = %first, "batch refused, applying its documents one by one");
                 applied.extend(self.apply_one_by_one(cancel, slice).await?);
             }
         }
         slice.blobs.clear();
+        Ok(())
+    }
+
+    /// Deletes win: drops from `slice` the puts of documents the log has deleted since at a
+    /// greater version (a store would hold a deleted document's older state until the
+    /// deletion is applied, or for good if it was applied already by another owner). One
+    /// read per slice, for sinks that do not keep tombstones themselves.
+    async fn drop_superseded_by_deletion(
+        &self,
+        cancel: &CancellationToken,
+        slice: &mut Batch,
+    ) -> Result<(), Stop> {
+        if S::KEEPS_TOMBSTONES {
+            return Ok(());
+        }
+        let candidates = slice.puts();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let source = self.source.clone();
+        let deleted = self
+            .source_step(cancel, "check deletions", || {
+                source.deleted_since(&candidates)
+            })
+            .await?;
+        let dropped = slice.drop_puts_of(&deleted);
+        if dropped > 0 {
+            debug!(
+                sink = S::NAME,
+                partition = self.partition.index,
+                dropped,
+                "puts superseded by a deletion skipped"
+            );
+        }
         Ok(())
     }
 
@@ -599,11 +686,7 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
                 })
                 .collect();
             self.record(cancel, &applied).await?;
-            let source = self.source.clone();
-            self.source_step(cancel, "save checkpoint", || {
-                source.save_checkpoint(S::NAME, part, end)
-            })
-            .await?;
+            self.save_checkpoint(cancel, end).await?;
             cursor = end;
         }
         Ok(())
@@ -662,18 +745,24 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
             let end = if i + 1 == n { batch.end } else { change.cursor };
             let mut single = Batch::single(change.clone(), end, &batch.blobs);
             single.fresh_first_versions = batch.fresh_first_versions;
+            single.fence = batch.fence;
             match self.apply_with_retry(cancel, &single).await? {
                 Ok(()) => applied.push(AppliedVersion {
                     doc_id: change.doc_id.clone(),
                     version: change.version,
                 }),
+                Err(e) if e.class == ErrorClass::Fenced => return Err(Stop::Fenced(e.to_string())),
                 Err(e) => {
                     self.park(cancel, change, &e).await?;
                     let only_checkpoint = Batch {
                         end,
+                        fence: batch.fence,
                         ..Batch::default()
                     };
                     if let Err(e) = self.apply_with_retry(cancel, &only_checkpoint).await? {
+                        if e.class == ErrorClass::Fenced {
+                            return Err(Stop::Fenced(e.to_string()));
+                        }
                         return Err(Stop::Fatal(format!(
                             "cannot move checkpoint past a parked change: {e}"
                         )));
@@ -761,6 +850,7 @@ fn blob_slices(batch: &Batch) -> Option<Vec<Batch>> {
             changes,
             blobs: Default::default(),
             fresh_first_versions: batch.fresh_first_versions,
+            fence: batch.fence,
         })
         .collect::<Vec<_>>()
         .into()

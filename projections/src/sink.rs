@@ -51,8 +51,13 @@ impl Partition {
 pub enum Change {
     /// Hold exactly the state this event carries.
     Upsert(DocumentEvent),
-    /// Hold nothing for the document.
+    /// Hold nothing for the document: the log deleted it (a store that keeps tombstones
+    /// keeps this one).
     Remove,
+    /// Hold nothing for the document at or below the version, leaving no tombstone: a
+    /// repair clearing data the store should not hold (tampered, or of a version the log
+    /// never reached) before it applies the log's state again.
+    Purge,
 }
 
 /// The newest change of one document within a batch.
@@ -87,6 +92,11 @@ pub struct Batch {
     /// by a repair is older or newer state that the log's later events put right. False
     /// for single changes built elsewhere (repairs, tests), which read first.
     pub fresh_first_versions: bool,
+    /// The fencing token (lease generation) of the runner that applies the batch: a sink
+    /// that can check it atomically with its write refuses the batch with
+    /// [`crate::ErrorClass::Fenced`] once a newer owner of the partition wrote. `None` for
+    /// writes outside a leased runner (rebuilds, repairs, tests).
+    pub fence: Option<i64>,
 }
 
 impl Batch {
@@ -141,6 +151,7 @@ impl Batch {
             changes,
             blobs: HashMap::new(),
             fresh_first_versions: true,
+            fence: None,
         }
     }
 
@@ -174,7 +185,29 @@ impl Batch {
             changes: vec![change],
             blobs,
             fresh_first_versions: false,
+            fence: None,
         }
+    }
+
+    /// The puts of the batch (document and version), which a deletion logged since at a
+    /// greater version supersedes (see [`Batch::drop_puts_of`]).
+    pub fn puts(&self) -> Vec<(&DocId, Version)> {
+        self.changes
+            .iter()
+            .filter(|c| matches!(c.change, Change::Upsert(_)))
+            .map(|c| (&c.doc_id, c.version))
+            .collect()
+    }
+
+    /// Deletes win: drops the puts of `deleted` (documents the log has deleted since at a
+    /// greater version than the batch's put). Their older state must not reach a store: the
+    /// deletion's own change follows in the log, or was applied already. Returns how many
+    /// were dropped.
+    pub fn drop_puts_of(&mut self, deleted: &std::collections::HashSet<DocId>) -> usize {
+        let before = self.changes.len();
+        self.changes
+            .retain(|c| !(matches!(c.change, Change::Upsert(_)) && deleted.contains(&c.doc_id)));
+        before - self.changes.len()
     }
 
     /// Whether `change` is the first write of its document to a store that reads this batch
@@ -240,6 +273,13 @@ pub trait Sink: Send + Sync + 'static {
     const KEEPS_OWN_CHECKPOINT: bool;
     /// The runner loads blob bytes into [`Batch::blobs`] before `apply`.
     const NEEDS_BLOBS: bool = false;
+    /// The sink keeps each deleted document's deletion version and never lets an older put
+    /// bring it back, atomically with its writes. Otherwise the runner drops, before
+    /// `apply`, the puts the log has since deleted (see `LogSource::deleted_since`).
+    const KEEPS_TOMBSTONES: bool = false;
+    /// The sink checks [`Batch::fence`] atomically with its write and refuses a batch of an
+    /// older fencing token than one it already took ([`crate::ErrorClass::Fenced`]).
+    const CHECKS_FENCE: bool = false;
 
     /// Creates what the store needs (database, table, collection, bucket) when missing.
     fn prepare(&self) -> impl Future<Output = Result<(), SinkError>> + Send;
@@ -268,6 +308,8 @@ impl<S: Sink> Sink for std::sync::Arc<S> {
     const STORE: StoreKind = S::STORE;
     const KEEPS_OWN_CHECKPOINT: bool = S::KEEPS_OWN_CHECKPOINT;
     const NEEDS_BLOBS: bool = S::NEEDS_BLOBS;
+    const KEEPS_TOMBSTONES: bool = S::KEEPS_TOMBSTONES;
+    const CHECKS_FENCE: bool = S::CHECKS_FENCE;
 
     fn prepare(&self) -> impl Future<Output = Result<(), SinkError>> + Send {
         S::prepare(self)

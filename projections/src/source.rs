@@ -76,13 +76,26 @@ pub trait LogSource: Clone + Send + Sync + 'static {
         part: Partition,
     ) -> impl Future<Output = Result<Option<(String, LogCursor)>, SourceError>> + Send;
 
-    /// Moves the checkpoint of `sink`/`part` forward to `cursor` (never backwards).
+    /// The checkpoint of `sink`/`part` when a change of partition count seeded it and no
+    /// runner has saved it since: where a sink that keeps its own checkpoint, and has none
+    /// for this partition count, starts.
+    fn load_seed(
+        &self,
+        sink: &'static str,
+        part: Partition,
+    ) -> impl Future<Output = Result<Option<(String, LogCursor)>, SourceError>> + Send;
+
+    /// Moves the checkpoint of `sink`/`part` forward to `cursor` (never backwards). With a
+    /// `fence` (the lease generation the runner was started under), only while that
+    /// generation still owns the partition; returns false when it no longer does (nothing
+    /// saved: another process owns the partition now).
     fn save_checkpoint(
         &self,
         sink: &'static str,
         part: Partition,
         cursor: LogCursor,
-    ) -> impl Future<Output = Result<(), SourceError>> + Send;
+        fence: Option<i64>,
+    ) -> impl Future<Output = Result<bool, SourceError>> + Send;
 
     /// Records that `store` holds these versions (a document named more than once holds
     /// the newest; a recorded version never goes down); returns the documents that thereby
@@ -92,6 +105,15 @@ pub trait LogSource: Clone + Send + Sync + 'static {
         store: StoreKind,
         applied: &[AppliedVersion],
     ) -> impl Future<Output = Result<Vec<AppliedVersion>, SourceError>> + Send;
+
+    /// Of `changes` (documents and the versions a batch would write), the documents the
+    /// log has deleted since, at a greater version: writing their older state now would
+    /// only bring back what the deletion removed (the deletion's own change follows in the
+    /// log, or was applied already). One read, however many documents.
+    fn deleted_since(
+        &self,
+        changes: &[(&DocId, Version)],
+    ) -> impl Future<Output = Result<std::collections::HashSet<DocId>, SourceError>> + Send;
 
     /// Parks a change the store refused, durably, with the store's error.
     fn park(

@@ -208,11 +208,15 @@ impl Held for crate::s3::S3Sink {
 ///   read in log order may write a document's first version without reading the store:
 ///   see [`crate::Batch::fresh_first_versions`]);
 /// - a deletion followed by a replay of a suffix that still holds an older put converges
-///   to nothing. An *isolated* late re-delivery of an older put after a deletion would
-///   resurrect the document in every adapter: none keeps tombstones (a deleted document has
-///   no row, no chunk, no object, by contract). The runner never re-delivers that way: it
-///   replays suffixes in log order, and coalescing keeps the deletion, which is what the
-///   suite checks;
+///   to nothing;
+/// - deletes win for good: an *isolated* late delivery of an older put after a deletion
+///   (a stale owner's batch, a repair, a re-read after a change of partition count) never
+///   brings the document back, through the sink itself when it keeps tombstones
+///   ([`crate::Sink::KEEPS_TOMBSTONES`]), else through the runner's deletion check
+///   ([`crate::Batch::drop_puts_of`] with what the log says, here the suite's log);
+/// - a stale owner's batch delivered after the new owner's changes nothing: refused as
+///   fenced by a sink that checks fencing tokens (MySQL), kept out by the version guard
+///   and the deletion check by the others;
 /// - the checkpoint a sink keeps itself only moves forward (the log-side checkpoint is the
 ///   log's, tested with it).
 ///
@@ -322,6 +326,24 @@ pub mod sink_suite {
             batch
         }
 
+        /// The documents this log deleted, at its end, at a greater version than each of
+        /// `puts`: what the log's deletion check answers.
+        pub fn deleted_since(
+            &self,
+            puts: &[(&DocId, Version)],
+        ) -> std::collections::HashSet<DocId> {
+            puts.iter()
+                .filter(|(doc, version)| {
+                    let last = self.events.iter().rev().find(|e| &e.doc_id == *doc);
+                    matches!(
+                        last.map(|e| &e.event),
+                        Some(DocumentEvent::DocumentDeleted { version: deleted }) if deleted > version
+                    )
+                })
+                .map(|(doc, _)| (*doc).clone())
+                .collect()
+        }
+
         /// [`SuiteLog::batch`] delivered out of log order (a repair's write, or any other
         /// re-delivery): not marked as read from the checkpoint, so the sink reads what the
         /// store holds before writing a first version too.
@@ -351,7 +373,111 @@ pub mod sink_suite {
         reapplying_any_suffix_changes_nothing(sink, prefix, dim).await;
         an_older_version_never_wins(sink, prefix, dim).await;
         delete_then_suffix_replay_with_an_older_put_converges(sink, prefix, dim).await;
+        an_older_put_after_a_deletion_never_revives(sink, prefix, dim).await;
+        a_stale_owners_batch_after_the_new_owners_changes_nothing(sink, prefix, dim).await;
         own_checkpoint_only_moves_forward(sink).await;
+    }
+
+    /// Delivers `batch` as the runtime does: through the runner's deletion check (the
+    /// documents `log` has deleted since at a greater version lose their puts) unless the
+    /// sink keeps tombstones itself; then applies it.
+    async fn deliver<S: Held>(
+        sink: &S,
+        log: &SuiteLog,
+        mut batch: Batch,
+    ) -> Result<(), crate::SinkError> {
+        if !S::KEEPS_TOMBSTONES {
+            let deleted = log.deleted_since(&batch.puts());
+            batch.drop_puts_of(&deleted);
+        }
+        sink.apply(LOG_ID, Partition::ALL, &batch).await.map(|_| ())
+    }
+
+    /// An older put delivered alone after the document's deletion was applied: nothing.
+    pub async fn an_older_put_after_a_deletion_never_revives<S: Held>(
+        sink: &S,
+        prefix: &str,
+        dim: usize,
+    ) {
+        let doc = format!("{prefix}-tombstone");
+        let mut log = SuiteLog::new();
+        log.put(&doc, 1, 2, dim);
+        log.put(&doc, 2, 3, dim);
+        log.delete(&doc, 3);
+        // The deletion first (a new owner, a rebuild's hand-over), then the older puts.
+        deliver(sink, &log, log.batch(S::STORE, 6, 7))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", S::NAME));
+        for (from, to) in [(0, 3), (3, 6), (0, 6)] {
+            deliver(sink, &log, log.redelivery(S::STORE, from, to))
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", S::NAME));
+            assert_eq!(
+                held(sink, &doc).await,
+                None,
+                "{}: an older put (events {from}..{to}) brought a deleted document back",
+                S::NAME
+            );
+        }
+    }
+
+    /// The new owner (fencing token 2) wrote the newest state; the old owner (token 1) then
+    /// delivers an older batch: the store still holds the new owner's state.
+    pub async fn a_stale_owners_batch_after_the_new_owners_changes_nothing<S: Held>(
+        sink: &S,
+        prefix: &str,
+        dim: usize,
+    ) {
+        let (kept, gone) = (
+            format!("{prefix}-fence-kept"),
+            format!("{prefix}-fence-gone"),
+        );
+        let mut log = SuiteLog::new();
+        log.put(&kept, 1, 2, dim); // 0..3
+        log.put(&gone, 1, 2, dim); // 3..6
+        log.put(&kept, 2, 3, dim); // 6..9
+        log.delete(&gone, 2); // 9
+        log.put(&kept, 3, 1, dim); // 10..13
+        let part = Partition { index: 3, count: 4 };
+        let owned_by = |generation, mut batch: Batch| {
+            batch.fence = Some(generation);
+            batch
+        };
+        let newer = owned_by(2, log.batch(S::STORE, 0, 13));
+        sink.apply(LOG_ID, part, &newer)
+            .await
+            .unwrap_or_else(|e| panic!("{}: the new owner's batch: {e}", S::NAME));
+        let want = held(sink, &kept).await;
+        assert_eq!(want.as_ref().map(|h| h.version), Some(3), "{}", S::NAME);
+        assert_eq!(held(sink, &gone).await, None, "{}", S::NAME);
+        for (from, to) in [(0, 9), (6, 9), (0, 6), (3, 6)] {
+            let mut stale = owned_by(1, log.redelivery(S::STORE, from, to));
+            if !S::KEEPS_TOMBSTONES {
+                let deleted = log.deleted_since(&stale.puts());
+                stale.drop_puts_of(&deleted);
+            }
+            match sink.apply(LOG_ID, part, &stale).await {
+                Err(e) if e.class == crate::ErrorClass::Fenced => assert!(S::CHECKS_FENCE),
+                Err(e) => panic!("{}: the stale batch failed otherwise: {e}", S::NAME),
+                Ok(_) => assert!(
+                    !S::CHECKS_FENCE,
+                    "{}: checks fencing tokens, yet took a stale owner's batch",
+                    S::NAME
+                ),
+            }
+            assert_eq!(
+                held(sink, &kept).await,
+                want,
+                "{}: a stale owner's batch (events {from}..{to}) changed the newest state",
+                S::NAME
+            );
+            assert_eq!(
+                held(sink, &gone).await,
+                None,
+                "{}: a stale owner's batch (events {from}..{to}) revived a deletion",
+                S::NAME
+            );
+        }
     }
 
     /// Applies a log of several documents, then every suffix of it again: nothing changes.

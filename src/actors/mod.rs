@@ -3,6 +3,7 @@
 //! consistency tracker and the compensator.
 
 pub mod compensator;
+pub mod control;
 pub mod document;
 pub mod history;
 pub mod lease;

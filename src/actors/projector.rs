@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::eventlog::lease::{LeaseKey, Leases};
 use crate::eventlog::{LogError, PgLog};
-use crate::rebuild::{RebuildStatus, Rebuilds};
+use crate::rebuild::RebuildStatus;
 
 /// Unapplied events are counted up to this many per partition (`lag_events`); a larger
 /// backlog shows as this number, and `lag_seconds` tells how far behind it is.
@@ -24,7 +24,6 @@ pub const LAG_COUNT_CAP: i64 = 10_000;
 pub struct Projectors {
     statuses: Vec<Arc<RunnerStatus>>,
     handles: Vec<JoinHandle<()>>,
-    rebuilds: Rebuilds,
     /// When set, a partition's runner runs only while this process holds its lease.
     leases: Option<Leases>,
 }
@@ -79,7 +78,7 @@ pub struct StoreStatus {
     pub oldest_running_xact_seconds: f64,
     /// Per partition.
     pub partitions: Vec<PartitionStatus>,
-    /// The running or last rebuild of the store since the service started.
+    /// The store's running or last rebuild, whichever process runs it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rebuild: Option<RebuildStatus>,
 }
@@ -127,6 +126,7 @@ impl Projectors {
                         .map(|(_, cursor)| cursor)
                 }
             };
+            let control_log = log.clone();
             let (sink, log, config, consistent) = (
                 sink.clone(),
                 log.clone(),
@@ -150,18 +150,28 @@ impl Projectors {
                 }
                 Some(leases) => {
                     let status = Arc::new(RunnerStatus::new(S::NAME, part));
-                    let owned = leases.claim(LeaseKey {
+                    let claim = leases.claim(LeaseKey {
                         sink: S::NAME,
                         partition: part,
                     });
                     self.statuses.push(status.clone());
                     let shared = status.clone();
+                    let paused_now = move || {
+                        let log = control_log.clone();
+                        async move { log.paused_now(S::NAME).await.ok() }
+                    };
                     self.handles.push(tokio::spawn(super::lease::supervise(
-                        owned,
+                        claim,
                         status,
                         cancel.clone(),
-                        move |token| runner().with_status(shared.clone()).run(token),
+                        move |token, generation| {
+                            runner()
+                                .with_status(shared.clone())
+                                .with_fence(generation)
+                                .run(token)
+                        },
                         checkpoint,
+                        paused_now,
                     )));
                 }
             }
@@ -172,7 +182,6 @@ impl Projectors {
     pub fn view(&self) -> ProjectionView {
         ProjectionView {
             statuses: self.statuses.clone(),
-            rebuilds: self.rebuilds.clone(),
         }
     }
 
@@ -188,15 +197,9 @@ impl Projectors {
 #[derive(Clone, Default)]
 pub struct ProjectionView {
     statuses: Vec<Arc<RunnerStatus>>,
-    rebuilds: Rebuilds,
 }
 
 impl ProjectionView {
-    /// The stores' rebuilds.
-    pub fn rebuilds(&self) -> &Rebuilds {
-        &self.rebuilds
-    }
-
     /// The runners of one store.
     pub fn of(&self, name: &str) -> Vec<Arc<RunnerStatus>> {
         self.statuses
@@ -212,6 +215,7 @@ impl ProjectionView {
     /// [`LogError::Unavailable`] when the log cannot be read.
     pub async fn status(&self, log: &PgLog) -> Result<Vec<StoreStatus>, LogError> {
         let horizon = log.horizon().await?;
+        let controls = log.store_controls().await?;
         let now = projections::runner::now_ms();
         let mut out = Vec::new();
         for store in StoreKind::ALL {
@@ -255,7 +259,10 @@ impl ProjectionView {
                 last_error: partitions.iter().find_map(|p| p.last_error.clone()),
                 oldest_running_xact_seconds: horizon.oldest_running_xact_seconds,
                 partitions,
-                rebuild: self.rebuilds.status(store.name()),
+                rebuild: controls
+                    .iter()
+                    .find(|c| c.sink == store.name())
+                    .and_then(|c| c.rebuild_status.clone()),
             });
         }
         Ok(out)

@@ -21,10 +21,8 @@ use crate::actors::projector::ProjectionView;
 use crate::actors::registry::Registry;
 use crate::config::Config;
 use crate::eventlog::PgLog;
-use crate::rebuild::Rebuilder;
 use crate::verify::Verifier;
 use error::ApiError;
-use tokio_util::sync::CancellationToken;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -45,10 +43,6 @@ pub struct AppState {
     pub history: crate::actors::history::StatusHistory,
     /// Compares stores with the log (`?verify=true`, background verifier metrics).
     pub verifier: Verifier,
-    /// Rebuilds stores (`POST /v1/projections/{name}/rebuild`), pausing the runners above.
-    pub rebuilder: Rebuilder,
-    /// Stops running rebuilds at shutdown.
-    pub rebuild_cancel: CancellationToken,
 }
 
 /// Longest wait a `consistency=applied` request may ask for.

@@ -7,6 +7,7 @@ use super::dto::ErrorBody;
 use super::error::ApiError;
 use super::{authorize, AppState};
 use crate::actors::projector::StoreStatus;
+use crate::eventlog::control::ControlError;
 use crate::rebuild::RebuildStatus;
 
 /// `GET /healthz`: the process answers.
@@ -79,15 +80,22 @@ pub async fn projection_action(
     let Some(store) = StoreKind::from_name(&name) else {
         return Err(ApiError::NotFound(format!("no projection named {name:?}")));
     };
-    let rebuilds = state.projections.rebuilds();
     let paused = match action.as_str() {
         "pause" => true,
         "resume" => false,
         "rebuild" => {
-            let progress = rebuilds
-                .start(store, state.rebuilder.clone(), state.rebuild_cancel.clone())
-                .map_err(|e| ApiError::RebuildRunning(e.to_string()))?;
-            return Ok(HttpResponse::Accepted().json(progress.snapshot()));
+            // Any process of the log takes the request up; its progress shows in every
+            // process's `GET /v1/projections`.
+            let requested = RebuildStatus {
+                phase: "requested".into(),
+                ..RebuildStatus::default()
+            };
+            state
+                .log
+                .request_rebuild(store.name(), &requested)
+                .await
+                .map_err(control_error)?;
+            return Ok(HttpResponse::Accepted().json(requested));
         }
         other => {
             return Err(ApiError::NotFound(format!(
@@ -95,15 +103,25 @@ pub async fn projection_action(
             )))
         }
     };
-    if rebuilds.is_running(&name) {
-        return Err(ApiError::RebuildRunning(format!(
-            "a rebuild of {name} is running and owns its pause switch"
-        )));
-    }
+    state
+        .log
+        .set_operator_pause(store.name(), paused)
+        .await
+        .map_err(control_error)?;
+    // This process's runners at once; every other process's within its control poll.
     for runner in state.projections.of(&name) {
         runner.set_paused(paused);
     }
     Ok(HttpResponse::Ok().json(serde_json::json!({"name": name, "paused": paused})))
+}
+
+fn control_error(e: ControlError) -> ApiError {
+    match e {
+        ControlError::RebuildRunning(store) => ApiError::RebuildRunning(format!(
+            "a rebuild of {store} is requested or running and owns its pause switch"
+        )),
+        ControlError::Log(e) => e.into(),
+    }
 }
 
 /// Anything else.

@@ -155,7 +155,7 @@ pub async fn standalone(
     }
     let log = PgLog::connect_with_tls(&config.eventstore_url, 8, &config.tls).await?;
     let connected = Stores::connect(config).await?;
-    let rebuilder = Rebuilder::new(log, connected, config.projection.partitions.get(), None)
+    let rebuilder = Rebuilder::new(log, connected, config.projection.partitions.get(), false)
         .with_page_events(config.projection.rebuild_page_events);
     let cancel = CancellationToken::new();
     let mut lines = Vec::new();

@@ -10,6 +10,7 @@
 mod append;
 pub mod codec;
 pub mod connect;
+pub mod control;
 mod group;
 pub mod lease;
 mod listen;

@@ -7,10 +7,10 @@
 //! still running (`pg_snapshot_xmin`) are final; among those, `(xid, position)` is a stable
 //! total order, and paging on exactly that tuple never skips a row.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use aggregates::{DocId, Document, DocumentEvent, LogCursor, RecordedEvent, StoreKind};
+use aggregates::{DocId, Document, DocumentEvent, LogCursor, RecordedEvent, StoreKind, Version};
 use bytes::Bytes;
 use projections::mysql::CatalogueRow;
 use projections::sink::DocChange;
@@ -66,14 +66,25 @@ FROM events WHERE stream_id = $1 ORDER BY stream_version
 "#;
 
 /// A projection's checkpoint, never moved backwards: only a greater (epoch, xid, position)
-/// replaces the stored one.
+/// replaces the stored one; and, when `$8` names a generation, only while that generation
+/// still owns the partition's lease (fencing: a stale owner never moves a checkpoint after
+/// its successor took over). Returns whether the fence held.
 const SAVE_CHECKPOINT: &str = r#"
-INSERT INTO projection_checkpoints AS c (sink, partition, log_id, epoch, xid, position)
-VALUES ($1, $2, $3::text::uuid, $4, $5::text::xid8, $6)
-ON CONFLICT (sink, partition) DO UPDATE
-   SET epoch = EXCLUDED.epoch, xid = EXCLUDED.xid, position = EXCLUDED.position,
-       log_id = EXCLUDED.log_id, updated_at = now()
- WHERE (c.epoch, c.xid, c.position) < (EXCLUDED.epoch, EXCLUDED.xid, EXCLUDED.position)
+WITH fence AS (
+    SELECT $8::bigint IS NULL OR EXISTS (
+        SELECT 1 FROM projection_partitions
+         WHERE sink = $1 AND partitions = $7 AND partition = $2 AND generation = $8
+    ) AS held
+), saved AS (
+    INSERT INTO projection_checkpoints AS c (sink, partitions, partition, log_id, epoch, xid, position)
+    SELECT $1, $7, $2, $3::text::uuid, $4, $5::text::xid8, $6 FROM fence WHERE held
+    ON CONFLICT (sink, partitions, partition) DO UPDATE
+       SET epoch = EXCLUDED.epoch, xid = EXCLUDED.xid, position = EXCLUDED.position,
+           log_id = EXCLUDED.log_id, seeded = false, updated_at = now()
+     WHERE (c.epoch, c.xid, c.position) < (EXCLUDED.epoch, EXCLUDED.xid, EXCLUDED.position)
+    RETURNING 1
+)
+SELECT held FROM fence
 "#;
 
 /// A document's versions, per store and overall.
@@ -716,11 +727,37 @@ impl LogSource for PgLog {
         let row = client
             .query_opt(
                 "SELECT log_id::text, epoch, xid::text, position FROM projection_checkpoints
-                 WHERE sink = $1 AND partition = $2",
-                &[&sink, &(part.index as i32)],
+                 WHERE sink = $1 AND partitions = $2 AND partition = $3",
+                &[&sink, &(part.count as i32), &(part.index as i32)],
             )
             .await
             .map_err(pg_source_error("load checkpoint"))?;
+        Ok(row.map(|r| {
+            (
+                r.get(0),
+                LogCursor {
+                    epoch: r.get(1),
+                    xid: r.get::<_, &str>(2).parse().unwrap_or_default(),
+                    position: r.get(3),
+                },
+            )
+        }))
+    }
+
+    async fn load_seed(
+        &self,
+        sink: &'static str,
+        part: Partition,
+    ) -> Result<Option<(String, LogCursor)>, SourceError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT log_id::text, epoch, xid::text, position FROM projection_checkpoints
+                 WHERE sink = $1 AND partitions = $2 AND partition = $3 AND seeded",
+                &[&sink, &(part.count as i32), &(part.index as i32)],
+            )
+            .await
+            .map_err(pg_source_error("load seeded checkpoint"))?;
         Ok(row.map(|r| {
             (
                 r.get(0),
@@ -738,11 +775,12 @@ impl LogSource for PgLog {
         sink: &'static str,
         part: Partition,
         cursor: LogCursor,
-    ) -> Result<(), SourceError> {
+        fence: Option<i64>,
+    ) -> Result<bool, SourceError> {
         let client = self.client().await?;
         let save = prepared(&client, SAVE_CHECKPOINT, "prepare checkpoint save").await?;
-        client
-            .execute(
+        let row = client
+            .query_one(
                 &save,
                 &[
                     &sink,
@@ -751,11 +789,13 @@ impl LogSource for PgLog {
                     &cursor.epoch,
                     &cursor.xid.to_string(),
                     &cursor.position,
+                    &(part.count as i32),
+                    &fence,
                 ],
             )
             .await
             .map_err(pg_source_error("save checkpoint"))?;
-        Ok(())
+        Ok(row.get(0))
     }
 
     async fn record_applied(
@@ -793,6 +833,34 @@ impl LogSource for PgLog {
                     version: r.get::<_, i64>(1) as u64,
                 })
             })
+            .collect())
+    }
+
+    async fn deleted_since(
+        &self,
+        changes: &[(&DocId, Version)],
+    ) -> Result<HashSet<DocId>, SourceError> {
+        if changes.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let client = self.client().await?;
+        let ids: Vec<&str> = changes.iter().map(|(d, _)| d.as_str()).collect();
+        let versions: Vec<i64> = changes.iter().map(|(_, v)| *v as i64).collect();
+        let read = prepared(
+            &client,
+            "SELECT s.stream_id FROM unnest($1::text[], $2::bigint[]) AS c(stream_id, version)
+               JOIN streams s ON s.stream_id = c.stream_id
+              WHERE s.deleted AND s.doc_version > c.version",
+            "prepare deletion check",
+        )
+        .await?;
+        let rows = client
+            .query(&read, &[&ids, &versions])
+            .await
+            .map_err(pg_source_error("check deletions"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| DocId::parse(r.get(0)).ok())
             .collect())
     }
 

@@ -10,7 +10,61 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "compensation of parked changes", MIGRATION_2),
     (3, "cheaper storage of vectors and blobs", MIGRATION_3),
     (4, "each document's final catalogue state", MIGRATION_4),
+    (
+        5,
+        "cluster-wide projection ownership and control",
+        MIGRATION_5,
+    ),
 ];
+
+/// What several `serve` processes on one log share about their projectors.
+/// - `projection_partitions`: one row per (store, partition count, partition) ever leased.
+///   `generation` grows by one each time a process takes the lease (the fencing token of
+///   the owner's writes); `released` says the last owner handed it over after its runner
+///   stopped (false after a crash); `paused_epoch` is the newest pause request the owner's
+///   runner was seen idle under (see `projection_control.pause_epoch`).
+/// - `projection_control`: one row per store: an operator's pause, and the store's
+///   rebuild (requested, running, done or failed; whether it holds the store's runners
+///   paused; its progress as the API shows it). `pause_epoch` grows with each rebuild's
+///   pause: a rebuild waits until every partition acknowledges its epoch. `partitions` is
+///   the store's partition count in force (its layout); a process configured with another
+///   count takes over only once no process of this one holds a lease (see `lease`).
+/// - `projection_checkpoints` is keyed by partition count too: a layout's checkpoints never
+///   stand for another layout's slices of the log. Rows from before this migration have
+///   count 0 (unknown); a layout that starts with no checkpoints of its own starts at the
+///   lowest checkpoint of the layout before it (re-applying is idempotent, skipping is not):
+///   such a row is `seeded` until its runner first saves it, and a sink that keeps its own
+///   checkpoint and has none for the layout starts from a seeded row (otherwise from the
+///   start of the log, as for a store that was emptied).
+const MIGRATION_5: &str = r#"
+ALTER TABLE projection_checkpoints ADD COLUMN partitions integer NOT NULL DEFAULT 0,
+                                   ADD COLUMN seeded boolean NOT NULL DEFAULT false;
+ALTER TABLE projection_checkpoints DROP CONSTRAINT projection_checkpoints_pkey;
+ALTER TABLE projection_checkpoints ADD PRIMARY KEY (sink, partitions, partition);
+CREATE TABLE projection_partitions (
+    sink         text NOT NULL,
+    partitions   integer NOT NULL,
+    partition    integer NOT NULL,
+    generation   bigint NOT NULL,
+    owner        text NOT NULL,
+    released     boolean NOT NULL DEFAULT false,
+    paused_epoch bigint NOT NULL DEFAULT 0,
+    taken_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (sink, partitions, partition)
+);
+CREATE TABLE projection_control (
+    sink           text PRIMARY KEY,
+    paused         boolean NOT NULL DEFAULT false,
+    pause_epoch    bigint NOT NULL DEFAULT 0,
+    rebuild_state  text CHECK (rebuild_state IN ('requested', 'running', 'done', 'failed')),
+    rebuild_pause  boolean NOT NULL DEFAULT false,
+    rebuild_runner text,
+    rebuild_status jsonb,
+    partitions     integer,
+    updated_at     timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO projection_control (sink) VALUES ('mysql'), ('milvus'), ('s3');
+"#;
 
 /// Each stream row keeps its document's final catalogue state: the payload of its newest
 /// event that carries a catalogue change (`RowInserted` or `DocumentDeleted`, which hold the

@@ -34,7 +34,7 @@ use projections::mysql::shadow::{NewRows, ShadowWriter};
 use projections::s3::rebuild::ObjectOutcome;
 use projections::s3::KEY_PREFIX;
 use projections::sink::Change;
-use projections::{AppliedVersion, Batch, LogSource, Partition, RunnerStatus, Sink, SinkError};
+use projections::{AppliedVersion, Batch, LogSource, Partition, Sink, SinkError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -42,7 +42,6 @@ use tracing::{info, warn};
 
 pub use progress::{RebuildProgress, RebuildStatus};
 
-use crate::actors::projector::ProjectionView;
 use crate::eventlog::{CataloguePage, CatalogueStates, LogError, PgLog, RawEvents};
 use crate::Stores;
 
@@ -117,44 +116,45 @@ pub struct Rebuilder {
     log: PgLog,
     stores: Stores,
     partitions: u32,
-    /// The service's runners, paused during the hand-over; `None` when no service runs.
-    runners: Option<ProjectionView>,
+    /// Run by a service: the store's runners on every process of the log are paused for
+    /// the hand-over. False for a standalone rebuild, which must not run next to a service.
+    in_service: bool,
     /// Events read per page of the log.
     page_events: usize,
 }
 
-/// The runners of one store, paused by a rebuild.
+/// A store's runners held paused by a rebuild, on every process of the log (see
+/// `eventlog::control`); none for a standalone rebuild, which runs with no service.
 struct Paused {
-    runners: Vec<Arc<RunnerStatus>>,
-    /// Paused by an operator before the rebuild: left paused afterwards.
-    already: Vec<bool>,
+    held: Option<(PgLog, StoreKind)>,
+    /// The store's partition count in force while paused: the checkpoints to move.
+    partitions: u32,
 }
 
 impl Paused {
-    fn resume(self) {
-        for (runner, already) in self.runners.iter().zip(self.already) {
-            if !already {
-                runner.set_paused(false);
+    /// Lifts the rebuild's pause (an operator's own pause stays). Cancelled by shutdown,
+    /// the rebuild keeps its pause: another process starts it over and lifts it.
+    async fn resume(self, outcome_cancelled: bool) -> Result<(), RebuildError> {
+        match self.held {
+            Some((log, store)) if !outcome_cancelled => {
+                log.lift_rebuild_pause(store.name()).await?;
+                Ok(())
             }
+            _ => Ok(()),
         }
     }
 }
 
 impl Rebuilder {
     /// A rebuilder over `log` and `stores` whose projectors cut the log into `partitions`.
-    /// `runners`: the running service's projectors (`None` for a standalone rebuild, which
-    /// must not run next to a service).
-    pub fn new(
-        log: PgLog,
-        stores: Stores,
-        partitions: u32,
-        runners: Option<ProjectionView>,
-    ) -> Rebuilder {
+    /// `in_service`: run by a service, which pauses the store's runners on every process for
+    /// the hand-over (false for a standalone rebuild, which must not run next to a service).
+    pub fn new(log: PgLog, stores: Stores, partitions: u32, in_service: bool) -> Rebuilder {
         Rebuilder {
             log,
             stores,
             partitions: partitions.max(1),
-            runners,
+            in_service,
             page_events: PAGE_EVENTS,
         }
     }
@@ -200,45 +200,59 @@ impl Rebuilder {
         result
     }
 
+    /// Pauses `store`'s runners on every process and waits until each partition's owner
+    /// acknowledged it: from then on no runner writes the store until [`Paused::resume`].
     async fn pause(
         &self,
         store: StoreKind,
         cancel: &CancellationToken,
     ) -> Result<Paused, RebuildError> {
-        let runners = self
-            .runners
-            .as_ref()
-            .map(|v| v.of(store.name()))
-            .unwrap_or_default();
-        let already = runners.iter().map(|r| r.is_paused()).collect();
-        for r in &runners {
-            r.set_paused(true);
+        if !self.in_service {
+            return Ok(Paused {
+                held: None,
+                partitions: self.partitions,
+            });
         }
-        let paused = Paused { runners, already };
-        // Idle = its loop saw the switch: no batch in hand.
+        let epoch = self.log.hold_rebuild_pause(store.name()).await?;
         loop {
-            let idle = paused
-                .runners
-                .iter()
-                .all(|r| matches!(r.snapshot().state, "paused" | "failed" | "stopped"));
-            if idle {
-                return Ok(paused);
+            // The count in force may change while processes of another count roll in; it
+            // cannot once the runners holding its leases are paused.
+            let partitions = self.partitions_now(store).await?;
+            let acknowledged = self
+                .log
+                .partitions_paused(store.name(), partitions, epoch)
+                .await?;
+            if acknowledged >= partitions {
+                return Ok(Paused {
+                    held: Some((self.log.clone(), store)),
+                    partitions,
+                });
             }
             tokio::select! {
-                _ = cancel.cancelled() => {
-                    paused.resume();
-                    return Err(RebuildError::Cancelled);
-                }
+                _ = cancel.cancelled() => return Err(RebuildError::Cancelled),
                 _ = tokio::time::sleep(PAUSE_POLL) => {}
             }
         }
+    }
+
+    /// The store's partition count in force among the service's processes (this process's
+    /// own for a standalone rebuild, or before any process recorded one).
+    async fn partitions_now(&self, store: StoreKind) -> Result<u32, RebuildError> {
+        if !self.in_service {
+            return Ok(self.partitions);
+        }
+        Ok(self
+            .log
+            .partitions_in_force(store.name())
+            .await?
+            .unwrap_or(self.partitions))
     }
 
     /// The lowest checkpoint of `store` over partitions in the log database (changes after
     /// it may not have been recorded as applied).
     async fn lowest_checkpoint(&self, store: StoreKind) -> Result<LogCursor, RebuildError> {
         let mut lowest: Option<LogCursor> = None;
-        for part in Partition::all(self.partitions) {
+        for part in Partition::all(self.partitions_now(store).await?) {
             let stored = LogSource::load_checkpoint(&self.log, store.name(), part)
                 .await
                 .map_err(source_error)?
@@ -249,9 +263,14 @@ impl Rebuilder {
         Ok(lowest.unwrap_or(LogCursor::START))
     }
 
-    async fn save_checkpoints(&self, store: StoreKind, end: LogCursor) -> Result<(), RebuildError> {
-        for part in Partition::all(self.partitions) {
-            LogSource::save_checkpoint(&self.log, store.name(), part, end)
+    async fn save_checkpoints(
+        &self,
+        store: StoreKind,
+        partitions: u32,
+        end: LogCursor,
+    ) -> Result<(), RebuildError> {
+        for part in Partition::all(partitions) {
+            LogSource::save_checkpoint(&self.log, store.name(), part, end, None)
                 .await
                 .map_err(source_error)?;
         }
@@ -389,7 +408,7 @@ impl Rebuilder {
                     writer.finish().await?;
                     self.stores
                         .mysql
-                        .swap_shadow(self.log.log_id(), self.partitions, done.cursor)
+                        .swap_shadow(self.log.log_id(), paused.partitions, done.cursor)
                         .await?;
                     progress.phase("recording");
                     self.settle_readiness(writer.pending(), num_streams).await?;
@@ -405,7 +424,8 @@ impl Rebuilder {
                         collection = generation.collection(),
                         "alias switched"
                     );
-                    self.save_checkpoints(store, done.cursor).await?;
+                    self.save_checkpoints(store, paused.partitions, done.cursor)
+                        .await?;
                     if let Some(old) = old {
                         self.stores
                             .milvus
@@ -420,7 +440,9 @@ impl Rebuilder {
             Ok::<(), RebuildError>(())
         }
         .await;
-        paused.resume();
+        paused
+            .resume(matches!(switched, Err(RebuildError::Cancelled)))
+            .await?;
         switched?;
         Ok(RebuildSummary {
             store: store.name(),
@@ -627,7 +649,8 @@ impl Rebuilder {
                 .collect();
             orphans.sort();
             s3.delete_keys(&orphans).await?;
-            self.save_checkpoints(store, cursor).await?;
+            self.save_checkpoints(store, paused.partitions, cursor)
+                .await?;
             progress.phase("recording");
             let applied: Vec<AppliedVersion> = finals
                 .values()
@@ -650,7 +673,9 @@ impl Rebuilder {
             })
         }
         .await;
-        paused.resume();
+        paused
+            .resume(matches!(result, Err(RebuildError::Cancelled)))
+            .await?;
         result
     }
 }
@@ -704,9 +729,6 @@ fn unix_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default()
 }
-
-/// A rebuild's progress and its task (taken when joined).
-type RunningRebuild = (Arc<RebuildProgress>, Option<JoinHandle<()>>);
 
 /// A page of the log as the read-ahead task hands it over.
 type Page = Result<PreparedPage, LogError>;
@@ -858,63 +880,4 @@ fn prepare_states(states: &CatalogueStates) -> Result<PreparedPage, LogError> {
         consistent: Default::default(),
         num_documents,
     })
-}
-
-/// The rebuilds a service runs (at most one per store) and their progress.
-#[derive(Clone, Default)]
-pub struct Rebuilds {
-    inner: Arc<Mutex<HashMap<&'static str, RunningRebuild>>>,
-}
-
-impl Rebuilds {
-    /// Starts rebuilding `store` in the background.
-    ///
-    /// # Errors
-    /// [`RebuildError::AlreadyRunning`] while a rebuild of `store` runs.
-    pub fn start(
-        &self,
-        store: StoreKind,
-        rebuilder: Rebuilder,
-        cancel: CancellationToken,
-    ) -> Result<Arc<RebuildProgress>, RebuildError> {
-        let mut map = self
-            .inner
-            .lock()
-            .map_err(|_| RebuildError::AlreadyRunning(store.name()))?;
-        if map
-            .get(store.name())
-            .is_some_and(|(p, _)| !p.snapshot().finished())
-        {
-            return Err(RebuildError::AlreadyRunning(store.name()));
-        }
-        let progress = Arc::new(RebuildProgress::default());
-        let task_progress = progress.clone();
-        let handle = tokio::spawn(async move {
-            let _ = rebuilder.rebuild(store, &task_progress, &cancel).await;
-        });
-        map.insert(store.name(), (progress.clone(), Some(handle)));
-        Ok(progress)
-    }
-
-    /// The progress of `store`'s running or last rebuild.
-    pub fn status(&self, store: &str) -> Option<RebuildStatus> {
-        let map = self.inner.lock().ok()?;
-        map.get(store).map(|(p, _)| p.snapshot())
-    }
-
-    /// A rebuild of `store` is running.
-    pub fn is_running(&self, store: &str) -> bool {
-        self.status(store).is_some_and(|s| !s.finished())
-    }
-
-    /// Waits for every rebuild task (after the service's cancel token fired).
-    pub async fn join(&self) {
-        let handles: Vec<JoinHandle<()>> = match self.inner.lock() {
-            Ok(mut map) => map.values_mut().filter_map(|(_, h)| h.take()).collect(),
-            Err(_) => Vec::new(),
-        };
-        for h in handles {
-            let _ = h.await;
-        }
-    }
 }

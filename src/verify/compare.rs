@@ -99,7 +99,7 @@ fn wanted(change: Option<&DocChange>) -> (Option<&DocumentEvent>, Option<Version
         None => (None, None),
         Some(c) => match &c.change {
             Change::Upsert(e) => (Some(e), Some(c.version)),
-            Change::Remove => (None, Some(c.version)),
+            Change::Remove | Change::Purge => (None, Some(c.version)),
         },
     }
 }

@@ -75,7 +75,7 @@ pub(super) async fn repair(
                     doc_id: id.clone(),
                     version,
                     cursor: LogCursor::START,
-                    change: Change::Remove,
+                    change: Change::Purge,
                 };
                 apply(verifier, store, removal).await?;
                 summary.num_removed += 1;
@@ -108,6 +108,17 @@ async fn apply(
     let part = verifier.partition_of(change.doc_id.as_str());
     // `end` = START: the sinks only move a checkpoint forward, so this one never moves it.
     let mut batch = Batch::single(change, LogCursor::START, &Default::default());
+    // Deletes win here too: a put the log has deleted since the fresh read is not written
+    // (MySQL's tombstones see to it themselves).
+    if store != StoreKind::Mysql {
+        let deleted = LogSource::deleted_since(&verifier.log, &batch.puts())
+            .await
+            .map_err(|e| LogError::Unavailable {
+                operation: "check deletions",
+                message: e.to_string(),
+            })?;
+        batch.drop_puts_of(&deleted);
+    }
     match store {
         StoreKind::Mysql => {
             verifier.stores.mysql.apply(&log_id, part, &batch).await?;

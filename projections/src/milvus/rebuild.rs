@@ -250,7 +250,7 @@ impl GenerationWriter {
         for c in &batch.changes {
             let doc = c.doc_id.as_str();
             match &c.change {
-                crate::sink::Change::Remove => {
+                crate::sink::Change::Remove | crate::sink::Change::Purge => {
                     self.written.remove(doc);
                 }
                 crate::sink::Change::Upsert(aggregates::DocumentEvent::VectorsIndexed {

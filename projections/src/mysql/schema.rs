@@ -25,17 +25,49 @@ CREATE TABLE IF NOT EXISTS documents (
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin
 "#;
 
-/// The MySQL projector's checkpoints, written in the same transaction as the rows.
+/// The MySQL projector's checkpoints, written in the same transaction as the rows, one per
+/// partition of each partition count (`partition_count` 0: written before counts were kept).
 pub const CREATE_CHECKPOINTS: &str = r#"
 CREATE TABLE IF NOT EXISTS projection_checkpoints (
     sink            VARCHAR(32) NOT NULL,
+    partition_count INT NOT NULL DEFAULT 0,
     partition_index INT NOT NULL,
     log_id          CHAR(36) NOT NULL,
     epoch           INT NOT NULL,
     xid             BIGINT UNSIGNED NOT NULL,
     position        BIGINT NOT NULL,
     updated_at      TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
-    PRIMARY KEY (sink, partition_index)
+    PRIMARY KEY (sink, partition_count, partition_index)
+) ENGINE = InnoDB
+"#;
+
+/// Brings a checkpoints table created before partition counts were kept to the current key.
+pub const ADD_PARTITION_COUNT: &str = "ALTER TABLE projection_checkpoints
+    ADD COLUMN partition_count INT NOT NULL DEFAULT 0 AFTER sink,
+    DROP PRIMARY KEY, ADD PRIMARY KEY (sink, partition_count, partition_index)";
+
+/// Fencing tokens: the newest lease generation that wrote each partition. A batch first
+/// raises its partition's row to its own generation, in its transaction; a batch of an
+/// older generation (a previous owner that has not noticed it lost the lease) finds a newer
+/// one and is rolled back whole. Kept apart from the checkpoints, which a rebuild swaps.
+pub const CREATE_FENCES: &str = r#"
+CREATE TABLE IF NOT EXISTS projection_fences (
+    sink            VARCHAR(32) NOT NULL,
+    partition_count INT NOT NULL,
+    partition_index INT NOT NULL,
+    generation      BIGINT NOT NULL,
+    PRIMARY KEY (sink, partition_count, partition_index)
+) ENGINE = InnoDB
+"#;
+
+/// The version at which each deleted document was deleted: a put of an older version
+/// delivered later (a stale owner, a re-read after a change of partition count) never
+/// brings its row back. A later put has a higher version and is not shadowed.
+pub const CREATE_TOMBSTONES: &str = r#"
+CREATE TABLE IF NOT EXISTS document_tombstones (
+    doc_id  VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    version BIGINT NOT NULL,
+    PRIMARY KEY (doc_id)
 ) ENGINE = InnoDB
 "#;
 

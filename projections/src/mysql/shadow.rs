@@ -209,7 +209,7 @@ impl ShadowWriter {
         let mut params: Vec<Value> = Vec::with_capacity(ROWS_PER_STATEMENT * 11);
         for c in &batch.changes {
             match &c.change {
-                Change::Remove => removes.push((c.doc_id.as_str(), c.version)),
+                Change::Remove | Change::Purge => removes.push((c.doc_id.as_str(), c.version)),
                 change => {
                     let ready = ready(c.doc_id.as_str(), c.version);
                     if let Some(values) = catalogue_values(c.doc_id.as_str(), change, ready) {
@@ -424,10 +424,10 @@ impl MysqlSink {
             for part in Partition::all(partitions) {
                 conn.exec_drop(
                     format!(
-                        "REPLACE INTO {SHADOW_CHECKPOINTS} (sink, partition_index, log_id, epoch, xid, position)
-                         VALUES (?, ?, ?, ?, ?, ?)"
+                        "REPLACE INTO {SHADOW_CHECKPOINTS} (sink, partition_count, partition_index, log_id, epoch, xid, position)
+                         VALUES (?, ?, ?, ?, ?, ?, ?)"
                     ),
-                    (NAME, part.index, &log_id, end.epoch, end.xid, end.position),
+                    (NAME, part.count, part.index, &log_id, end.epoch, end.xid, end.position),
                 )
                 .await
                 .map_err(sink_error("write shadow checkpoint"))?;
