@@ -418,3 +418,86 @@ async fn a_runner_that_fails_fatally_gives_its_lease_back() {
     wait_consistent(&http, &a, &docs).await;
     drop(cluster);
 }
+
+/// One decision per parked change across processes, taken on the log's state: every process
+/// runs a compensator, and two of them hold a document's actor at a version the third has
+/// moved past when MySQL refuses that newer version.
+#[actix_rt::test]
+async fn every_parked_change_gets_one_compensation_decided_on_the_log() {
+    let cluster = Cluster::start(
+        "scale_out_compensation",
+        3,
+        &[
+            ("DOCLEDGER_PARTITIONS", "2"),
+            ("DOCLEDGER_LEASE_POLL_MS", "200"),
+            ("DOCLEDGER_VERIFY_INTERVAL_SECS", "0"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let bases: Vec<String> = (0..3).map(|i| cluster.base(i)).collect();
+    let docs: Vec<String> = (0..6).map(|i| format!("comp-{i}")).collect();
+    for doc in &docs {
+        let (s, v) = send(http.put(doc_url(&bases[0], doc)).json(&body("good"))).await;
+        assert_eq!((s, v["version"].as_u64()), (200, Some(1)), "{v}");
+        // Every process's actor of the document holds version 1.
+        for base in &bases {
+            send(http.get(doc_url(base, doc))).await;
+        }
+    }
+    cluster.caught_up(Duration::from_secs(60)).await;
+    // From now on MySQL refuses the title `poison`, permanently.
+    let pool = mysql_async::Pool::new(
+        mysql_async::Opts::from_url(&cluster.vars["DOCLEDGER_MYSQL_URL"]).expect("mysql url"),
+    );
+    let mut conn = pool.get_conn().await.expect("mysql");
+    mysql_async::prelude::Queryable::query_drop(
+        &mut conn,
+        "ALTER TABLE documents ADD CONSTRAINT no_poison CHECK (title <> 'poison')",
+    )
+    .await
+    .expect("add check constraint");
+    drop(conn);
+    // Version 2 through one process each: the other two hold version 1.
+    for (i, doc) in docs.iter().enumerate() {
+        let (s, v) = send(http.put(doc_url(&bases[i % 3], doc)).json(&body("poison"))).await;
+        assert_eq!((s, v["version"].as_u64()), (200, Some(2)), "{v}");
+    }
+    for doc in &docs {
+        let got = common::eventually(Duration::from_secs(60), "the rollback", || {
+            let url = doc_url(&bases[1], doc);
+            let http = &http;
+            async move {
+                let got: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                (got["version"] == 3 && got["consistent"] == true).then_some(got)
+            }
+        })
+        .await;
+        assert_eq!(got["title"], "good", "{got}");
+        let (_, list) = send(
+            http.get(format!("{}/v1/compensations", bases[2]))
+                .query(&[("doc_id", doc.as_str())]),
+        )
+        .await;
+        let list = list["compensations"]
+            .as_array()
+            .expect("compensations")
+            .clone();
+        assert_eq!(list.len(), 1, "{doc}: {list:?}");
+        assert_eq!(
+            (&list[0]["state"], &list[0]["resolution"]),
+            (&json!("resolved"), &json!("rolled back to version 1 as 3")),
+            "{doc}: {list:?}"
+        );
+        let (_, events) = send(http.get(format!("{}/events", doc_url(&bases[0], doc)))).await;
+        let requested = events["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter(|e| e["type"] == "CompensationRequested")
+            .count();
+        assert_eq!(requested, 1, "{doc}: {events}");
+    }
+    pool.disconnect().await.expect("disconnect");
+    drop(cluster);
+}
