@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::Cluster;
+use common::cluster::{projections_at, Cluster, FAST_LEASES};
 use serde_json::{json, Value};
 
 fn body(title: &str) -> Value {
@@ -163,15 +163,9 @@ async fn answers_rest_on_the_log_not_on_another_process_s_cache() {
 
 /// `rebuild` of the store in `GET /v1/projections` of `base`.
 async fn rebuild_status(http: &reqwest::Client, base: &str, store: &str) -> Option<Value> {
-    let all: Value = http
-        .get(format!("{base}/v1/projections"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    all.as_array()?
+    projections_at(http, base)
+        .await?
+        .as_array()?
         .iter()
         .find(|s| s["name"] == store)
         .map(|s| s["rebuild"].clone())
@@ -186,14 +180,7 @@ async fn partitions_in(
 ) -> Option<std::collections::BTreeSet<u64>> {
     let mut out = std::collections::BTreeSet::new();
     for base in bases {
-        let all: Value = http
-            .get(format!("{base}/v1/projections"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let all = projections_at(http, base).await?;
         let s = all.as_array()?.iter().find(|s| s["name"] == store)?;
         for p in s["partitions"].as_array()? {
             if p["state"] == state {
@@ -226,16 +213,7 @@ async fn wait_consistent(http: &reqwest::Client, base: &str, docs: &[String]) {
 /// dies is finished by another one.
 #[actix_rt::test]
 async fn pause_resume_and_rebuild_act_on_every_process() {
-    let mut cluster = Cluster::start(
-        "scale_out_control",
-        2,
-        &[
-            ("DOCLEDGER_PARTITIONS", "2"),
-            ("DOCLEDGER_LEASE_POLL_MS", "200"),
-            ("DOCLEDGER_VERIFY_INTERVAL_SECS", "0"),
-        ],
-    )
-    .await;
+    let mut cluster = Cluster::start("scale_out_control", 2, FAST_LEASES).await;
     let http = reqwest::Client::new();
     cluster.caught_up(Duration::from_secs(60)).await;
     let (a, b) = (cluster.base(0), cluster.base(1));
@@ -363,16 +341,7 @@ async fn pause_resume_and_rebuild_act_on_every_process() {
 /// stalls its share of the partitions for everyone.
 #[actix_rt::test]
 async fn a_runner_that_fails_fatally_gives_its_lease_back() {
-    let mut cluster = Cluster::start(
-        "scale_out_fatal",
-        1,
-        &[
-            ("DOCLEDGER_PARTITIONS", "2"),
-            ("DOCLEDGER_LEASE_POLL_MS", "200"),
-            ("DOCLEDGER_VERIFY_INTERVAL_SECS", "0"),
-        ],
-    )
-    .await;
+    let mut cluster = Cluster::start("scale_out_fatal", 1, FAST_LEASES).await;
     let http = reqwest::Client::new();
     cluster.caught_up(Duration::from_secs(60)).await;
     let a = cluster.base(0);
@@ -424,16 +393,7 @@ async fn a_runner_that_fails_fatally_gives_its_lease_back() {
 /// moved past when MySQL refuses that newer version.
 #[actix_rt::test]
 async fn every_parked_change_gets_one_compensation_decided_on_the_log() {
-    let cluster = Cluster::start(
-        "scale_out_compensation",
-        3,
-        &[
-            ("DOCLEDGER_PARTITIONS", "2"),
-            ("DOCLEDGER_LEASE_POLL_MS", "200"),
-            ("DOCLEDGER_VERIFY_INTERVAL_SECS", "0"),
-        ],
-    )
-    .await;
+    let cluster = Cluster::start("scale_out_compensation", 3, FAST_LEASES).await;
     let http = reqwest::Client::new();
     let bases: Vec<String> = (0..3).map(|i| cluster.base(i)).collect();
     let docs: Vec<String> = (0..6).map(|i| format!("comp-{i}")).collect();

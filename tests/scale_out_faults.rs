@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::cluster::Cluster;
+use common::cluster::{projections_at, Cluster, FAST_LEASES};
 use projections::milvus::MilvusSink;
 use projections::mysql::MysqlSink;
 use projections::s3::S3Sink;
@@ -131,40 +131,26 @@ async fn client_loop(
         let doc = (client * 5 + seq * 7) % DOCS;
         let url = format!("{base}/v1/documents/faults-{doc:02}");
         let key = format!("faults-{client}-{seq}");
-        if seq.is_multiple_of(5) {
-            let (status, v) = until_answered(|| http.delete(&url), &key).await;
-            match status {
-                200 => acks
-                    .lock()
-                    .expect("acks")
-                    .entry(doc)
-                    .or_default()
-                    .push(Ack {
-                        version: v["version"].as_u64().expect("version"),
-                        wrote: None,
-                    }),
-                404 => {}
-                // Lost the race twice to other writers: refused, nothing written.
-                409 => assert_eq!(v["error"]["code"], "version_conflict", "{v}"),
-                s => panic!("{key}: delete answered {s}: {v}"),
+        // Deletions one time in five; every other write a put of new content.
+        let wrote = (!seq.is_multiple_of(5)).then(|| content(doc, client, seq));
+        let (status, v) = match &wrote {
+            None => until_answered(|| http.delete(&url), &key).await,
+            Some(w) => {
+                let body = put_body(w);
+                until_answered(|| http.put(&url).json(&body), &key).await
             }
-        } else {
-            let wrote = content(doc, client, seq);
-            let body = put_body(&wrote);
-            let (status, v) = until_answered(|| http.put(&url).json(&body), &key).await;
-            match status {
-                200 if v["unchanged"] == false => acks
-                    .lock()
-                    .expect("acks")
-                    .entry(doc)
-                    .or_default()
-                    .push(Ack {
-                        version: v["version"].as_u64().expect("version"),
-                        wrote: Some(wrote),
-                    }),
-                409 => assert_eq!(v["error"]["code"], "version_conflict", "{v}"),
-                s => panic!("{key}: put answered {s}: {v}"),
+        };
+        match status {
+            200 if v["unchanged"] != true => {
+                let version = v["version"].as_u64().expect("version");
+                let ack = Ack { version, wrote };
+                acks.lock().expect("acks").entry(doc).or_default().push(ack);
             }
+            // Deleting a deleted document.
+            404 if wrote.is_none() => {}
+            // Lost the race twice to other writers: refused, nothing written.
+            409 => assert_eq!(v["error"]["code"], "version_conflict", "{v}"),
+            s => panic!("{key}: answered {s}: {v}"),
         }
     }
 }
@@ -179,15 +165,7 @@ async fn request_rebuild(http: &reqwest::Client, base: &str, store: &str) {
 }
 
 async fn rebuilds_done(http: &reqwest::Client, base: &str) -> Option<()> {
-    let all: Value = http
-        .get(format!("{base}/v1/projections"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    for store in all.as_array()? {
+    for store in projections_at(http, base).await?.as_array()? {
         match store["rebuild"]["phase"].as_str() {
             None | Some("done") => {}
             Some("failed") => panic!("rebuild failed: {store}"),
@@ -199,16 +177,7 @@ async fn rebuilds_done(http: &reqwest::Client, base: &str) -> Option<()> {
 
 #[actix_rt::test]
 async fn three_processes_under_kills_rolls_and_rebuilds_lose_nothing() {
-    let mut cluster = Cluster::start(
-        "scale_out_faults",
-        3,
-        &[
-            ("DOCLEDGER_PARTITIONS", "2"),
-            ("DOCLEDGER_LEASE_POLL_MS", "200"),
-            ("DOCLEDGER_VERIFY_INTERVAL_SECS", "0"),
-        ],
-    )
-    .await;
+    let mut cluster = Cluster::start("scale_out_faults", 3, FAST_LEASES).await;
     let backends: Vec<SocketAddr> = cluster
         .members
         .iter()

@@ -147,7 +147,13 @@ impl RunnerStatus {
     /// Pauses or resumes the runner (it finishes the batch in hand first). A resumed runner
     /// continues from its stored checkpoint, which a rebuild may have moved meanwhile.
     pub fn set_paused(&self, paused: bool) {
-        self.paused.send_replace(paused);
+        // Only a change wakes the runner: the cluster-wide control sets the switch on every
+        // poll, and a wake-up cuts the runner's linger and idle waits short.
+        self.paused.send_if_modified(|p| {
+            let changed = *p != paused;
+            *p = paused;
+            changed
+        });
     }
 
     /// Whether the runner is paused.
@@ -930,5 +936,24 @@ mod blob_slice_tests {
             blob_slices(&small).is_none(),
             "a batch within the limit is applied whole"
         );
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::RunnerStatus;
+    use crate::sink::Partition;
+
+    #[test]
+    fn setting_the_pause_switch_to_its_value_wakes_nobody() {
+        let status = RunnerStatus::new("mysql", Partition::ALL);
+        let mut seen = status.paused.subscribe();
+        status.set_paused(false);
+        assert!(!seen.has_changed().expect("open"), "unchanged: no wake-up");
+        status.set_paused(true);
+        assert!(seen.has_changed().expect("open"), "paused: a wake-up");
+        seen.borrow_and_update();
+        status.set_paused(true);
+        assert!(!seen.has_changed().expect("open"), "still paused: no wake-up");
     }
 }

@@ -595,15 +595,7 @@ impl Layouts {
             None => {
                 // The first count of this log (or the first since migration 5): adopt it,
                 // seeded from the checkpoints kept before counts were recorded.
-                timed(client.batch_execute("BEGIN")).await?;
-                let adopted = seed_layout(client, sink, None, partitions).await;
-                let done = match adopted {
-                    Ok(()) => timed(client.batch_execute("COMMIT")).await,
-                    Err(e) => {
-                        let _ = timed(client.batch_execute("ROLLBACK")).await;
-                        Err(e)
-                    }
-                };
+                let done = seed_layout(client, sink, None, partitions).await;
                 timed(client.query_one(
                     "SELECT pg_advisory_unlock_shared($1, $2)",
                     &[&LAYOUT_LOCK_CLASS, &key],
@@ -639,15 +631,7 @@ impl Layouts {
             }
             return Ok(false);
         }
-        timed(client.batch_execute("BEGIN")).await?;
-        let switched = seed_layout(client, sink, Some(in_force), partitions).await;
-        let done = match switched {
-            Ok(()) => timed(client.batch_execute("COMMIT")).await,
-            Err(e) => {
-                let _ = timed(client.batch_execute("ROLLBACK")).await;
-                Err(e)
-            }
-        };
+        let done = seed_layout(client, sink, Some(in_force), partitions).await;
         timed(client.query_one(
             "SELECT pg_advisory_unlock($1, $2)",
             &[&LAYOUT_LOCK_CLASS, &key],
@@ -719,13 +703,29 @@ ON CONFLICT (sink, partitions, partition) DO UPDATE
        position = EXCLUDED.position, seeded = true, updated_at = now()
 "#;
 
-/// In the caller's transaction: makes `partitions` the count in force for `sink` and seeds
+/// In one transaction: makes `partitions` the count in force for `sink` and seeds
 /// its checkpoints from those of the count before (`from`; None: the rows kept before
 /// counts were recorded, whose count is unknown). Every new partition starts at the lowest
 /// checkpoint of the old count (so nothing is skipped; re-applying is idempotent), or at the
 /// start of the log when some old partition has none. Rows kept before counts were recorded
 /// that cover exactly partitions 0..count are taken as this count's own.
 async fn seed_layout(
+    client: &tokio_postgres::Client,
+    sink: &str,
+    from: Option<i32>,
+    partitions: u32,
+) -> Result<(), String> {
+    timed(client.batch_execute("BEGIN")).await?;
+    match seed_layout_in_transaction(client, sink, from, partitions).await {
+        Ok(()) => timed(client.batch_execute("COMMIT")).await,
+        Err(e) => {
+            let _ = timed(client.batch_execute("ROLLBACK")).await;
+            Err(e)
+        }
+    }
+}
+
+async fn seed_layout_in_transaction(
     client: &tokio_postgres::Client,
     sink: &str,
     from: Option<i32>,

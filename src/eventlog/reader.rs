@@ -671,6 +671,18 @@ fn applied_column(store: StoreKind) -> &'static str {
     }
 }
 
+/// `(log_id, cursor)` of a checkpoint row read as `log_id::text, epoch, xid::text, position`.
+fn checkpoint_of_row(r: &Row) -> (String, LogCursor) {
+    (
+        r.get(0),
+        LogCursor {
+            epoch: r.get(1),
+            xid: r.get::<_, &str>(2).parse().unwrap_or_default(),
+            position: r.get(3),
+        },
+    )
+}
+
 impl LogSource for PgLog {
     fn log_id(&self) -> &str {
         PgLog::log_id(self)
@@ -732,16 +744,7 @@ impl LogSource for PgLog {
             )
             .await
             .map_err(pg_source_error("load checkpoint"))?;
-        Ok(row.map(|r| {
-            (
-                r.get(0),
-                LogCursor {
-                    epoch: r.get(1),
-                    xid: r.get::<_, &str>(2).parse().unwrap_or_default(),
-                    position: r.get(3),
-                },
-            )
-        }))
+        Ok(row.as_ref().map(checkpoint_of_row))
     }
 
     async fn load_seed(
@@ -758,16 +761,7 @@ impl LogSource for PgLog {
             )
             .await
             .map_err(pg_source_error("load seeded checkpoint"))?;
-        Ok(row.map(|r| {
-            (
-                r.get(0),
-                LogCursor {
-                    epoch: r.get(1),
-                    xid: r.get::<_, &str>(2).parse().unwrap_or_default(),
-                    position: r.get(3),
-                },
-            )
-        }))
+        Ok(row.as_ref().map(checkpoint_of_row))
     }
 
     async fn save_checkpoint(

@@ -10,6 +10,25 @@ use serde_json::Value;
 
 use super::{eventually, service_vars, spawn_serve, wait_ready};
 
+/// Settings of a cluster whose leases move fast: two partitions per store, leases polled
+/// every 200 ms, no background verifier.
+pub const FAST_LEASES: &[(&str, &str)] = &[
+    ("DOCLEDGER_PARTITIONS", "2"),
+    ("DOCLEDGER_LEASE_POLL_MS", "200"),
+    ("DOCLEDGER_VERIFY_INTERVAL_SECS", "0"),
+];
+
+/// `GET /v1/projections` of the process at `base`, None when it does not answer.
+pub async fn projections_at(http: &reqwest::Client, base: &str) -> Option<Value> {
+    http.get(format!("{base}/v1/projections"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
 /// One `serve` process of a [`Cluster`].
 pub struct Member {
     /// `127.0.0.1:port`.
@@ -170,18 +189,6 @@ impl Cluster {
         )
     }
 
-    /// `GET /v1/projections` of process `i`.
-    pub async fn projections(&self, i: usize) -> Option<Value> {
-        self.http
-            .get(format!("{}/v1/projections", self.base(i)))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()
-    }
-
     /// Waits until every running process shows no projection lag and every partition of
     /// every store either running (owned here) or on standby (owned by another process),
     /// each owned by exactly one process.
@@ -193,14 +200,7 @@ impl Cluster {
                 let mut running: std::collections::BTreeMap<(String, u64), usize> =
                     Default::default();
                 for base in bases {
-                    let p: Value = http
-                        .get(format!("{base}/v1/projections"))
-                        .send()
-                        .await
-                        .ok()?
-                        .json()
-                        .await
-                        .ok()?;
+                    let p = projections_at(http, base).await?;
                     for store in p.as_array()? {
                         if store["lag_events"] != 0 {
                             return None;
