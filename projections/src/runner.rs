@@ -954,6 +954,9 @@ mod status_tests {
         assert!(seen.has_changed().expect("open"), "paused: a wake-up");
         seen.borrow_and_update();
         status.set_paused(true);
-        assert!(!seen.has_changed().expect("open"), "still paused: no wake-up");
+        assert!(
+            !seen.has_changed().expect("open"),
+            "still paused: no wake-up"
+        );
     }
 }

@@ -144,12 +144,7 @@ impl ClaimHandle {
     /// The runner failed fatally: hand the lease over and leave it to other processes for
     /// a rest that doubles with each failure in a row.
     pub fn give_back(&self) {
-        let mut claims = self
-            .leases
-            .claims
-            .lock()
-            .expect("lease claims lock poisoned");
-        if let Some(c) = claims.iter_mut().find(|c| c.key == self.key) {
+        self.with_claim(|c| {
             let rest = FIRST_REST
                 .saturating_mul(1 << c.failures.min(10))
                 .min(MAX_REST);
@@ -162,20 +157,23 @@ impl ClaimHandle {
                 rest_secs = rest.as_secs(),
                 "giving a failed projection partition's lease back"
             );
-        }
-        drop(claims);
+        });
         self.leases.claimed.notify_one();
     }
 
     /// The runner stopped without failing: the next fatal failure rests the shortest time.
     pub fn succeeded(&self) {
+        self.with_claim(|c| c.failures = 0);
+    }
+
+    fn with_claim(&self, f: impl FnOnce(&mut Claim)) {
         let mut claims = self
             .leases
             .claims
             .lock()
             .expect("lease claims lock poisoned");
         if let Some(c) = claims.iter_mut().find(|c| c.key == self.key) {
-            c.failures = 0;
+            f(c);
         }
     }
 }

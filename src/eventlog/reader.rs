@@ -671,16 +671,40 @@ fn applied_column(store: StoreKind) -> &'static str {
     }
 }
 
-/// `(log_id, cursor)` of a checkpoint row read as `log_id::text, epoch, xid::text, position`.
-fn checkpoint_of_row(r: &Row) -> (String, LogCursor) {
-    (
-        r.get(0),
-        LogCursor {
-            epoch: r.get(1),
-            xid: r.get::<_, &str>(2).parse().unwrap_or_default(),
-            position: r.get(3),
-        },
-    )
+impl PgLog {
+    /// The log-side checkpoint of `sink`/`part`: `(log_id, cursor)`; with `seeded_only`, only
+    /// while a change of partition count seeded it and no runner has saved it since.
+    async fn checkpoint_row(
+        &self,
+        sink: &'static str,
+        part: Partition,
+        seeded_only: bool,
+    ) -> Result<Option<(String, LogCursor)>, SourceError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT log_id::text, epoch, xid::text, position FROM projection_checkpoints
+                 WHERE sink = $1 AND partitions = $2 AND partition = $3 AND (seeded OR NOT $4)",
+                &[
+                    &sink,
+                    &(part.count as i32),
+                    &(part.index as i32),
+                    &seeded_only,
+                ],
+            )
+            .await
+            .map_err(pg_source_error("load checkpoint"))?;
+        Ok(row.map(|r| {
+            (
+                r.get(0),
+                LogCursor {
+                    epoch: r.get(1),
+                    xid: r.get::<_, &str>(2).parse().unwrap_or_default(),
+                    position: r.get(3),
+                },
+            )
+        }))
+    }
 }
 
 impl LogSource for PgLog {
@@ -735,16 +759,7 @@ impl LogSource for PgLog {
         sink: &'static str,
         part: Partition,
     ) -> Result<Option<(String, LogCursor)>, SourceError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT log_id::text, epoch, xid::text, position FROM projection_checkpoints
-                 WHERE sink = $1 AND partitions = $2 AND partition = $3",
-                &[&sink, &(part.count as i32), &(part.index as i32)],
-            )
-            .await
-            .map_err(pg_source_error("load checkpoint"))?;
-        Ok(row.as_ref().map(checkpoint_of_row))
+        self.checkpoint_row(sink, part, false).await
     }
 
     async fn load_seed(
@@ -752,16 +767,7 @@ impl LogSource for PgLog {
         sink: &'static str,
         part: Partition,
     ) -> Result<Option<(String, LogCursor)>, SourceError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT log_id::text, epoch, xid::text, position FROM projection_checkpoints
-                 WHERE sink = $1 AND partitions = $2 AND partition = $3 AND seeded",
-                &[&sink, &(part.count as i32), &(part.index as i32)],
-            )
-            .await
-            .map_err(pg_source_error("load seeded checkpoint"))?;
-        Ok(row.as_ref().map(checkpoint_of_row))
+        self.checkpoint_row(sink, part, true).await
     }
 
     async fn save_checkpoint(
