@@ -3,6 +3,12 @@
 //! from the partition's checkpoint each time the lease is taken, stopped (its batch finished)
 //! when the lease is lost, and the lease given back when the runner fails fatally.
 //!
+//! A runner whose process lost its lease connection is aborted at once (its in-flight store
+//! requests cancelled), not left to finish its batch: the lease connection gives up within
+//! 4 s of silence plus a poll, PostgreSQL frees the locks of a silent peer after about 11 s
+//! of keepalives, and a new owner then waits [`HANDOVER_GRACE`]; the old owner's last
+//! requests were sent at least 8 s before the new owner's first.
+//!
 //! Before a new owner's runner writes anything it learns whether the store is paused
 //! cluster-wide (read fresh from the log), and after an unclean hand-over (the previous
 //! owner crashed or was cut off) it first waits [`HANDOVER_GRACE`], so that store requests
@@ -125,9 +131,9 @@ pub async fn supervise<F, Fut, C, CFut, P, PFut>(
             continue;
         }
         status.set_state("starting");
+        let losses = claim.losses();
         let token = cancel.child_token();
-        let run = start(token.clone(), generation);
-        tokio::pin!(run);
+        let mut run = Box::pin(start(token.clone(), generation));
         tokio::select! {
             _ = &mut run => {
                 claim.set_running(false);
@@ -142,7 +148,16 @@ pub async fn supervise<F, Fut, C, CFut, P, PFut>(
                     warn!(sink = status.sink, partition = status.partition.index, generation, "projection lease lost or handed over; stopping the runner");
                 }
                 token.cancel();
-                run.await;
+                if claim.losses() == losses {
+                    // Handed over (or shutdown): the batch in hand is finished first.
+                    run.await;
+                } else {
+                    // The lease connection was lost: another process may own the partition
+                    // within PostgreSQL's keepalives, so the runner is dropped at once, its
+                    // store requests cancelled, as a crash would (every write is idempotent).
+                    drop(run);
+                    status.set_state("stopped");
+                }
                 claim.set_running(false);
                 if status.snapshot().state != "failed" {
                     claim.succeeded();

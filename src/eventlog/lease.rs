@@ -134,6 +134,13 @@ impl ClaimHandle {
             .expect("a claim handle's claim exists")
     }
 
+    /// How many times this process lost its lease connection so far: a runner started
+    /// before a loss is aborted at once rather than left to finish its batch, since another
+    /// process may own its partition by then.
+    pub fn losses(&self) -> u64 {
+        self.leases.losses.load(Ordering::SeqCst)
+    }
+
     /// The supervisor started (`true`) or joined (`false`) the partition's runner. A lease
     /// is released only while its runner is not running.
     pub fn set_running(&self, running: bool) {
@@ -184,6 +191,8 @@ pub struct Leases {
     claims: Arc<Mutex<Vec<Claim>>>,
     /// Wakes the lease loop when a claim arrives or a runner stops.
     claimed: Arc<Notify>,
+    /// How many times the lease connection was lost (every lease given up at once).
+    losses: Arc<std::sync::atomic::AtomicU64>,
     /// This process, as `projection_partitions.owner` names it.
     owner: Arc<str>,
 }
@@ -203,6 +212,7 @@ impl Leases {
         let leases = Leases {
             claims: Arc::new(Mutex::new(Vec::new())),
             claimed: Arc::new(Notify::new()),
+            losses: Arc::default(),
             owner: process_name().into(),
         };
         let task = tokio::spawn(lease_loop(
@@ -300,6 +310,7 @@ async fn lease_loop(
                     Ok(()) => {
                         failures = 0;
                         if let Err(e) = hold(&leases, &client, poll, partitions, &cancel).await {
+                            leases.losses.fetch_add(1, Ordering::SeqCst);
                             warn!(error = %e, "lease connection failed; giving up every lease");
                         }
                     }
