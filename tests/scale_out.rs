@@ -461,3 +461,50 @@ async fn every_parked_change_gets_one_compensation_decided_on_the_log() {
     pool.disconnect().await.expect("disconnect");
     drop(cluster);
 }
+
+/// A process cut off from the log (its connections stall, as in a network partition) gives
+/// its leases up within the lease query timeout, its runners aborted: it stops counting as
+/// an owner by itself, without waiting for the network to come back. Healed, it takes its
+/// share again and every write made meanwhile through the other process lands.
+#[actix_rt::test]
+async fn a_process_cut_off_from_the_log_gives_its_leases_up_in_bounded_time() {
+    let mut cluster = Cluster::start("scale_out_cutoff", 0, FAST_LEASES).await;
+    let direct = cluster.vars["DOCLEDGER_EVENTSTORE_URL"].clone();
+    let pg = common::proxy::Proxy::to_url(&direct).await;
+    let a = cluster
+        .add(&[("DOCLEDGER_EVENTSTORE_URL", pg.url_for(&direct).as_str())])
+        .await;
+    let b = cluster.add(&[]).await;
+    cluster.caught_up(Duration::from_secs(60)).await;
+    let http = reqwest::Client::new();
+    let (base_a, base_b) = (cluster.base(a), cluster.base(b));
+    let running_a = partitions_in(&http, std::slice::from_ref(&base_a), "mysql", "running")
+        .await
+        .expect("status");
+    assert!(!running_a.is_empty(), "A owns a partition before the cut");
+
+    pg.set(common::proxy::Fault::Drop);
+    let cut = std::time::Instant::now();
+    let log_a = cluster.members[a].log.clone();
+    let gave_up = common::eventually(Duration::from_secs(10), "A to give its leases up", || {
+        let log_a = log_a.clone();
+        async move {
+            std::fs::read_to_string(&log_a)
+                .ok()?
+                .contains("lease connection failed; giving up every lease")
+                .then(|| cut.elapsed())
+        }
+    })
+    .await;
+    eprintln!("A gave its leases up {gave_up:?} after its log connections stalled");
+    let docs: Vec<String> = (0..8).map(|i| format!("cutoff-{i}")).collect();
+    for doc in &docs {
+        let (s, v) = send(http.put(doc_url(&base_b, doc)).json(&body(doc))).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    pg.set(common::proxy::Fault::Pass);
+    wait_consistent(&http, &base_b, &docs).await;
+    cluster.caught_up(Duration::from_secs(60)).await;
+    let (code, out) = cluster.verify().await;
+    assert_eq!(code, Some(0), "verify: {out}");
+}
