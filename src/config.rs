@@ -427,6 +427,9 @@ impl Config {
             if suffix == "CONFIG" || suffix == "LOG" || suffix == "LOG_FORMAT" {
                 continue; // read by main, not configuration keys
             }
+            if is_service_link(suffix, v) {
+                continue; // Kubernetes', for a Service named docledger(-…): not ours
+            }
             let Some((key, _)) = KEYS.iter().find(|(key, _)| *key == suffix) else {
                 return Err(invalid(suffix, "unknown variable (typo?)".into()));
             };
@@ -563,9 +566,114 @@ impl Config {
     }
 }
 
+/// Whether `DOCLEDGER_{suffix}={value}` is one of the variables Kubernetes injects into every
+/// pod of a namespace for a Service named `docledger` (or `docledger-…`): `SERVICE_HOST`,
+/// `SERVICE_PORT[_NAME]`, `PORT=tcp://…` and `PORT_<n>_<PROTO>[_PROTO|_PORT|_ADDR]`, each
+/// with the value Kubernetes gives it. Anything else, a misspelt key of ours included, is
+/// not.
+fn is_service_link(suffix: &str, value: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let protocol = |s: &str| matches!(s, "TCP" | "UDP" | "SCTP");
+    let address = |s: &str| {
+        s.split_once("://").is_some_and(|(scheme, rest)| {
+            matches!(scheme, "tcp" | "udp" | "sctp")
+                && rest
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && digits(port))
+        })
+    };
+    let host = |s: &str| !s.is_empty() && !s.bytes().any(|b| b.is_ascii_whitespace());
+    // The service's own name may add words: DOCLEDGER_METRICS_SERVICE_HOST.
+    let name_words = |prefix: &str| {
+        prefix.is_empty()
+            || prefix.strip_suffix('_').is_some_and(|p| {
+                !p.is_empty()
+                    && p.bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            })
+    };
+    let service_host = || {
+        suffix
+            .strip_suffix("SERVICE_HOST")
+            .is_some_and(|prefix| name_words(prefix) && host(value))
+    };
+    let service_port = || {
+        suffix
+            .split_once("SERVICE_PORT")
+            .is_some_and(|(prefix, port_name)| {
+                name_words(prefix)
+                    && (port_name.is_empty() || port_name.starts_with('_'))
+                    && digits(value)
+            })
+    };
+    let service_address = || {
+        suffix
+            .strip_suffix("PORT")
+            .is_some_and(|prefix| name_words(prefix) && address(value))
+    };
+    let port_detail = || {
+        let Some((prefix, rest)) = suffix.rsplit_once("PORT_") else {
+            return false;
+        };
+        let mut parts = rest.split('_');
+        let (Some(port), Some(proto)) = (parts.next(), parts.next()) else {
+            return false;
+        };
+        name_words(prefix)
+            && digits(port)
+            && protocol(proto)
+            && match (parts.next(), parts.next()) {
+                (None, _) => address(value),
+                (Some("PROTO"), None) => matches!(value, "tcp" | "udp" | "sctp"),
+                (Some("PORT"), None) => digits(value),
+                (Some("ADDR"), None) => host(value),
+                _ => false,
+            }
+    };
+    // PORT_8080_TCP_PORT ends in PORT too: every shape is tried.
+    service_host() || service_port() || service_address() || port_detail()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kubernetes_service_links_never_stop_the_service_but_typos_still_do() {
+        let links = [
+            ("DOCLEDGER_SERVICE_HOST", "10.96.12.7"),
+            ("DOCLEDGER_SERVICE_PORT", "8080"),
+            ("DOCLEDGER_SERVICE_PORT_HTTP", "8080"),
+            ("DOCLEDGER_PORT", "tcp://10.96.12.7:8080"),
+            ("DOCLEDGER_PORT_8080_TCP", "tcp://10.96.12.7:8080"),
+            ("DOCLEDGER_PORT_8080_TCP_PROTO", "tcp"),
+            ("DOCLEDGER_PORT_8080_TCP_PORT", "8080"),
+            ("DOCLEDGER_PORT_8080_TCP_ADDR", "10.96.12.7"),
+            ("DOCLEDGER_METRICS_SERVICE_HOST", "10.96.12.8"),
+            ("DOCLEDGER_METRICS_PORT_9090_TCP", "tcp://10.96.12.8:9090"),
+        ];
+        let c = Config::load(None, &env(&links)).expect("service links are not ours");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080", "and change nothing");
+        for (key, value) in [
+            ("DOCLEDGER_PARTITONS", "4"),
+            ("DOCLEDGER_PORT", "8080"),
+            ("DOCLEDGER_SERVICE_PORT", "http"),
+            ("DOCLEDGER_PORT_8080_TCP_PROTO", "http"),
+            ("DOCLEDGER_PORT_8080_HTTP", "tcp://10.96.12.7:8080"),
+            ("DOCLEDGER_SERVICE_HOSTS", "10.96.12.7"),
+            ("DOCLEDGER_lower_SERVICE_HOST", "10.96.12.7"),
+        ] {
+            let mut vars = links.to_vec();
+            vars.push((key, value));
+            let err = Config::load(None, &env(&vars))
+                .expect_err(&format!("{key}={value} is not a service link"));
+            assert!(
+                err.to_string()
+                    .contains(key.trim_start_matches("DOCLEDGER_")),
+                "{key}: {err}"
+            );
+        }
+    }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
