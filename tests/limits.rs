@@ -858,3 +858,80 @@ async fn small_and_large_blobs_are_checked_alike_on_either_validation_path() {
     );
     svc.stop().await;
 }
+
+/// A chunk text longer than the vector store's text field (65,535 UTF-8 bytes) is refused
+/// at the API, in a PUT and in a batch line, and appends nothing (it used to be accepted,
+/// then refused by Milvus, parked and withdrawn); exactly the limit is accepted and reaches
+/// every store.
+#[actix_rt::test]
+async fn a_chunk_text_the_vector_store_would_refuse_is_refused_at_the_api() {
+    let svc = TestService::start(
+        "limits_chunk_text",
+        &[("DOCLEDGER_VERIFY_INTERVAL_SECS", "0")],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let with_text = |text: String| {
+        let mut body = put_body("x", 1);
+        body["chunks"][0]["text"] = json!(text);
+        body
+    };
+    let before = svc.log_contents().await;
+    // 32,768 two-byte characters: within a character count, over the byte limit.
+    for (doc, text) in [
+        ("limits/text-ascii", "x".repeat(65_536)),
+        ("limits/text-utf8", "é".repeat(32_768)),
+    ] {
+        let (status, body) = send(http.put(svc.doc_url(doc, "")).json(&with_text(text))).await;
+        assert_eq!(
+            (status, code(&body)),
+            (400, "invalid_field"),
+            "{doc}: {body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("65535")),
+            "{body}"
+        );
+    }
+    let mut line = with_text("y".repeat(65_536));
+    line["op"] = json!("put");
+    line["doc_id"] = json!("limits/text-line");
+    let res = http
+        .post(svc.url("/v1/documents:batch"))
+        .header("content-type", "application/x-ndjson")
+        .body(line.to_string())
+        .send()
+        .await
+        .expect("batch");
+    let text = res.text().await.expect("batch answer");
+    let result: Value = serde_json::from_str(text.lines().next().expect("a line")).expect("json");
+    assert_eq!(
+        (result["status"].as_u64(), code(&result)),
+        (Some(400), "invalid_field"),
+        "{result}"
+    );
+    assert_eq!(svc.log_contents().await, before, "nothing appended");
+
+    let (status, body) = send(
+        http.put(svc.doc_url("limits/text-max", ""))
+            .json(&with_text("z".repeat(65_535))),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    common::eventually(
+        Duration::from_secs(60),
+        "the longest text in every store",
+        || {
+            let url = svc.doc_url("limits/text-max", "");
+            let http = &http;
+            async move {
+                let got: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                (got["consistent"] == true).then_some(())
+            }
+        },
+    )
+    .await;
+    svc.stop().await;
+}

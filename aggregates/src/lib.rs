@@ -9,5 +9,6 @@ pub mod envelope;
 pub use document::{
     restore_point, BlobRef, Chunk, CompensationOutcome, Document, DocumentCommand, DocumentContent,
     DocumentError, DocumentEvent, PutDocument, Restore, StoreChange, StoreKind,
+    MAX_CHUNK_TEXT_BYTES,
 };
 pub use envelope::{DocId, DocIdError, LogCursor, RecordedEvent, Version};

@@ -11,6 +11,9 @@ pub const MAX_TITLE_CHARS: usize = 1024;
 pub const MAX_SOURCE_TYPE_CHARS: usize = 64;
 /// Longest business tag, in characters (the MySQL column's width).
 pub const MAX_BUSINESS_TAG_CHARS: usize = 255;
+/// Longest chunk text, in UTF-8 bytes: the vector store's text field holds no more (Milvus'
+/// VARCHAR `max_length`), so a longer one is refused here rather than parked later.
+pub const MAX_CHUNK_TEXT_BYTES: usize = 65_535;
 
 /// Create or replace a document.
 #[derive(Clone, Debug, PartialEq)]
@@ -98,6 +101,12 @@ impl PutDocument {
                 return Err(format!(
                     "chunk {i} has a vector of {} values",
                     chunk.vector.len()
+                ));
+            }
+            if chunk.text.len() > MAX_CHUNK_TEXT_BYTES {
+                return Err(format!(
+                    "chunk {i} has {} bytes of text, at most {MAX_CHUNK_TEXT_BYTES} allowed",
+                    chunk.text.len()
                 ));
             }
             if chunk.vector.iter().any(|x| !x.is_finite()) {

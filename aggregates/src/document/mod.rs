@@ -7,7 +7,7 @@ mod event;
 mod state;
 mod store_change;
 
-pub use command::{DocumentCommand, PutDocument};
+pub use command::{DocumentCommand, PutDocument, MAX_CHUNK_TEXT_BYTES};
 pub use compensation::{content_at, restore_point, CompensationOutcome, Restore};
 pub use error::DocumentError;
 pub use event::{BlobRef, Chunk, DocumentEvent, EVENT_TYPES};

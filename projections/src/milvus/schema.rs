@@ -32,8 +32,8 @@ pub const FIELD_EMBEDDING: &str = "embedding";
 pub const PK_MAX_LENGTH: u32 = 512;
 /// Longest doc id (the contract's limit).
 pub const DOC_ID_MAX_LENGTH: u32 = 255;
-/// Longest chunk text, in bytes (Milvus' VarChar limit).
-pub const TEXT_MAX_LENGTH: u32 = 65_535;
+/// Longest chunk text, in bytes (Milvus' VarChar limit, which the API enforces on every put).
+pub const TEXT_MAX_LENGTH: u32 = aggregates::MAX_CHUNK_TEXT_BYTES as u32;
 
 /// HNSW graph degree. Milvus 2.3 refuses an HNSW index without explicit `M`.
 const HNSW_M: &str = "16";
