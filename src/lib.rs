@@ -85,23 +85,21 @@ pub struct Stores {
 }
 
 impl Stores {
-    /// Connects to the three stores named in `config`, over TLS where a URL asks for it
-    /// (trusting `config.tls`).
+    /// The clients of the three stores named in `config`, over TLS where a URL asks for it
+    /// (trusting `config.tls`). Nothing is sent yet: each client connects at its first
+    /// request, so a service starts and takes commands while a store is unreachable.
     ///
     /// # Errors
-    /// A [`SinkError`] when a store cannot be reached or its URL is wrong.
+    /// A permanent [`SinkError`] when a store's URL or setting can never work.
     pub async fn connect(config: &Config) -> Result<Stores, SinkError> {
         Ok(Stores {
             mysql: Arc::new(MysqlSink::with_tls(config.mysql_url.expose(), &config.tls)?),
-            milvus: Arc::new(
-                MilvusSink::connect_with_tls(
-                    config.milvus_url.expose().trim_end_matches('/'),
-                    &config.milvus_collection,
-                    config.vector_dim,
-                    &config.tls,
-                )
-                .await?,
-            ),
+            milvus: Arc::new(MilvusSink::lazy(
+                config.milvus_url.expose().trim_end_matches('/'),
+                &config.milvus_collection,
+                config.vector_dim,
+                &config.tls,
+            )?),
             s3: Arc::new(S3Sink::with_tls(
                 config.s3_endpoint.expose().trim_end_matches('/'),
                 &config.s3_access_key,

@@ -357,3 +357,90 @@ async fn a_log_outage_refuses_commands_with_503_and_loses_nothing() {
     );
     svc.stop().await;
 }
+
+/// `serve` starts and takes commands while MySQL, Milvus and S3 are all unreachable (their
+/// connections reset from the first one): each store shows `retrying` with its error, and
+/// once they answer every accepted document reaches them.
+#[actix_rt::test]
+async fn serve_starts_and_takes_commands_while_every_store_is_unreachable() {
+    let env = projections::testing::StoreEnv::require();
+    let mysql = Proxy::to_url(&env.mysql_url).await;
+    let milvus = Proxy::to_url(&env.milvus_uri).await;
+    let s3 = Proxy::to_url(&env.s3_endpoint).await;
+    for proxy in [&mysql, &milvus, &s3] {
+        proxy.set(Fault::Reset);
+    }
+    let svc = TestService::start_rewritten(
+        "outage_at_start",
+        &[
+            ("DOCLEDGER_VERIFY_INTERVAL_SECS", "0"),
+            ("DOCLEDGER_RETRY_MAX_MS", "500"),
+        ],
+        |vars| {
+            for (key, proxy) in [
+                ("DOCLEDGER_MYSQL_URL", &mysql),
+                ("DOCLEDGER_MILVUS_URL", &milvus),
+                ("DOCLEDGER_S3_ENDPOINT", &s3),
+            ] {
+                let direct = vars[key].clone();
+                vars.insert(key.to_owned(), proxy.url_for(&direct));
+            }
+        },
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let docs: Vec<String> = (0..5).map(|i| format!("down-at-start-{i}")).collect();
+    for doc in &docs {
+        let res = http
+            .put(svc.doc_url(doc, ""))
+            .json(&json!({
+                "title": doc,
+                "source_type": "outage",
+                "chunks": [{"text": doc, "vector": vec![0.5; 8]}],
+                "blob": {"content_base64": "aGVsbG8=", "content_type": "text/plain"},
+            }))
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(
+            res.status(),
+            200,
+            "accepted into the log while every store is down"
+        );
+    }
+    eventually(
+        Duration::from_secs(30),
+        "every store shown retrying with its error",
+        || {
+            let http = &http;
+            let url = svc.url("/v1/projections");
+            async move {
+                let all: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                all.as_array()?
+                    .iter()
+                    .all(|s| s["state"] == "retrying" && s["last_error"].is_string())
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    for proxy in [&mysql, &milvus, &s3] {
+        proxy.set(Fault::Pass);
+    }
+    for doc in &docs {
+        eventually(
+            Duration::from_secs(60),
+            "the document in every store",
+            || {
+                let http = &http;
+                let url = svc.doc_url(doc, "");
+                async move {
+                    let got: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                    (got["consistent"] == true && got["ready"] == true).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    svc.stop().await;
+}

@@ -104,12 +104,58 @@ async fn tls_handshake(url: &str, trust: &TlsTrust) -> Result<(), HandshakeError
         .await
 }
 
+/// A client of Milvus at `url`, connected (a TLS handshake of our own first, to say why it
+/// fails when it does).
+async fn new_client(url: &str, trust: &TlsTrust) -> Result<ClientV2, SinkError> {
+    let mode = tls::http_tls(url).map_err(|e| SinkError::permanent(NAME, "connect", e))?;
+    let mut config = ConnectConfig::new()
+        .uri(url)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .rpc_timeout(RPC_TIMEOUT)
+        .retry(RetryConfig::new().max_attempts(1))
+        .telemetry(TelemetryConfig::new().enabled(false));
+    // The SDK trusts either the system's roots or one CA file: given extra roots, it gets
+    // a file of all of them, read once while the client is built.
+    let mut roots_file = None;
+    if mode == TlsMode::Verified {
+        // The SDK retries a failed handshake until its connect timeout and then reports
+        // only the timeout: one handshake of our own first says why, at once.
+        if let Err(HandshakeError::Tls(why)) = tls_handshake(url, trust).await {
+            return Err(SinkError::transient(
+                NAME,
+                "connect",
+                format!("{} TLS: {why}", classify::STORE),
+            ));
+        }
+        if trust.has_extra() {
+            let file = trust.roots_pem_file().map_err(|e| {
+                SinkError::transient(NAME, "connect", format!("write the TLS roots: {e}"))
+            })?;
+            config = config.ca_certificate(file.path().to_string_lossy().into_owned());
+            roots_file = Some(file);
+        }
+    }
+    let connected = ClientV2::new(&config).await;
+    drop(roots_file);
+    let client = connected.map_err(|e| sink_error("connect", &e))?;
+    Ok(client)
+}
+
 /// Projects `VectorsIndexed` and removals into a Milvus collection.
 #[derive(Clone)]
 pub struct MilvusSink {
-    client: Arc<ClientV2>,
+    conn: Arc<Connection>,
     collection: String,
     dim: usize,
+}
+
+/// The client, made at the first request that needs it (and again after a failed attempt):
+/// a service starts and accepts commands while Milvus is unreachable, and its runners show
+/// the store `retrying` with the connection's error until it answers.
+struct Connection {
+    url: String,
+    trust: TlsTrust,
+    client: tokio::sync::OnceCell<ClientV2>,
 }
 
 impl std::fmt::Debug for MilvusSink {
@@ -144,6 +190,22 @@ impl MilvusSink {
         dim: usize,
         trust: &TlsTrust,
     ) -> Result<MilvusSink, SinkError> {
+        let sink = Self::lazy(url, collection, dim, trust)?;
+        sink.client().await?;
+        Ok(sink)
+    }
+
+    /// A sink whose client connects at its first request: only what can never work (the
+    /// dimension, the URL's form) is refused here.
+    ///
+    /// # Errors
+    /// Permanent when `dim` is not a valid Milvus dimension or the URL is malformed.
+    pub fn lazy(
+        url: &str,
+        collection: &str,
+        dim: usize,
+        trust: &TlsTrust,
+    ) -> Result<MilvusSink, SinkError> {
         if dim == 0 || dim > MAX_DIM {
             return Err(SinkError::permanent(
                 NAME,
@@ -151,42 +213,24 @@ impl MilvusSink {
                 format!("vector dimension {dim} is outside 1..={MAX_DIM}"),
             ));
         }
-        let mode = tls::http_tls(url).map_err(|e| SinkError::permanent(NAME, "connect", e))?;
-        let mut config = ConnectConfig::new()
-            .uri(url)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .rpc_timeout(RPC_TIMEOUT)
-            .retry(RetryConfig::new().max_attempts(1))
-            .telemetry(TelemetryConfig::new().enabled(false));
-        // The SDK trusts either the system's roots or one CA file: given extra roots, it gets
-        // a file of all of them, read once while the client is built.
-        let mut roots_file = None;
-        if mode == TlsMode::Verified {
-            // The SDK retries a failed handshake until its connect timeout and then reports
-            // only the timeout: one handshake of our own first says why, at once.
-            if let Err(HandshakeError::Tls(why)) = tls_handshake(url, trust).await {
-                return Err(SinkError::transient(
-                    NAME,
-                    "connect",
-                    format!("{} TLS: {why}", classify::STORE),
-                ));
-            }
-            if trust.has_extra() {
-                let file = trust.roots_pem_file().map_err(|e| {
-                    SinkError::transient(NAME, "connect", format!("write the TLS roots: {e}"))
-                })?;
-                config = config.ca_certificate(file.path().to_string_lossy().into_owned());
-                roots_file = Some(file);
-            }
-        }
-        let connected = ClientV2::new(&config).await;
-        drop(roots_file);
-        let client = connected.map_err(|e| sink_error("connect", &e))?;
+        tls::http_tls(url).map_err(|e| SinkError::permanent(NAME, "connect", e))?;
         Ok(MilvusSink {
-            client: Arc::new(client),
+            conn: Arc::new(Connection {
+                url: url.to_owned(),
+                trust: trust.clone(),
+                client: tokio::sync::OnceCell::new(),
+            }),
             collection: collection.to_owned(),
             dim,
         })
+    }
+
+    /// The client, connected at the first call (a failed attempt is tried again next time).
+    async fn client(&self) -> Result<&ClientV2, SinkError> {
+        self.conn
+            .client
+            .get_or_try_init(|| new_client(&self.conn.url, &self.conn.trust))
+            .await
     }
 
     /// The collection this sink writes.
@@ -204,7 +248,8 @@ impl MilvusSink {
             .build()
             .map_err(|e| sink_error("has collection", &e))?;
         let response = self
-            .client
+            .client()
+            .await?
             .has_collection(request)
             .await
             .map_err(|e| sink_error("has collection", &e))?;
@@ -218,7 +263,8 @@ impl MilvusSink {
                 .build()
                 .map_err(|e| sink_error("describe collection", &e))?;
             let described = self
-                .client
+                .client()
+                .await?
                 .describe_collection(request)
                 .await
                 .map_err(|e| sink_error("describe collection", &e))?;
@@ -233,7 +279,8 @@ impl MilvusSink {
             .schema(schema::collection_schema(self.dim_u32()))
             .build()
             .map_err(|e| sink_error("create collection", &e))?;
-        self.client
+        self.client()
+            .await?
             .create_collection(request)
             .await
             .map_err(|e| sink_error("create collection", &e))
@@ -245,7 +292,7 @@ impl MilvusSink {
             .field_name(FIELD_EMBEDDING)
             .build()
             .map_err(|e| sink_error("list indexes", &e))?;
-        match self.client.list_indexes(request).await {
+        match self.client().await?.list_indexes(request).await {
             Ok(listed) if !listed.indexes().is_empty() => return Ok(()),
             Ok(_) => {}
             Err(e) if classify::is_index_not_found(&e) => {}
@@ -259,7 +306,8 @@ impl MilvusSink {
             .sync(false)
             .build()
             .map_err(|e| sink_error("create index", &e))?;
-        self.client
+        self.client()
+            .await?
             .create_index(request)
             .await
             .map_err(|e| sink_error("create index", &e))
@@ -308,7 +356,8 @@ impl MilvusSink {
             .build()
             .map_err(|e| sink_error(operation, &e))?;
         let response = self
-            .client
+            .client()
+            .await?
             .query(request)
             .await
             .map_err(|e| sink_error(operation, &e))?;
@@ -326,7 +375,8 @@ impl MilvusSink {
             .insert(insert)
             .build()
             .map_err(|e| sink_error(OPERATION, &e))?;
-        self.client
+        self.client()
+            .await?
             .upsert(request)
             .await
             .map_err(|e| sink_error(OPERATION, &e))?;
@@ -340,7 +390,8 @@ impl MilvusSink {
             .build()
             .map_err(|e| sink_error(operation, &e))?;
         let response = self
-            .client
+            .client()
+            .await?
             .delete(request)
             .await
             .map_err(|e| sink_error(operation, &e))?;
@@ -393,7 +444,8 @@ impl MilvusSink {
             .build()
             .map_err(|e| sink_error(OPERATION, &e))?;
         let response = self
-            .client
+            .client()
+            .await?
             .query(request)
             .await
             .map_err(|e| sink_error(OPERATION, &e))?;
@@ -524,7 +576,8 @@ impl MilvusSink {
             .collection_name(&self.collection)
             .build()
             .map_err(|e| sink_error("drop collection", &e))?;
-        self.client
+        self.client()
+            .await?
             .drop_collection(request)
             .await
             .map_err(|e| sink_error("drop collection", &e))
@@ -631,7 +684,8 @@ impl Sink for MilvusSink {
             .collection_name(&self.collection)
             .build()
             .map_err(|e| sink_error("load collection", &e))?;
-        self.client
+        self.client()
+            .await?
             .load_collection(request)
             .await
             .map_err(|e| sink_error("load collection", &e))

@@ -41,7 +41,7 @@ impl MilvusSink {
     /// The same client, writing to `collection`.
     pub fn on_collection(&self, collection: &str) -> MilvusSink {
         MilvusSink {
-            client: self.client.clone(),
+            conn: self.conn.clone(),
             collection: collection.to_owned(),
             dim: self.dim,
         }
@@ -62,7 +62,7 @@ impl MilvusSink {
             .alias(&self.collection)
             .build()
             .map_err(|e| sink_error("describe alias", &e))?;
-        match self.client.describe_alias(request).await {
+        match self.client().await?.describe_alias(request).await {
             Ok(described) if !described.collection_name().is_empty() => {
                 Ok(Some(described.collection_name().to_owned()))
             }
@@ -80,7 +80,8 @@ impl MilvusSink {
             .build()
             .map_err(|e| sink_error("list collections", &e))?;
         let listed = self
-            .client
+            .client()
+            .await?
             .list_collections(request)
             .await
             .map_err(|e| sink_error("list collections", &e))?;
@@ -121,7 +122,8 @@ impl MilvusSink {
                     .alias(&alias)
                     .build()
                     .map_err(|e| sink_error("alter alias", &e))?;
-                self.client
+                self.client()
+                    .await?
                     .alter_alias(request)
                     .await
                     .map_err(|e| sink_error("alter alias", &e))?;
@@ -137,7 +139,8 @@ impl MilvusSink {
                     .alias(&alias)
                     .build()
                     .map_err(|e| sink_error("create alias", &e))?;
-                self.client
+                self.client()
+                    .await?
                     .create_alias(request)
                     .await
                     .map_err(|e| sink_error("create alias", &e))?;
@@ -166,7 +169,8 @@ impl MilvusSink {
                     .columns(columns(part))
                     .build()
                     .map_err(|e| sink_error(OPERATION, &e))?;
-                self.client
+                self.client()
+                    .await?
                     .insert(request)
                     .await
                     .map_err(|e| sink_error(OPERATION, &e))
