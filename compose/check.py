@@ -48,7 +48,16 @@ APP = "docledger"
 PROMETHEUS = "prometheus"
 GRAFANA = "grafana"
 REQUIRED_SERVICES = (
-    "postgres", "mysql", "minio", "milvus-etcd", "milvus-minio", "milvus", APP, PROMETHEUS, GRAFANA)
+    "postgres",
+    "mysql",
+    "minio",
+    "milvus-etcd",
+    "milvus-minio",
+    "milvus",
+    APP,
+    PROMETHEUS,
+    GRAFANA,
+)
 
 # Where docledger's metric names come from (relative to this script, not to the compose file).
 METRICS_RS = Path(__file__).resolve().parent.parent / "src" / "metrics.rs"
@@ -83,7 +92,11 @@ URL_VARS = (
     "DOCLEDGER_MILVUS_URL",
     "DOCLEDGER_S3_ENDPOINT",
 )
-DEPENDS_ON_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
+DEPENDS_ON_CONDITIONS = {
+    "service_started",
+    "service_healthy",
+    "service_completed_successfully",
+}
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -103,8 +116,11 @@ class UniqueKeyLoader(yaml.SafeLoader):
                     continue
                 if duplicate:
                     raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping", node.start_mark,
-                        f"found duplicate key {key!r}", key_node.start_mark)
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found duplicate key {key!r}",
+                        key_node.start_mark,
+                    )
         return super().construct_mapping(node, deep)
 
 
@@ -128,7 +144,8 @@ def depends_on_of(service: dict) -> dict[str, str]:
         return {str(name): "service_started" for name in deps}
     if isinstance(deps, dict):
         return {
-            str(name): spec.get("condition", "service_started") if isinstance(spec, dict)
+            str(name): spec.get("condition", "service_started")
+            if isinstance(spec, dict)
             else "service_started"
             for name, spec in deps.items()
         }
@@ -143,9 +160,12 @@ def named_volumes_of(service: dict) -> list[str]:
             source, sep, _ = mount.partition(":")
             if sep and source and not source.startswith((".", "/", "~", "$")):
                 names.append(source)
-        elif isinstance(mount, dict):
-            if mount.get("type", "volume") == "volume" and mount.get("source"):
-                names.append(str(mount["source"]))
+        elif (
+            isinstance(mount, dict)
+            and mount.get("type", "volume") == "volume"
+            and mount.get("source")
+        ):
+            names.append(str(mount["source"]))
     return names
 
 
@@ -205,11 +225,21 @@ def load_yaml_file(path: Path, what: str) -> tuple[object, list[str]]:
     except OSError as err:
         return None, [f"{what}: cannot read {path}: {err.strerror}"]
     except yaml.YAMLError as err:
-        return None, [f"{what}: {path.name} is not valid YAML: " + " ".join(str(err).split())]
+        return None, [
+            f"{what}: {path.name} is not valid YAML: " + " ".join(str(err).split())
+        ]
 
 
 DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
-DURATION_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+DURATION_SECONDS = {
+    "ms": 0.001,
+    "s": 1,
+    "m": 60,
+    "h": 3600,
+    "d": 86400,
+    "w": 604800,
+    "y": 31536000,
+}
 
 
 def duration_seconds(text: object) -> float | None:
@@ -258,7 +288,7 @@ def find_cycle(graph: dict[str, dict[str, str]]) -> list[str] | None:
         path.append(node)
         for nxt in graph.get(node, {}):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt in graph and state.get(nxt) is None:
                 found = visit(nxt)
                 if found:
@@ -279,15 +309,24 @@ def check(compose_path: Path) -> tuple[list[str], str]:
     """Returns (problems, summary line)."""
     problems: list[str] = []
     try:
-        doc = yaml.load(compose_path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
+        doc = yaml.load(
+            compose_path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader
+        )
     except OSError as err:
         raise SystemExit(f"compose check: cannot read {compose_path}: {err}") from err
-    except yaml.YAMLError as err:  # includes duplicate keys: compose would refuse the file too
-        return [f"{compose_path.name} is not valid compose YAML: " + " ".join(str(err).split())], ""
+    except (
+        yaml.YAMLError
+    ) as err:  # includes duplicate keys: compose would refuse the file too
+        return [
+            f"{compose_path.name} is not valid compose YAML: "
+            + " ".join(str(err).split())
+        ], ""
     if not isinstance(doc, dict):
         return [f"{compose_path.name}: top level must be a mapping"], ""
     if "version" in doc:
-        problems.append("top-level 'version' is obsolete in the compose spec; remove it")
+        problems.append(
+            "top-level 'version' is obsolete in the compose spec; remove it"
+        )
 
     services = doc.get("services")
     if not isinstance(services, dict) or not services:
@@ -319,28 +358,39 @@ def check(compose_path: Path) -> tuple[list[str], str]:
         graph[name] = deps
         for target, condition in deps.items():
             if target not in services:
-                problems.append(f"service {name}: depends_on unknown service '{target}'")
+                problems.append(
+                    f"service {name}: depends_on unknown service '{target}'"
+                )
                 continue
             if condition not in DEPENDS_ON_CONDITIONS:
-                problems.append(f"service {name}: depends_on {target} has unknown condition '{condition}'")
+                problems.append(
+                    f"service {name}: depends_on {target} has unknown condition '{condition}'"
+                )
             if condition == "service_healthy" and not has_healthcheck(services[target]):
                 problems.append(
-                    f"service {name}: waits for {target} to be healthy, but {target} has no healthcheck")
+                    f"service {name}: waits for {target} to be healthy, but {target} has no healthcheck"
+                )
 
         for volume in named_volumes_of(svc):
             if volume not in declared_volumes:
-                problems.append(f"service {name}: volume '{volume}' is not declared under top-level 'volumes'")
+                problems.append(
+                    f"service {name}: volume '{volume}' is not declared under top-level 'volumes'"
+                )
         for source, _target in bind_mounts_of(svc, compose_dir):
             if not source.exists():
                 problems.append(f"service {name}: bind-mounted {source} does not exist")
 
         image = svc.get("image")
         if isinstance(image, str) and not build and not image_is_pinned(image):
-            problems.append(f"service {name}: image '{image}' is not pinned to a tag (other than 'latest')")
+            problems.append(
+                f"service {name}: image '{image}' is not pinned to a tag (other than 'latest')"
+            )
         if name != APP:
             for port in svc.get("ports") or []:
                 if not port_is_loopback(port):
-                    problems.append(f"service {name}: port {port!r} is not published on 127.0.0.1 only")
+                    problems.append(
+                        f"service {name}: port {port!r} is not published on 127.0.0.1 only"
+                    )
 
     cycle = find_cycle(graph)
     if cycle:
@@ -350,7 +400,9 @@ def check(compose_path: Path) -> tuple[list[str], str]:
     app = services.get(APP)
     if app is not None:
         problems += check_app(app, services, compose_dir)
-        num_app_vars = sum(1 for key in environment_of(app) if key.startswith("DOCLEDGER_"))
+        num_app_vars = sum(
+            1 for key in environment_of(app) if key.startswith("DOCLEDGER_")
+        )
 
     facts: list[str] = []
     if PROMETHEUS in services:
@@ -362,7 +414,9 @@ def check(compose_path: Path) -> tuple[list[str], str]:
         problems += found
         facts += [fact] if fact else []
 
-    summary = f"compose ok: {len(services)} services, {num_app_vars} DOCLEDGER_* variables"
+    summary = (
+        f"compose ok: {len(services)} services, {num_app_vars} DOCLEDGER_* variables"
+    )
     if facts:
         summary += "; " + "; ".join(facts)
     return problems, summary
@@ -411,13 +465,19 @@ def check_app(app: dict, services: dict, compose_dir: Path) -> list[str]:
             continue
         host = urlsplit(value).hostname
         if host not in services:
-            problems.append(f"service {APP}: {var} points at host '{host}', which is not a compose service")
+            problems.append(
+                f"service {APP}: {var} points at host '{host}', which is not a compose service"
+            )
         elif host not in deps:
-            problems.append(f"service {APP}: {var} uses service '{host}' but {APP} does not depend_on it")
+            problems.append(
+                f"service {APP}: {var} uses service '{host}' but {APP} does not depend_on it"
+            )
 
     build = app.get("build")
     if not build:
-        problems.append(f"service {APP}: must be built from the repository ('build:' missing)")
+        problems.append(
+            f"service {APP}: must be built from the repository ('build:' missing)"
+        )
         return problems
     _, dockerfile = build_paths(build, compose_dir)
     if dockerfile.is_file():
@@ -426,11 +486,14 @@ def check_app(app: dict, services: dict, compose_dir: Path) -> list[str]:
         if not entrypoints:
             problems.append(f"service {APP}: {dockerfile.name} has no ENTRYPOINT")
         elif APP not in entrypoints[-1]:
-            problems.append(f"service {APP}: {dockerfile.name} ENTRYPOINT {entrypoints[-1]} does not run {APP}")
+            problems.append(
+                f"service {APP}: {dockerfile.name} ENTRYPOINT {entrypoints[-1]} does not run {APP}"
+            )
     return problems
 
 
 # ------------------------------------------------------------------------------------ monitoring
+
 
 def check_prometheus(services: dict, compose_dir: Path) -> tuple[list[str], str]:
     """Prometheus' config is mounted, parses, and scrapes docledger's /metrics."""
@@ -443,10 +506,16 @@ def check_prometheus(services: dict, compose_dir: Path) -> tuple[list[str], str]
             config = str(arg).partition("=")[2]
     source = host_path(svc, compose_dir, config)
     if source is None:
-        return [f"service {name}: its config {config} is not bind-mounted from compose/"], ""
+        return [
+            f"service {name}: its config {config} is not bind-mounted from compose/"
+        ], ""
     if not source.is_file():
         # A missing mount source is already reported with the service's bind mounts.
-        return ([f"service {name}: config {source} is not a file"] if source.exists() else []), ""
+        return (
+            [f"service {name}: config {source} is not a file"]
+            if source.exists()
+            else []
+        ), ""
     doc, problems = load_yaml_file(source, f"service {name}")
     if problems:
         return problems, ""
@@ -462,29 +531,51 @@ def check_prometheus(services: dict, compose_dir: Path) -> tuple[list[str], str]
         return [f"service {name}: {source.name}: scrape_configs must be a list"], ""
     for job in jobs:
         if not isinstance(job, dict):
-            problems.append(f"service {name}: {source.name}: a scrape_configs entry is not a mapping")
+            problems.append(
+                f"service {name}: {source.name}: a scrape_configs entry is not a mapping"
+            )
             continue
         job_name = job.get("job_name", "?")
         interval_text = job.get("scrape_interval", glob.get("scrape_interval", "1m"))
         timeout_text = job.get("scrape_timeout", glob.get("scrape_timeout", "10s"))
-        interval, timeout = duration_seconds(interval_text), duration_seconds(timeout_text)
+        interval, timeout = (
+            duration_seconds(interval_text),
+            duration_seconds(timeout_text),
+        )
         if interval is None or timeout is None:
-            problems.append(f"service {name}: job {job_name}: bad duration in scrape_interval/scrape_timeout")
+            problems.append(
+                f"service {name}: job {job_name}: bad duration in scrape_interval/scrape_timeout"
+            )
             continue
         if "scrape_timeout" in job and timeout > interval:
-            problems.append(f"service {name}: job {job_name}: scrape_timeout {timeout_text} exceeds "
-                            f"scrape_interval {interval_text} (Prometheus refuses the config)")
-        targets = [str(t) for sc in job.get("static_configs") or [] if isinstance(sc, dict)
-                   for t in sc.get("targets") or []]
+            problems.append(
+                f"service {name}: job {job_name}: scrape_timeout {timeout_text} exceeds "
+                f"scrape_interval {interval_text} (Prometheus refuses the config)"
+            )
+        targets = [
+            str(t)
+            for sc in job.get("static_configs") or []
+            if isinstance(sc, dict)
+            for t in sc.get("targets") or []
+        ]
         if wanted in targets:
             path = job.get("metrics_path", "/metrics")
             if path != "/metrics":
-                problems.append(f"service {name}: job {job_name} scrapes {wanted}{path}, not /metrics")
+                problems.append(
+                    f"service {name}: job {job_name} scrapes {wanted}{path}, not /metrics"
+                )
                 continue
             if APP not in depends_on_of(svc):
-                problems.append(f"service {name}: scrapes {APP} but does not depend_on it")
-            return problems, f"prometheus scrapes {wanted}/metrics every {interval_text}"
-    problems.append(f"service {name}: {source.name} has no scrape job with target '{wanted}'")
+                problems.append(
+                    f"service {name}: scrapes {APP} but does not depend_on it"
+                )
+            return (
+                problems,
+                f"prometheus scrapes {wanted}/metrics every {interval_text}",
+            )
+    problems.append(
+        f"service {name}: {source.name} has no scrape job with target '{wanted}'"
+    )
     return problems, ""
 
 
@@ -493,17 +584,36 @@ def metrics_vocabulary() -> tuple[set[str], set[str]]:
     try:
         text = METRICS_RS.read_text(encoding="utf-8")
     except OSError as err:
-        raise SystemExit(f"compose check: cannot read {METRICS_RS}: {err.strerror}") from err
+        raise SystemExit(
+            f"compose check: cannot read {METRICS_RS}: {err.strerror}"
+        ) from err
     names = set(re.findall(r'"(docledger_[a-z_]+)"', text))
     labels = set(re.findall(r'([a-z_]+)=\\"', text))
     if not names:
-        raise SystemExit(f"compose check: no docledger_* metric names found in {METRICS_RS}")
+        raise SystemExit(
+            f"compose check: no docledger_* metric names found in {METRICS_RS}"
+        )
     return names, labels
 
 
-PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left",
-                "group_right", "offset", "bool", "inf", "nan"}
-GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+PROMQL_WORDS = {
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "offset",
+    "bool",
+    "inf",
+    "nan",
+}
+GROUPING = re.compile(
+    r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)"
+)
 
 
 def promql_vocabulary(expr: str) -> tuple[list[str], list[str]]:
@@ -537,8 +647,9 @@ def dashboard_panels(panels: list) -> list[dict]:
     return out
 
 
-def check_dashboard(path: Path, known_names: set[str], known_labels: set[str],
-                    datasource_uids: set[str]) -> tuple[list[str], int, int, set[str]]:
+def check_dashboard(
+    path: Path, known_names: set[str], known_labels: set[str], datasource_uids: set[str]
+) -> tuple[list[str], int, int, set[str]]:
     """Problems, panels, queries and metric names of one dashboard JSON."""
     where = f"dashboard {path.name}"
     try:
@@ -564,35 +675,53 @@ def check_dashboard(path: Path, known_names: set[str], known_labels: set[str],
         targets = panel.get("targets") or []
         if not targets:
             problems.append(f"{where}: panel '{title}': no queries")
-        sources = [panel.get("datasource")] + [t.get("datasource") for t in targets if isinstance(t, dict)]
-        panel_uids = {str(s["uid"]) for s in sources if isinstance(s, dict) and s.get("uid")}
+        sources = [panel.get("datasource")] + [
+            t.get("datasource") for t in targets if isinstance(t, dict)
+        ]
+        panel_uids = {
+            str(s["uid"]) for s in sources if isinstance(s, dict) and s.get("uid")
+        }
         for uid in sorted(panel_uids):
             # Variables and Grafana's built-in sources aside; unchecked when nothing is provisioned
             # (that is reported once, by the caller).
-            if datasource_uids and not uid.startswith(("$", "-- ")) and uid not in datasource_uids:
-                problems.append(f"{where}: panel '{title}': datasource uid '{uid}' is not provisioned")
+            if (
+                datasource_uids
+                and not uid.startswith(("$", "-- "))
+                and uid not in datasource_uids
+            ):
+                problems.append(
+                    f"{where}: panel '{title}': datasource uid '{uid}' is not provisioned"
+                )
         for target in targets:
             if not isinstance(target, dict):
                 continue
             ref = target.get("refId", "?")
             expr = target.get("expr")
             if not isinstance(expr, str) or not expr.strip():
-                problems.append(f"{where}: panel '{title}' query {ref}: no PromQL 'expr'")
+                problems.append(
+                    f"{where}: panel '{title}' query {ref}: no PromQL 'expr'"
+                )
                 continue
             queries += 1
             names, labels = promql_vocabulary(expr)
             if not names:
-                problems.append(f"{where}: panel '{title}' query {ref}: queries no metric: {expr}")
+                problems.append(
+                    f"{where}: panel '{title}' query {ref}: queries no metric: {expr}"
+                )
             for metric in names:
                 if metric not in known_names:
-                    problems.append(f"{where}: panel '{title}' query {ref}: metric '{metric}' is not "
-                                    f"exported by src/metrics.rs")
+                    problems.append(
+                        f"{where}: panel '{title}' query {ref}: metric '{metric}' is not "
+                        f"exported by src/metrics.rs"
+                    )
                 used.add(metric)
             legend = str(target.get("legendFormat") or "")
             for label in labels + re.findall(r"\{\{\s*([A-Za-z_]\w*)\s*\}\}", legend):
                 if label not in labels_ok:
-                    problems.append(f"{where}: panel '{title}' query {ref}: label '{label}' is not "
-                                    f"one docledger exports ({', '.join(sorted(labels_ok))})")
+                    problems.append(
+                        f"{where}: panel '{title}' query {ref}: label '{label}' is not "
+                        f"one docledger exports ({', '.join(sorted(labels_ok))})"
+                    )
     return problems, len(panels), queries, used & known_names
 
 
@@ -604,27 +733,37 @@ def check_grafana(services: dict, compose_dir: Path) -> tuple[list[str], str]:
     problems = []
     env = environment_of(svc)
     if str(env.get("GF_AUTH_ANONYMOUS_ENABLED")).lower() != "true":
-        problems.append(f"service {name}: GF_AUTH_ANONYMOUS_ENABLED must be \"true\" (anonymous viewers)")
+        problems.append(
+            f'service {name}: GF_AUTH_ANONYMOUS_ENABLED must be "true" (anonymous viewers)'
+        )
     if env.get("GF_AUTH_ANONYMOUS_ORG_ROLE") != "Viewer":
-        problems.append(f"service {name}: GF_AUTH_ANONYMOUS_ORG_ROLE must be Viewer "
-                        f"(is {env.get('GF_AUTH_ANONYMOUS_ORG_ROLE')!r})")
+        problems.append(
+            f"service {name}: GF_AUTH_ANONYMOUS_ORG_ROLE must be Viewer "
+            f"(is {env.get('GF_AUTH_ANONYMOUS_ORG_ROLE')!r})"
+        )
     password = env.get("GF_SECURITY_ADMIN_PASSWORD")
     if not isinstance(password, str) or not re.fullmatch(r"\$\{\w+:-[^}]+\}", password):
-        problems.append(f"service {name}: GF_SECURITY_ADMIN_PASSWORD must come from the environment "
-                        f"with a default, like ${{GRAFANA_ADMIN_PASSWORD:-admin}}")
+        problems.append(
+            f"service {name}: GF_SECURITY_ADMIN_PASSWORD must come from the environment "
+            f"with a default, like ${{GRAFANA_ADMIN_PASSWORD:-admin}}"
+        )
     home = env.get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH")
     if isinstance(home, str):
         source = host_path(svc, compose_dir, home)
         if source is None or not source.is_file():
-            problems.append(f"service {name}: home dashboard {home} is not a mounted file")
+            problems.append(
+                f"service {name}: home dashboard {home} is not a mounted file"
+            )
 
     # Datasources.
     uids: set[str] = set()
     ds_dir = host_path(svc, compose_dir, f"{GRAFANA_PROVISIONING}/datasources")
     ds_files = sorted(ds_dir.glob("*.y*ml")) if ds_dir and ds_dir.is_dir() else []
     if not ds_files:
-        problems.append(f"service {name}: no datasource provisioning mounted at "
-                        f"{GRAFANA_PROVISIONING}/datasources")
+        problems.append(
+            f"service {name}: no datasource provisioning mounted at "
+            f"{GRAFANA_PROVISIONING}/datasources"
+        )
     prometheus_ds = 0
     for path in ds_files:
         doc, found = load_yaml_file(path, f"service {name}")
@@ -639,34 +778,48 @@ def check_grafana(services: dict, compose_dir: Path) -> tuple[list[str], str]:
             prometheus_ds += 1
             url = urlsplit(str(ds.get("url", "")))
             if url.hostname not in services:
-                problems.append(f"service {name}: datasource '{ds.get('name')}' url {ds.get('url')} "
-                                f"is not a compose service")
+                problems.append(
+                    f"service {name}: datasource '{ds.get('name')}' url {ds.get('url')} "
+                    f"is not a compose service"
+                )
             elif url.hostname not in depends_on_of(svc):
-                problems.append(f"service {name}: datasource '{ds.get('name')}' uses {url.hostname} "
-                                f"but {name} does not depend_on it")
+                problems.append(
+                    f"service {name}: datasource '{ds.get('name')}' uses {url.hostname} "
+                    f"but {name} does not depend_on it"
+                )
     if ds_files and not prometheus_ds:
-        problems.append(f"service {name}: no datasource of type prometheus is provisioned")
+        problems.append(
+            f"service {name}: no datasource of type prometheus is provisioned"
+        )
 
     # Dashboard providers and their dashboards.
     known_names, known_labels = metrics_vocabulary()
     db_dir = host_path(svc, compose_dir, f"{GRAFANA_PROVISIONING}/dashboards")
     db_files = sorted(db_dir.glob("*.y*ml")) if db_dir and db_dir.is_dir() else []
     if not db_files:
-        problems.append(f"service {name}: no dashboard provider mounted at {GRAFANA_PROVISIONING}/dashboards")
+        problems.append(
+            f"service {name}: no dashboard provider mounted at {GRAFANA_PROVISIONING}/dashboards"
+        )
     dashboards: list[Path] = []
     for path in db_files:
         doc, found = load_yaml_file(path, f"service {name}")
         problems += found
-        for provider in (doc or {}).get("providers") or [] if isinstance(doc, dict) else []:
+        for provider in (
+            (doc or {}).get("providers") or [] if isinstance(doc, dict) else []
+        ):
             if not isinstance(provider, dict):
                 continue
             inside = str((provider.get("options") or {}).get("path", ""))
             source = host_path(svc, compose_dir, inside) if inside else None
             if source is None or not source.exists():
-                problems.append(f"service {name}: dashboard provider '{provider.get('name')}' path "
-                                f"'{inside}' is not a mounted directory")
+                problems.append(
+                    f"service {name}: dashboard provider '{provider.get('name')}' path "
+                    f"'{inside}' is not a mounted directory"
+                )
                 continue
-            dashboards += [source] if source.is_file() else sorted(source.rglob("*.json"))
+            dashboards += (
+                [source] if source.is_file() else sorted(source.rglob("*.json"))
+            )
     required = (compose_dir / REQUIRED_DASHBOARD).resolve()
     if db_files and required not in dashboards:
         problems.append(f"service {name}: no dashboard provider loads {required}")
@@ -674,11 +827,15 @@ def check_grafana(services: dict, compose_dir: Path) -> tuple[list[str], str]:
     panels = queries = 0
     used: set[str] = set()
     for path in dashboards:
-        found, num_panels, num_queries, names = check_dashboard(path, known_names, known_labels, uids)
+        found, num_panels, num_queries, names = check_dashboard(
+            path, known_names, known_labels, uids
+        )
         problems += found
         panels, queries, used = panels + num_panels, queries + num_queries, used | names
-    fact = (f"grafana: {len(dashboards)} dashboard(s), {panels} panels, {queries} queries "
-            f"over {len(used)} of {len(known_names)} docledger metrics")
+    fact = (
+        f"grafana: {len(dashboards)} dashboard(s), {panels} panels, {queries} queries "
+        f"over {len(used)} of {len(known_names)} docledger metrics"
+    )
     return problems, fact
 
 
@@ -696,7 +853,9 @@ def main(argv: list[str]) -> int:
     if problems:
         for problem in problems:
             sys.stderr.write(f"compose check: {problem}\n")
-        sys.stderr.write(f"compose check FAILED: {len(problems)} problem(s) in {compose_path}\n")
+        sys.stderr.write(
+            f"compose check FAILED: {len(problems)} problem(s) in {compose_path}\n"
+        )
         return 1
     print(summary)
     return 0

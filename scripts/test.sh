@@ -20,5 +20,8 @@ if ! command -v chromium >/dev/null; then
     || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null; }
 fi
 python3 compose/check.py
+# The Kubernetes manifests against the API schemas (PyPI kubernetes-validate) and each other.
+command -v kubernetes-validate >/dev/null || pip install -q kubernetes-validate
+python3 deploy/check.py --self-test
 cargo test --workspace --locked "$@"
 echo "[test] total $(( $(date +%s) - t0 ))s" >&2
