@@ -75,7 +75,7 @@ def schema_problems(directory: Path) -> list[str]:
         if p.name != "kustomization.yaml"
     ]
     run = subprocess.run(
-        ["kubernetes-validate", "--strict", *files],
+        [sys.executable, "-m", "kubernetes_validate", "--strict", *files],
         check=False,
         capture_output=True,
         text=True,

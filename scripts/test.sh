@@ -21,7 +21,7 @@ if ! command -v chromium >/dev/null; then
 fi
 python3 compose/check.py
 # The Kubernetes manifests against the API schemas (PyPI kubernetes-validate) and each other.
-command -v kubernetes-validate >/dev/null || pip install -q kubernetes-validate
+python3 -c "import kubernetes_validate" 2>/dev/null || pip install -q kubernetes-validate
 python3 deploy/check.py --self-test
 cargo test --workspace --locked "$@"
 echo "[test] total $(( $(date +%s) - t0 ))s" >&2
