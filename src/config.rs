@@ -83,6 +83,17 @@ const KEYS: &[(&str, Option<&str>)] = &[
 /// Longest projector linger, in milliseconds: a longer one would only hold changes back.
 const MAX_LINGER_MS: u64 = 60_000;
 
+/// The settings that may carry a secret: each can also come from a file named by
+/// `DOCLEDGER_<KEY>_FILE` (a mounted Kubernetes or Docker secret).
+const SECRET_KEYS: [&str; 6] = [
+    "EVENTSTORE_URL",
+    "MYSQL_URL",
+    "MILVUS_URL",
+    "S3_ACCESS_KEY",
+    "S3_SECRET_KEY",
+    "API_TOKENS",
+];
+
 /// Most projector partitions per store (the lease lock's key holds the count in 10 bits).
 pub const MAX_PARTITIONS: u32 = 1024;
 
@@ -430,6 +441,33 @@ impl Config {
             if is_service_link(suffix, v) {
                 continue; // Kubernetes', for a Service named docledger(-…): not ours
             }
+            let known = KEYS.iter().any(|(key, _)| *key == suffix);
+            if let Some(secret) = suffix.strip_suffix("_FILE").filter(|_| !known) {
+                let Some(key) = SECRET_KEYS.iter().find(|key| **key == secret) else {
+                    return Err(invalid(
+                        suffix,
+                        format!(
+                            "unknown variable (typo?); only secrets are read from files: {}",
+                            SECRET_KEYS
+                                .map(|k| format!("{ENV_PREFIX}{k}_FILE"))
+                                .join(", ")
+                        ),
+                    ));
+                };
+                if env.contains_key(&format!("{ENV_PREFIX}{key}")) {
+                    return Err(invalid(
+                        suffix,
+                        format!("set either {ENV_PREFIX}{key} or {ENV_PREFIX}{key}_FILE, not both"),
+                    ));
+                }
+                let text = std::fs::read_to_string(v)
+                    .map_err(|e| invalid(suffix, format!("cannot read {v:?}: {e}")))?;
+                // A file written by a secret manager or `echo` ends with a newline.
+                values
+                    .0
+                    .insert(key, Some(text.trim_end_matches(['\r', '\n']).to_owned()));
+                continue;
+            }
             let Some((key, _)) = KEYS.iter().find(|(key, _)| *key == suffix) else {
                 return Err(invalid(suffix, "unknown variable (typo?)".into()));
             };
@@ -637,6 +675,58 @@ fn is_service_link(suffix: &str, value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_come_from_files_named_by_their_file_variable() {
+        let dir = std::env::temp_dir().join(format!("docledger-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("write secret");
+            path.to_string_lossy().into_owned()
+        };
+        let url = file("url", "postgres://app:s3cr%40t@db.example:5432/log\n");
+        let key = file("key", "the-secret-key\r\n");
+        let tokens = file("tokens", "t1,t2");
+        let c = Config::load(
+            None,
+            &env(&[
+                ("DOCLEDGER_EVENTSTORE_URL_FILE", &url),
+                ("DOCLEDGER_S3_SECRET_KEY_FILE", &key),
+                ("DOCLEDGER_API_TOKENS_FILE", &tokens),
+            ]),
+        )
+        .expect("secrets from files");
+        assert_eq!(
+            c.eventstore_url.expose(),
+            "postgres://app:s3cr%40t@db.example:5432/log"
+        );
+        assert_eq!(c.s3_secret_key.expose(), "the-secret-key");
+        assert_eq!(c.api_tokens.len(), 2);
+        for (vars, says) in [
+            (
+                vec![
+                    ("DOCLEDGER_S3_SECRET_KEY", "x"),
+                    ("DOCLEDGER_S3_SECRET_KEY_FILE", key.as_str()),
+                ],
+                "not both",
+            ),
+            (
+                vec![("DOCLEDGER_S3_SECRET_KEY_FILE", "/nonexistent/secret")],
+                "cannot read",
+            ),
+            (
+                vec![("DOCLEDGER_PARTITIONS_FILE", key.as_str())],
+                "only secrets",
+            ),
+        ] {
+            let err = Config::load(None, &env(&vars))
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains(says), "{vars:?}: {err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn kubernetes_service_links_never_stop_the_service_but_typos_still_do() {
