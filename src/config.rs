@@ -33,6 +33,8 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("S3_REGION", Some("us-east-1")),
     ("VECTOR_DIM", Some("384")),
     ("API_TOKENS", None),
+    // Tokens that open only the read-only views (`/`, `/metrics`), e.g. for Prometheus.
+    ("READ_TOKENS", None),
     ("MAX_BODY_BYTES", Some("104857600")),
     ("MAX_BLOB_BYTES", Some("67108864")),
     // PEM file of CA certificates trusted, beside the system's roots, by every store client
@@ -85,13 +87,14 @@ const MAX_LINGER_MS: u64 = 60_000;
 
 /// The settings that may carry a secret: each can also come from a file named by
 /// `DOCLEDGER_<KEY>_FILE` (a mounted Kubernetes or Docker secret).
-const SECRET_KEYS: [&str; 6] = [
+const SECRET_KEYS: [&str; 7] = [
     "EVENTSTORE_URL",
     "MYSQL_URL",
     "MILVUS_URL",
     "S3_ACCESS_KEY",
     "S3_SECRET_KEY",
     "API_TOKENS",
+    "READ_TOKENS",
 ];
 
 /// Most projector partitions per store (the lease lock's key holds the count in 10 bits).
@@ -280,6 +283,8 @@ pub struct Config {
     pub vector_dim: usize,
     /// Bearer tokens; empty = no authentication.
     pub api_tokens: Vec<Secret>,
+    /// Tokens for the read-only views only (`/`, `/metrics`).
+    pub read_tokens: Vec<Secret>,
     /// Largest request body.
     pub max_body_bytes: usize,
     /// Largest blob.
@@ -484,14 +489,17 @@ impl Config {
             }
             Ok(n)
         };
-        let api_tokens = v
-            .raw("API_TOKENS")
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(|t| Secret(t.to_owned()))
-            .collect();
+        let tokens = |key: &'static str| -> Vec<Secret> {
+            v.raw(key)
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(|t| Secret(t.to_owned()))
+                .collect()
+        };
+        let api_tokens = tokens("API_TOKENS");
+        let read_tokens = tokens("READ_TOKENS");
         let vector_dim = positive("VECTOR_DIM")?;
         if vector_dim > 32_768 {
             return Err(invalid(
@@ -537,6 +545,7 @@ impl Config {
             s3_region: v.get("S3_REGION", |s| Ok(s.to_owned()))?,
             vector_dim,
             api_tokens,
+            read_tokens,
             max_body_bytes,
             max_blob_bytes: positive("MAX_BLOB_BYTES")?,
             max_chunks: positive("MAX_CHUNKS")?,

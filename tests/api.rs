@@ -235,7 +235,10 @@ async fn idempotent_retries_get_the_first_answer() {
 async fn tokens_guard_every_v1_endpoint() {
     let svc = TestService::start(
         "api_auth",
-        &[("DOCLEDGER_API_TOKENS", "alpha-token,beta-token")],
+        &[
+            ("DOCLEDGER_API_TOKENS", "alpha-token,beta-token"),
+            ("DOCLEDGER_READ_TOKENS", "reader-token"),
+        ],
     )
     .await;
     let http = reqwest::Client::new();
@@ -292,6 +295,64 @@ async fn tokens_guard_every_v1_endpoint() {
     assert_eq!(status, 200);
     let (status, _) = send(http.get(svc.url("/healthz"))).await;
     assert_eq!(status, 200, "health checks need no token");
+
+    // The read-only views need a token too: an API or read token, as a bearer token or as
+    // the password of Basic authentication (a browser's login prompt on the status page).
+    use base64::Engine;
+    let basic = |password: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("anyone:{password}"))
+        )
+    };
+    for path in ["/", "/metrics"] {
+        for refused in [
+            None,
+            Some("Bearer wrong".to_owned()),
+            Some("Bearer reader-toke".to_owned()),
+            Some(basic("wrong")),
+        ] {
+            let mut req = http.get(svc.url(path));
+            if let Some(a) = &refused {
+                req = req.header("authorization", a);
+            }
+            let res = req.send().await.expect("answer");
+            assert_eq!(res.status(), 401, "{path} {refused:?}");
+            let challenge = res
+                .headers()
+                .get("www-authenticate")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            assert!(challenge.starts_with("Basic realm="), "{path}: {challenge}");
+            let body: Value = res.json().await.expect("json");
+            assert!(
+                !body.to_string().contains("docledger_"),
+                "{path}: nothing of the view without a token: {body}"
+            );
+        }
+        for granted in [
+            "Bearer alpha-token".to_owned(),
+            "Bearer reader-token".to_owned(),
+            basic("beta-token"),
+            basic("reader-token"),
+        ] {
+            let res = http
+                .get(svc.url(path))
+                .header("authorization", &granted)
+                .send()
+                .await
+                .expect("answer");
+            assert_eq!(res.status(), 200, "{path} {granted}");
+        }
+    }
+    // A read token opens only the views.
+    let (status, _) = send(
+        http.get(svc.url("/v1/projections"))
+            .bearer_auth("reader-token"),
+    )
+    .await;
+    assert_eq!(status, 401, "a read token is not an API token");
     svc.stop().await;
 }
 

@@ -30,6 +30,10 @@ pub enum ApiError {
     /// Missing or wrong bearer token.
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// A read-only view (`/`, `/metrics`) without a valid token: also offers Basic
+    /// authentication, so a browser asks for one.
+    #[error("missing or invalid token (bearer, or the password of basic authentication)")]
+    UnauthorizedView,
     /// Unknown document, or deleted for a delete.
     #[error("{0}")]
     NotFound(String),
@@ -60,7 +64,7 @@ impl ApiError {
             ApiError::InvalidField(_) => "invalid_field",
             ApiError::InvalidQuery(_) => "invalid_query",
             ApiError::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
-            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthorized | ApiError::UnauthorizedView => "unauthorized",
             ApiError::NotFound(_) => "not_found",
             ApiError::VersionConflict(_) => "version_conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
@@ -84,7 +88,7 @@ impl ResponseError for ApiError {
             | ApiError::InvalidField(_)
             | ApiError::InvalidQuery(_)
             | ApiError::InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::UnauthorizedView => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::VersionConflict(_) | ApiError::RebuildRunning(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -100,6 +104,12 @@ impl ResponseError for ApiError {
         }
         if matches!(self, ApiError::Unauthorized) {
             res.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        if matches!(self, ApiError::UnauthorizedView) {
+            res.insert_header((
+                "WWW-Authenticate",
+                "Basic realm=\"docledger\", charset=\"UTF-8\"",
+            ));
         }
         res.json(self.body())
     }

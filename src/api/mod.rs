@@ -89,28 +89,71 @@ pub fn authorize(req: &HttpRequest, config: &Config) -> Result<(), ApiError> {
     if config.api_tokens.is_empty() {
         return Ok(());
     }
-    let presented = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .ok_or(ApiError::Unauthorized)?;
-    let mut ok = false;
-    for token in &config.api_tokens {
-        ok |= constant_time_eq(presented.as_bytes(), token.expose().as_bytes());
-    }
-    if ok {
+    let presented = presented_token(req, false).ok_or(ApiError::Unauthorized)?;
+    if any_matches(&presented, &config.api_tokens) {
         Ok(())
     } else {
         Err(ApiError::Unauthorized)
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// Checks access to the read-only views (`/`, `/metrics`) when any token is configured: an
+/// API token or a read token (`DOCLEDGER_READ_TOKENS`), as a bearer token (Prometheus) or
+/// as the password of Basic authentication (what a browser asks for on the status page).
+///
+/// # Errors
+/// [`ApiError::UnauthorizedView`].
+pub fn authorize_view(req: &HttpRequest, config: &Config) -> Result<(), ApiError> {
+    if config.api_tokens.is_empty() && config.read_tokens.is_empty() {
+        return Ok(());
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let presented = presented_token(req, true).ok_or(ApiError::UnauthorizedView)?;
+    if any_matches(&presented, &config.api_tokens) || any_matches(&presented, &config.read_tokens) {
+        Ok(())
+    } else {
+        Err(ApiError::UnauthorizedView)
+    }
+}
+
+/// The token of the request's `Authorization`: `Bearer <token>`, or with `basic`, the
+/// password of `Basic base64(user:password)`.
+fn presented_token(req: &HttpRequest, basic: bool) -> Option<String> {
+    use base64::Engine;
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    if let Some(token) = header.strip_prefix("Bearer ") {
+        return Some(token.to_owned());
+    }
+    let encoded = header.strip_prefix("Basic ").filter(|_| basic)?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    text.split_once(':')
+        .map(|(_, password)| password.to_owned())
+}
+
+/// Whether `presented` is one of `tokens`, compared in constant time whatever the lengths.
+fn any_matches(presented: &str, tokens: &[crate::config::Secret]) -> bool {
+    let mut ok = false;
+    for token in tokens {
+        ok |= constant_time_eq(presented.as_bytes(), token.expose().as_bytes());
+    }
+    ok
+}
+
+/// Compares the SHA-256 digests of `a` and `b` byte by byte without an early exit: the time
+/// does not depend on where they differ, nor on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 #[cfg(test)]

@@ -60,7 +60,11 @@ fn sparkline(values: &[f64], label: &str) -> String {
 }
 
 /// `GET /`.
-pub async fn page(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn page(
+    req: actix_web::HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    super::authorize_view(&req, &state.config)?;
     let stores = state.projections.status(&state.log).await?;
     let compensations = state.log.compensations(None, 50).await?;
     let samples = state.history.samples();
