@@ -263,6 +263,7 @@ pub async fn serve(
     let server = HttpServer::new(move || {
         App::new()
             .wrap_fn(api::body::hold_ignored_body)
+            .wrap_fn(api::access::access_log)
             .app_data(web::Data::new(state.clone()))
             .app_data(
                 web::QueryConfig::default()

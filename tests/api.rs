@@ -645,3 +645,85 @@ async fn a_store_refusing_preparation_is_shown_retrying_with_its_error() {
     );
     svc.stop().await;
 }
+
+/// Every answer carries a request id (the client's when it sends a plain one, else a new
+/// one), and the access log has one line per request with that id, its method, path and
+/// status (the `serve` binary at `info`).
+#[actix_rt::test]
+async fn every_request_has_an_id_in_its_answer_and_in_the_access_log() {
+    let (_env, name, vars) = common::service_vars("api_access_log", &[]);
+    let listen = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr").to_string()
+    };
+    let log = std::env::temp_dir().join(format!("{name}.log"));
+    let mut server = common::spawn_serve_logged(&vars, &listen, &log, "info", &[]);
+    let base = format!("http://{listen}");
+    let http = reqwest::Client::new();
+    common::wait_ready(&http, &base, &log).await;
+
+    let res = http
+        .put(format!("{base}/v1/documents/access-1"))
+        .header("x-request-id", "pipeline-run-42:doc-1")
+        .json(&doc_body("t", 1))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["x-request-id"],
+        "pipeline-run-42:doc-1",
+        "echoed"
+    );
+    let res = http
+        .get(format!("{base}/v1/documents/access-1"))
+        .header("x-request-id", "no spaces <allowed>")
+        .send()
+        .await
+        .expect("get");
+    let generated = res.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        generated.len() == 16 && generated.bytes().all(|b| b.is_ascii_hexdigit()),
+        "a bad id is replaced by a new one: {generated}"
+    );
+    let res = http
+        .get(format!("{base}/v1/documents/access-missing"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(res.status(), 404);
+    let missing = res.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let _ = server.start_kill();
+    let _ = server.wait().await;
+    let text = std::fs::read_to_string(&log).expect("server log");
+    let text = text.replace("\u{1b}[", "");
+    for (id, method, path, status) in [
+        (
+            "pipeline-run-42:doc-1",
+            "PUT",
+            "/v1/documents/access-1",
+            "200",
+        ),
+        (generated.as_str(), "GET", "/v1/documents/access-1", "200"),
+        (
+            missing.as_str(),
+            "GET",
+            "/v1/documents/access-missing",
+            "404",
+        ),
+    ] {
+        assert!(
+            text.lines().any(|l| l.contains(id)
+                && l.contains(method)
+                && l.contains(path)
+                && l.contains(status)),
+            "no access log line for {id} {method} {path} {status}:\n{text}"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! The HTTP API (DESIGN.md's contract): handlers map requests to commands and answers;
 //! they hold no SQL and no domain rules.
 
+pub mod access;
 pub mod body;
 pub mod documents;
 pub mod dto;
