@@ -1,10 +1,13 @@
 //! Prometheus text exposition of docledger's gauges, computed when scraped from the live
 //! state (projector status, the log's horizon, the actor registry). Names follow
 //! `docledger_<subsystem>_<what>_<unit>`; labels are low-cardinality (`sink`, `partition`).
+//! With several processes on one log, each reports the partitions it owns (a partition on
+//! standby here is reported by its owner), so a dashboard sums the processes' series.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::actors::lease::STANDBY;
 use crate::actors::projector::StoreStatus;
 use crate::eventlog::AppendStats;
 use crate::verify::VerifyStats;
@@ -39,7 +42,9 @@ pub fn render(stores: &[StoreStatus], live_actors: usize) -> String {
     let mut applied = Vec::new();
     let mut up = Vec::new();
     for s in stores {
-        for p in &s.partitions {
+        // Ownership-aware: a partition another process owns (standby here) is that process's
+        // to report, so that summing the processes' series counts each partition once.
+        for p in s.partitions.iter().filter(|p| p.state != STANDBY) {
             let labels = format!("sink=\"{}\",partition=\"{}\"", s.name, p.partition);
             lag_events.push((labels.clone(), p.lag_events as f64));
             lag_seconds.push((labels.clone(), p.lag_seconds));

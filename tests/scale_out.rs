@@ -508,3 +508,59 @@ async fn a_process_cut_off_from_the_log_gives_its_leases_up_in_bounded_time() {
     let (code, out) = cluster.verify().await;
     assert_eq!(code, Some(0), "verify: {out}");
 }
+
+/// The processes' /metrics summed as a dashboard sums them: every (store, partition) gauge
+/// comes from exactly one process, its owner, and shows it running (a standby partition is
+/// not reported as stopped, nor its lag counted twice).
+#[actix_rt::test]
+async fn two_processes_metrics_add_up_to_one_service() {
+    let cluster = Cluster::start("scale_out_metrics", 2, FAST_LEASES).await;
+    cluster.caught_up(Duration::from_secs(60)).await;
+    let http = reqwest::Client::new();
+    let mut series: std::collections::BTreeMap<(String, String), Vec<f64>> = Default::default();
+    for i in 0..2 {
+        let text = http
+            .get(format!("{}/metrics", cluster.base(i)))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        for line in text.lines() {
+            for name in [
+                "docledger_projection_running",
+                "docledger_projection_lag_events",
+            ] {
+                if let Some(rest) = line.strip_prefix(&format!("{name}{{")) {
+                    let (labels, value) = rest.split_once("} ").expect("a sample");
+                    series
+                        .entry((name.to_owned(), labels.to_owned()))
+                        .or_default()
+                        .push(value.parse().expect("a number"));
+                }
+            }
+        }
+    }
+    for name in [
+        "docledger_projection_running",
+        "docledger_projection_lag_events",
+    ] {
+        let of_name: Vec<_> = series.iter().filter(|((n, _), _)| n == name).collect();
+        assert_eq!(
+            of_name.len(),
+            6,
+            "{name}: 3 stores x 2 partitions: {series:?}"
+        );
+        for ((_, labels), values) in of_name {
+            assert_eq!(
+                values.len(),
+                1,
+                "{name}{{{labels}}} reported by both processes"
+            );
+            let want = if name.ends_with("running") { 1.0 } else { 0.0 };
+            assert_eq!(values[0], want, "{name}{{{labels}}}");
+        }
+    }
+    drop(cluster);
+}
