@@ -103,30 +103,45 @@ async fn ingest(svc: &TestService, http: &reqwest::Client, ops: Vec<Op>) {
         .await;
 }
 
-#[actix_rt::test]
-async fn store_outages_during_ingestion_converge_without_loss_or_duplicates() {
+/// Proxies in front of MariaDB, Milvus and S3, each doing `fault` from the start, and a
+/// service of test `test` whose store URLs go through them (the log's stays direct).
+async fn behind_proxies(test: &str, fault: Fault) -> (TestService, [Proxy; 3]) {
     let env = projections::testing::StoreEnv::require();
-    let mysql = Proxy::to_url(&env.mysql_url).await;
-    let milvus = Proxy::to_url(&env.milvus_uri).await;
-    let s3 = Proxy::to_url(&env.s3_endpoint).await;
+    let proxies = [
+        Proxy::to_url(&env.mysql_url).await,
+        Proxy::to_url(&env.milvus_uri).await,
+        Proxy::to_url(&env.s3_endpoint).await,
+    ];
+    for proxy in &proxies {
+        proxy.set(fault);
+    }
     let svc = TestService::start_rewritten(
-        "outage_stores",
+        test,
         &[
             ("DOCLEDGER_VERIFY_INTERVAL_SECS", "0"),
             ("DOCLEDGER_RETRY_MAX_MS", "500"),
         ],
         |vars| {
             for (key, proxy) in [
-                ("DOCLEDGER_MYSQL_URL", &mysql),
-                ("DOCLEDGER_MILVUS_URL", &milvus),
-                ("DOCLEDGER_S3_ENDPOINT", &s3),
-            ] {
+                "DOCLEDGER_MYSQL_URL",
+                "DOCLEDGER_MILVUS_URL",
+                "DOCLEDGER_S3_ENDPOINT",
+            ]
+            .into_iter()
+            .zip(&proxies)
+            {
                 let direct = vars[key].clone();
                 vars.insert(key.to_owned(), proxy.url_for(&direct));
             }
         },
     )
     .await;
+    (svc, proxies)
+}
+
+#[actix_rt::test]
+async fn store_outages_during_ingestion_converge_without_loss_or_duplicates() {
+    let (svc, [mysql, milvus, s3]) = behind_proxies("outage_stores", Fault::Pass).await;
     let http = reqwest::Client::new();
     let all = [&mysql, &milvus, &s3];
     let phases: Vec<(&str, Vec<&Proxy>, Fault)> = vec![
@@ -363,31 +378,7 @@ async fn a_log_outage_refuses_commands_with_503_and_loses_nothing() {
 /// once they answer every accepted document reaches them.
 #[actix_rt::test]
 async fn serve_starts_and_takes_commands_while_every_store_is_unreachable() {
-    let env = projections::testing::StoreEnv::require();
-    let mysql = Proxy::to_url(&env.mysql_url).await;
-    let milvus = Proxy::to_url(&env.milvus_uri).await;
-    let s3 = Proxy::to_url(&env.s3_endpoint).await;
-    for proxy in [&mysql, &milvus, &s3] {
-        proxy.set(Fault::Reset);
-    }
-    let svc = TestService::start_rewritten(
-        "outage_at_start",
-        &[
-            ("DOCLEDGER_VERIFY_INTERVAL_SECS", "0"),
-            ("DOCLEDGER_RETRY_MAX_MS", "500"),
-        ],
-        |vars| {
-            for (key, proxy) in [
-                ("DOCLEDGER_MYSQL_URL", &mysql),
-                ("DOCLEDGER_MILVUS_URL", &milvus),
-                ("DOCLEDGER_S3_ENDPOINT", &s3),
-            ] {
-                let direct = vars[key].clone();
-                vars.insert(key.to_owned(), proxy.url_for(&direct));
-            }
-        },
-    )
-    .await;
+    let (svc, [mysql, milvus, s3]) = behind_proxies("outage_at_start", Fault::Reset).await;
     let http = reqwest::Client::new();
     let docs: Vec<String> = (0..5).map(|i| format!("down-at-start-{i}")).collect();
     for doc in &docs {
