@@ -29,6 +29,10 @@ pub const CONTROL_POLL: Duration = Duration::from_millis(200);
 /// How often a running rebuild's progress is written to the log.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
+/// How often a process tries to take a rebuild that another process may be running (each
+/// try opens a connection).
+const REBUILD_TRY_EVERY: Duration = Duration::from_secs(2);
+
 /// The first key of a rebuild's advisory lock: "dlrb".
 const REBUILD_LOCK_CLASS: i32 = 0x646c_7262;
 
@@ -53,6 +57,7 @@ pub fn spawn(
             cancel,
             acknowledged: HashMap::new(),
             running: HashMap::new(),
+            tried: HashMap::new(),
         };
         loop {
             if let Err(e) = control.tick().await {
@@ -80,6 +85,8 @@ struct Control {
     acknowledged: HashMap<(&'static str, u32), (i64, i64)>,
     /// Rebuilds this process runs, by store.
     running: HashMap<&'static str, JoinHandle<()>>,
+    /// When this process last tried to take each store's rebuild.
+    tried: HashMap<&'static str, std::time::Instant>,
 }
 
 impl Control {
@@ -122,7 +129,12 @@ impl Control {
                 }
             }
             self.running.retain(|_, task| !task.is_finished());
-            if control.rebuild_active() && !self.running.contains_key(store.name()) {
+            let due = self
+                .tried
+                .get(store.name())
+                .is_none_or(|t| t.elapsed() >= REBUILD_TRY_EVERY);
+            if control.rebuild_active() && !self.running.contains_key(store.name()) && due {
+                self.tried.insert(store.name(), std::time::Instant::now());
                 if let Some(task) = self.try_rebuild(store).await {
                     self.running.insert(store.name(), task);
                 }
