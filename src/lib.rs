@@ -251,6 +251,7 @@ pub async fn serve(
         projection_cancel.clone(),
     );
     let state = AppState {
+        metrics_cache: Arc::default(),
         instance,
         history,
         verifier,

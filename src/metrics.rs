@@ -12,6 +12,19 @@ use crate::actors::projector::StoreStatus;
 use crate::eventlog::AppendStats;
 use crate::verify::VerifyStats;
 
+/// Renders whether the log answered this scrape (0: the log's figures below are the last
+/// ones read).
+pub fn render_log_up(up: bool) -> String {
+    let mut out = String::new();
+    gauge(
+        &mut out,
+        "docledger_log_up",
+        "1 when the log answered this scrape; 0 when it did not and the log's figures are the last ones read.",
+        &[("", f64::from(u8::from(up)))],
+    );
+    out
+}
+
 /// Renders the gauges.
 pub fn render(stores: &[StoreStatus], live_actors: usize) -> String {
     let mut out = String::new();

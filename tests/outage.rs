@@ -299,9 +299,28 @@ async fn a_log_outage_refuses_commands_with_503_and_loses_nothing() {
         let (status, v) = put(format!("log/before-{i}"), format!("k-before-{i}")).await;
         assert_eq!(status, 200, "{v}");
     }
+    let scrape = || {
+        let http = http.clone();
+        let url = svc.url("/metrics");
+        async move {
+            let res = http.get(url).send().await.expect("metrics answer");
+            (res.status().as_u16(), res.text().await.expect("text"))
+        }
+    };
+    let (status, before) = scrape().await;
+    assert_eq!(status, 200);
+    assert!(before.contains("docledger_log_up 1"), "{before}");
 
     // The log goes away: every command is refused with 503 and a code, none acknowledged.
     pg.set(Fault::Reset);
+    // /metrics still answers, from memory, saying the log is down.
+    let (status, during) = scrape().await;
+    assert_eq!(status, 200, "metrics during a log outage: {during}");
+    assert!(during.contains("docledger_log_up 0"), "{during}");
+    assert!(
+        during.contains("docledger_projection_lag_events{sink=\"mysql\""),
+        "the last figures read from the log: {during}"
+    );
     let mut refused = Vec::new();
     for i in 0..10 {
         let doc = format!("log/during-{i}");

@@ -28,6 +28,9 @@ use error::ApiError;
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
+    /// What `/metrics` last read from the log (store status, open compensations): served
+    /// again, with `docledger_log_up 0`, while the log cannot be read.
+    pub metrics_cache: Arc<std::sync::Mutex<Option<LogFigures>>>,
     /// Validated configuration.
     pub config: Arc<Config>,
     /// Routes commands to document actors.
@@ -45,6 +48,9 @@ pub struct AppState {
     /// Compares stores with the log (`?verify=true`, background verifier metrics).
     pub verifier: Verifier,
 }
+
+/// What `/metrics` reads from the log: every store's status and the open compensations.
+pub type LogFigures = (Vec<crate::actors::projector::StoreStatus>, usize);
 
 /// Longest wait a `consistency=applied` request may ask for.
 pub const MAX_APPLIED_TIMEOUT: Duration = Duration::from_secs(300);

@@ -32,18 +32,39 @@ pub async fn metrics(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     super::authorize_view(&req, &state.config)?;
-    let stores = state.projections.status(&state.log).await?;
-    let open_compensations = state
-        .log
-        .compensations(None, 1000)
-        .await?
-        .iter()
-        .filter(|c| crate::eventlog::UNSETTLED_STATES.contains(&c.state))
-        .count();
+    // During a log outage (exactly when an operator looks) the figures read from the log
+    // are the last ones read, and docledger_log_up says so.
+    let read = async {
+        let stores = state.projections.status(&state.log).await?;
+        let open = state
+            .log
+            .compensations(None, 1000)
+            .await?
+            .iter()
+            .filter(|c| crate::eventlog::UNSETTLED_STATES.contains(&c.state))
+            .count();
+        Ok::<_, crate::eventlog::LogError>((stores, open))
+    };
+    let fresh = tokio::time::timeout(METRICS_LOG_TIMEOUT, read)
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let log_up = fresh.is_some();
+    let (stores, open_compensations) = {
+        let mut cache = state
+            .metrics_cache
+            .lock()
+            .map_err(|_| ApiError::Unavailable("metrics cache poisoned".into()))?;
+        if let Some(fresh) = fresh {
+            *cache = Some(fresh);
+        }
+        cache.clone().unwrap_or_default()
+    };
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(
-            crate::metrics::render(&stores, state.registry.live_actors())
+            crate::metrics::render_log_up(log_up)
+                + &crate::metrics::render(&stores, state.registry.live_actors())
                 + &crate::metrics::render_activity(
                     &stores,
                     state.log.append_stats(),
@@ -52,6 +73,9 @@ pub async fn metrics(
                 + &crate::metrics::render_verify(&state.verifier.stats()),
         ))
 }
+
+/// Longest wait for the log's figures in `/metrics` before the last ones are served.
+const METRICS_LOG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `GET /v1/projections`: per store state, positions, lag and last error.
 #[utoipa::path(get, path = "/v1/projections", tag = "projections",
