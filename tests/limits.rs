@@ -920,17 +920,12 @@ async fn a_chunk_text_the_vector_store_would_refuse_is_refused_at_the_api() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    common::eventually(
+    common::until_document(
+        &http,
+        &svc.doc_url("limits/text-max", ""),
         Duration::from_secs(60),
         "the longest text in every store",
-        || {
-            let url = svc.doc_url("limits/text-max", "");
-            let http = &http;
-            async move {
-                let got: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
-                (got["consistent"] == true).then_some(())
-            }
-        },
+        |got| got["consistent"] == true,
     )
     .await;
     svc.stop().await;

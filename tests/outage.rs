@@ -438,17 +438,12 @@ async fn serve_starts_and_takes_commands_while_every_store_is_unreachable() {
         proxy.set(Fault::Pass);
     }
     for doc in &docs {
-        eventually(
+        common::until_document(
+            &http,
+            &svc.doc_url(doc, ""),
             Duration::from_secs(60),
             "the document in every store",
-            || {
-                let http = &http;
-                let url = svc.doc_url(doc, "");
-                async move {
-                    let got: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
-                    (got["consistent"] == true && got["ready"] == true).then_some(())
-                }
-            },
+            |got| got["consistent"] == true && got["ready"] == true,
         )
         .await;
     }

@@ -193,16 +193,12 @@ async fn partitions_in(
 
 async fn wait_consistent(http: &reqwest::Client, base: &str, docs: &[String]) {
     for doc in docs {
-        common::eventually(
+        common::until_document(
+            http,
+            &doc_url(base, doc),
             Duration::from_secs(60),
             "the document to be consistent",
-            || {
-                let url = doc_url(base, doc);
-                async move {
-                    let got: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
-                    (got["consistent"] == true).then_some(())
-                }
-            },
+            |got| got["consistent"] == true,
         )
         .await;
     }
@@ -424,14 +420,13 @@ async fn every_parked_change_gets_one_compensation_decided_on_the_log() {
         assert_eq!((s, v["version"].as_u64()), (200, Some(2)), "{v}");
     }
     for doc in &docs {
-        let got = common::eventually(Duration::from_secs(60), "the rollback", || {
-            let url = doc_url(&bases[1], doc);
-            let http = &http;
-            async move {
-                let got: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
-                (got["version"] == 3 && got["consistent"] == true).then_some(got)
-            }
-        })
+        let got = common::until_document(
+            &http,
+            &doc_url(&bases[1], doc),
+            Duration::from_secs(60),
+            "the rollback",
+            |got| got["version"] == 3 && got["consistent"] == true,
+        )
         .await;
         assert_eq!(got["title"], "good", "{got}");
         let (_, list) = send(

@@ -140,8 +140,10 @@ pub async fn supervise<F, Fut, C, CFut, P, PFut>(
                 if cancel.is_cancelled() {
                     return;
                 }
-                // Failed fatally: the lease goes back, for another process to try.
-                claim.give_back();
+                // Failed fatally (the lease goes back, for another process to try, and this
+                // one rests), or fenced off (another process took the partition: the lease
+                // goes back at once, taken again only under a new generation).
+                claim.give_back(status.snapshot().state == "failed");
             }
             lost = until_lost(&mut owned, generation) => {
                 if lost {

@@ -14,8 +14,6 @@
 //!   the same poll, and only under its current generation, so an acknowledgement never
 //!   outlives the ownership it was given under.
 
-use serde::{Deserialize, Serialize};
-
 use super::{LogError, PgLog};
 use crate::rebuild::RebuildStatus;
 
@@ -50,7 +48,7 @@ impl StoreControl {
 
 /// A lease just taken: its fencing token and whether the previous owner handed it over
 /// cleanly (its runner stopped) or lost it (crash, cut connection).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TakenLease {
     /// The owner's fencing token.
     pub generation: i64,

@@ -148,16 +148,19 @@ impl ClaimHandle {
         self.leases.claimed.notify_one();
     }
 
-    /// The runner failed fatally: hand the lease over and leave it to other processes for
-    /// a rest that doubles with each failure in a row.
-    pub fn give_back(&self) {
+    /// The runner stopped by itself: hand the lease over; when it `failed` fatally, leave it
+    /// to other processes for a rest that doubles with each failure in a row.
+    pub fn give_back(&self, failed: bool) {
         self.with_claim(|c| {
+            c.owned.send_replace(None);
+            if !failed {
+                return;
+            }
             let rest = FIRST_REST
                 .saturating_mul(1 << c.failures.min(10))
                 .min(MAX_REST);
             c.failures = c.failures.saturating_add(1);
             c.rest_until = Some(Instant::now() + rest);
-            c.owned.send_replace(None);
             warn!(
                 sink = c.key.sink,
                 partition = c.key.partition.index,

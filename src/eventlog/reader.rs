@@ -87,7 +87,6 @@ WITH fence AS (
 SELECT held FROM fence
 "#;
 
-/// A document's versions, per store and overall.
 /// A stream's events after a known event count, in stream order: what brings a cached state
 /// up to the log (nothing when no other process appended since).
 const READ_DOCUMENT_AFTER: &str = r#"
@@ -96,6 +95,7 @@ FROM events WHERE stream_id = $1 AND stream_version > $2
 ORDER BY stream_version
 "#;
 
+/// A document's versions, per store and overall.
 const READ_STREAM_STATE: &str = r#"
 SELECT stream_version, doc_version, deleted, mysql_version, milvus_version, s3_version,
        ready_version

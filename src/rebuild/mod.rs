@@ -75,9 +75,6 @@ pub enum RebuildError {
     /// The service is shutting down.
     #[error("rebuild cancelled")]
     Cancelled,
-    /// A rebuild of the store is already running.
-    #[error("a rebuild of {0} is already running")]
-    AlreadyRunning(&'static str),
 }
 
 /// What a finished rebuild did.

@@ -163,6 +163,22 @@ pub async fn projections_caught_up(http: &reqwest::Client, base: &str, timeout: 
     .await;
 }
 
+/// Waits until `GET url` (a document) answers a body for which `done` holds, and returns it;
+/// panics with `what` after `timeout`.
+pub async fn until_document(
+    http: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    eventually(timeout, what, || async {
+        let got: serde_json::Value = http.get(url).send().await.ok()?.json().await.ok()?;
+        done(&got).then_some(got)
+    })
+    .await
+}
+
 /// Waits until the service at `base` answers `/readyz` (panics with its log after 60 s).
 pub async fn wait_ready(http: &reqwest::Client, base: &str, log: &std::path::Path) {
     let url = format!("{base}/readyz");
