@@ -380,7 +380,6 @@ fn config(env: &StoreEnv, name: &str, s: &Settings) -> anyhow::Result<Config> {
     let vars: HashMap<String, String> = [
         ("DOCLEDGER_EVENTSTORE_URL", env.pg_database_url(name)),
         ("DOCLEDGER_MYSQL_URL", env.mysql_database_url(name)),
-        ("DOCLEDGER_MILVUS_URL", env.milvus_uri.clone()),
         ("DOCLEDGER_MILVUS_COLLECTION", name.to_owned()),
         ("DOCLEDGER_S3_ENDPOINT", env.s3_endpoint.clone()),
         ("DOCLEDGER_S3_BUCKET", bucket_name(name)),
@@ -390,6 +389,7 @@ fn config(env: &StoreEnv, name: &str, s: &Settings) -> anyhow::Result<Config> {
         ("DOCLEDGER_VECTOR_DIM", s.dim.to_string()),
     ]
     .into_iter()
+    .chain(env.milvus_vars())
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     Ok(Config::load(None, &vars)?)
@@ -577,8 +577,9 @@ async fn drop_mysql(env: &StoreEnv, name: &str) -> anyhow::Result<()> {
 
 async fn drop_milvus(env: &StoreEnv, name: &str) -> anyhow::Result<()> {
     use milvus::v2::prelude::*;
-    let config = ConnectConfig::new()
-        .uri(env.milvus_uri.as_str())
+    let config = env
+        .milvus()
+        .connect_config()
         .telemetry(TelemetryConfig::new().enabled(false));
     let client = ClientV2::new(&config).await?;
     // The rebuilt name is an alias; it must go before its collection.

@@ -21,8 +21,9 @@
     admin password from the environment with a default, provisions a Prometheus datasource at a
     service it depends on, and its dashboard provider loads grafana/dashboards/docledger.json;
   - every PromQL expression of the provisioned dashboards only uses metric names and labels that
-    src/metrics.rs exports (names: its "docledger_..." string literals; labels: the names
-    before `=\\"` in its label strings), and every panel's datasource uid is a provisioned one.
+    src/metrics.rs exports (names: its "docledger_..." string literals with the suffixes the
+    encoder adds; labels: the fields of its label-set structs and the keys of its label
+    vectors), and every panel's datasource uid is a provisioned one.
 Exit status: 0 = ok (one summary line on stdout), 1 = problems (one line each on stderr),
 2 = cannot check (PyYAML missing, compose file or ../src/metrics.rs unreadable, bad arguments).
 """
@@ -587,8 +588,18 @@ def metrics_vocabulary() -> tuple[set[str], set[str]]:
         raise SystemExit(
             f"compose check: cannot read {METRICS_RS}: {err.strerror}"
         ) from err
-    names = set(re.findall(r'"(docledger_[a-z_]+)"', text))
-    labels = set(re.findall(r'([a-z_]+)=\\"', text))
+    # Counters are registered without `_total` and histograms and infos as their family
+    # name: the encoder writes the series' suffixes.
+    names = set()
+    for name in re.findall(r'"((?:docledger|process)_[a-z_]+)"', text):
+        names.update(
+            name + suffix for suffix in ("", "_total", "_bucket", "_sum", "_count", "_info")
+        )
+    # Labels: the fields of the label-set structs, and the keys of the label vectors.
+    labels = {"le"}
+    for body in re.findall(r"EncodeLabelSet\)\]\s*(?:pub )?struct \w+ \{([^}]*)\}", text):
+        labels.update(re.findall(r"^\s*(?:pub )?([a-z_]+):", body, re.M))
+    labels.update(re.findall(r'\(\s*"([a-z_]+)",\s*[^)]*?\.to_(?:owned|string)\(\)', text))
     if not names:
         raise SystemExit(
             f"compose check: no docledger_* metric names found in {METRICS_RS}"

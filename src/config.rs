@@ -10,6 +10,8 @@ use std::num::NonZeroU32;
 use std::path::Path;
 use std::time::Duration;
 
+use projections::milvus::MilvusAccess;
+use projections::s3::S3Credentials;
 use projections::tls::TlsTrust;
 
 /// Prefix of every environment variable.
@@ -26,10 +28,18 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("MYSQL_URL", Some("mysql://root@127.0.0.1:3306/docledger")),
     ("MILVUS_URL", Some("http://127.0.0.1:19530")),
     ("MILVUS_COLLECTION", Some("doc_chunks")),
+    // Milvus authentication: a token (`user:password`, or a Zilliz Cloud API key), or a
+    // user and password; unset = none. The database holding the collection; unset = `default`.
+    ("MILVUS_TOKEN", None),
+    ("MILVUS_USER", None),
+    ("MILVUS_PASSWORD", None),
+    ("MILVUS_DATABASE", None),
     ("S3_ENDPOINT", Some("http://127.0.0.1:9000")),
     ("S3_BUCKET", Some("documents")),
-    ("S3_ACCESS_KEY", Some("minioadmin")),
-    ("S3_SECRET_KEY", Some("minioadmin")),
+    // Static S3 keys; both unset = the AWS SDK's default credential chain (environment,
+    // profile files, web identity / IRSA, ECS and instance metadata).
+    ("S3_ACCESS_KEY", None),
+    ("S3_SECRET_KEY", None),
     ("S3_REGION", Some("us-east-1")),
     ("VECTOR_DIM", Some("384")),
     ("API_TOKENS", None),
@@ -87,10 +97,12 @@ const MAX_LINGER_MS: u64 = 60_000;
 
 /// The settings that may carry a secret: each can also come from a file named by
 /// `DOCLEDGER_<KEY>_FILE` (a mounted Kubernetes or Docker secret).
-const SECRET_KEYS: [&str; 7] = [
+const SECRET_KEYS: [&str; 9] = [
     "EVENTSTORE_URL",
     "MYSQL_URL",
     "MILVUS_URL",
+    "MILVUS_TOKEN",
+    "MILVUS_PASSWORD",
     "S3_ACCESS_KEY",
     "S3_SECRET_KEY",
     "API_TOKENS",
@@ -269,14 +281,16 @@ pub struct Config {
     pub milvus_url: StoreUrl,
     /// Milvus collection.
     pub milvus_collection: String,
+    /// Milvus authentication (`user:password` or an API key); `None` = none.
+    pub milvus_token: Option<Secret>,
+    /// Milvus database holding the collection; `None` = `default`.
+    pub milvus_database: Option<String>,
     /// S3 endpoint.
     pub s3_endpoint: StoreUrl,
     /// Bucket.
     pub s3_bucket: String,
-    /// Access key.
-    pub s3_access_key: String,
-    /// Secret key.
-    pub s3_secret_key: Secret,
+    /// Static keys, or the AWS SDK's default credential chain.
+    pub s3_credentials: S3Credentials,
     /// Region.
     pub s3_region: String,
     /// Dimension of every vector.
@@ -538,10 +552,14 @@ impl Config {
             mysql_url: v.url("MYSQL_URL", &["mysql"])?,
             milvus_url: v.url("MILVUS_URL", &["http", "https"])?,
             milvus_collection: v.name("MILVUS_COLLECTION")?,
+            milvus_token: milvus_token(v)?,
+            milvus_database: match v.raw("MILVUS_DATABASE") {
+                None => None,
+                Some(_) => Some(v.name("MILVUS_DATABASE")?),
+            },
             s3_endpoint: v.url("S3_ENDPOINT", &["http", "https"])?,
             s3_bucket: v.name("S3_BUCKET")?,
-            s3_access_key: v.get("S3_ACCESS_KEY", |s| Ok(s.to_owned()))?,
-            s3_secret_key: Secret(v.get("S3_SECRET_KEY", |s| Ok(s.to_owned()))?),
+            s3_credentials: s3_credentials(v)?,
             s3_region: v.get("S3_REGION", |s| Ok(s.to_owned()))?,
             vector_dim,
             api_tokens,
@@ -681,6 +699,69 @@ fn is_service_link(suffix: &str, value: &str) -> bool {
     service_host() || service_port() || service_address() || port_detail()
 }
 
+impl Config {
+    /// How the Milvus client reaches Milvus (URL, token, database, TLS trust).
+    pub fn milvus_access(&self) -> MilvusAccess {
+        MilvusAccess {
+            url: self.milvus_url.expose().trim_end_matches('/').to_owned(),
+            token: self.milvus_token.as_ref().map(|t| t.expose().to_owned()),
+            database: self.milvus_database.clone(),
+            trust: self.tls.clone(),
+        }
+    }
+}
+
+/// Milvus' token: `MILVUS_TOKEN`, or `MILVUS_USER` and `MILVUS_PASSWORD` joined as Milvus
+/// expects (`user:password`); never both ways, never half a pair.
+fn milvus_token(v: &Values) -> Result<Option<Secret>, ConfigError> {
+    let set = |key| v.raw(key).filter(|s| !s.is_empty());
+    match (
+        set("MILVUS_TOKEN"),
+        set("MILVUS_USER"),
+        set("MILVUS_PASSWORD"),
+    ) {
+        (None, None, None) => Ok(None),
+        (Some(token), None, None) => Ok(Some(Secret(token.to_owned()))),
+        (Some(_), _, _) => Err(invalid(
+            "MILVUS_TOKEN",
+            "set either a token or DOCLEDGER_MILVUS_USER and DOCLEDGER_MILVUS_PASSWORD, not both"
+                .into(),
+        )),
+        (None, Some(user), Some(password)) if !user.contains(':') => {
+            Ok(Some(Secret(format!("{user}:{password}"))))
+        }
+        (None, Some(_), Some(_)) => Err(invalid("MILVUS_USER", "must not contain ':'".into())),
+        (None, Some(_), None) => Err(invalid(
+            "MILVUS_PASSWORD",
+            "is required with DOCLEDGER_MILVUS_USER".into(),
+        )),
+        (None, None, Some(_)) => Err(invalid(
+            "MILVUS_USER",
+            "is required with DOCLEDGER_MILVUS_PASSWORD".into(),
+        )),
+    }
+}
+
+/// S3's credentials: both static keys, or neither (the AWS SDK's default chain).
+fn s3_credentials(v: &Values) -> Result<S3Credentials, ConfigError> {
+    let set = |key| v.raw(key).filter(|s| !s.is_empty());
+    match (set("S3_ACCESS_KEY"), set("S3_SECRET_KEY")) {
+        (Some(access_key), Some(secret_key)) => Ok(S3Credentials::Static {
+            access_key: access_key.to_owned(),
+            secret_key: secret_key.to_owned(),
+        }),
+        (None, None) => Ok(S3Credentials::DefaultChain),
+        (Some(_), None) => Err(invalid(
+            "S3_SECRET_KEY",
+            "is required with DOCLEDGER_S3_ACCESS_KEY (or unset both for the AWS default credential chain)".into(),
+        )),
+        (None, Some(_)) => Err(invalid(
+            "S3_ACCESS_KEY",
+            "is required with DOCLEDGER_S3_SECRET_KEY (or unset both for the AWS default credential chain)".into(),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -697,12 +778,16 @@ mod tests {
         let url = file("url", "postgres://app:s3cr%40t@db.example:5432/log\n");
         let key = file("key", "the-secret-key\r\n");
         let tokens = file("tokens", "t1,t2");
+        let password = file("password", "pw:with:colons\n");
         let c = Config::load(
             None,
             &env(&[
                 ("DOCLEDGER_EVENTSTORE_URL_FILE", &url),
+                ("DOCLEDGER_S3_ACCESS_KEY", "ak"),
                 ("DOCLEDGER_S3_SECRET_KEY_FILE", &key),
                 ("DOCLEDGER_API_TOKENS_FILE", &tokens),
+                ("DOCLEDGER_MILVUS_USER", "reader"),
+                ("DOCLEDGER_MILVUS_PASSWORD_FILE", &password),
             ]),
         )
         .expect("secrets from files");
@@ -710,8 +795,17 @@ mod tests {
             c.eventstore_url.expose(),
             "postgres://app:s3cr%40t@db.example:5432/log"
         );
-        assert_eq!(c.s3_secret_key.expose(), "the-secret-key");
+        assert!(
+            matches!(&c.s3_credentials, S3Credentials::Static { access_key, secret_key }
+                if access_key == "ak" && secret_key == "the-secret-key"),
+            "{:?}",
+            c.s3_credentials
+        );
         assert_eq!(c.api_tokens.len(), 2);
+        assert_eq!(
+            c.milvus_access().token.as_deref(),
+            Some("reader:pw:with:colons")
+        );
         for (vars, says) in [
             (
                 vec![
@@ -791,6 +885,8 @@ mod tests {
         );
         assert_eq!(c.milvus_collection, "doc_chunks");
         assert_eq!(c.s3_bucket, "documents");
+        assert!(matches!(c.s3_credentials, S3Credentials::DefaultChain));
+        assert!(c.milvus_token.is_none() && c.milvus_database.is_none());
         assert_eq!(c.vector_dim, 384);
         assert!(c.api_tokens.is_empty());
         assert_eq!(c.max_body_bytes, 100 * 1024 * 1024);
@@ -944,7 +1040,9 @@ mod tests {
             None,
             &env(&[
                 ("DOCLEDGER_MYSQL_URL", "mysql://root:hunter2@db:3306/x"),
+                ("DOCLEDGER_S3_ACCESS_KEY", "ak"),
                 ("DOCLEDGER_S3_SECRET_KEY", "hunter3"),
+                ("DOCLEDGER_MILVUS_TOKEN", "root:hunter7"),
                 (
                     "DOCLEDGER_EVENTSTORE_URL",
                     "postgres://db/log?user=me&password=hunter4&application_name=dl",
@@ -954,12 +1052,80 @@ mod tests {
         )
         .expect("valid");
         let printed = format!("{c:?}");
-        for secret in ["hunter2", "hunter3", "hunter4", "hunter5", "hunter6"] {
+        let access = format!("{:?}", c.milvus_access());
+        assert!(!access.contains("hunter7"), "{access}");
+        for secret in [
+            "hunter2", "hunter3", "hunter4", "hunter5", "hunter6", "hunter7",
+        ] {
             assert!(!printed.contains(secret), "{secret} in {printed}");
         }
         assert!(
             printed.contains("application_name=dl") && printed.contains("user=me"),
             "other parameters stay readable: {printed}"
         );
+    }
+
+    #[test]
+    fn milvus_and_s3_credentials_are_whole_or_refused() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("DOCLEDGER_MILVUS_TOKEN", "root:Milvus"),
+                ("DOCLEDGER_MILVUS_DATABASE", "rag_prod"),
+            ]),
+        )
+        .expect("token and database");
+        let access = c.milvus_access();
+        assert_eq!(access.token.as_deref(), Some("root:Milvus"));
+        assert_eq!(access.database.as_deref(), Some("rag_prod"));
+        for (vars, key, says) in [
+            (
+                vec![
+                    ("DOCLEDGER_MILVUS_TOKEN", "t"),
+                    ("DOCLEDGER_MILVUS_USER", "u"),
+                    ("DOCLEDGER_MILVUS_PASSWORD", "p"),
+                ],
+                "DOCLEDGER_MILVUS_TOKEN",
+                "not both",
+            ),
+            (
+                vec![("DOCLEDGER_MILVUS_USER", "u")],
+                "DOCLEDGER_MILVUS_PASSWORD",
+                "required",
+            ),
+            (
+                vec![("DOCLEDGER_MILVUS_PASSWORD", "p")],
+                "DOCLEDGER_MILVUS_USER",
+                "required",
+            ),
+            (
+                vec![
+                    ("DOCLEDGER_MILVUS_USER", "a:b"),
+                    ("DOCLEDGER_MILVUS_PASSWORD", "p"),
+                ],
+                "DOCLEDGER_MILVUS_USER",
+                "':'",
+            ),
+            (
+                vec![("DOCLEDGER_MILVUS_DATABASE", "no spaces")],
+                "DOCLEDGER_MILVUS_DATABASE",
+                "characters",
+            ),
+            (
+                vec![("DOCLEDGER_S3_ACCESS_KEY", "ak")],
+                "DOCLEDGER_S3_SECRET_KEY",
+                "default credential chain",
+            ),
+            (
+                vec![("DOCLEDGER_S3_SECRET_KEY", "sk")],
+                "DOCLEDGER_S3_ACCESS_KEY",
+                "default credential chain",
+            ),
+        ] {
+            let err = Config::load(None, &env(&vars))
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains(key) && err.contains(says), "{vars:?}: {err}");
+        }
     }
 }

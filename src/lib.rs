@@ -95,15 +95,13 @@ impl Stores {
         Ok(Stores {
             mysql: Arc::new(MysqlSink::with_tls(config.mysql_url.expose(), &config.tls)?),
             milvus: Arc::new(MilvusSink::lazy(
-                config.milvus_url.expose().trim_end_matches('/'),
+                &config.milvus_access(),
                 &config.milvus_collection,
                 config.vector_dim,
-                &config.tls,
             )?),
             s3: Arc::new(S3Sink::with_tls(
                 config.s3_endpoint.expose().trim_end_matches('/'),
-                &config.s3_access_key,
-                config.s3_secret_key.expose(),
+                &config.s3_credentials,
                 &config.s3_region,
                 &config.s3_bucket,
                 &config.tls,
@@ -144,10 +142,12 @@ pub async fn serve(
 
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let arbiters: Vec<actix::Arbiter> = (0..workers).map(|_| actix::Arbiter::new()).collect();
+    let metrics = Arc::new(metrics::Metrics::new(log.append_stats()));
     let registry = Registry::new(
         log.clone(),
         config.actors.clone(),
         arbiters.iter().map(|a| a.handle()).collect(),
+        metrics.commands.clone(),
     );
 
     let retry = RetryPolicy {
@@ -175,7 +175,7 @@ pub async fn serve(
         partitions,
         lease_cancel.clone(),
     );
-    let mut projectors = Projectors::leased(leases.clone());
+    let mut projectors = Projectors::leased(leases.clone()).with_metrics(metrics.clone());
     projectors.start(
         stores.mysql.clone(),
         &log,
@@ -251,6 +251,7 @@ pub async fn serve(
         projection_cancel.clone(),
     );
     let state = AppState {
+        metrics,
         metrics_cache: Arc::default(),
         instance,
         history,

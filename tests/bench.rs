@@ -132,7 +132,7 @@ async fn assert_nothing_left(env: &StoreEnv, run: &str) {
         left.is_empty(),
         "MySQL databases of the run are left: {left:?}"
     );
-    let milvus = MilvusSink::connect(&env.milvus_uri, "bench_stuck_probe", 8)
+    let milvus = MilvusSink::connect(&env.milvus(), "bench_stuck_probe", 8)
         .await
         .expect("milvus");
     let left: Vec<String> = milvus

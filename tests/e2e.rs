@@ -69,13 +69,7 @@ impl RawStores {
         let mysql = mysql_async::Pool::new(
             mysql_async::Opts::from_url(svc.config.mysql_url.expose()).expect("mysql url"),
         );
-        let milvus = ClientV2::new(
-            &ConnectConfig::new()
-                .uri(svc.env.milvus_uri.as_str())
-                .telemetry(TelemetryConfig::new().enabled(false)),
-        )
-        .await
-        .expect("milvus connects");
+        let milvus = common::milvus_client(&svc.env).await;
         let s3conf = aws_sdk_s3::config::Builder::new()
             .behavior_version_latest()
             .endpoint_url(&svc.env.s3_endpoint)

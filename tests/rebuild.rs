@@ -240,13 +240,7 @@ fn mysql_pool(svc: &TestService) -> mysql_async::Pool {
 }
 
 async fn milvus_client(svc: &TestService) -> ClientV2 {
-    ClientV2::new(
-        &ConnectConfig::new()
-            .uri(svc.env.milvus_uri.as_str())
-            .telemetry(TelemetryConfig::new().enabled(false)),
-    )
-    .await
-    .expect("milvus connects")
+    common::milvus_client(&svc.env).await
 }
 
 /// Posts a pause or resume of `store`'s projectors.

@@ -506,13 +506,38 @@ async fn a_process_cut_off_from_the_log_gives_its_leases_up_in_bounded_time() {
 
 /// The processes' /metrics summed as a dashboard sums them: every (store, partition) gauge
 /// comes from exactly one process, its owner, and shows it running (a standby partition is
-/// not reported as stopped, nor its lag counted twice).
+/// not reported as stopped, nor its lag counted twice); the histograms and counters of both
+/// processes add up to exactly the work sent: each document's versions are written through
+/// both processes in turn (the second through the process whose actor did not decide the
+/// first), each command is timed once, each version made consistent is observed once.
 #[actix_rt::test]
 async fn two_processes_metrics_add_up_to_one_service() {
     let cluster = Cluster::start("scale_out_metrics", 2, FAST_LEASES).await;
     cluster.caught_up(Duration::from_secs(60)).await;
     let http = reqwest::Client::new();
-    let mut series: std::collections::BTreeMap<(String, String), Vec<f64>> = Default::default();
+    let docs: Vec<String> = (0..6).map(|i| format!("metered-{i}")).collect();
+    for round in 0..2 {
+        for (i, doc) in docs.iter().enumerate() {
+            let base = cluster.base((i + round) % 2);
+            let (s, v) = send(
+                http.put(doc_url(&base, doc))
+                    .json(&body(&format!("{doc} v{round}"))),
+            )
+            .await;
+            assert_eq!(s, 200, "{v}");
+            wait_consistent(&http, &base, std::slice::from_ref(doc)).await;
+        }
+    }
+    // One equal put: answered `unchanged`, timed as such.
+    let (s, v) = send(
+        http.put(doc_url(&cluster.base(1), &docs[0]))
+            .json(&body(&format!("{} v1", docs[0]))),
+    )
+    .await;
+    assert_eq!((s, v["unchanged"].as_bool()), (200, Some(true)), "{v}");
+    cluster.caught_up(Duration::from_secs(60)).await;
+
+    let mut all = Vec::new();
     for i in 0..2 {
         let text = http
             .get(format!("{}/metrics", cluster.base(i)))
@@ -522,19 +547,78 @@ async fn two_processes_metrics_add_up_to_one_service() {
             .text()
             .await
             .expect("text");
-        for line in text.lines() {
-            for name in [
-                "docledger_projection_running",
-                "docledger_projection_lag_events",
-            ] {
-                if let Some(rest) = line.strip_prefix(&format!("{name}{{")) {
-                    let (labels, value) = rest.split_once("} ").expect("a sample");
-                    series
-                        .entry((name.to_owned(), labels.to_owned()))
-                        .or_default()
-                        .push(value.parse().expect("a number"));
-                }
-            }
+        assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with EOF");
+        let samples = common::metric_samples(&text);
+        let one = |name: &str| {
+            samples
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.value)
+                .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+        };
+        assert!(one("process_resident_memory_bytes") > 0.0);
+        assert!(one("process_cpu_seconds_total") > 0.0);
+        assert!(samples.iter().any(|s| s.name == "docledger_build_info"
+            && s.labels
+                .contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))));
+        common::assert_histograms_consistent(&samples);
+        all.extend(samples);
+    }
+    let sum = |name: &str, labels: &[&str]| -> f64 {
+        all.iter()
+            .filter(|s| s.name == name && labels.iter().all(|l| s.labels.contains(l)))
+            .map(|s| s.value)
+            .sum()
+    };
+    let puts = (2 * docs.len()) as f64;
+    assert_eq!(
+        sum(
+            "docledger_command_duration_seconds_count",
+            &["command=\"put\"", "outcome=\"committed\""]
+        ),
+        puts
+    );
+    assert_eq!(
+        sum(
+            "docledger_command_duration_seconds_count",
+            &["command=\"put\"", "outcome=\"unchanged\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            "docledger_http_requests_total",
+            &[
+                "method=\"PUT\"",
+                "route=\"/v1/documents/{doc_id}\"",
+                "status=\"200\""
+            ]
+        ),
+        puts + 1.0
+    );
+    // Each version waited for became consistent once, observed by one process.
+    assert_eq!(sum("docledger_time_to_consistent_seconds_count", &[]), puts);
+    for sink in ["mysql", "milvus", "s3"] {
+        let label = format!("sink=\"{sink}\"");
+        let batches = sum("docledger_projection_batches_total", &[&label]);
+        assert!(batches >= 1.0, "{sink}");
+        assert_eq!(
+            sum(
+                "docledger_projection_batch_duration_seconds_count",
+                &[&label]
+            ),
+            batches,
+            "{sink}: every batch timed once"
+        );
+    }
+
+    let mut series: std::collections::BTreeMap<(String, String), Vec<f64>> = Default::default();
+    for s in &all {
+        if s.name == "docledger_projection_running" || s.name == "docledger_projection_lag_events" {
+            series
+                .entry((s.name.clone(), s.labels.clone()))
+                .or_default()
+                .push(s.value);
         }
     }
     for name in [

@@ -22,6 +22,7 @@ use common::cluster::{projections_at, Cluster, FAST_LEASES};
 use projections::milvus::MilvusSink;
 use projections::mysql::MysqlSink;
 use projections::s3::S3Sink;
+use projections::testing::StoreEnv;
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -252,7 +253,7 @@ async fn three_processes_under_kills_rolls_and_rebuilds_lose_nothing() {
     let vars = &cluster.vars;
     let mysql = MysqlSink::new(&vars["DOCLEDGER_MYSQL_URL"]).expect("mysql");
     let milvus = MilvusSink::connect(
-        &vars["DOCLEDGER_MILVUS_URL"],
+        &StoreEnv::load().milvus(),
         &vars["DOCLEDGER_MILVUS_COLLECTION"],
         DIM,
     )

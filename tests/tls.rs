@@ -21,7 +21,7 @@ use common::{service_vars, TestService};
 use docledger::config::Config;
 use docledger::eventlog::PgLog;
 use mysql_async::prelude::Queryable;
-use projections::milvus::MilvusSink;
+use projections::milvus::{MilvusAccess, MilvusSink};
 use projections::mysql::MysqlSink;
 use projections::s3::S3Sink;
 use projections::testing::StoreEnv;
@@ -309,14 +309,13 @@ async fn an_untrusted_certificate_is_refused_naming_the_store_and_nothing_is_wri
                 .starts_with("MySQL TLS: certificate not trusted"),
             "{err}"
         );
-        let err = MilvusSink::connect_with_tls(
-            config.milvus_url.expose(),
-            &config.milvus_collection,
-            config.vector_dim,
-            &trust,
-        )
-        .await
-        .expect_err("untrusted Milvus");
+        let access = MilvusAccess {
+            trust: trust.clone(),
+            ..config.milvus_access()
+        };
+        let err = MilvusSink::connect(&access, &config.milvus_collection, config.vector_dim)
+            .await
+            .expect_err("untrusted Milvus");
         assert_eq!(err.class, ErrorClass::Transient, "{err}");
         assert!(
             err.message
@@ -325,8 +324,7 @@ async fn an_untrusted_certificate_is_refused_naming_the_store_and_nothing_is_wri
         );
         let s3 = S3Sink::with_tls(
             config.s3_endpoint.expose(),
-            &config.s3_access_key,
-            config.s3_secret_key.expose(),
+            &config.s3_credentials,
             &config.s3_region,
             &config.s3_bucket,
             &trust,

@@ -91,13 +91,7 @@ async fn tamper(svc: &TestService) {
     drop(conn);
     mysql.disconnect().await.expect("mysql disconnects");
 
-    let milvus = ClientV2::new(
-        &ConnectConfig::new()
-            .uri(svc.env.milvus_uri.as_str())
-            .telemetry(TelemetryConfig::new().enabled(false)),
-    )
-    .await
-    .expect("milvus connects");
+    let milvus = common::milvus_client(&svc.env).await;
     let collection = svc.config.milvus_collection.as_str();
     let insert = InsertRequest::builder()
         .collection_name(collection)

@@ -96,8 +96,10 @@ pub struct RunnerState {
     pub num_permanent_failures: u64,
 }
 
+/// Told the time of each batch applied (a metrics histogram, say).
+pub type BatchObserver = Box<dyn Fn(Duration) + Send + Sync>;
+
 /// Shared, observable status of a runner plus its pause switch.
-#[derive(Debug)]
 pub struct RunnerStatus {
     /// The store.
     pub sink: &'static str,
@@ -105,6 +107,17 @@ pub struct RunnerStatus {
     pub partition: Partition,
     state: Mutex<RunnerState>,
     paused: watch::Sender<bool>,
+    on_batch: std::sync::OnceLock<BatchObserver>,
+}
+
+impl std::fmt::Debug for RunnerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunnerStatus")
+            .field("sink", &self.sink)
+            .field("partition", &self.partition)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RunnerStatus {
@@ -118,7 +131,14 @@ impl RunnerStatus {
                 ..Default::default()
             }),
             paused: watch::Sender::new(false),
+            on_batch: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Tells `observer` the time of every batch applied from now on (the first observer
+    /// set stays).
+    pub fn observe_batches(&self, observer: BatchObserver) {
+        let _ = self.on_batch.set(observer);
     }
 
     /// A copy of the current state.
@@ -457,7 +477,11 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
                 Ok(steps) => steps,
                 Err(stop) => return stop,
             };
-            let took = started.elapsed().as_micros() as u64;
+            let took = started.elapsed();
+            if let Some(observe) = self.status.on_batch.get() {
+                observe(took);
+            }
+            let took = took.as_micros() as u64;
             debug!(
                 sink = S::NAME,
                 partition = part.index,

@@ -2,7 +2,7 @@
 //! (with how to start them) when one is not running, and the sink conformance suite
 //! ([`sink_suite`]) every store adapter passes. Never a mock.
 //!
-//! Addresses come from `PG_URL`, `MYSQL_URL`, `MILVUS_URI`, `S3_ENDPOINT`, `S3_ACCESS_KEY`,
+//! Addresses come from `PG_URL`, `MYSQL_URL`, `MILVUS_URI`, `MILVUS_TOKEN`, `S3_ENDPOINT`, `S3_ACCESS_KEY`,
 //! `S3_SECRET_KEY`, `S3_REGION`; unset ones are read from the env file that
 //! `scripts/stores.sh up` writes (`$STORES_DATA/env`, default `/tmp/stores-data/env`).
 
@@ -12,6 +12,7 @@ use std::net::TcpStream;
 use aggregates::Version;
 
 use crate::error::SinkError;
+use crate::milvus::MilvusAccess;
 use crate::sink::Sink;
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ pub struct StoreEnv {
     pub mysql_url: String,
     /// Milvus gRPC URL.
     pub milvus_uri: String,
+    /// Milvus token (`user:password`) when the server authenticates.
+    pub milvus_token: Option<String>,
     /// S3 endpoint.
     pub s3_endpoint: String,
     /// S3 access key.
@@ -67,11 +70,30 @@ impl StoreEnv {
             pg_url: get("PG_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
             mysql_url: get("MYSQL_URL", "mysql://root@127.0.0.1:3306/mysql"),
             milvus_uri: get("MILVUS_URI", "http://127.0.0.1:19530"),
+            milvus_token: Some(get("MILVUS_TOKEN", "")).filter(|t| !t.is_empty()),
             s3_endpoint: get("S3_ENDPOINT", "http://127.0.0.1:9000"),
             s3_access_key: get("S3_ACCESS_KEY", "minioadmin"),
             s3_secret_key: get("S3_SECRET_KEY", "minioadmin-secret"),
             s3_region: get("S3_REGION", "us-east-1"),
         }
+    }
+
+    /// How to reach this machine's Milvus (its token included).
+    pub fn milvus(&self) -> MilvusAccess {
+        MilvusAccess {
+            token: self.milvus_token.clone(),
+            ..MilvusAccess::at(&self.milvus_uri)
+        }
+    }
+
+    /// The `DOCLEDGER_*` variables that point a `serve` process at this machine's Milvus
+    /// (the collection aside).
+    pub fn milvus_vars(&self) -> Vec<(&'static str, String)> {
+        let mut vars = vec![("DOCLEDGER_MILVUS_URL", self.milvus_uri.clone())];
+        if let Some(token) = &self.milvus_token {
+            vars.push(("DOCLEDGER_MILVUS_TOKEN", token.clone()));
+        }
+        vars
     }
 
     /// Like [`StoreEnv::load`], but panics with how to start the stores unless every one

@@ -22,7 +22,7 @@ where
     Fut: Future<Output = ()>,
 {
     let env = StoreEnv::require();
-    let sink = MilvusSink::connect(&env.milvus_uri, &unique_name(test), DIM)
+    let sink = MilvusSink::connect(&env.milvus(), &unique_name(test), DIM)
         .await
         .expect("connect to milvus");
     sink.prepare().await.expect("prepare collection");
@@ -299,7 +299,7 @@ async fn prepare_is_idempotent_and_refuses_a_collection_of_another_dimension() {
     with_sink("milvus_prepare", |sink| async move {
         sink.prepare().await.expect("second prepare");
         let env = StoreEnv::require();
-        let other = MilvusSink::connect(&env.milvus_uri, sink.collection(), DIM * 2)
+        let other = MilvusSink::connect(&env.milvus(), sink.collection(), DIM * 2)
             .await
             .expect("connect");
         let err = other.prepare().await.expect_err("dimension mismatch");

@@ -25,7 +25,7 @@ async fn mysql_passes_the_sink_suite() {
 #[tokio::test]
 async fn milvus_passes_the_sink_suite() {
     let env = StoreEnv::require();
-    let sink = MilvusSink::connect(&env.milvus_uri, &unique_name("suite_milvus"), DIM)
+    let sink = MilvusSink::connect(&env.milvus(), &unique_name("suite_milvus"), DIM)
         .await
         .expect("connect to milvus");
     sink.prepare().await.expect("prepare collection");

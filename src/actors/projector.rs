@@ -26,6 +26,8 @@ pub struct Projectors {
     handles: Vec<JoinHandle<()>>,
     /// When set, a partition's runner runs only while this process holds its lease.
     leases: Option<Leases>,
+    /// Where batch times are observed.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// One partition's status.
@@ -104,6 +106,22 @@ impl Projectors {
         }
     }
 
+    /// Observes every batch's time in `metrics`.
+    pub fn with_metrics(self, metrics: Arc<crate::metrics::Metrics>) -> Projectors {
+        Projectors {
+            metrics: Some(metrics),
+            ..self
+        }
+    }
+
+    fn observe(&self, status: &RunnerStatus) {
+        if let Some(metrics) = &self.metrics {
+            status.observe_batches(Box::new(
+                metrics.batch_observer(status.sink, status.partition.index),
+            ));
+        }
+    }
+
     /// Starts `partitions` runners of `sink` over `log` (each under its lease, if leased).
     pub fn start<S: Sink + Clone>(
         &mut self,
@@ -145,11 +163,13 @@ impl Projectors {
             match &self.leases {
                 None => {
                     let runner = runner();
+                    self.observe(&runner.status());
                     self.statuses.push(runner.status());
                     self.handles.push(tokio::spawn(runner.run(cancel.clone())));
                 }
                 Some(leases) => {
                     let status = Arc::new(RunnerStatus::new(S::NAME, part));
+                    self.observe(&status);
                     let claim = leases.claim(LeaseKey {
                         sink: S::NAME,
                         partition: part,

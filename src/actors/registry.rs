@@ -19,7 +19,8 @@ use super::document::{
     CommandError, CommandOutcome, DocumentActor, ExecuteCommand, GetState, Passivate,
 };
 use crate::config::ActorConfig;
-use crate::eventlog::PgLog;
+use crate::eventlog::{LogError, PgLog};
+use crate::metrics::{CommandLabels, Latencies};
 
 /// Shards of the id → actor map (less lock contention between API workers).
 const SHARDS: usize = 16;
@@ -51,6 +52,8 @@ struct Inner {
     log: PgLog,
     config: ActorConfig,
     live: AtomicUsize,
+    /// Command latency, by command and outcome.
+    latency: Latencies<CommandLabels>,
 }
 
 /// Routes commands to document actors. Cheap to clone.
@@ -60,8 +63,14 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A registry starting actors on `arbiters` (at least one).
-    pub fn new(log: PgLog, config: ActorConfig, arbiters: Vec<ArbiterHandle>) -> Registry {
+    /// A registry starting actors on `arbiters` (at least one), timing each command into
+    /// `latency`.
+    pub fn new(
+        log: PgLog,
+        config: ActorConfig,
+        arbiters: Vec<ArbiterHandle>,
+        latency: Latencies<CommandLabels>,
+    ) -> Registry {
         assert!(
             !arbiters.is_empty(),
             "the registry needs at least one arbiter"
@@ -73,6 +82,7 @@ impl Registry {
                 log,
                 config,
                 live: AtomicUsize::new(0),
+                latency,
             }),
         }
     }
@@ -175,6 +185,30 @@ impl Registry {
     /// # Errors
     /// The actor's [`CommandError`], or [`CommandError::Busy`] when it cannot be reached in time.
     pub async fn execute(
+        &self,
+        doc_id: &DocId,
+        msg: ExecuteCommand,
+    ) -> Result<CommandOutcome, CommandError> {
+        let started = std::time::Instant::now();
+        let command = msg.command.kind();
+        let result = self.execute_untimed(doc_id, msg).await;
+        let outcome = match &result {
+            Ok(o) if o.unchanged => "unchanged",
+            Ok(_) => "committed",
+            Err(CommandError::Refused(_))
+            | Err(CommandError::Log(LogError::IdempotencyKeyReused { .. })) => "refused",
+            Err(CommandError::Log(LogError::Conflict { .. })) => "conflict",
+            Err(CommandError::Log(_)) => "unavailable",
+            Err(CommandError::Busy(_)) => "busy",
+        };
+        self.inner
+            .latency
+            .get_or_create(&CommandLabels { command, outcome })
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn execute_untimed(
         &self,
         doc_id: &DocId,
         msg: ExecuteCommand,

@@ -2,7 +2,9 @@
 //! sends a sane one, else a new one), echoed in the answer's `X-Request-Id`, and one line at
 //! `info` with the method, the path (not the query string, which a caller may not want in
 //! logs), the status and the time taken, inside a `request{id}` span so that what the
-//! request causes (a command's span, a store error) carries the same id.
+//! request causes (a command's span, a store error) carries the same id. The same middleware
+//! counts the answer and its time in `/metrics`, by route pattern (never the path, which
+//! holds document ids) and status.
 
 use std::time::Instant;
 
@@ -10,6 +12,8 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use tracing::Instrument;
+
+use crate::metrics::{ResponseLabels, RouteLabels};
 
 /// The request id header, in and out.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -49,6 +53,9 @@ where
     B: MessageBody,
 {
     let id = request_id(&req);
+    let metrics = req
+        .app_data::<actix_web::web::Data<super::AppState>>()
+        .map(|state| state.metrics.clone());
     let method = req.method().to_string();
     let path = req.path().to_owned();
     let span = tracing::info_span!("request", id = %id);
@@ -61,6 +68,24 @@ where
             Ok(mut res) => {
                 let status = res.status().as_u16();
                 tracing::info!(method, path, status, elapsed_ms, "request");
+                if let Some(metrics) = metrics {
+                    let route = res
+                        .request()
+                        .match_pattern()
+                        .unwrap_or_else(|| "unmatched".to_owned());
+                    metrics
+                        .http_requests
+                        .get_or_create(&ResponseLabels {
+                            method: method.clone(),
+                            route: route.clone(),
+                            status: status.to_string(),
+                        })
+                        .inc();
+                    metrics
+                        .http_duration
+                        .get_or_create(&RouteLabels { method, route })
+                        .observe(elapsed_ms / 1e3);
+                }
                 if let Ok(value) = HeaderValue::from_str(&id) {
                     res.headers_mut()
                         .insert(HeaderName::from_static(REQUEST_ID), value);

@@ -28,6 +28,8 @@ use error::ApiError;
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
+    /// What this process measures, exposed by `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// What `/metrics` last read from the log (store status, open compensations): served
     /// again, with `docledger_log_up 0`, while the log cannot be read.
     pub metrics_cache: Arc<std::sync::Mutex<Option<LogFigures>>>,

@@ -24,9 +24,9 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
 }
 
-/// `GET /metrics`: Prometheus text.
+/// `GET /metrics`: OpenMetrics text.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, content_type = "text/plain", body = String)))]
+    responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -60,18 +60,18 @@ pub async fn metrics(
         }
         cache.clone().unwrap_or_default()
     };
+    let verify = state.verifier.stats();
+    let scrape = crate::metrics::Scrape {
+        log_up,
+        stores: &stores,
+        open_compensations,
+        live_actors: state.registry.live_actors(),
+        appends: state.log.append_stats(),
+        verify: &verify,
+    };
     Ok(HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(
-            crate::metrics::render_log_up(log_up)
-                + &crate::metrics::render(&stores, state.registry.live_actors())
-                + &crate::metrics::render_activity(
-                    &stores,
-                    state.log.append_stats(),
-                    open_compensations,
-                )
-                + &crate::metrics::render_verify(&state.verifier.stats()),
-        ))
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .body(state.metrics.render(&scrape)))
 }
 
 /// Longest wait for the log's figures in `/metrics` before the last ones are served.

@@ -418,17 +418,10 @@ async fn store_clients(
         &with_database(config.mysql_url.expose(), &names.name)?,
         &config.tls,
     )?;
-    let milvus = MilvusSink::connect_with_tls(
-        config.milvus_url.expose().trim_end_matches('/'),
-        &names.name,
-        dim,
-        &config.tls,
-    )
-    .await?;
+    let milvus = MilvusSink::connect(&config.milvus_access(), &names.name, dim).await?;
     let s3 = S3Sink::with_tls(
         config.s3_endpoint.expose().trim_end_matches('/'),
-        &config.s3_access_key,
-        config.s3_secret_key.expose(),
+        &config.s3_credentials,
         &config.s3_region,
         &names.bucket,
         &config.tls,

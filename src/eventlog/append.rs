@@ -360,7 +360,7 @@ impl PgLog {
     ) {
         use std::sync::atomic::Ordering::Relaxed;
         let stats = &self.stats;
-        stats.micros.fetch_add(elapsed.as_micros() as u64, Relaxed);
+        stats.duration.observe(elapsed.as_secs_f64());
         match result {
             Ok(Appended::Committed { .. }) => stats.committed.fetch_add(1, Relaxed),
             Ok(Appended::Duplicate(_)) => stats.duplicates.fetch_add(1, Relaxed),

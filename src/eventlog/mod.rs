@@ -123,8 +123,8 @@ pub struct PgLog {
     group: Option<group::GroupAppender>,
 }
 
-/// Counters of this process's appends.
-#[derive(Debug, Default)]
+/// Counters of this process's appends, and what its log measures for `/metrics`.
+#[derive(Debug)]
 pub struct AppendStats {
     /// Appends that committed events.
     pub committed: std::sync::atomic::AtomicU64,
@@ -134,8 +134,11 @@ pub struct AppendStats {
     pub duplicates: std::sync::atomic::AtomicU64,
     /// Appends that failed otherwise (database unavailable, ...).
     pub failed: std::sync::atomic::AtomicU64,
-    /// Microseconds spent in appends, over all outcomes.
-    pub micros: std::sync::atomic::AtomicU64,
+    /// Time of each append, over all outcomes.
+    pub duration: prometheus_client::metrics::histogram::Histogram,
+    /// From a version's append to its recording by the last of the three stores (observed
+    /// by the process that records that last store).
+    pub time_to_consistent: prometheus_client::metrics::histogram::Histogram,
     /// Group statements that ran (each one transaction of one or more plain appends).
     pub groups: std::sync::atomic::AtomicU64,
     /// Commands those group statements carried (committed or conflicting).
@@ -144,6 +147,23 @@ pub struct AppendStats {
     pub group_fallbacks: std::sync::atomic::AtomicU64,
     /// Commands of those groups, each appended on its own.
     pub fallback_commands: std::sync::atomic::AtomicU64,
+}
+
+impl Default for AppendStats {
+    fn default() -> Self {
+        AppendStats {
+            committed: Default::default(),
+            conflicts: Default::default(),
+            duplicates: Default::default(),
+            failed: Default::default(),
+            duration: crate::metrics::latency_histogram(),
+            time_to_consistent: crate::metrics::latency_histogram(),
+            groups: Default::default(),
+            grouped_commands: Default::default(),
+            group_fallbacks: Default::default(),
+            fallback_commands: Default::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for PgLog {

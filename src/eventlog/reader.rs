@@ -811,7 +811,8 @@ impl LogSource for PgLog {
         let sql = raise_versions_sql(
             applied_column(store),
             "RETURNING s.stream_id, s.doc_version, s.mysql_version, s.milvus_version, \
-             s.s3_version, s.ready_version",
+             s.s3_version, s.ready_version, \
+             extract(epoch FROM clock_timestamp() - s.updated_at)::float8",
         );
         let record = prepared(&client, &sql, "prepare applied versions record").await?;
         let rows = client
@@ -826,6 +827,14 @@ impl LogSource for PgLog {
                     && r.get::<_, i64>(3) == v
                     && r.get::<_, i64>(4) == v
                     && r.get::<_, i64>(5) < v
+            })
+            .inspect(|r| {
+                // `updated_at` is the stream's last append: this version's, unless a
+                // compensation request came after it.
+                let since_append: f64 = r.get(6);
+                self.append_stats()
+                    .time_to_consistent
+                    .observe(since_append.max(0.0));
             })
             .filter_map(|r| {
                 Some(AppliedVersion {

@@ -65,6 +65,84 @@ where
     }
 }
 
+/// One sample of a `/metrics` exposition: `name{labels} value`.
+#[derive(Debug, Clone)]
+pub struct MetricSample {
+    /// The series name (`…_total`, `…_bucket`, … included).
+    pub name: String,
+    /// What is between the braces (empty without labels).
+    pub labels: String,
+    /// The value.
+    pub value: f64,
+}
+
+/// The samples of a `/metrics` answer (comments and `# EOF` left out).
+pub fn metric_samples(text: &str) -> Vec<MetricSample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("a sample line");
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            MetricSample {
+                name: name.to_owned(),
+                labels: labels.to_owned(),
+                value: value.parse().unwrap_or_else(|_| panic!("a number: {line}")),
+            }
+        })
+        .collect()
+}
+
+/// Every histogram series of `samples` is one: cumulative buckets that never decrease, and
+/// a `+Inf` bucket equal to its `_count`.
+pub fn assert_histograms_consistent(samples: &[MetricSample]) {
+    let mut checked = 0;
+    for count in samples.iter().filter(|s| s.name.ends_with("_count")) {
+        let family = count.name.trim_end_matches("_count");
+        let buckets: Vec<&MetricSample> = samples
+            .iter()
+            .filter(|s| {
+                // The bucket's labels are the series' plus `le`, wherever it stands.
+                let series: Vec<&str> = s
+                    .labels
+                    .split(',')
+                    .filter(|l| !l.starts_with("le="))
+                    .collect();
+                s.name == format!("{family}_bucket") && series.join(",") == count.labels
+            })
+            .collect();
+        if buckets.is_empty() {
+            continue;
+        }
+        let values: Vec<f64> = buckets.iter().map(|b| b.value).collect();
+        assert!(
+            values.windows(2).all(|w| w[0] <= w[1]),
+            "{family}{{{}}}: buckets decrease: {values:?}",
+            count.labels
+        );
+        let inf = buckets
+            .iter()
+            .find(|b| b.labels.contains("le=\"+Inf\""))
+            .unwrap_or_else(|| panic!("{family}{{{}}}: no +Inf bucket", count.labels));
+        assert_eq!(inf.value, count.value, "{family}{{{}}}", count.labels);
+        checked += 1;
+    }
+    assert!(checked > 0, "no histogram in the exposition");
+}
+
+/// A Milvus client of this machine's Milvus (its token included), telemetry off.
+pub async fn milvus_client(env: &StoreEnv) -> milvus::v2::prelude::ClientV2 {
+    let config = env
+        .milvus()
+        .connect_config()
+        .telemetry(milvus::v2::prelude::TelemetryConfig::new().enabled(false));
+    milvus::v2::prelude::ClientV2::new(&config)
+        .await
+        .expect("milvus connects")
+}
+
 /// The DOCLEDGER_* settings of a service for test `test` (its own log database, MySQL
 /// database, collection and bucket, named after the test), with `extra` on top; also where
 /// the stores are and the name. For tests that run the binary themselves.
@@ -78,7 +156,6 @@ pub fn service_vars(
     let mut vars: HashMap<String, String> = [
         ("DOCLEDGER_EVENTSTORE_URL", env.pg_database_url(&name)),
         ("DOCLEDGER_MYSQL_URL", env.mysql_database_url(&name)),
-        ("DOCLEDGER_MILVUS_URL", env.milvus_uri.clone()),
         ("DOCLEDGER_MILVUS_COLLECTION", name.clone()),
         ("DOCLEDGER_S3_ENDPOINT", env.s3_endpoint.clone()),
         ("DOCLEDGER_S3_BUCKET", bucket),
@@ -90,6 +167,7 @@ pub fn service_vars(
         ("DOCLEDGER_RETRY_MAX_MS", "1000".to_owned()),
     ]
     .into_iter()
+    .chain(env.milvus_vars())
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     for (k, v) in extra {

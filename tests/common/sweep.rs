@@ -85,8 +85,9 @@ async fn sweep_mysql(env: &StoreEnv) {
 }
 
 async fn sweep_milvus(env: &StoreEnv) {
-    let config = ConnectConfig::new()
-        .uri(env.milvus_uri.as_str())
+    let config = env
+        .milvus()
+        .connect_config()
         .telemetry(TelemetryConfig::new().enabled(false));
     let Ok(client) = ClientV2::new(&config).await else {
         return;

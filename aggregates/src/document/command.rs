@@ -66,6 +66,18 @@ pub enum DocumentCommand {
     },
 }
 
+impl DocumentCommand {
+    /// The command's name in logs and metrics: `put`, `delete`, `compensate`, `redrive`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DocumentCommand::Put(_) => "put",
+            DocumentCommand::Delete { .. } => "delete",
+            DocumentCommand::RequestCompensation { .. } => "compensate",
+            DocumentCommand::Redrive { .. } => "redrive",
+        }
+    }
+}
+
 impl PutDocument {
     /// Checks the domain rules that need no configuration.
     ///

@@ -104,12 +104,60 @@ async fn tls_handshake(url: &str, trust: &TlsTrust) -> Result<(), HandshakeError
         .await
 }
 
-/// A client of Milvus at `url`, connected (a TLS handshake of our own first, to say why it
-/// fails when it does).
-async fn new_client(url: &str, trust: &TlsTrust) -> Result<ClientV2, SinkError> {
+/// How to reach Milvus: where, as whom, in which database, trusting what.
+#[derive(Clone, Default)]
+pub struct MilvusAccess {
+    /// `http://host:19530` (or `https://`).
+    pub url: String,
+    /// Sent as the `authorization` of every request: `user:password`, or an API key
+    /// (Zilliz Cloud); `None` when the server does not authenticate.
+    pub token: Option<String>,
+    /// The database holding the collection; `None` is Milvus' `default`.
+    pub database: Option<String>,
+    /// What an `https://` server's certificate must chain to.
+    pub trust: TlsTrust,
+}
+
+impl MilvusAccess {
+    /// Milvus at `url`, without authentication, in the default database, trusting the
+    /// system's roots.
+    pub fn at(url: &str) -> MilvusAccess {
+        MilvusAccess {
+            url: url.trim_end_matches('/').to_owned(),
+            ..MilvusAccess::default()
+        }
+    }
+
+    /// The SDK's configuration for this access (no timeouts, retries or TLS roots yet).
+    pub fn connect_config(&self) -> ConnectConfig {
+        let mut config = ConnectConfig::new().uri(self.url.as_str());
+        if let Some(token) = &self.token {
+            config = config.token(token.as_str());
+        }
+        if let Some(database) = &self.database {
+            config = config.database(database.as_str());
+        }
+        config
+    }
+}
+
+impl std::fmt::Debug for MilvusAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MilvusAccess")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A client of Milvus, connected (a TLS handshake of our own first, to say why it fails when
+/// it does).
+async fn new_client(access: &MilvusAccess) -> Result<ClientV2, SinkError> {
+    let (url, trust) = (access.url.as_str(), &access.trust);
     let mode = tls::http_tls(url).map_err(|e| SinkError::permanent(NAME, "connect", e))?;
-    let mut config = ConnectConfig::new()
-        .uri(url)
+    let mut config = access
+        .connect_config()
         .connect_timeout(CONNECT_TIMEOUT)
         .rpc_timeout(RPC_TIMEOUT)
         .retry(RetryConfig::new().max_attempts(1))
@@ -153,8 +201,7 @@ pub struct MilvusSink {
 /// a service starts and accepts commands while Milvus is unreachable, and its runners show
 /// the store `retrying` with the connection's error until it answers.
 struct Connection {
-    url: String,
-    trust: TlsTrust,
+    access: MilvusAccess,
     client: tokio::sync::OnceCell<ClientV2>,
 }
 
@@ -168,29 +215,21 @@ impl std::fmt::Debug for MilvusSink {
 }
 
 impl MilvusSink {
-    /// Connects to Milvus at `url` (`http://host:19530`) for `collection` holding vectors of
-    /// `dim` floats. Telemetry heartbeats and the SDK's retries are off.
+    /// Connects to Milvus as `access` says, for `collection` holding vectors of `dim`
+    /// floats. Telemetry heartbeats and the SDK's retries are off; an `https://` URL
+    /// connects over TLS (ALPN `h2`) and the server's certificate must chain to a root of
+    /// `access.trust` and name the URL's host.
     ///
     /// # Errors
     /// Permanent when `dim` is not a valid Milvus dimension or the URL is malformed;
-    /// transient when the server does not answer within the connect timeout.
-    pub async fn connect(url: &str, collection: &str, dim: usize) -> Result<MilvusSink, SinkError> {
-        Self::connect_with_tls(url, collection, dim, &TlsTrust::system()).await
-    }
-
-    /// Like [`MilvusSink::connect`]; an `https://` URL connects over TLS (ALPN `h2`) and the
-    /// server's certificate must chain to a root of `trust` and name the URL's host.
-    ///
-    /// # Errors
-    /// As [`MilvusSink::connect`]; a failed TLS handshake is a transient error whose message
-    /// says why ("Milvus TLS: certificate not trusted ...").
-    pub async fn connect_with_tls(
-        url: &str,
+    /// transient when the server does not answer within the connect timeout, or a TLS
+    /// handshake fails (the message says why: "Milvus TLS: certificate not trusted ...").
+    pub async fn connect(
+        access: &MilvusAccess,
         collection: &str,
         dim: usize,
-        trust: &TlsTrust,
     ) -> Result<MilvusSink, SinkError> {
-        let sink = Self::lazy(url, collection, dim, trust)?;
+        let sink = Self::lazy(access, collection, dim)?;
         sink.client().await?;
         Ok(sink)
     }
@@ -201,10 +240,9 @@ impl MilvusSink {
     /// # Errors
     /// Permanent when `dim` is not a valid Milvus dimension or the URL is malformed.
     pub fn lazy(
-        url: &str,
+        access: &MilvusAccess,
         collection: &str,
         dim: usize,
-        trust: &TlsTrust,
     ) -> Result<MilvusSink, SinkError> {
         if dim == 0 || dim > MAX_DIM {
             return Err(SinkError::permanent(
@@ -213,11 +251,10 @@ impl MilvusSink {
                 format!("vector dimension {dim} is outside 1..={MAX_DIM}"),
             ));
         }
-        tls::http_tls(url).map_err(|e| SinkError::permanent(NAME, "connect", e))?;
+        tls::http_tls(&access.url).map_err(|e| SinkError::permanent(NAME, "connect", e))?;
         Ok(MilvusSink {
             conn: Arc::new(Connection {
-                url: url.to_owned(),
-                trust: trust.clone(),
+                access: access.clone(),
                 client: tokio::sync::OnceCell::new(),
             }),
             collection: collection.to_owned(),
@@ -229,7 +266,7 @@ impl MilvusSink {
     async fn client(&self) -> Result<&ClientV2, SinkError> {
         self.conn
             .client
-            .get_or_try_init(|| new_client(&self.conn.url, &self.conn.trust))
+            .get_or_try_init(|| new_client(&self.conn.access))
             .await
     }
 

@@ -23,9 +23,13 @@ pub mod rebuild;
 use std::time::Duration;
 
 use aggregates::{DocumentEvent, LogCursor, StoreKind, Version};
+use aws_config::default_provider::credentials::DefaultCredentialsChain;
+use aws_credential_types::provider::future;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{Builder, Credentials, Region};
+use aws_sdk_s3::config::{
+    Builder, Credentials, ProvideCredentials, Region, SharedCredentialsProvider,
+};
 use aws_sdk_s3::types::{
     BucketLocationConstraint, CreateBucketConfiguration, Delete, MetadataDirective,
     ObjectIdentifier,
@@ -111,6 +115,98 @@ enum Removal {
     Delete(String),
 }
 
+/// How the S3 client signs its requests.
+#[derive(Clone)]
+pub enum S3Credentials {
+    /// An access key and its secret.
+    Static {
+        /// Access key id.
+        access_key: String,
+        /// Secret access key.
+        secret_key: String,
+    },
+    /// The AWS SDK's default credential chain: `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`,
+    /// the shared profile files (`AWS_PROFILE`), web identity (EKS IRSA, `AWS_ROLE_ARN` +
+    /// `AWS_WEB_IDENTITY_TOKEN_FILE`), ECS container and EC2 instance metadata. It is
+    /// resolved at the first request and its credentials are refreshed before they expire.
+    DefaultChain,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            S3Credentials::Static { access_key, .. } => f
+                .debug_struct("Static")
+                .field("access_key", access_key)
+                .field("secret_key", &"***")
+                .finish(),
+            S3Credentials::DefaultChain => f.write_str("DefaultChain"),
+        }
+    }
+}
+
+impl S3Credentials {
+    fn provider(&self, region: &str) -> SharedCredentialsProvider {
+        match self {
+            S3Credentials::Static {
+                access_key,
+                secret_key,
+            } => SharedCredentialsProvider::new(Credentials::new(
+                access_key,
+                secret_key,
+                None,
+                None,
+                "docledger",
+            )),
+            S3Credentials::DefaultChain => SharedCredentialsProvider::new(LazyDefaultChain {
+                region: Region::new(region.to_owned()),
+                chain: tokio::sync::Mutex::new(None),
+            }),
+        }
+    }
+}
+
+/// The default chain, built at its first use (building it reads the profile files, and a
+/// sink is made before the runtime has done anything else) and built again after a failure:
+/// the chain remembers a profile it could not load, and would answer "already taken" from
+/// then on instead of saying why, and instead of reading a corrected file.
+#[derive(Debug)]
+struct LazyDefaultChain {
+    region: Region,
+    chain: tokio::sync::Mutex<Option<std::sync::Arc<DefaultCredentialsChain>>>,
+}
+
+impl ProvideCredentials for LazyDefaultChain {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::new(async move {
+            let chain = {
+                let mut cached = self.chain.lock().await;
+                match &*cached {
+                    Some(chain) => chain.clone(),
+                    None => {
+                        let chain = std::sync::Arc::new(
+                            DefaultCredentialsChain::builder()
+                                .region(self.region.clone())
+                                .build()
+                                .await,
+                        );
+                        *cached = Some(chain.clone());
+                        chain
+                    }
+                }
+            };
+            let provided = chain.provide_credentials().await;
+            if provided.is_err() {
+                *self.chain.lock().await = None;
+            }
+            provided
+        })
+    }
+}
+
 impl S3Sink {
     /// A sink writing to `bucket` at `endpoint` (`http://host:9000`) with static
     /// credentials and path-style addressing. Nothing is sent until [`Sink::prepare`]. An
@@ -122,26 +218,22 @@ impl S3Sink {
         region: &str,
         bucket: &str,
     ) -> S3Sink {
-        S3Sink::from_builder(
-            Builder::new(),
-            endpoint,
-            access_key,
-            secret_key,
-            region,
-            bucket,
-        )
+        let credentials = S3Credentials::Static {
+            access_key: access_key.to_owned(),
+            secret_key: secret_key.to_owned(),
+        };
+        S3Sink::from_builder(Builder::new(), endpoint, &credentials, region, bucket)
     }
 
-    /// Like [`S3Sink::new`]; an `https://` endpoint's certificate must chain to a root of
-    /// `trust` and name the endpoint's host.
+    /// Like [`S3Sink::new`], signing with `credentials`; an `https://` endpoint's
+    /// certificate must chain to a root of `trust` and name the endpoint's host.
     ///
     /// # Errors
     /// A permanent [`SinkError`] when the endpoint is not an `http(s)://` URL or the SDK
     /// refuses the trust store.
     pub fn with_tls(
         endpoint: &str,
-        access_key: &str,
-        secret_key: &str,
+        credentials: &S3Credentials,
         region: &str,
         bucket: &str,
         trust: &TlsTrust,
@@ -162,15 +254,18 @@ impl S3Sink {
             );
         }
         Ok(S3Sink::from_builder(
-            builder, endpoint, access_key, secret_key, region, bucket,
+            builder,
+            endpoint,
+            credentials,
+            region,
+            bucket,
         ))
     }
 
     fn from_builder(
         builder: Builder,
         endpoint: &str,
-        access_key: &str,
-        secret_key: &str,
+        credentials: &S3Credentials,
         region: &str,
         bucket: &str,
     ) -> S3Sink {
@@ -178,13 +273,7 @@ impl S3Sink {
             .behavior_version_latest()
             .endpoint_url(endpoint)
             .region(Region::new(region.to_owned()))
-            .credentials_provider(Credentials::new(
-                access_key,
-                secret_key,
-                None,
-                None,
-                "docledger",
-            ))
+            .credentials_provider(credentials.provider(region))
             .force_path_style(true)
             .retry_config(RetryConfig::disabled())
             .timeout_config(
