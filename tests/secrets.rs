@@ -1,6 +1,6 @@
 //! Secrets never leak (issue 8): the real `docledger serve` binary runs with API tokens, a
 //! MySQL URL with a password (a throwaway MariaDB user), a PostgreSQL URL with a password and
-//! the S3 secret key, logging at debug level (human and JSON), through successful requests,
+//! the S3 secret key and the Milvus token, logging at debug level (human and JSON), through successful requests,
 //! refused tokens, a MySQL outage (connections reset) and a wrong MySQL password; none of the
 //! secrets may appear in its output, in any answer (status page, metrics, projections,
 //! OpenAPI, documents, compensations) or in `docledger verify`'s output.
@@ -218,7 +218,13 @@ async fn tokens_and_store_passwords_never_appear_in_output_or_answers() {
     );
     let mysql_url = with_password(&env.mysql_database_url(&name), &user, &mysql_password);
     let s3_secret = env.s3_secret_key.clone();
+    // The Milvus token as the client sends it (`root:Milvus` with the stores' defaults).
+    let milvus_token = env
+        .milvus_token
+        .clone()
+        .unwrap_or_else(|| secret("no-milvus-token"));
     let secrets = [
+        ("Milvus token", milvus_token.as_str()),
         ("API token", token.as_str()),
         ("second API token", other_token.as_str()),
         ("MySQL password", mysql_password.as_str()),
