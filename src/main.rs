@@ -33,16 +33,27 @@ enum Command {
     Serve,
     /// Create the log database and apply its migrations.
     Migrate,
-    /// Send an NDJSON file of batch lines to a running service.
+    /// Send NDJSON batch lines to a running service. Exit codes: 0 every line accepted,
+    /// 1 some refused (each reported with its line number), 2 the run could not finish.
     Ingest {
-        /// The NDJSON file.
-        file: PathBuf,
+        /// The NDJSON file, or `-` for standard input.
+        input: String,
         /// The service.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
+        /// API token (default: the first of DOCLEDGER_API_TOKENS, if set).
+        #[arg(long)]
+        token: Option<String>,
         /// Batch requests in flight (one document's lines always go in order).
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
+        /// Attempts per request before the run gives up (lost connections, 503, ...).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+        attempts: u32,
+        /// After a run that finished, delete every live document whose id starts with this
+        /// prefix and that no line of the run named.
+        #[arg(long)]
+        sync_prefix: Option<String>,
     },
     /// Rebuild a store from the log (through the running service; see --standalone).
     Rebuild {
@@ -132,18 +143,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }),
         Command::Ingest {
-            file,
+            input,
             url,
+            token,
             concurrency,
+            attempts,
+            sync_prefix,
         } => system.block_on(async move {
-            let bearer = docledger::cli::bearer(&config);
-            let summary = docledger::cli::ingest::ingest(&file, &url, concurrency, bearer).await?;
-            println!("{summary}");
-            Ok(if summary.num_refused() == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            let mut options = docledger::cli::ingest::IngestOptions::new(&url);
+            options.concurrency = concurrency;
+            options.retry.max_attempts = Some(attempts);
+            options.bearer = token
+                .map(|t| format!("Bearer {t}"))
+                .or_else(|| docledger::cli::bearer(&config));
+            options.sync_prefix = sync_prefix;
+            let input = docledger::cli::ingest::Input::from_arg(&input);
+            match docledger::cli::ingest::ingest(input, &options).await {
+                Ok(summary) => {
+                    println!("{summary}");
+                    Ok(if summary.num_refused() == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    })
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    Ok(ExitCode::from(2))
+                }
+            }
         }),
         Command::Demo { docs, url } => system.block_on(async move {
             let report =

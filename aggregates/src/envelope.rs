@@ -37,7 +37,8 @@ pub enum DocIdError {
     DotDot,
 }
 
-fn is_doc_id_byte(b: u8) -> bool {
+/// Whether `b` may appear in a document id.
+pub fn is_doc_id_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'/' | b'-')
 }
 

@@ -11,4 +11,6 @@ pub use document::{
     DocumentError, DocumentEvent, PutDocument, Restore, StoreChange, StoreKind,
     MAX_CHUNK_TEXT_BYTES,
 };
-pub use envelope::{DocId, DocIdError, LogCursor, RecordedEvent, Version};
+pub use envelope::{
+    is_doc_id_byte, DocId, DocIdError, LogCursor, RecordedEvent, Version, MAX_DOC_ID_BYTES,
+};

@@ -29,6 +29,7 @@ fn doc_id_of(req: &HttpRequest) -> Result<DocId, ApiError> {
     DocId::parse(&decoded).map_err(|e| ApiError::InvalidDocId(e.to_string()))
 }
 
+#[derive(Clone, Copy)]
 enum Wait {
     Accepted,
     Applied(Duration),
@@ -425,6 +426,82 @@ pub async fn retry(
     Ok(HttpResponse::build(status).json(response))
 }
 
+/// Query of `GET /v1/documents`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only ids that start with this (any characters a document id may hold; `/` may end it).
+    #[serde(default)]
+    prefix: Option<String>,
+    /// Only ids after this one in byte order: the `next_after` of the previous page.
+    #[serde(default)]
+    after: Option<String>,
+    /// Most documents in the page (default 100, at most 1000).
+    #[serde(default)]
+    limit: Option<usize>,
+    /// Deleted documents too (default false).
+    #[serde(default)]
+    include_deleted: bool,
+}
+
+/// Most documents in one page of `GET /v1/documents`.
+pub const MAX_LIST_LIMIT: usize = 1000;
+
+/// `GET /v1/documents`: the documents whose ids start with `prefix`, in byte order of their
+/// ids, a page at a time (`next_after` is the `after` of the next page, `null` after the
+/// last one). Deleted documents are left out unless `include_deleted=true`. A document
+/// created while a listing pages on shows in it when its id sorts after the page already
+/// read: what a full sync needs (documents sent before the listing began are all there).
+#[utoipa::path(get, path = "/v1/documents", tag = "documents",
+    params(ListQuery),
+    responses((status = 200, description = "{documents: [{doc_id, version, deleted, ready}], next_after}", body = Object),
+        (status = 400, description = "invalid_query or invalid_doc_id", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    req: HttpRequest,
+    query: web::Query<ListQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state.config)?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+        return Err(ApiError::InvalidQuery(format!(
+            "limit must be 1 to {MAX_LIST_LIMIT}"
+        )));
+    }
+    let prefix = query.prefix.as_deref().unwrap_or_default();
+    if prefix.len() > aggregates::MAX_DOC_ID_BYTES
+        || !prefix.bytes().all(aggregates::is_doc_id_byte)
+    {
+        return Err(ApiError::InvalidQuery(format!(
+            "prefix must be at most {} characters of [A-Za-z0-9._:@/-]",
+            aggregates::MAX_DOC_ID_BYTES
+        )));
+    }
+    let after = match query.after.as_deref() {
+        None => "",
+        Some(after) => {
+            DocId::validate(after).map_err(|e| ApiError::InvalidDocId(format!("after: {e}")))?;
+            after
+        }
+    };
+    let mut documents = state
+        .log
+        .list_documents(prefix, after, limit + 1, query.include_deleted)
+        .await?;
+    let more = documents.len() > limit;
+    documents.truncate(limit);
+    let next_after = more
+        .then(|| documents.last().map(|d| d.doc_id.clone()))
+        .flatten();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "documents": documents,
+        "next_after": next_after,
+    })))
+}
+
 /// Query of `GET /v1/compensations`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -569,18 +646,17 @@ fn route_batch_line(
 async fn execute_batch_line(
     state: &AppState,
     line: BatchLine,
+    wait: Wait,
 ) -> Result<(StatusCode, CommandResponse), ApiError> {
     match line.op {
-        BatchOp::Put(body) => {
-            execute_put(state, line.doc_id, body, line.idempotency, Wait::Accepted).await
-        }
+        BatchOp::Put(body) => execute_put(state, line.doc_id, body, line.idempotency, wait).await,
         BatchOp::Delete(body) => {
             execute_delete(
                 state,
                 line.doc_id,
                 body.expected_version,
                 line.idempotency,
-                Wait::Accepted,
+                wait,
             )
             .await
         }
@@ -600,6 +676,7 @@ const MAX_BATCH_LINES_IN_FLIGHT: usize = 32;
 /// its lines keep arriving; a pause longer than `DOCLEDGER_BODY_IDLE_TIMEOUT_MS` ends it with
 /// a 408 `request_timeout` line and closes the connection.
 #[utoipa::path(post, path = "/v1/documents:batch", tag = "documents",
+    params(ConsistencyQuery),
     request_body(content = String, content_type = "application/x-ndjson",
         description = "one {\"op\":\"put\"|\"delete\",\"doc_id\":…} per line; a put line is the PUT body plus op, doc_id, optional idempotency_key"),
     responses((status = 200, content_type = "application/x-ndjson",
@@ -609,12 +686,14 @@ const MAX_BATCH_LINES_IN_FLIGHT: usize = 32;
 pub async fn batch(
     req: HttpRequest,
     payload: web::Payload,
+    query: web::Query<ConsistencyQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = TimedBody::streaming(payload, &state.config.http);
-    if let Err(e) = authorize(&req, &state.config) {
-        return Ok(body.refuse(&e));
-    }
+    let wait = match authorize(&req, &state.config).and_then(|()| wait_of(&query)) {
+        Ok(wait) => wait,
+        Err(e) => return Ok(body.refuse(&e)),
+    };
     let reader = BatchReader {
         body,
         pending: Vec::new(),
@@ -624,6 +703,7 @@ pub async fn batch(
         finished: false,
         skipping: false,
         limit: state.config.max_batch_line_bytes,
+        wait,
         state,
         in_flight: FuturesOrdered::new(),
         in_flight_docs: VecDeque::new(),
@@ -669,6 +749,8 @@ struct BatchReader {
     /// Discarding the rest of a line that was refused for its size.
     skipping: bool,
     limit: usize,
+    /// Each line's wait (`consistency=applied`: until its document is in every store).
+    wait: Wait,
     state: web::Data<AppState>,
     /// Result lines of the lines executing, in input order.
     in_flight: FuturesOrdered<LocalBoxFuture<'static, web::Bytes>>,
@@ -823,10 +905,10 @@ impl BatchReader {
                 self.waiting = Some((line_no, line));
                 return;
             }
-            let state = self.state.clone();
+            let (state, wait) = (self.state.clone(), self.wait);
             self.in_flight_docs.push_back(Some(line.doc_id.clone()));
             self.in_flight.push_back(Box::pin(async move {
-                let result = match execute_batch_line(&state, line).await {
+                let result = match execute_batch_line(&state, line, wait).await {
                     Ok((status, r)) => {
                         serde_json::json!({"line": line_no, "status": status.as_u16(), "result": r})
                     }

@@ -66,6 +66,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(ops::readyz))
         .route("/metrics", web::get().to(ops::metrics))
         .route("/v1/documents:batch", web::post().to(documents::batch))
+        .route("/v1/documents", web::get().to(documents::list))
         .route("/v1/documents/{doc_id}", web::put().to(documents::put))
         .route(
             "/v1/documents/{doc_id}",

@@ -33,6 +33,7 @@ impl Modify for BearerAuth {
         documents::get,
         documents::events,
         documents::batch,
+        documents::list,
         documents::retry,
         documents::compensations,
         ops::projections,

@@ -102,6 +102,32 @@ SELECT stream_version, doc_version, deleted, mysql_version, milvus_version, s3_v
 FROM streams WHERE stream_id = $1
 "#;
 
+/// One page of documents in byte order of their ids, after `$1` and from `$2` (inclusive)
+/// up to `$3` (exclusive; NULL: no end), deleted ones with `$4`, at most `$5` rows.
+const LIST_DOCUMENTS: &str = r#"
+SELECT stream_id, doc_version, deleted, ready_version >= doc_version
+FROM streams
+WHERE stream_id COLLATE "C" > $1 COLLATE "C"
+  AND stream_id COLLATE "C" >= $2 COLLATE "C"
+  AND ($3::text IS NULL OR stream_id COLLATE "C" < $3 COLLATE "C")
+  AND ($4 OR NOT deleted)
+ORDER BY stream_id COLLATE "C"
+LIMIT $5
+"#;
+
+/// A document as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ListedDocument {
+    /// The document.
+    pub doc_id: String,
+    /// Its current version.
+    pub version: u64,
+    /// Deleted at `version`.
+    pub deleted: bool,
+    /// Every store holds `version` (the catalogue row is `ready`, or the deletion applied).
+    pub ready: bool,
+}
+
 /// A document's bookkeeping row: its version and what each store holds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StreamState {
@@ -483,6 +509,45 @@ impl PgLog {
         }))
     }
 
+    /// Up to `limit` documents whose ids start with `prefix` and sort after `after` (byte
+    /// order), deleted ones only with `include_deleted`.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`].
+    pub async fn list_documents(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+        include_deleted: bool,
+    ) -> Result<Vec<ListedDocument>, LogError> {
+        let client = self.client().await?;
+        let list = prepared(&client, LIST_DOCUMENTS, "prepare document listing").await?;
+        let end = prefix_end(prefix);
+        let rows = client
+            .query(
+                &list,
+                &[
+                    &after,
+                    &prefix,
+                    &end,
+                    &include_deleted,
+                    &(limit.min(i64::MAX as usize) as i64),
+                ],
+            )
+            .await
+            .map_err(LogError::db("list documents"))?;
+        Ok(rows
+            .iter()
+            .map(|r| ListedDocument {
+                doc_id: r.get(0),
+                version: r.get::<_, i64>(1) as u64,
+                deleted: r.get(2),
+                ready: r.get(3),
+            })
+            .collect())
+    }
+
     /// The head position and how long the oldest running transaction has held the horizon.
     ///
     /// # Errors
@@ -620,6 +685,20 @@ impl PgLog {
             .map_err(LogError::db("record readiness"))?;
         Ok(())
     }
+}
+
+/// The first string after every string that starts with `prefix`, in byte order (`None`:
+/// no such string, the prefix is empty or all `0xff`). Document ids are ASCII, so the
+/// result is too.
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut bytes = prefix.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0x7f {
+            bytes.push(last + 1);
+            return String::from_utf8(bytes).ok();
+        }
+    }
+    None
 }
 
 /// A log failure as the projection port's error. An unavailable database keeps its own
@@ -905,6 +984,19 @@ impl LogSource for PgLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prefix_ends_at_its_last_byte_raised() {
+        assert_eq!(prefix_end("docs/a"), Some("docs/b".into()));
+        assert_eq!(prefix_end("kb/"), Some("kb0".into()));
+        assert_eq!(prefix_end(""), None);
+        assert_eq!(prefix_end("a\u{7f}"), Some("b".into()));
+        let end = prefix_end("docs/a").expect("an end");
+        for id in ["docs/a", "docs/a/b", "docs/az", "docs/a~"] {
+            assert!(id < end.as_str(), "{id}");
+        }
+        assert!("docs/b" >= end.as_str());
+    }
 
     #[test]
     fn a_log_failure_reaches_the_runner_named_once() {

@@ -45,6 +45,23 @@ T = TypeVar("T")
 sys.path.insert(0, str(EXAMPLES))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """A SIGTERM (a CI timeout, say) ends the run like Ctrl-C, so fixtures stop `serve`."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the test process dies, however it dies (Linux)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def eventually(probe: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
     """Polls `probe` until it returns something other than None."""
     deadline = time.monotonic() + timeout
@@ -115,7 +132,11 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [str(_binary()), "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
+            [str(_binary()), "serve"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
     url = f"http://127.0.0.1:{port}"
     service = Service(url, port, name, env, log)

@@ -121,9 +121,7 @@ def test_async_client_retries_with_the_same_key(
 
     async def main() -> None:
         async with AsyncClient(proxy.url, retry=FAST_RETRY) as client:
-            result = await client.put(
-                doc, title="t", source_type="s", expected_version=0, chunks=[("x", vector(3))]
-            )
+            result = await client.put(doc, title="t", source_type="s", chunks=[("x", vector(3))])
             assert result.version == 1
             assert (await client.get(doc)).version == 1
 

@@ -193,15 +193,9 @@ class SourceDocuments:
         """Sends one line per document, waiting until the stores hold it; the documents
         whose line met a concurrent change (409)."""
         moved = []
-        results = list(self.client.batch(ops.values()))
-        import time as _t
-        for r in results:
-            if r.ok:
-                while True:
-                    d = self.client.get(r.doc_id)
-                    if d.ready or d.version > r.result.version: break
-                    _t.sleep(0.05)
-        for r in results:
+        for r in self.client.batch(
+            ops.values(), consistency="applied", timeout_ms=self.apply_timeout_ms
+        ):
             if r.ok or r.status == 404:
                 continue
             if r.status == 409:

@@ -138,14 +138,16 @@ class DocledgerVectorStore(BasePydanticVectorStore):
         filter_fn = build_metadata_filter_fn(
             lambda node_id: metadata_of.get(node_id, {}), query.filters
         )
-        node_ids = set(query.node_ids) if query.node_ids is not None else None
+        # Empty lists mean no restriction, as in LlamaIndex's own stores (a retriever over
+        # `VectorStoreIndex.from_vector_store` passes `node_ids=[]`).
+        node_ids = set(query.node_ids) if query.node_ids else None
 
         def keep(hit: Hit) -> bool:
             metadata_of[hit.chunk_id] = hit.metadata
             return (node_ids is None or hit.chunk_id in node_ids) and filter_fn(hit.chunk_id)
 
         hits = self._sources.search(
-            query.query_embedding, query.similarity_top_k, sources=query.doc_ids, keep=keep
+            query.query_embedding, query.similarity_top_k, sources=query.doc_ids or None, keep=keep
         )
         return VectorStoreQueryResult(
             nodes=[self._node(h.metadata, h.text) for h in hits],
