@@ -56,7 +56,12 @@ def main() -> int:
         records = InMemoryRecordManager(namespace=f"docledger/{args.prefix}")
         records.create_schema()
         result = index(
-            chunks(args.folder), records, store, cleanup=args.cleanup, source_id_key="source"
+            chunks(args.folder),
+            records,
+            store,
+            cleanup=args.cleanup,
+            source_id_key="source",
+            key_encoder="sha256",
         )
         print(f"indexed: {result}")
         for doc, distance in store.similarity_search_with_score(args.question, k=2):

@@ -69,8 +69,8 @@ async fn a_finished_bench_prints_its_table_and_leaves_nothing_behind() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     for row in [
-        "| docledger (PUTs, 16 in flight) | 4 |",
-        "| docledger (PUTs, paced at",
+        "| docledger (PUTs, vector_b64, 16 in flight) | 4 |",
+        "| docledger (PUTs, vector_b64, paced at",
         "| dual-write coordinator, 1 writer(s) | 2 |",
         "| dual-write coordinator, 16 writer(s) | 4 |",
         "| ceiling: S3 parallel PUTs (32 in flight) | 4 |",

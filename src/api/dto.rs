@@ -20,14 +20,79 @@ pub struct BlobBody {
     pub content_type: String,
 }
 
-/// A chunk in a request.
+/// A chunk in a request: its text and its embedding, as JSON numbers (`vector`) or as
+/// base64 of little-endian float32 (`vector_b64`, exactly `DOCLEDGER_VECTOR_DIM` × 4 bytes,
+/// stored and projected bit for bit); exactly one of the two.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChunkBody {
     /// Text.
     pub text: String,
-    /// Embedding.
-    pub vector: Vec<f32>,
+    /// Embedding as JSON numbers.
+    #[serde(default)]
+    pub vector: Option<Vec<f32>>,
+    /// Embedding as standard base64 of little-endian IEEE 754 float32 values.
+    #[serde(default)]
+    pub vector_b64: Option<String>,
+}
+
+impl ChunkBody {
+    /// The embedding of chunk `i`, checked: one encoding, `dim` finite values.
+    ///
+    /// # Errors
+    /// [`ApiError::InvalidField`] naming the chunk and the broken rule.
+    fn embedding(
+        vector: Option<Vec<f32>>,
+        b64: Option<String>,
+        i: usize,
+        dim: usize,
+    ) -> Result<Vec<f32>, ApiError> {
+        let vector = match (vector, b64) {
+            (Some(v), None) => {
+                if v.len() != dim {
+                    return Err(ApiError::InvalidField(format!(
+                        "chunks[{i}].vector has {} values, expected {dim}",
+                        v.len()
+                    )));
+                }
+                v
+            }
+            (None, Some(text)) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(text.as_bytes())
+                    .map_err(|e| {
+                        ApiError::InvalidField(format!("chunks[{i}].vector_b64 is not base64: {e}"))
+                    })?;
+                if bytes.len() != dim * 4 {
+                    return Err(ApiError::InvalidField(format!(
+                        "chunks[{i}].vector_b64 holds {} bytes, expected {} ({dim} float32 values)",
+                        bytes.len(),
+                        dim * 4
+                    )));
+                }
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect()
+            }
+            (Some(_), Some(_)) => {
+                return Err(ApiError::InvalidField(format!(
+                    "chunks[{i}] has both vector and vector_b64; send one"
+                )))
+            }
+            (None, None) => {
+                return Err(ApiError::InvalidField(format!(
+                    "chunks[{i}] needs vector or vector_b64"
+                )))
+            }
+        };
+        if let Some(j) = vector.iter().position(|x| !x.is_finite()) {
+            return Err(ApiError::InvalidField(format!(
+                "chunks[{i}].vector[{j}] is not a finite 32-bit float"
+            )));
+        }
+        Ok(vector)
+    }
 }
 
 /// `PUT /v1/documents/{doc_id}` body (and a batch put line without `op`/`doc_id`).
@@ -95,20 +160,17 @@ impl PutBody {
                 config.max_chunks
             )));
         }
-        for (i, c) in chunks.iter().enumerate() {
-            if c.vector.len() != config.vector_dim {
-                return Err(ApiError::InvalidField(format!(
-                    "chunks[{i}].vector has {} values, expected {}",
-                    c.vector.len(),
-                    config.vector_dim
-                )));
-            }
-            if let Some(j) = c.vector.iter().position(|x| !x.is_finite()) {
-                return Err(ApiError::InvalidField(format!(
-                    "chunks[{i}].vector[{j}] is not a finite 32-bit float"
-                )));
-            }
-        }
+        let chunks = chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                Ok(Chunk {
+                    index: i as u32,
+                    vector: ChunkBody::embedding(c.vector, c.vector_b64, i, config.vector_dim)?,
+                    text: c.text,
+                })
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
         let (blob_ref, blob) = match self.blob {
             None => (None, None),
             Some(b) => {
@@ -153,15 +215,7 @@ impl PutBody {
             business_tag: self.business_tag,
             attributes: self.attributes.unwrap_or_default(),
             blob: blob_ref,
-            chunks: chunks
-                .into_iter()
-                .enumerate()
-                .map(|(i, c)| Chunk {
-                    index: i as u32,
-                    text: c.text,
-                    vector: c.vector,
-                })
-                .collect(),
+            chunks,
             expected_version: self.expected_version,
         };
         command.validate().map_err(ApiError::InvalidField)?;

@@ -114,6 +114,19 @@ pub struct BenchArgs {
     /// Keep the bench's databases, collections and buckets.
     #[arg(long)]
     pub keep: bool,
+    /// How requests carry vectors: `b64` (`vector_b64`, little-endian float32) or `json`
+    /// (`vector`, numbers).
+    #[arg(long, value_enum, default_value_t = VectorEncoding::B64)]
+    pub vectors: VectorEncoding,
+}
+
+/// How a request carries its vectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum VectorEncoding {
+    /// `vector_b64`: base64 of little-endian float32.
+    B64,
+    /// `vector`: JSON numbers.
+    Json,
 }
 
 /// One generated document.
@@ -161,13 +174,23 @@ impl Doc {
     }
 
     /// The PUT body (also a batch line with `op` and `doc_id` added).
-    fn body(&self) -> serde_json::Value {
+    fn body(&self, vectors: VectorEncoding) -> serde_json::Value {
+        let chunk = |c: &Chunk| match vectors {
+            VectorEncoding::Json => json!({"text": c.text, "vector": c.vector}),
+            VectorEncoding::B64 => {
+                let bytes: Vec<u8> = c.vector.iter().flat_map(|v| v.to_le_bytes()).collect();
+                json!({
+                    "text": c.text,
+                    "vector_b64": base64::engine::general_purpose::STANDARD.encode(bytes),
+                })
+            }
+        };
         let mut body = json!({
             "title": self.title(),
             "source_type": "bench",
             "business_tag": "docledger-bench",
             "attributes": {"bench": true},
-            "chunks": self.chunks.iter().map(|c| json!({"text": c.text, "vector": c.vector})).collect::<Vec<_>>(),
+            "chunks": self.chunks.iter().map(chunk).collect::<Vec<_>>(),
         });
         if let Some(blob) = &self.blob {
             body["blob"] = json!({
@@ -610,7 +633,12 @@ struct Request {
 
 /// Encodes `docs` as requests to the service at `base`: one PUT each, or NDJSON batches of
 /// `batch_lines` (when not 0).
-fn encode_requests(base: &str, docs: &[Doc], batch_lines: usize) -> anyhow::Result<Vec<Request>> {
+fn encode_requests(
+    base: &str,
+    docs: &[Doc],
+    batch_lines: usize,
+    vectors: VectorEncoding,
+) -> anyhow::Result<Vec<Request>> {
     if batch_lines == 0 {
         docs.iter()
             .map(|d| {
@@ -623,7 +651,7 @@ fn encode_requests(base: &str, docs: &[Doc], batch_lines: usize) -> anyhow::Resu
                 );
                 Ok(Request {
                     url,
-                    body: serde_json::to_vec(&d.body())?,
+                    body: serde_json::to_vec(&d.body(vectors))?,
                     docs: 1,
                     is_batch: false,
                 })
@@ -634,7 +662,7 @@ fn encode_requests(base: &str, docs: &[Doc], batch_lines: usize) -> anyhow::Resu
             .map(|group| {
                 let mut body = Vec::new();
                 for d in group {
-                    let mut line = d.body();
+                    let mut line = d.body(vectors);
                     line["op"] = json!("put");
                     line["doc_id"] = json!(d.id);
                     serde_json::to_writer(&mut body, &line)?;
@@ -657,10 +685,11 @@ async fn send_all(
     docs: &[Doc],
     concurrency: usize,
     batch_lines: usize,
+    vectors: VectorEncoding,
     bearer: Option<&str>,
     rate: Option<f64>,
 ) -> anyhow::Result<Vec<(f64, f64)>> {
-    let requests = encode_requests(base, docs, batch_lines)?;
+    let requests = encode_requests(base, docs, batch_lines, vectors)?;
     send_requests(requests, concurrency, bearer, rate).await
 }
 
@@ -959,7 +988,16 @@ async fn run_docledger(
     // through every store first; the clock starts after it.
     let warm_up = Instant::now();
     let warm_doc = generate("warmup", 1, args.blob_bytes, args.chunks, args.dim);
-    send_all(&service.base, &warm_doc, 1, 0, bearer.as_deref(), None).await?;
+    send_all(
+        &service.base,
+        &warm_doc,
+        1,
+        0,
+        args.vectors,
+        bearer.as_deref(),
+        None,
+    )
+    .await?;
     wait_ready(&mysql, warm_doc.len(), &mut watch).await?;
     eprintln!(
         "docledger: warm-up document consistent {:.1}s after start",
@@ -967,7 +1005,7 @@ async fn run_docledger(
     );
     // The bodies are encoded before the clock starts: the load generator's JSON encoding
     // (about 2 s of CPU for 4,000 documents) is not the service's time.
-    let requests = encode_requests(&service.base, docs, args.batch_lines)?;
+    let requests = encode_requests(&service.base, docs, args.batch_lines, args.vectors)?;
     let cpu_start = cpu_snapshot(Some(service.pid()), Some(&names.name));
     let started = Instant::now();
     let accepted = send_requests(requests, args.concurrency, bearer.as_deref(), rate).await?;
@@ -995,11 +1033,15 @@ async fn run_docledger(
     Ok((
         Row {
             name: format!(
-                "docledger ({}, {})",
+                "docledger ({}, {}, {})",
                 if args.batch_lines == 0 {
                     "PUTs".to_owned()
                 } else {
                     format!("NDJSON batches of {}", args.batch_lines)
+                },
+                match args.vectors {
+                    VectorEncoding::B64 => "vector_b64",
+                    VectorEncoding::Json => "JSON vectors",
                 },
                 match rate {
                     Some(r) => format!("paced at {r:.0} docs/s"),
@@ -1518,6 +1560,7 @@ async fn touch(
                 &docs,
                 args.concurrency.min(4),
                 TOUCH_BATCH_LINES,
+                args.vectors,
                 bearer.as_deref(),
                 None,
             )

@@ -24,10 +24,11 @@ from typing import Any
 class Fault:
     """What to do with one matching request.
 
-    kind: `unavailable` (answer 503 without forwarding), `drop` (forward, then close
-    without answering), `delay` (forward, wait `seconds`, then answer), `cut_after`
-    (forward, relay the first `lines` answer lines, then cut the connection),
-    `line_unavailable` (forward, then answer with line `lines` rewritten to a 503 error).
+    kind: `unavailable` (answer `status`, 503 by default, without forwarding), `drop`
+    (forward, then close without answering), `delay` (forward, wait `seconds`, then
+    answer), `cut_after` (forward, relay the first `lines` answer lines, then cut the
+    connection), `line_unavailable` (forward, then answer with line `lines` rewritten to a
+    503 error). `after_forward` runs once the server has answered, before the fault.
     """
 
     kind: str
@@ -36,6 +37,7 @@ class Fault:
     seconds: float = 0.0
     lines: int = 0
     retry_after: str | None = "0"
+    status: int = 503
     after_forward: Callable[[], None] | None = None
 
     def matches(self, method: str, path: str) -> bool:
@@ -119,7 +121,7 @@ def start_proxy(upstream_port: int) -> tuple[FaultProxy, Callable[[], None]]:
                 payload = json.dumps(
                     {"error": {"code": "unavailable", "message": "injected by the test proxy"}}
                 ).encode()
-                self.send_response(503)
+                self.send_response(fault.status)
                 if fault.retry_after is not None:
                     self.send_header("Retry-After", fault.retry_after)
                 self.send_header("content-type", "application/json")

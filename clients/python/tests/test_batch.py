@@ -141,6 +141,18 @@ def test_a_create_only_line_whose_answer_was_lost_is_answered(
     assert [r.status for r in results] == [200] * 5, [str(r.error) for r in results if r.error]
 
 
+def test_a_batch_without_keys_is_not_sent_again_after_a_cut(proxy: FaultProxy, prefix: str) -> None:
+    proxy.fail(Fault("cut_after", path_contains=":batch", lines=1))
+    got = []
+    with (
+        Client(proxy.url, retry=FAST_RETRY, idempotency_keys=False) as unkeyed,
+        pytest.raises(docledger.TransportError, match="without an idempotency key"),
+    ):
+        got.extend(unkeyed.batch(puts(prefix, 3)))
+    assert [r.line for r in got] == [1]
+    assert len(proxy.requests(":batch")) == 1
+
+
 def test_a_whole_batch_refused_with_503_is_retried(proxy: FaultProxy, prefix: str) -> None:
     proxy.fail(Fault("unavailable", path_contains=":batch"))
     with Client(proxy.url, retry=FAST_RETRY) as via_proxy:

@@ -90,7 +90,9 @@ def test_index_cleanup_modes(
     records = InMemoryRecordManager(namespace=prefix)
     records.create_schema()
     store = DocledgerVectorStore(client, HashEmbeddings(), collection=collection, prefix=prefix)
-    first = index(chunks(FIRST), records, store, cleanup=cleanup, source_id_key="source")  # type: ignore[arg-type]
+    first = index(
+        chunks(FIRST), records, store, cleanup=cleanup, source_id_key="source", key_encoder="sha256"
+    )  # type: ignore[arg-type]
     assert first["num_added"] == 5
     # One docledger document per source, each written once for its chunks.
     assert [(d.doc_id, d.version) for d in client.iter_documents(prefix)] == [
@@ -98,7 +100,14 @@ def test_index_cleanup_modes(
     ]
     # A second process: nothing cached, so deletions by id must find their sources.
     again = DocledgerVectorStore(client, HashEmbeddings(), collection=collection, prefix=prefix)
-    second = index(chunks(SECOND), records, again, cleanup=cleanup, source_id_key="source")  # type: ignore[arg-type]
+    second = index(
+        chunks(SECOND),
+        records,
+        again,
+        cleanup=cleanup,
+        source_id_key="source",
+        key_encoder="sha256",
+    )  # type: ignore[arg-type]
     want, num_deleted = EXPECTED[cleanup]
     assert second["num_deleted"] == num_deleted
     assert second["num_added"] == 1 and second["num_skipped"] == 2
@@ -106,7 +115,14 @@ def test_index_cleanup_modes(
     assert got == want
     # Indexing the same input again changes nothing in docledger.
     versions = {d.doc_id: d.version for d in client.iter_documents(prefix)}
-    third = index(chunks(SECOND), records, again, cleanup=cleanup, source_id_key="source")  # type: ignore[arg-type]
+    third = index(
+        chunks(SECOND),
+        records,
+        again,
+        cleanup=cleanup,
+        source_id_key="source",
+        key_encoder="sha256",
+    )  # type: ignore[arg-type]
     assert third["num_added"] == 0 and third["num_deleted"] == 0
     assert {d.doc_id: d.version for d in client.iter_documents(prefix)} == versions
 

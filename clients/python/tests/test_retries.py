@@ -128,3 +128,17 @@ def test_async_client_retries_with_the_same_key(
     asyncio.run(main())
     sent = keys(proxy, "/v1/documents/")
     assert sent[0] is not None and sent[:3] == [sent[0]] * 3
+
+
+def test_a_gateway_502_is_retried_only_with_a_key(proxy: FaultProxy, prefix: str) -> None:
+    """502 may come after the request reached docledger: sent again only under a key."""
+    proxy.fail(Fault("unavailable", status=502, path_contains="with-key"))
+    proxy.fail(Fault("unavailable", status=502, path_contains="without-key"))
+    with Client(proxy.url, retry=FAST_RETRY) as keyed:
+        assert keyed.put(prefix + "with-key", title="t", source_type="s").version == 1
+    assert len(proxy.requests("with-key")) == 2
+    unkeyed = Client(proxy.url, retry=FAST_RETRY, idempotency_keys=False)
+    with unkeyed, pytest.raises(docledger.ApiError) as e:
+        unkeyed.put(prefix + "without-key", title="t", source_type="s")
+    assert e.value.status == 502
+    assert len(proxy.requests("without-key")) == 1

@@ -2,12 +2,13 @@
 sends, how an answer is read, the one retry policy, and the batch's bookkeeping. The two
 clients only send requests and sleep.
 
-Retries. A 503 `unavailable` or 408 `request_timeout` answer (the server changed nothing),
-a timeout and a lost connection are retried with exponential backoff and full jitter, at
-least as long as `Retry-After` asks. Puts and deletes carry an idempotency key made once
-per logical call and reused by every retry, so an attempt that reached the server before
-its connection broke is answered, not applied twice. A call that is not idempotent (a
-rebuild) is retried only when its request cannot have been sent.
+Retries. A 503 `unavailable` or 408 `request_timeout` answer (the server changed nothing;
+likewise a gateway's 429), a gateway's 502 or 504, a timeout and a lost connection are
+retried with exponential backoff and full jitter, at least as long as `Retry-After` asks.
+Puts and deletes carry an idempotency key made once per logical call and reused by every
+retry, so an attempt that reached the server before its answer was lost is answered, not
+applied twice. A call without a key (a rebuild, or keys switched off) is sent again only
+when its request cannot have reached the server.
 """
 
 from __future__ import annotations
@@ -27,8 +28,12 @@ from .models import BatchResult, CommandResult, Delete, Operation, Put
 
 T = TypeVar("T")
 
-#: Answers that change nothing and are worth another attempt.
-RETRY_STATUSES = frozenset({408, 503})
+#: Answers that changed nothing and are worth another attempt (docledger's 503 and 408;
+#: 429 from a gateway that sheds load).
+RETRY_STATUSES = frozenset({408, 429, 503})
+#: A gateway's answers when the request may or may not have reached docledger: sent again
+#: only when that is safe (an idempotency key, a read).
+AMBIGUOUS_STATUSES = frozenset({502, 504})
 #: Transport failures that prove the request never left the client.
 UNSENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
@@ -151,7 +156,10 @@ def step(
     if outcome.status_code in (200, 202):
         return Done(call.parse(outcome.status_code, _json(outcome)))
     error = error_of(outcome)
-    if outcome.status_code in RETRY_STATUSES and attempt < policy.max_attempts:
+    retriable = outcome.status_code in RETRY_STATUSES or (
+        call.idempotent and outcome.status_code in AMBIGUOUS_STATUSES
+    )
+    if retriable and attempt < policy.max_attempts:
         return Wait(policy.delay(attempt, retry_after(outcome)))
     raise error
 
@@ -188,6 +196,7 @@ class _Line:
     doc_id: str
     op: Literal["put", "delete"]
     data: bytes
+    keyed: bool
     answer: BatchResult | None = None
     #: The last retriable refusal, kept to report if the retries run out.
     refusal: BatchResult | None = None
@@ -230,6 +239,8 @@ class BatchRun:
         self._sent: list[_Line] = []
         self._retry_after: float | None = None
         self._last_transport_error: httpx.TransportError | None = None
+        #: The last request may have been applied without its answers reaching us.
+        self._ambiguous = False
 
     # -- filling a request ---------------------------------------------------------------
 
@@ -253,7 +264,7 @@ class BatchRun:
         data = batch_line(op, s.encoding, key)
         self._count += 1
         kind: Literal["put", "delete"] = "put" if isinstance(op, Put) else "delete"
-        self.lines.append(_Line(self._count, op.doc_id, kind, data))
+        self.lines.append(_Line(self._count, op.doc_id, kind, data, keyed=key is not None))
         self._docs.add(op.doc_id)
         self._bytes += len(data)
         return True
@@ -274,6 +285,7 @@ class BatchRun:
         self.attempt += 1
         self._retry_after = None
         self._last_transport_error = None
+        self._ambiguous = False
         return iter([line.data for line in self._sent])
 
     def on_result_line(self, raw: bytes | str) -> None:
@@ -313,18 +325,22 @@ class BatchRun:
         line.answer = result
 
     def on_refused(self, response: httpx.Response) -> None:
-        """The whole request was refused. 503/408 are retried; anything else ends the batch.
+        """The whole request was refused. 503, 408 and 429 are retried, and a gateway's 502
+        and 504; anything else ends the batch.
 
         Raises:
             errors.ApiError: the refusal, when it is not retriable.
         """
-        if response.status_code not in RETRY_STATUSES:
+        if response.status_code in AMBIGUOUS_STATUSES:
+            self._ambiguous = True
+        elif response.status_code not in RETRY_STATUSES:
             raise error_of(response)
         self._retry_after = retry_after(response)
 
     def on_transport_error(self, error: httpx.TransportError) -> None:
         """The connection broke: unanswered lines are sent again (same keys)."""
         self._last_transport_error = error
+        self._ambiguous = not isinstance(error, UNSENT_ERRORS)
 
     def ready(self) -> list[BatchResult]:
         """Answered lines not handed out yet, in input order."""
@@ -348,6 +364,13 @@ class BatchRun:
         waiting = [line for line in self.lines if line.answer is None]
         if not waiting:
             return None
+        unkeyed = [w for w in waiting if not w.keyed and w.refusal is None]
+        if self._ambiguous and unkeyed:
+            raise errors.TransportError(
+                f"batch: line {unkeyed[0].number} ({unkeyed[0].doc_id}) may have been applied "
+                f"but its answer was lost, and without an idempotency key it cannot be sent "
+                f"again safely: {self._last_transport_error!r}"
+            ) from self._last_transport_error
         if self.attempt >= self.settings.policy.max_attempts:
             if self._last_transport_error is not None or any(w.refusal is None for w in waiting):
                 raise errors.TransportError(

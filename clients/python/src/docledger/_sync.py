@@ -42,7 +42,7 @@ class SyncTally:
     def check_run(self) -> None:
         """Raises:
         SyncFailed: a line of the run was refused; nothing will be deleted."""
-        if False:  # BROKEN ON PURPOSE
+        if self.report.refused:
             first = self.report.refused[0]
             raise SyncFailed(
                 f"{len(self.report.refused)} line(s) refused (first: line {first.line}, "

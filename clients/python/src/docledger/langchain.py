@@ -10,7 +10,13 @@ that every store holds (`ready`).
 
 It works under `langchain_core.indexing.index()` with every cleanup mode (`None`,
 `incremental`, `full`, `scoped_full`): `index()` sends only new or changed chunks
-(content-hash ids) and deletes stale ones by id, which is what the merge expects.
+(content-hash ids) and deletes stale ones by id, which is what the merge expects. A source
+whose chunks changed therefore takes two versions there (the new chunks merged, then the
+stale ones removed); a source `index()` finds unchanged takes none.
+
+Deleting by id needs each chunk's source: this store remembers what it wrote and read;
+an id it has not seen (another process wrote it) is found by reading every live document
+under the prefix once per `delete` call.
 """
 
 from __future__ import annotations

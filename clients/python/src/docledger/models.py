@@ -273,6 +273,8 @@ class ListedDocument:
     doc_id: str
     version: int
     deleted: bool
+    ready: bool | None = None
+    """Every store holds `version` (None: the server did not say)."""
 
 
 @dataclass(frozen=True)
@@ -286,7 +288,8 @@ class DocumentPage:
     def from_json(cls, d: Mapping[str, Any]) -> DocumentPage:
         return cls(
             documents=[
-                ListedDocument(x["doc_id"], x["version"], x["deleted"]) for x in d["documents"]
+                ListedDocument(x["doc_id"], x["version"], x["deleted"], x.get("ready"))
+                for x in d["documents"]
             ],
             next_after=d.get("next_after"),
         )
