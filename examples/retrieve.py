@@ -3,8 +3,9 @@ document versions that every store holds (`ready`).
 
     python examples/retrieve.py "which store keeps the raw document?" --prefix demo/
 
-Environment: DOCLEDGER_URL, DOCLEDGER_TOKEN, DOCLEDGER_VECTOR_DIM, and Milvus as docledger
-sees it: DOCLEDGER_MILVUS_URL, DOCLEDGER_MILVUS_TOKEN, DOCLEDGER_MILVUS_COLLECTION.
+Needs `docledger[milvus]`. Environment: DOCLEDGER_URL, DOCLEDGER_TOKEN,
+DOCLEDGER_VECTOR_DIM, and Milvus as docledger sees it (what `. scripts/env.sh` exports):
+DOCLEDGER_MILVUS_URL, DOCLEDGER_MILVUS_TOKEN, DOCLEDGER_MILVUS_COLLECTION.
 """
 
 from __future__ import annotations

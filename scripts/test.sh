@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # scripts/test.sh - the whole test suite against the real stores: starts them (installing what
-# is missing), then runs every test of the workspace. Extra arguments go to `cargo test`.
+# is missing), then runs every test of the workspace, then the Python client's suite
+# (clients/python/run-tests.sh). Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
@@ -24,4 +25,9 @@ python3 compose/check.py
 python3 -c "import kubernetes_validate" 2>/dev/null || pip install -q kubernetes-validate
 python3 deploy/check.py --self-test
 cargo test --workspace --locked "$@"
+echo "[test] Rust suite done after $(( $(date +%s) - t0 ))s" >&2
+# The Python client, its LangChain / LlamaIndex stores and examples/ against a serve of the
+# debug binary the Rust suite built (clients/python/.venv is made on first use, ~1 minute).
+cargo build --locked --bin docledger
+clients/python/run-tests.sh
 echo "[test] total $(( $(date +%s) - t0 ))s" >&2

@@ -409,6 +409,8 @@ async fn a_batch_waits_for_its_documents_with_consistency_applied() {
             "waited for every store: {line}"
         );
     }
+    let doc = get(&http, &svc, "w/0").await;
+    assert_eq!(doc["ready_version"], doc["version"], "{doc}");
     let refused = http
         .post(svc.url("/v1/documents:batch?consistency=applied&timeout=5"))
         .header("content-type", "application/x-ndjson")
@@ -425,5 +427,75 @@ async fn a_batch_waits_for_its_documents_with_consistency_applied() {
         .await
         .expect("get");
     assert_eq!(never.status(), 404, "a refused batch ran no line");
+    svc.stop().await;
+}
+
+/// A retry whose first attempt was applied is answered as the first attempt was, even when
+/// the command would now be refused: a repeated delete is not 404, a repeated create-only
+/// put is not 409. The same key for another request is still refused.
+#[actix_rt::test]
+async fn a_retry_whose_first_attempt_landed_gets_the_first_answer() {
+    let svc = TestService::start("ingest_idempotent_refusal", &[]).await;
+    let http = reqwest::Client::new();
+    let mut create = put_body("k/doc", "t");
+    create["expected_version"] = json!(0);
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let res = http
+            .put(svc.doc_url("k/doc", ""))
+            .header("idempotency-key", "create-1")
+            .json(&create)
+            .send()
+            .await
+            .expect("put");
+        answers.push((
+            res.status().as_u16(),
+            res.json::<Value>().await.expect("json"),
+        ));
+    }
+    assert_eq!(answers[0].0, 200, "{:?}", answers[0].1);
+    assert_eq!(
+        answers[1].0, 200,
+        "the retry of a create-only put: {:?}",
+        answers[1].1
+    );
+    assert_eq!(answers[1].1["version"], answers[0].1["version"]);
+    let mut deletes = Vec::new();
+    for _ in 0..2 {
+        let res = http
+            .delete(svc.doc_url("k/doc", ""))
+            .header("idempotency-key", "delete-1")
+            .send()
+            .await
+            .expect("delete");
+        deletes.push((
+            res.status().as_u16(),
+            res.json::<Value>().await.expect("json"),
+        ));
+    }
+    assert_eq!(deletes[0].0, 200, "{:?}", deletes[0].1);
+    assert_eq!(
+        deletes[1].0, 200,
+        "the retry of a delete: {:?}",
+        deletes[1].1
+    );
+    assert_eq!(deletes[1].1["version"], 2);
+    let other = http
+        .delete(svc.doc_url("k/doc", ""))
+        .header("idempotency-key", "create-1")
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(other.status(), 400, "a key is one request's");
+    let unkeyed = http
+        .delete(svc.doc_url("k/doc", ""))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(
+        unkeyed.status(),
+        404,
+        "without a key, deleting twice is refused"
+    );
     svc.stop().await;
 }

@@ -246,7 +246,18 @@ async fn execute(
         }
         let (events, compensation) = match decided {
             Ok(decided) => decided,
-            Err(refusal) => return (Some(state), Err(refusal.into())),
+            Err(refusal) => {
+                // A retry whose first attempt was applied gets that attempt's answer, not the
+                // refusal its own effect now causes (a repeated delete would be 404).
+                if let Some(key) = &msg.idempotency {
+                    match log.idempotent_result(key).await {
+                        Ok(Some(first)) => return (Some(state), Ok(outcome(first))),
+                        Ok(None) => {}
+                        Err(e) => return (Some(state), Err(e.into())),
+                    }
+                }
+                return (Some(state), Err(refusal.into()));
+            }
         };
         let resolution = resolution_of(&doc_id, &msg, compensation.as_ref(), state.version + 1);
         if events.is_empty() {

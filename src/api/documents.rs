@@ -354,6 +354,8 @@ pub async fn get(
         "stores": stores_of(Some(&stream)),
         "consistent": stream.consistent(),
         "ready": stream.ready_version >= stream.version,
+        // The newest version every store held at once (0: none yet).
+        "ready_version": stream.ready_version,
         "compensations": compensations,
     });
     if query.verify {

@@ -1387,9 +1387,14 @@ fn report(args: &BenchArgs, load_before: &str, measured: Measured) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "| scenario | docs | docs/s | command p50 / p99 ms | to consistent p50 / p99 ms | CPU ms/doc all | docledger (or coordinator) | postgresql | mariadb | milvus | s3 | bench client |"
+        "| scenario | docs | docs/s | command p50 / p99 ms | to consistent p50 / p99 ms | CPU ms/doc all | own (service + log, or coordinator) | stores | own / stores | docledger (or coordinator) | postgresql | mariadb | milvus | s3 | bench client |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    // docledger's own cost per document, and the coordinator's, for the targets below.
+    let mut own_cost: Vec<(String, f64)> = Vec::new();
     let all = [
         "docledger",
         "postgresql",
@@ -1434,8 +1439,25 @@ fn report(args: &BenchArgs, load_before: &str, measured: Measured) -> String {
         } else {
             "(coordinator)".to_owned()
         };
+        // Own: what a user pays docledger for (the service and its log), or the coordinator
+        // itself; stores: what the three stores spend either way.
+        let own_groups: &[&str] = if coordinator == "docledger" {
+            &["docledger", "postgresql"]
+        } else {
+            &["bench client"]
+        };
+        let own = r.cpu_ms_per_doc(own_groups);
+        let stores = r.cpu_ms_per_doc(&["mariadb", "milvus", "s3 (garage)"]);
+        if let Some(own) = own {
+            own_cost.push((r.name.clone(), own));
+        }
+        let ms = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.2}"));
+        let ratio = match (own, stores) {
+            (Some(o), Some(s)) if s > 0.0 => format!("{:.2}", o / s),
+            _ => "-".into(),
+        };
         let line = format!(
-            "| {} | {} | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.2} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.name,
             r.docs,
             r.docs_per_second(),
@@ -1444,6 +1466,9 @@ fn report(args: &BenchArgs, load_before: &str, measured: Measured) -> String {
             con50,
             con99,
             r.cpu_ms_per_doc(&groups).unwrap_or(f64::NAN),
+            ms(own),
+            ms(stores),
+            ratio,
             per(coordinator),
             if coordinator == "docledger" { per("postgresql") } else { "-".into() },
             per("mariadb"),
@@ -1456,7 +1481,7 @@ fn report(args: &BenchArgs, load_before: &str, measured: Measured) -> String {
     for c in &ceilings {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | - | - | - | - | - | - | - | - | - |",
+            "| {} | {} | {:.0} | - | - | - | - | - | - | - | - | - | - | - | - |",
             c.name,
             c.docs,
             c.docs_per_second()
@@ -1472,6 +1497,20 @@ fn report(args: &BenchArgs, load_before: &str, measured: Measured) -> String {
         "docledger / dual-write sequential: {:.2}x (target >= 3)",
         dl / sequential.docs_per_second()
     );
+    for (name, own) in &own_cost {
+        let _ = writeln!(out, "own CPU per document, {name}: {own:.2} ms");
+    }
+    if let (Some(own), Some(coordinator)) = (
+        docledger.cpu_ms_per_doc(&["docledger", "postgresql"]),
+        concurrent.cpu_ms_per_doc(&["bench client"]),
+    ) {
+        let _ = writeln!(
+            out,
+            "docledger's own CPU per document: {own:.2} ms (target <= 0.5); {:.2}x the {}-writer coordinator's own {coordinator:.2} ms (target <= 1)",
+            own / coordinator,
+            args.concurrency
+        );
+    }
     let _ = writeln!(
         out,
         "docledger / dual-write x{}: {:.2}x (target >= 2)",

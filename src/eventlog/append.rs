@@ -520,6 +520,44 @@ impl PgLog {
     ///
     /// # Errors
     /// [`LogError::IdempotencyKeyReused`]; [`LogError::Unavailable`].
+    /// What the command that first used `key` answered, when one did (a retry whose first
+    /// attempt was applied is answered that way, even when the command would now be
+    /// refused: a delete of a document the first attempt deleted, say).
+    ///
+    /// # Errors
+    /// [`LogError::IdempotencyKeyReused`] when the key was used for another request;
+    /// [`LogError::Unavailable`].
+    pub async fn idempotent_result(
+        &self,
+        key: &IdempotencyKey,
+    ) -> Result<Option<IdempotentResult>, LogError> {
+        let client = self.client().await?;
+        let read = prepared(&client, READ_IDEMPOTENCY_KEY, "prepare idempotency read").await?;
+        let Some(row) = client
+            .query_opt(&read, &[&key.key])
+            .await
+            .map_err(LogError::db("read idempotency key"))?
+        else {
+            return Ok(None);
+        };
+        let hash: Vec<u8> = row.get(0);
+        if hash != key.request_hash {
+            return Err(LogError::IdempotencyKeyReused {
+                key: key.key.clone(),
+            });
+        }
+        let result: serde_json::Value = row.get(1);
+        if result.is_null() {
+            return Ok(None);
+        }
+        serde_json::from_value(result)
+            .map(Some)
+            .map_err(|e| LogError::Unavailable {
+                operation: "decode idempotency result",
+                message: e.to_string(),
+            })
+    }
+
     pub async fn record_idempotent(
         &self,
         doc_id: &DocId,

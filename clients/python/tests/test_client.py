@@ -87,7 +87,7 @@ def test_each_error_code_has_its_exception(client: Client, prefix: str) -> None:
         client.put("../escape", title="t", source_type="s")
     with pytest.raises(docledger.InvalidField) as wrong_dim:
         client.put(prefix + "d", title="t", source_type="s", chunks=[("x", [0.5] * (DIM - 1))])
-    assert "expected 64" in str(wrong_dim.value)
+    assert "(64 float32 values)" in str(wrong_dim.value)
     with pytest.raises(docledger.NotFound):
         client.get(prefix + "never-written")
     client.put(prefix + "v", title="t", source_type="s")
@@ -133,26 +133,24 @@ def test_vector_b64_is_little_endian_float32() -> None:
     assert encode_vector(values, "json", "v") == {"vector": values}
 
 
-def test_vector_b64_against_the_server(service: Service, prefix: str, collection) -> None:
-    """The server takes `vector_b64` once issue 28 lands; until then it must refuse the
-    line cleanly (400, nothing appended). Either way the contract holds."""
-    with Client(service.url, vector_encoding="b64") as b64:
-        try:
-            b64.put(
-                prefix + "b64",
+def test_both_encodings_reach_milvus_bit_for_bit(service: Service, prefix: str, collection) -> None:
+    """`vector_b64` (the default) and JSON numbers store the same float32 bits."""
+    values = np.array(vector(5), dtype="<f4")
+    values[0] = np.float32(-0.0)
+    values[1] = np.frombuffer(b"\x01\x00\x00\x00", dtype="<f4")[0]  # smallest subnormal
+    for encoding in ("b64", "json"):
+        with Client(service.url, vector_encoding=encoding) as c:
+            c.put(
+                prefix + encoding,
                 title="t",
                 source_type="s",
-                chunks=[("x", vector(5))],
+                chunks=[("x", values)],
                 consistency="applied",
                 timeout_ms=30_000,
             )
-        except (docledger.InvalidJson, docledger.InvalidField) as e:
-            assert "vector" in str(e)
-            with pytest.raises(docledger.NotFound):
-                b64.get(prefix + "b64")
-            return
-    (row,) = collection.rows(prefix + "b64")
-    assert row.embedding == [float(np.float32(x)) for x in vector(5)]
+        (row,) = collection.rows(prefix + encoding)
+        got = np.array(row.embedding, dtype="<f4")
+        assert got.tobytes() == values.tobytes(), encoding
 
 
 def test_operations_are_typed(client: Client) -> None:

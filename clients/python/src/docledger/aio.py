@@ -55,7 +55,7 @@ class AsyncClient:
         token: str | None = None,
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
-        vector_encoding: VectorEncoding = "json",
+        vector_encoding: VectorEncoding = "b64",
         idempotency_keys: bool = True,
         lines_per_request: int = 100,
         bytes_per_request: int = 8 << 20,
