@@ -358,8 +358,26 @@ async fn listing_pages_and_full_sync_deletes_only_after_a_finished_run() {
         "nothing deleted"
     );
 
-    let lines = format!("{}\n{}\n", put_line("kb/a", "v2"), put_line("kb/d", "v1"));
+    // A run with a refused line deletes nothing either.
+    let mut bad = put_line("kb/a", "v2");
+    bad["chunks"][0]["vector"] = json!([1.0]);
     let url = svc.url("");
+    let (code, out, err) = ingest(
+        &svc,
+        &["-", "--url", &url, "--sync-prefix", "kb/"],
+        &format!("{bad}\n{}\n", put_line("kb/d", "v1")),
+    )
+    .await;
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(out.contains("sync skipped: 1 lines were refused"), "{out}");
+    let (_, after_refusal) = page("?prefix=kb/").await;
+    assert_eq!(
+        ids(&after_refusal),
+        ["kb/a", "kb/b", "kb/c", "kb/d"],
+        "nothing deleted"
+    );
+
+    let lines = format!("{}\n{}\n", put_line("kb/a", "v2"), put_line("kb/d", "v1"));
     let (code, out, err) =
         ingest(&svc, &["-", "--url", &url, "--sync-prefix", "kb/"], &lines).await;
     assert_eq!(code, Some(0), "{out}\n{err}");

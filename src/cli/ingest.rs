@@ -14,10 +14,11 @@
 //!   document's later line, which the service applied after it.
 //! - Each refused line is reported with its line number and `doc_id`; a summary ends the
 //!   run. Exit codes: 0 every line accepted, 1 some refused, 2 the run could not finish.
-//! - `--sync-prefix P`: after a run that finished, every live document whose id starts
-//!   with P and that no line of the run named is deleted (LangChain's `full` cleanup); each
-//!   delete names the version listed, so a document written since is kept. A run that did
-//!   not finish deletes nothing.
+//! - `--sync-prefix P`: after a run that finished with every line accepted, every live
+//!   document whose id starts with P and that no line of the run named is deleted
+//!   (LangChain's `full` cleanup); each delete names the version listed, so a document
+//!   written since is kept. A run that did not finish, or had a line refused, deletes
+//!   nothing.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::BufRead;
@@ -106,6 +107,8 @@ pub struct IngestSummary {
     pub resent: usize,
     /// What `--sync-prefix` did.
     pub sync: Option<SyncSummary>,
+    /// `--sync-prefix` deleted nothing because lines were refused.
+    pub sync_skipped: bool,
 }
 
 /// What a sync deleted.
@@ -157,6 +160,13 @@ impl std::fmt::Display for IngestSummary {
         }
         for (code, n) in &self.refused {
             write!(f, "\n  {code}: {n}")?;
+        }
+        if self.sync_skipped {
+            write!(
+                f,
+                "\nsync skipped: {} lines were refused, so the run did not send everything",
+                self.num_refused()
+            )?;
         }
         if let Some(s) = &self.sync {
             write!(
@@ -505,7 +515,14 @@ pub async fn ingest(input: Input, options: &IngestOptions) -> anyhow::Result<Ing
         return Err(e.context(format!("after {summary}")));
     }
     let named = named.with_context(|| format!("after {summary}"))?;
-    if let Some(prefix) = &options.sync_prefix {
+    // A refused line is a document the run meant to keep or change: a sync would treat it
+    // as never sent and might delete it.
+    summary.sync_skipped = options.sync_prefix.is_some() && summary.num_refused() > 0;
+    if let Some(prefix) = options
+        .sync_prefix
+        .as_ref()
+        .filter(|_| !summary.sync_skipped)
+    {
         let sync = sync(
             &sender,
             &client,
