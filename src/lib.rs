@@ -8,6 +8,7 @@ pub mod config;
 pub mod eventlog;
 pub mod metrics;
 pub mod rebuild;
+pub mod stores;
 pub mod verify;
 
 use std::net::TcpListener;
@@ -15,9 +16,6 @@ use std::sync::Arc;
 
 use actix_web::http::KeepAlive;
 use actix_web::{web, App, HttpServer};
-use projections::milvus::MilvusSink;
-use projections::mysql::MysqlSink;
-use projections::s3::S3Sink;
 use projections::{RetryPolicy, RunnerConfig, SinkError};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +29,7 @@ use crate::api::AppState;
 use crate::config::Config;
 use crate::eventlog::lease::Leases;
 use crate::eventlog::{LogError, PgLog};
+pub use crate::stores::Stores;
 use crate::verify::Verifier;
 
 /// The allocator of every binary that links docledger (the service, the benches and the
@@ -71,43 +70,6 @@ pub enum ServeError {
     /// The HTTP server.
     #[error("http server: {0}")]
     Http(#[from] std::io::Error),
-}
-
-/// The three store clients, shared by projectors and tools.
-#[derive(Clone)]
-pub struct Stores {
-    /// MySQL catalogue.
-    pub mysql: Arc<MysqlSink>,
-    /// Milvus vectors.
-    pub milvus: Arc<MilvusSink>,
-    /// S3 blobs.
-    pub s3: Arc<S3Sink>,
-}
-
-impl Stores {
-    /// The clients of the three stores named in `config`, over TLS where a URL asks for it
-    /// (trusting `config.tls`). Nothing is sent yet: each client connects at its first
-    /// request, so a service starts and takes commands while a store is unreachable.
-    ///
-    /// # Errors
-    /// A permanent [`SinkError`] when a store's URL or setting can never work.
-    pub async fn connect(config: &Config) -> Result<Stores, SinkError> {
-        Ok(Stores {
-            mysql: Arc::new(MysqlSink::with_tls(config.mysql_url.expose(), &config.tls)?),
-            milvus: Arc::new(MilvusSink::lazy(
-                &config.milvus_access(),
-                &config.milvus_collection,
-                config.vector_dim,
-            )?),
-            s3: Arc::new(S3Sink::with_tls(
-                config.s3_endpoint.expose().trim_end_matches('/'),
-                &config.s3_credentials,
-                &config.s3_region,
-                &config.s3_bucket,
-                &config.tls,
-            )?),
-        })
-    }
 }
 
 /// Runs the service on `listener` until `shutdown` fires: the log, the document actors, one

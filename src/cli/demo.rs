@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::api::dto::CommandResponse;
 use crate::config::Config;
-use crate::Stores;
+use crate::stores::Stores;
 
 /// What one document should look like in the stores.
 struct Expected {

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::eventlog::PgLog;
 use crate::rebuild::{RebuildProgress, RebuildStatus, Rebuilder};
-use crate::Stores;
+use crate::stores::Stores;
 
 /// How often progress is refreshed.
 const POLL: Duration = Duration::from_millis(250);

@@ -8,8 +8,9 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::eventlog::PgLog;
+use crate::stores::Stores;
 use crate::verify::{RepairSummary, Verifier, VerifyError, VerifyReport};
-use crate::{ServeError, Stores};
+use crate::ServeError;
 
 /// Everything `verify` did, as printed with `--json`.
 #[derive(Debug, Serialize)]

@@ -43,7 +43,7 @@ use tracing::{info, warn};
 pub use progress::{RebuildProgress, RebuildStatus};
 
 use crate::eventlog::{CataloguePage, CatalogueStates, LogError, PgLog, RawEvents};
-use crate::Stores;
+use crate::stores::Stores;
 
 /// Events read per page of the log, unless [`Rebuilder::with_page_events`] says otherwise.
 pub const PAGE_EVENTS: usize = 5000;

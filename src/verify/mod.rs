@@ -31,7 +31,7 @@ pub use compare::{Finding, FindingKind};
 pub use repair::RepairSummary;
 
 use crate::eventlog::{LogError, PgLog};
-use crate::Stores;
+use crate::stores::Stores;
 
 /// Why verification could not run to the end (a finding is not an error).
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,7 @@ use super::compare::Finding;
 use super::expected::{chunks_of_rows, sha256_hex, ExpectedDoc, ExpectedState, RowFields};
 use super::{StoreScan, VerifyError};
 use crate::eventlog::PgLog;
-use crate::Stores;
+use crate::stores::Stores;
 
 /// Events read per log page.
 const LOG_PAGE: usize = 1000;
