@@ -8,7 +8,7 @@
   - every expected service exists and has an `image` or a `build`;
   - every `depends_on` target exists (no cycles), and a `service_healthy` target has a healthcheck;
   - the docledger service is built from the repository and sets every DOCLEDGER_* variable of the
-    configuration contract (DESIGN.md); its store URLs point at services it waits for;
+    configuration contract (docs/configuration.md); its store URLs point at services it waits for;
   - every named volume a service mounts is declared under the top-level `volumes:`;
   - every Dockerfile a `build:` names exists and has FROM lines; docledger's has its ENTRYPOINT;
   - no duplicate YAML keys (PyYAML keeps the last one silently, compose refuses the file) and no

@@ -92,6 +92,12 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("VERIFY_SAMPLE", Some("100")),
 ];
 
+/// Every configuration key, without [`ENV_PREFIX`] (`LISTEN`, `EVENTSTORE_URL`, ...), in the
+/// order of [`KEYS`]: what `tests/docs.rs` checks `docs/configuration.md` against.
+pub fn keys() -> impl Iterator<Item = &'static str> {
+    KEYS.iter().map(|(key, _)| *key)
+}
+
 /// Longest projector linger, in milliseconds: a longer one would only hold changes back.
 const MAX_LINGER_MS: u64 = 60_000;
 

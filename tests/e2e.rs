@@ -1,5 +1,5 @@
 //! One document end to end through the HTTP API, with MySQL, Milvus and S3 read directly
-//! (raw clients, not docledger's adapters) to check DESIGN.md's store contract after a put, a
+//! (raw clients, not docledger's adapters) to check the store contract (docs/stores.md) after a put, a
 //! replace with fewer chunks and no blob, and a delete.
 
 mod common;

@@ -1,5 +1,5 @@
 //! Starts one runner per store and partition and reports their status. The runners are the
-//! projector actors of DESIGN.md: each owns its loop, retries and checkpoint; this module
+//! projector actors of the design (README, "How it stays consistent"): each owns its loop, retries and checkpoint; this module
 //! owns their tasks and joins them at shutdown.
 
 use std::sync::Arc;

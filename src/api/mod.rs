@@ -1,4 +1,4 @@
-//! The HTTP API (DESIGN.md's contract): handlers map requests to commands and answers;
+//! The HTTP API (the contract in docs/api.md): handlers map requests to commands and answers;
 //! they hold no SQL and no domain rules.
 
 pub mod access;

@@ -1,4 +1,4 @@
-//! Rebuilding a store from the log while the service keeps ingesting (DESIGN.md: the
+//! Rebuilding a store from the log while the service keeps ingesting (docs/stores.md: the
 //! stores are derived views that can always be thrown away and rebuilt).
 //!
 //! - MySQL: a shadow table filled from the log, caught up, then one `RENAME TABLE` swaps it

@@ -1,5 +1,5 @@
-//! The Milvus projection: one row per chunk in the contract's collection (DESIGN.md, "what
-//! the stores hold"), keyed by `"{doc_id}#{chunk_index}"`.
+//! The Milvus projection: one row per chunk in the contract's collection (docs/stores.md),
+//! keyed by `"{doc_id}#{chunk_index}"`.
 //!
 //! At least once, idempotent, version-guarded: the runner saves the checkpoint in the log
 //! database after [`MilvusSink::apply`], so a batch may be applied again after a crash.

@@ -1,4 +1,4 @@
-//! The contract's Milvus collection (DESIGN.md, "what the stores hold"): field names, the
+//! The contract's Milvus collection (docs/stores.md): field names, the
 //! schema, the vector index, and the filter literals built from document ids.
 //!
 //! Invariants: a row's primary key is always `"{doc_id}#{chunk_index}"`; the collection is

@@ -275,8 +275,8 @@ impl RowOp {
     }
 }
 
-/// What a document's catalogue row holds besides its id and status (DESIGN.md "what the
-/// stores hold"), owned, so that its strings move into a statement's parameters.
+/// What a document's catalogue row holds besides its id and status (docs/stores.md),
+/// owned, so that its strings move into a statement's parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CatalogueRow {
     pub version: u64,

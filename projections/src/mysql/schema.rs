@@ -1,4 +1,4 @@
-//! The MySQL catalogue's tables (DESIGN.md "what the stores hold"). Runs on MariaDB 10.11
+//! The MySQL catalogue's tables (docs/stores.md). Runs on MariaDB 10.11
 //! and MySQL 8: no `AS new` aliases, `VALUES(col)` in upserts, `version` assigned last.
 
 /// The catalogue table.

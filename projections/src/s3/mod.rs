@@ -1,6 +1,6 @@
 //! The S3 projection: one object `docs/{doc_id}` per document that has a blob, holding the
-//! exact bytes and the user metadata `docledger-version` and `docledger-sha256` (DESIGN.md,
-//! "what the stores hold").
+//! exact bytes and the user metadata `docledger-version` and `docledger-sha256`
+//! (docs/stores.md).
 //!
 //! At least once, idempotent, version-guarded: the runner saves the checkpoint in the log
 //! database after [`S3Sink::apply`], so a batch may be applied again after a crash. Every

@@ -1,5 +1,5 @@
-"""Read access to the Milvus collection docledger maintains (DESIGN.md, "what the stores
-hold"): one row per chunk, `pk = "{doc_id}#{chunk_index}"`, with `doc_id`, `chunk_index`,
+"""Read access to the Milvus collection docledger maintains (docs/stores.md): one
+row per chunk, `pk = "{doc_id}#{chunk_index}"`, with `doc_id`, `chunk_index`,
 `version`, `text` and an L2 HNSW-indexed `embedding`. docledger is the only writer; this
 module never writes.
 
