@@ -28,7 +28,7 @@ use bytes::Bytes;
 use docledger::cli::bench::{cpu_between, cpu_snapshot, load_average, CpuSnapshot, GROUPS};
 use docledger::config::Config;
 use docledger::eventlog::{AppendRequest, Appended, PgLog};
-use docledger::rebuild::{RebuildProgress, Rebuilder, S3_CONCURRENCY};
+use docledger::rebuild::{RebuildProgress, Rebuilder};
 use docledger::Stores;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use mysql_async::prelude::*;
@@ -41,6 +41,7 @@ use projections::mysql::shadow::{
     CONCURRENT_STATEMENTS,
 };
 use projections::s3::object_key;
+use projections::s3::BULK_CONCURRENT_REQUESTS;
 use projections::sink::Change;
 use projections::testing::{unique_name, StoreEnv};
 use projections::Sink;
@@ -335,7 +336,7 @@ async fn ceiling_milvus(stores: &Stores, name: &str, s: &Settings) -> anyhow::Re
     Ok(watch.stop())
 }
 
-/// Every blob put at its key in a fresh bucket, `S3_CONCURRENCY` at a time.
+/// Every blob put at its key in a fresh bucket, `BULK_CONCURRENT_REQUESTS` at a time.
 async fn ceiling_s3(
     env: &StoreEnv,
     name: &str,
@@ -359,7 +360,7 @@ async fn ceiling_s3(
         .collect();
     let watch = Stopwatch::start(name);
     stream::iter(puts)
-        .buffer_unordered(S3_CONCURRENCY)
+        .buffer_unordered(BULK_CONCURRENT_REQUESTS)
         .try_collect::<Vec<()>>()
         .await?;
     Ok(watch.stop())

@@ -32,7 +32,7 @@ use projections::milvus::plan::RowToWrite;
 use projections::mysql::schema::{blob_key, DOCUMENTS};
 use projections::mysql::shadow::{insert_statement, run_concurrently};
 use projections::mysql::MysqlSink;
-use projections::s3::object_key;
+use projections::s3::{object_key, BULK_CONCURRENT_REQUESTS};
 use projections::{MilvusSink, RetryPolicy, S3Sink, Sink};
 use rand::Rng;
 use serde_json::json;
@@ -48,8 +48,6 @@ const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 const CEILING_MYSQL_ROWS_PER_STATEMENT: usize = 500;
 /// Statements, Milvus requests in flight in the ceilings.
 const CEILING_CONCURRENCY: usize = 2;
-/// S3 puts in flight in the ceiling.
-const CEILING_S3_CONCURRENCY: usize = 32;
 /// Poll interval while waiting for readiness.
 const READY_POLL: Duration = Duration::from_millis(50);
 /// Longest wait for every document to become ready.
@@ -1219,12 +1217,12 @@ async fn run_ceilings(
             .collect();
         let started = Instant::now();
         let results: Vec<Result<(), projections::SinkError>> = stream::iter(puts)
-            .buffer_unordered(CEILING_S3_CONCURRENCY)
+            .buffer_unordered(BULK_CONCURRENT_REQUESTS)
             .collect()
             .await;
         results.into_iter().collect::<Result<Vec<()>, _>>()?;
         rows.push(row(
-            &format!("ceiling: S3 parallel PUTs ({CEILING_S3_CONCURRENCY} in flight)"),
+            &format!("ceiling: S3 parallel PUTs ({BULK_CONCURRENT_REQUESTS} in flight)"),
             started.elapsed().as_secs_f64(),
         ));
     }

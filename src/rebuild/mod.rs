@@ -49,8 +49,6 @@ use crate::stores::Stores;
 pub const PAGE_EVENTS: usize = 5000;
 /// Pages read ahead of the writer.
 const READ_AHEAD_PAGES: usize = 4;
-/// Objects written (or checked) at the same time.
-pub const S3_CONCURRENCY: usize = 32;
 /// Documents whose blobs are loaded from the log in one query.
 const S3_BLOB_GROUP: usize = 32;
 /// How often a pausing rebuild looks at the runners.
@@ -625,8 +623,9 @@ impl Rebuilder {
                     }
                 })
                 .collect();
-            let mut groups =
-                stream::iter(groups).buffer_unordered((S3_CONCURRENCY / S3_BLOB_GROUP).max(1));
+            let mut groups = stream::iter(groups).buffer_unordered(
+                (projections::s3::BULK_CONCURRENT_REQUESTS / S3_BLOB_GROUP).max(1),
+            );
             while let Some(done) = groups.next().await {
                 done?;
                 if cancel.is_cancelled() {

@@ -31,8 +31,6 @@ const MILVUS_RANGE_ROWS: usize = 4000;
 const MILVUS_CONTENT_BYTES: usize = 2 * 1024 * 1024;
 /// Documents per Milvus content read (keeps the filter expression short).
 const MILVUS_CONTENT_DOCS: usize = 256;
-/// Objects read at the same time.
-const S3_CONCURRENCY: usize = 16;
 
 /// What the bulk pass found.
 pub(super) struct Scanned {
@@ -333,7 +331,7 @@ async fn scan_s3(
             Ok::<_, VerifyError>((doc_id, ok))
         })
         .collect();
-    let mut results = stream::iter(reads).buffer_unordered(S3_CONCURRENCY);
+    let mut results = stream::iter(reads).buffer_unordered(projections::s3::CONCURRENT_REQUESTS);
     let mut read = 0u64;
     while let Some(result) = results.next().await {
         let (doc_id, ok) = result?;

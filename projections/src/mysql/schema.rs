@@ -97,7 +97,7 @@ pub const UPSERT_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')";
 /// Rows per upsert statement (11 placeholders each, far below the 65,535 limit).
 pub const ROWS_PER_STATEMENT: usize = 1000;
 
-/// `blob_key` of a document.
+/// `blob_key` of a document: the key of its S3 object (one key function for both stores).
 pub fn blob_key(doc_id: &str) -> String {
-    format!("docs/{doc_id}")
+    crate::s3::object_key(doc_id)
 }

@@ -54,8 +54,12 @@ pub const META_VERSION: &str = "docledger-version";
 /// User metadata: lowercase hex sha256 of the object's bytes.
 pub const META_SHA256: &str = "docledger-sha256";
 
-/// Documents of one batch written at the same time.
-const CONCURRENCY: usize = 16;
+/// S3 requests in flight for one batch or one audit (the live path: writes of a batch,
+/// reads of a verification).
+pub const CONCURRENT_REQUESTS: usize = 16;
+/// S3 requests in flight for bulk work that has the store to itself (a rebuild, the
+/// bench's ceiling).
+pub const BULK_CONCURRENT_REQUESTS: usize = 32;
 /// Longest wait for a TCP connection to the endpoint.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest silence while reading an answer; a hung request becomes a transient timeout.
@@ -592,7 +596,7 @@ impl Sink for S3Sink {
             .into_iter()
             .map(|change| self.apply_change(change, batch))
             .collect();
-        let mut results = stream::iter(writes).buffer_unordered(CONCURRENCY);
+        let mut results = stream::iter(writes).buffer_unordered(CONCURRENT_REQUESTS);
         let mut num_changes = 0;
         while let Some(result) = results.next().await {
             if result? {
@@ -600,7 +604,7 @@ impl Sink for S3Sink {
             }
         }
         let guards: Vec<_> = removals.into_iter().map(|c| self.removal(c)).collect();
-        let mut guards = stream::iter(guards).buffer_unordered(CONCURRENCY);
+        let mut guards = stream::iter(guards).buffer_unordered(CONCURRENT_REQUESTS);
         let mut doomed = Vec::new();
         while let Some(removal) = guards.next().await {
             if let Removal::Delete(doc_id) = removal? {
