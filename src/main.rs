@@ -84,8 +84,6 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
     },
-    /// Measure docledger against the dual-write coordinator and each store's ceiling.
-    Bench(docledger::cli::bench::BenchArgs),
 }
 
 fn init_tracing(json: bool) {
@@ -182,10 +180,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
-        }),
-        Command::Bench(args) => system.block_on(async move {
-            println!("{}", docledger::cli::bench::run(&config, &args).await?);
-            Ok(ExitCode::SUCCESS)
         }),
         Command::Rebuild {
             store,

@@ -96,6 +96,47 @@ impl StoreEnv {
         vars
     }
 
+    /// The `DOCLEDGER_*` settings of a `serve` process of test `name` on these stores: its own
+    /// log database, MySQL database, Milvus collection and bucket, vectors of 8 dimensions,
+    /// short polls and retries.
+    pub fn service_vars(&self, name: &str) -> HashMap<String, String> {
+        [
+            ("DOCLEDGER_EVENTSTORE_URL", self.pg_database_url(name)),
+            ("DOCLEDGER_MYSQL_URL", self.mysql_database_url(name)),
+            ("DOCLEDGER_MILVUS_COLLECTION", name.to_owned()),
+            ("DOCLEDGER_S3_ENDPOINT", self.s3_endpoint.clone()),
+            ("DOCLEDGER_S3_BUCKET", name.replace('_', "-")),
+            ("DOCLEDGER_S3_ACCESS_KEY", self.s3_access_key.clone()),
+            ("DOCLEDGER_S3_SECRET_KEY", self.s3_secret_key.clone()),
+            ("DOCLEDGER_S3_REGION", self.s3_region.clone()),
+            ("DOCLEDGER_VECTOR_DIM", "8".to_owned()),
+            ("DOCLEDGER_IDLE_POLL_MS", "100".to_owned()),
+            ("DOCLEDGER_RETRY_MAX_MS", "1000".to_owned()),
+        ]
+        .into_iter()
+        .chain(self.milvus_vars())
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// A raw S3 client of these stores (path-style, the static keys), for checks and sweeps.
+    pub fn s3_client(&self) -> aws_sdk_s3::Client {
+        let conf = aws_sdk_s3::config::Builder::new()
+            .behavior_version_latest()
+            .endpoint_url(&self.s3_endpoint)
+            .region(aws_sdk_s3::config::Region::new(self.s3_region.clone()))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                &self.s3_access_key,
+                &self.s3_secret_key,
+                None,
+                None,
+                "tests",
+            ))
+            .force_path_style(true)
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
     /// Like [`StoreEnv::load`], but panics with how to start the stores unless every one
     /// accepts TCP connections.
     pub fn require() -> StoreEnv {

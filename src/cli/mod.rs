@@ -1,7 +1,6 @@
 //! Command-line work beyond `serve`: the demo and NDJSON ingestion, both through the HTTP
 //! API (the path pipelines use), and verification, which reads the stores directly.
 
-pub mod bench;
 pub mod demo;
 pub mod ingest;
 pub mod rebuild;

@@ -152,24 +152,7 @@ pub fn service_vars(
 ) -> (StoreEnv, String, HashMap<String, String>) {
     let env = StoreEnv::require();
     let name = unique_name(test);
-    let bucket = name.replace('_', "-");
-    let mut vars: HashMap<String, String> = [
-        ("DOCLEDGER_EVENTSTORE_URL", env.pg_database_url(&name)),
-        ("DOCLEDGER_MYSQL_URL", env.mysql_database_url(&name)),
-        ("DOCLEDGER_MILVUS_COLLECTION", name.clone()),
-        ("DOCLEDGER_S3_ENDPOINT", env.s3_endpoint.clone()),
-        ("DOCLEDGER_S3_BUCKET", bucket),
-        ("DOCLEDGER_S3_ACCESS_KEY", env.s3_access_key.clone()),
-        ("DOCLEDGER_S3_SECRET_KEY", env.s3_secret_key.clone()),
-        ("DOCLEDGER_S3_REGION", env.s3_region.clone()),
-        ("DOCLEDGER_VECTOR_DIM", "8".to_owned()),
-        ("DOCLEDGER_IDLE_POLL_MS", "100".to_owned()),
-        ("DOCLEDGER_RETRY_MAX_MS", "1000".to_owned()),
-    ]
-    .into_iter()
-    .chain(env.milvus_vars())
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let mut vars = env.service_vars(&name);
     for (k, v) in extra {
         vars.insert((*k).to_owned(), (*v).to_owned());
     }

@@ -108,26 +108,8 @@ async fn sweep_milvus(env: &StoreEnv) {
     }
 }
 
-/// An S3 client of the test stores.
-pub fn s3_client(env: &StoreEnv) -> aws_sdk_s3::Client {
-    let conf = aws_sdk_s3::config::Builder::new()
-        .behavior_version_latest()
-        .endpoint_url(&env.s3_endpoint)
-        .region(aws_sdk_s3::config::Region::new(env.s3_region.clone()))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            &env.s3_access_key,
-            &env.s3_secret_key,
-            None,
-            None,
-            "sweep",
-        ))
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-}
-
 async fn sweep_s3(env: &StoreEnv) {
-    let s3 = s3_client(env);
+    let s3 = env.s3_client();
     let Ok(buckets) = s3.list_buckets().send().await else {
         return;
     };

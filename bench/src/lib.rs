@@ -1,4 +1,4 @@
-//! `docledger bench`: measures docledger end to end against the dual-write coordinator it
+//! `docledger-bench`: measures docledger end to end against the dual-write coordinator it
 //! replaces and against each store's own bulk ceiling, in one run, on the real stores named
 //! by the configuration, with bench-owned databases, collections and buckets (each dropped
 //! as soon as its scenario is measured, unless `--keep`). Every scenario starts on a quiet
@@ -6,7 +6,8 @@
 //! Garage deleting a dropped bucket's objects) has settled, so one scenario's leftovers do
 //! not count against the next.
 //!
-//! docledger runs as a spawned `docledger serve` (this executable), so its CPU and peak RSS
+//! docledger runs as a spawned `docledger serve` (the `docledger` executable beside this one,
+//! or `--bin`), so its CPU and peak RSS
 //! are read from `/proc/<pid>` apart from the bench's own clients. CPU of the stores is the
 //! difference of `utime + stime` per process between the start and the end of a scenario:
 //! PostgreSQL's server processes plus the backends of the scenario's own database, MariaDB,
@@ -39,8 +40,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::eventlog::PgConnector;
+use docledger::config::Config;
+use docledger::eventlog::PgConnector;
 
 /// `USER_HZ`: the unit of CPU times in `/proc/<pid>/stat` on every Linux architecture.
 const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
@@ -97,7 +98,7 @@ pub struct BenchArgs {
     /// Only measure RSS after this many distinct cheap documents (no blob, 1 chunk).
     #[arg(long)]
     pub touch: Option<usize>,
-    /// The `docledger` executable to serve with (default: this one).
+    /// The `docledger` executable to serve with (default: the one beside this executable).
     #[arg(long)]
     pub bin: Option<PathBuf>,
     /// Stop waiting, with the store's error, when a store has been shown `retrying` in the
@@ -975,7 +976,7 @@ async fn run_docledger(
         &with_database(config.mysql_url.expose(), &names.name)?,
         &config.tls,
     )?;
-    let bearer = super::bearer(config);
+    let bearer = docledger::cli::bearer(config);
     let mut watch = StoreWatch::new(
         &service,
         bearer.as_deref(),
@@ -1256,7 +1257,16 @@ fn run_id() -> String {
 pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<String> {
     let exe = match &args.bin {
         Some(b) => b.clone(),
-        None => std::env::current_exe()?,
+        None => {
+            let beside = std::env::current_exe()?.with_file_name("docledger");
+            if !beside.exists() {
+                anyhow::bail!(
+                    "no docledger executable at {} (build it: cargo build --release --bin docledger), or name one with --bin",
+                    beside.display()
+                );
+            }
+            beside
+        }
     };
     let run = run_id();
     if let Some(n) = args.touch {
@@ -1572,7 +1582,7 @@ async fn touch(
 ) -> anyhow::Result<String> {
     let vars = service_vars(config, names, args.dim)?;
     let service = Service::spawn(exe, &vars).await?;
-    let bearer = super::bearer(config);
+    let bearer = docledger::cli::bearer(config);
     let mut out = String::new();
     let _ = writeln!(
         out,

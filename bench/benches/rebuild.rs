@@ -5,7 +5,7 @@
 //! ceiling). Prints one table row per store: rebuild rate, ceiling rate, their ratio and
 //! whether it meets the target (≥ 0.7 of the ceiling for MySQL and S3, ≥ 0.5 for Milvus).
 //!
-//! `cargo bench --bench rebuild`. Knobs (environment):
+//! `cargo bench -p docledger-bench --bench rebuild`. Knobs (environment):
 //! - `REBUILD_BENCH_DOCS` documents (default 20,000; the figure is 100,000)
 //! - `REBUILD_BENCH_BLOB_BYTES` blob size (4096), `REBUILD_BENCH_CHUNKS` chunks a document
 //!   (8), `REBUILD_BENCH_DIM` vector dimension (384)
@@ -25,11 +25,11 @@ use aggregates::{
 };
 use anyhow::Context;
 use bytes::Bytes;
-use docledger::cli::bench::{cpu_between, cpu_snapshot, load_average, CpuSnapshot, GROUPS};
 use docledger::config::Config;
 use docledger::eventlog::{AppendRequest, Appended, PgLog};
 use docledger::rebuild::{RebuildProgress, Rebuilder};
 use docledger::Stores;
+use docledger_bench::{cpu_between, cpu_snapshot, load_average, CpuSnapshot, GROUPS};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use mysql_async::prelude::*;
 use projections::milvus::plan::RowToWrite;

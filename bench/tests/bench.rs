@@ -1,23 +1,46 @@
-//! `docledger bench` (issue 7) against the real stores, where it must not mislead: a store
+//! `docledger-bench` (issue 7) against the real stores, where it must not mislead: a store
 //! that refuses every write ends the run with that store's error, instead of a wait until the
 //! 15-minute readiness timeout, prints no table, and leaves none of the run's databases,
 //! collections or buckets behind; a finished run prints its table and leaves nothing either.
 
-mod common;
-
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
-use common::{docledger_command, service_vars};
 use mysql_async::prelude::Queryable;
 use projections::milvus::MilvusSink;
-use projections::testing::StoreEnv;
+use projections::testing::{unique_name, StoreEnv};
+
+/// The stores, and the settings of a bench run named after `test`.
+fn service_vars(test: &str) -> (StoreEnv, HashMap<String, String>) {
+    let env = StoreEnv::require();
+    let vars = env.service_vars(&unique_name(test));
+    (env, vars)
+}
+
+/// `docledger-bench` with exactly the DOCLEDGER_* settings `vars`, serving with the
+/// `docledger` executable the workspace built beside it.
+fn bench_command(vars: &HashMap<String, String>) -> tokio::process::Command {
+    let exe = Path::new(env!("CARGO_BIN_EXE_docledger-bench"));
+    let service = exe.with_file_name("docledger");
+    assert!(
+        service.exists(),
+        "{} is missing: run the workspace's tests (cargo test --workspace) or cargo build --bin docledger",
+        service.display()
+    );
+    let mut command = tokio::process::Command::new(exe);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("DOCLEDGER_")) {
+        command.env_remove(key);
+    }
+    command.envs(vars).arg("--bin").arg(service);
+    command
+}
 
 const WRONG_SECRET: &str = "not-the-secret-key-of-this-store";
 
 #[actix_rt::test]
 async fn a_store_refusing_every_write_ends_the_bench_with_its_error() {
-    let (env, _, mut vars) = service_vars("bench_stuck", &[]);
+    let (env, mut vars) = service_vars("bench_stuck");
     vars.insert("DOCLEDGER_S3_SECRET_KEY".into(), WRONG_SECRET.into());
     // Without the watch the bench would wait for readiness for 15 minutes: a bound here
     // makes that a failure instead of a hung test.
@@ -58,7 +81,7 @@ async fn a_store_refusing_every_write_ends_the_bench_with_its_error() {
 
 #[actix_rt::test]
 async fn a_finished_bench_prints_its_table_and_leaves_nothing_behind() {
-    let (env, _, vars) = service_vars("bench_small", &[]);
+    let (env, vars) = service_vars("bench_small");
     let (out, run) = run_bench(
         &vars,
         &["--sequential-docs", "2", "--paced-docs", "2"],
@@ -82,15 +105,15 @@ async fn a_finished_bench_prints_its_table_and_leaves_nothing_behind() {
     assert_nothing_left(&env, &run).await;
 }
 
-/// Runs `docledger bench` on 4 documents of 8 dimensions with `args`, no settling between
+/// Runs `docledger-bench` on 4 documents of 8 dimensions with `args`, no settling between
 /// scenarios, bounded by `timeout`; returns its output and the prefix of its resources' names.
 async fn run_bench(
     vars: &HashMap<String, String>,
     args: &[&str],
     timeout: Duration,
 ) -> (std::process::Output, String) {
-    let child = docledger_command(vars)
-        .args(["bench", "--docs", "4", "--dim", "8", "--settle-secs", "0"])
+    let child = bench_command(vars)
+        .args(["--docs", "4", "--dim", "8", "--settle-secs", "0"])
         .args(args)
         .env("DOCLEDGER_LOG", "warn")
         .stdout(std::process::Stdio::piped())
@@ -109,7 +132,10 @@ async fn run_bench(
 /// No log database, MySQL database, Milvus collection or bucket whose name starts with
 /// `run`.
 async fn assert_nothing_left(env: &StoreEnv, run: &str) {
-    let pg = common::log::connect(&env.pg_url).await.expect("postgres");
+    let (pg, connection) = tokio_postgres::connect(&env.pg_url, tokio_postgres::NoTls)
+        .await
+        .expect("postgres");
+    tokio::spawn(connection);
     let left = pg
         .query(
             "SELECT datname FROM pg_database WHERE starts_with(datname, $1)",
@@ -144,7 +170,8 @@ async fn assert_nothing_left(env: &StoreEnv, run: &str) {
         .collect();
     assert!(left.is_empty(), "collections of the run are left: {left:?}");
     let bucket_prefix = run.replace('_', "-");
-    let left: Vec<String> = common::sweep::s3_client(env)
+    let left: Vec<String> = env
+        .s3_client()
         .list_buckets()
         .send()
         .await
