@@ -607,31 +607,9 @@ async fn drop_milvus(env: &StoreEnv, name: &str) -> anyhow::Result<()> {
 }
 
 async fn drop_bucket(env: &StoreEnv, bucket: &str) -> anyhow::Result<()> {
-    let sink = s3_sink(env, bucket);
-    let keys = match sink.list_keys("").await {
-        Ok(keys) => keys,
-        // Never created (that store was not measured).
-        Err(_) => return Ok(()),
-    };
-    sink.delete_keys(&keys).await?;
-    let conf = aws_sdk_s3::config::Builder::new()
-        .behavior_version_latest()
-        .endpoint_url(&env.s3_endpoint)
-        .region(aws_sdk_s3::config::Region::new(env.s3_region.clone()))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            &env.s3_access_key,
-            &env.s3_secret_key,
-            None,
-            None,
-            "rebuild-bench",
-        ))
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-        .delete_bucket()
-        .bucket(bucket)
-        .send()
-        .await?;
+    // Its objects, then the bucket; a bucket never created (that store was not measured)
+    // is fine.
+    s3_sink(env, bucket).drop_bucket().await?;
     Ok(())
 }
 
