@@ -557,7 +557,22 @@ pub async fn events(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state.config)?;
     let doc_id = doc_id_of(&req)?;
-    let events = state.log.stream_events(&doc_id).await?;
+    let events: Vec<serde_json::Value> = state
+        .log
+        .stream_events(&doc_id)
+        .await?
+        .into_iter()
+        .map(|e| {
+            serde_json::json!({
+                "stream_version": e.stream_version,
+                "log_position": e.log_position,
+                "type": e.event_type,
+                "event_version": e.event_version,
+                "data": e.data,
+                "recorded_at": e.recorded_at,
+            })
+        })
+        .collect();
     if events.is_empty() {
         return Err(ApiError::NotFound("document not found".into()));
     }

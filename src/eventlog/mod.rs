@@ -31,7 +31,7 @@ pub use connect::PgConnector;
 pub use parked::{
     CompensationView, ParkedResolution, PendingParked, ResolveTarget, UNSETTLED_STATES,
 };
-pub use reader::{HorizonStatus, ListedDocument, StreamState};
+pub use reader::{EventRecord, HorizonStatus, ListedDocument, StreamState};
 pub use store_reader::{CataloguePage, CatalogueScan, CatalogueState, CatalogueStates, RawEvents};
 
 use crate::config::{AppendGroupConfig, StoreUrl};

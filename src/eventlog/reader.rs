@@ -115,6 +115,23 @@ ORDER BY stream_id COLLATE "C"
 LIMIT $5
 "#;
 
+/// One stored event of a document, as the log holds it (the API decides how it is shown).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    /// The event's number in its document's stream (1-based).
+    pub stream_version: i64,
+    /// Its position in the log.
+    pub log_position: i64,
+    /// `BlobStored`, `RowInserted`, ...
+    pub event_type: String,
+    /// The schema version of its payload.
+    pub event_version: i16,
+    /// Its payload as stored (vectors and blob bytes are stored apart, not here).
+    pub data: serde_json::Value,
+    /// When it was committed, RFC 3339 in UTC with microseconds.
+    pub recorded_at: String,
+}
+
 /// A document as a listing shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ListedDocument {
@@ -611,7 +628,7 @@ impl PgLog {
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
-    pub async fn stream_events(&self, doc_id: &DocId) -> Result<Vec<serde_json::Value>, LogError> {
+    pub async fn stream_events(&self, doc_id: &DocId) -> Result<Vec<EventRecord>, LogError> {
         let client = self.client().await?;
         let rows = client
             .query(
@@ -624,15 +641,13 @@ impl PgLog {
             .map_err(LogError::db("read stream events"))?;
         Ok(rows
             .iter()
-            .map(|r| {
-                serde_json::json!({
-                    "stream_version": r.get::<_, i64>(0),
-                    "log_position": r.get::<_, i64>(1),
-                    "type": r.get::<_, &str>(2),
-                    "event_version": r.get::<_, i16>(3),
-                    "data": r.get::<_, serde_json::Value>(4),
-                    "recorded_at": r.get::<_, String>(5),
-                })
+            .map(|r| EventRecord {
+                stream_version: r.get(0),
+                log_position: r.get(1),
+                event_type: r.get(2),
+                event_version: r.get(3),
+                data: r.get(4),
+                recorded_at: r.get(5),
             })
             .collect())
     }
