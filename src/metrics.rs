@@ -111,14 +111,14 @@ pub struct Metrics {
 impl Metrics {
     /// The metrics of a process whose log counts its appends in `appends`.
     pub fn new(appends: &AppendStats) -> Metrics {
-        let mut registry = Registry::default();
-        let metrics = Metrics {
+        let mut metrics = Metrics {
             http_requests: Family::default(),
             http_duration: latencies(),
             commands: latencies(),
             batches: latencies(),
             registry: Registry::default(),
         };
+        let registry = &mut metrics.registry;
         registry.register(
             "docledger_build",
             "The running build: its version and the compiler that built it",
@@ -158,10 +158,7 @@ impl Metrics {
             metrics.batches.clone(),
         );
         registry.register_collector(Box::new(process::ProcessCollector));
-        Metrics {
-            registry,
-            ..metrics
-        }
+        metrics
     }
 
     /// Observes one projection batch of `sink`/`partition` that took `took`.

@@ -11,6 +11,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use common::cluster::{Cluster, FAST_LEASES};
 use common::TestService;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -405,21 +406,13 @@ async fn a_batch_waits_for_its_documents_with_consistency_applied() {
     let body: String = (0..5)
         .map(|i| format!("{}\n", put_line(&format!("w/{i}"), "t")))
         .collect();
-    let answer = http
-        .post(svc.url("/v1/documents:batch?consistency=applied&timeout_ms=30000"))
-        .header("content-type", "application/x-ndjson")
-        .body(body.clone())
-        .send()
-        .await
-        .expect("batch")
-        .text()
-        .await
-        .expect("text");
-    let lines: Vec<Value> = answer
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect();
-    assert_eq!(lines.len(), 5, "{answer}");
+    let lines = common::batch_results(
+        &http,
+        &svc.url("/v1/documents:batch?consistency=applied&timeout_ms=30000"),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(lines.len(), 5, "{lines:?}");
     for line in &lines {
         assert_eq!(line["status"], 200, "{line}");
         assert_eq!(
@@ -450,17 +443,22 @@ async fn a_batch_waits_for_its_documents_with_consistency_applied() {
 
 /// A retry whose first attempt was applied is answered as the first attempt was, even when
 /// the command would now be refused: a repeated delete is not 404, a repeated create-only
-/// put is not 409. The same key for another request is still refused.
+/// put is not 409. The same key for another request is still refused. Two processes on
+/// one log, and each retry goes to the process that did not take the first attempt (its
+/// actor never saw the document: it decides on the log's state, refuses, and finds the
+/// key). A batch waiting with `consistency=applied` through either process sees the
+/// documents the other process's projectors apply.
 #[actix_rt::test]
 async fn a_retry_whose_first_attempt_landed_gets_the_first_answer() {
-    let svc = TestService::start("ingest_idempotent_refusal", &[]).await;
+    let cluster = Cluster::start("ingest_idempotent_refusal", 2, FAST_LEASES).await;
     let http = reqwest::Client::new();
+    let url = |i: usize| format!("{}/v1/documents/k%2Fdoc", cluster.base(i));
     let mut create = put_body("k/doc", "t");
     create["expected_version"] = json!(0);
     let mut answers = Vec::new();
-    for _ in 0..2 {
+    for i in 0..2 {
         let res = http
-            .put(svc.doc_url("k/doc", ""))
+            .put(url(i))
             .header("idempotency-key", "create-1")
             .json(&create)
             .send()
@@ -479,9 +477,9 @@ async fn a_retry_whose_first_attempt_landed_gets_the_first_answer() {
     );
     assert_eq!(answers[1].1["version"], answers[0].1["version"]);
     let mut deletes = Vec::new();
-    for _ in 0..2 {
+    for i in [1, 0] {
         let res = http
-            .delete(svc.doc_url("k/doc", ""))
+            .delete(url(i))
             .header("idempotency-key", "delete-1")
             .send()
             .await
@@ -499,21 +497,39 @@ async fn a_retry_whose_first_attempt_landed_gets_the_first_answer() {
     );
     assert_eq!(deletes[1].1["version"], 2);
     let other = http
-        .delete(svc.doc_url("k/doc", ""))
+        .delete(url(1))
         .header("idempotency-key", "create-1")
         .send()
         .await
         .expect("delete");
     assert_eq!(other.status(), 400, "a key is one request's");
-    let unkeyed = http
-        .delete(svc.doc_url("k/doc", ""))
-        .send()
-        .await
-        .expect("delete");
+    let unkeyed = http.delete(url(0)).send().await.expect("delete");
     assert_eq!(
         unkeyed.status(),
         404,
         "without a key, deleting twice is refused"
     );
-    svc.stop().await;
+
+    let body: String = (0..6)
+        .map(|i| format!("{}\n", put_line(&format!("k/applied-{i}"), "t")))
+        .collect();
+    for i in 0..2 {
+        let lines = common::batch_results(
+            &http,
+            &format!(
+                "{}/v1/documents:batch?consistency=applied&timeout_ms=30000",
+                cluster.base(i)
+            ),
+            body.replace("\"t\"", &format!("\"t{i}\"")),
+        )
+        .await;
+        assert_eq!(lines.len(), 6);
+        for line in &lines {
+            assert_eq!(line["status"], 200, "{line}");
+            assert_eq!(
+                line["result"]["consistent"], true,
+                "through process {i}: {line}"
+            );
+        }
+    }
 }

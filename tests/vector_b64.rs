@@ -88,18 +88,13 @@ async fn vector_b64_reaches_milvus_bit_for_bit_by_put_and_batch() {
             {"text": "numbers", "vector": vec![0.5; DIM]},
         ],
     });
-    let answer = http
-        .post(svc.url("/v1/documents:batch?consistency=applied&timeout_ms=30000"))
-        .header("content-type", "application/x-ndjson")
-        .body(format!("{line}\n"))
-        .send()
-        .await
-        .expect("batch")
-        .text()
-        .await
-        .expect("text");
-    let result: Value = serde_json::from_str(answer.trim()).expect("json");
-    assert_eq!(result["status"], 200, "{answer}");
+    let results = common::batch_results(
+        &http,
+        &svc.url("/v1/documents:batch?consistency=applied&timeout_ms=30000"),
+        format!("{line}\n"),
+    )
+    .await;
+    assert_eq!(results[0]["status"], 200, "{results:?}");
     assert_eq!(
         milvus_bits(&svc, "b64/line").await,
         vec![bits(&vectors[1]), bits(&[0.5; DIM])]
@@ -152,17 +147,10 @@ async fn malformed_vector_b64_is_refused_and_changes_nothing() {
         let message = body["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(says), "{chunk}: {body}");
         let line = json!({"op": "put", "doc_id": "b64/refused", "title": "t", "source_type": "s", "chunks": [chunk]});
-        let answer = http
-            .post(svc.url("/v1/documents:batch"))
-            .body(format!("{line}\n"))
-            .send()
-            .await
-            .expect("batch")
-            .text()
-            .await
-            .expect("text");
-        let result: Value = serde_json::from_str(answer.trim()).expect("json");
-        assert_eq!(result["status"], 400, "{line}: {answer}");
+        let results =
+            common::batch_results(&http, &svc.url("/v1/documents:batch"), format!("{line}\n"))
+                .await;
+        assert_eq!(results[0]["status"], 400, "{line}: {results:?}");
     }
     let res = http
         .get(svc.doc_url("b64/refused", ""))

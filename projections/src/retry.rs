@@ -68,6 +68,28 @@ impl RetryPolicy {
         &self,
         cancel: &CancellationToken,
         retryable: impl Fn(&E) -> bool,
+        on_retry: impl FnMut(u32, &E),
+        op: F,
+    ) -> Result<T, RetryOutcome<E>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.run_waiting_at_least(cancel, retryable, |_| None, on_retry, op)
+            .await
+    }
+
+    /// [`RetryPolicy::run`], where an error may name the least wait before the next attempt
+    /// (`at_least`: an HTTP `Retry-After`, say); the jittered delay is raised to it.
+    /// `on_retry(attempt, &error)` is called before each wait.
+    ///
+    /// # Errors
+    /// As [`RetryPolicy::run`].
+    pub async fn run_waiting_at_least<T, E, F, Fut>(
+        &self,
+        cancel: &CancellationToken,
+        retryable: impl Fn(&E) -> bool,
+        at_least: impl Fn(&E) -> Option<Duration>,
         mut on_retry: impl FnMut(u32, &E),
         mut op: F,
     ) -> Result<T, RetryOutcome<E>>
@@ -86,9 +108,10 @@ impl RetryPolicy {
                         return Err(RetryOutcome::Failed(e));
                     }
                     on_retry(attempt, &e);
+                    let wait = self.delay(attempt).max(at_least(&e).unwrap_or_default());
                     tokio::select! {
                         _ = cancel.cancelled() => return Err(RetryOutcome::Cancelled),
-                        _ = tokio::time::sleep(self.delay(attempt)) => {}
+                        _ = tokio::time::sleep(wait) => {}
                     }
                 }
             }

@@ -27,10 +27,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
+use projections::retry::RetryOutcome;
 use projections::sink::stream_hash;
 use projections::RetryPolicy;
 use serde::Deserialize;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// Lines per batch request.
 const LINES_PER_REQUEST: usize = 500;
@@ -229,16 +231,26 @@ struct Sender {
     progress: ProgressBar,
 }
 
-/// A request that may succeed when sent again.
-struct Transient {
-    why: String,
-    retry_after: Option<Duration>,
+/// Why a request got no usable answer.
+enum PostError {
+    /// It may succeed when sent again (after at least `retry_after`).
+    Transient {
+        why: String,
+        retry_after: Option<Duration>,
+    },
+    /// The service refused the whole request, or answered nonsense.
+    Fatal(anyhow::Error),
+}
+
+impl From<anyhow::Error> for PostError {
+    fn from(e: anyhow::Error) -> Self {
+        PostError::Fatal(e)
+    }
 }
 
 impl Sender {
-    /// One batch request and its answers, one per line (`Err`: transient failure or a
-    /// fatal refusal of the whole request).
-    async fn post(&self, lines: &[Line]) -> Result<Result<Vec<Answer>, Transient>, anyhow::Error> {
+    /// One batch request and its answers, one per line.
+    async fn post(&self, lines: &[Line]) -> Result<Vec<Answer>, PostError> {
         let mut body = String::with_capacity(lines.iter().map(|l| l.text.len() + 1).sum());
         for line in lines {
             body.push_str(&line.text);
@@ -252,8 +264,9 @@ impl Sender {
         if let Some(b) = &self.bearer {
             req = req.header("authorization", b);
         }
-        let transient =
-            |why: String, retry_after: Option<Duration>| Ok(Err(Transient { why, retry_after }));
+        let transient = |why: String, retry_after: Option<Duration>| {
+            Err(PostError::Transient { why, retry_after })
+        };
         let res = match req.send().await {
             Ok(res) => res,
             Err(e) => return transient(format!("POST {}: {e}", self.endpoint), None),
@@ -269,10 +282,10 @@ impl Sender {
             return transient(format!("HTTP {status}: {text}"), retry_after);
         }
         if !(200..300).contains(&status) {
-            bail!(
+            return Err(PostError::Fatal(anyhow::anyhow!(
                 "the batch was refused with HTTP {status}: {}",
                 res.text().await.unwrap_or_default()
-            );
+            )));
         }
         let text = match res.text().await {
             Ok(text) => text,
@@ -293,31 +306,43 @@ impl Sender {
                 None,
             );
         }
-        Ok(Ok(answers))
+        Ok(answers)
     }
 
-    /// `lines` answered, sent again after transient failures.
+    /// `lines` answered, sent again after transient failures (the one retry policy,
+    /// honouring `Retry-After`).
     async fn send(&self, lines: &[Line], resent: &mut usize) -> anyhow::Result<Vec<Answer>> {
-        let mut attempt = 0;
-        loop {
-            match self.post(lines).await? {
-                Ok(answers) => return Ok(answers),
-                Err(t) => {
-                    attempt += 1;
-                    if self.retry.max_attempts.is_some_and(|m| attempt >= m) {
-                        bail!("gave up after {attempt} attempts: {}", t.why);
+        let sent = self
+            .retry
+            .run_waiting_at_least(
+                &CancellationToken::new(),
+                |e| matches!(e, PostError::Transient { .. }),
+                |e| match e {
+                    PostError::Transient { retry_after, .. } => *retry_after,
+                    PostError::Fatal(_) => None,
+                },
+                |attempt, e| {
+                    if let PostError::Transient { why, .. } = e {
+                        self.progress.suspend(|| {
+                            eprintln!(
+                                "attempt {attempt} of {} lines failed, sending again: {why}",
+                                lines.len()
+                            )
+                        });
                     }
-                    let wait = self
-                        .retry
-                        .delay(attempt)
-                        .max(t.retry_after.unwrap_or_default());
-                    self.progress.suspend(|| {
-                        eprintln!("sending {} lines again in {wait:?}: {}", lines.len(), t.why)
-                    });
                     *resent += 1;
-                    tokio::time::sleep(wait).await;
-                }
-            }
+                },
+                || self.post(lines),
+            )
+            .await;
+        match sent {
+            Ok(answers) => Ok(answers),
+            Err(RetryOutcome::Failed(PostError::Fatal(e))) => Err(e),
+            Err(RetryOutcome::Failed(PostError::Transient { why, .. })) => Err(anyhow::anyhow!(
+                "gave up after {} attempts: {why}",
+                self.retry.max_attempts.unwrap_or_default()
+            )),
+            Err(RetryOutcome::Cancelled) => Err(anyhow::anyhow!("cancelled")),
         }
     }
 
@@ -381,7 +406,7 @@ impl Sender {
                     );
                 }
                 summary.resent += 1;
-                tokio::time::sleep(self.retry.delay(attempt)).await;
+                self.retry.backoff(attempt).await;
             }
             lines = again;
         }

@@ -132,6 +132,28 @@ pub fn assert_histograms_consistent(samples: &[MetricSample]) {
     assert!(checked > 0, "no histogram in the exposition");
 }
 
+/// POSTs the NDJSON `body` to `url` (a batch endpoint) and returns its result lines.
+pub async fn batch_results(
+    http: &reqwest::Client,
+    url: &str,
+    body: String,
+) -> Vec<serde_json::Value> {
+    let answer = http
+        .post(url)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .expect("batch")
+        .text()
+        .await
+        .expect("text");
+    answer
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {answer}")))
+        .collect()
+}
+
 /// A Milvus client of this machine's Milvus (its token included), telemetry off.
 pub async fn milvus_client(env: &StoreEnv) -> milvus::v2::prelude::ClientV2 {
     let config = env
