@@ -138,24 +138,8 @@ pub async fn serve(
         lease_cancel.clone(),
     );
     let mut projectors = Projectors::leased(leases.clone()).with_metrics(metrics.clone());
-    projectors.start(
-        stores.mysql.clone(),
-        &log,
-        partitions,
-        &runner_config,
-        &consistent_tx,
-        &projection_cancel,
-    );
-    projectors.start(
-        stores.milvus.clone(),
-        &log,
-        partitions,
-        &runner_config,
-        &consistent_tx,
-        &projection_cancel,
-    );
-    projectors.start(
-        stores.s3.clone(),
+    projectors.start_all(
+        &stores,
         &log,
         partitions,
         &runner_config,
@@ -165,7 +149,7 @@ pub async fn serve(
     drop(consistent_tx);
     let tracker = tracker::spawn(
         log.clone(),
-        stores.mysql.clone(),
+        stores.clone(),
         consistent_rx,
         ready_tx,
         retry,

@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
+use aggregates::StoreKind;
 use projections::milvus::MilvusSink;
 use projections::mysql::MysqlSink;
 use projections::s3::S3Sink;
-use projections::SinkError;
+use projections::{AppliedVersion, SinkError, Store};
 
 use crate::config::Config;
 
@@ -44,5 +45,35 @@ impl Stores {
                 &config.tls,
             )?),
         })
+    }
+}
+
+/// Work to do with one store's client, whichever adapter it is ([`Stores::visit`]): the
+/// orchestrators (rebuild, verify) are written once against the ports and run per store.
+pub trait StoreVisitor {
+    /// What the work gives.
+    type Output;
+    /// Does the work with `store`'s client.
+    fn visit<S: Store>(self, store: &Arc<S>) -> Self::Output;
+}
+
+impl Stores {
+    /// Marks `docs` ready where readiness is kept: the catalogue's rows of exactly these
+    /// versions (a row at another version stays as it is).
+    ///
+    /// # Errors
+    /// The classified [`SinkError`].
+    pub async fn mark_ready(&self, docs: &[AppliedVersion]) -> Result<(), SinkError> {
+        self.mysql.mark_ready(docs).await
+    }
+
+    /// Runs `visitor` with the client of `store`: the one place that maps a store to its
+    /// adapter.
+    pub fn visit<V: StoreVisitor>(&self, store: StoreKind, visitor: V) -> V::Output {
+        match store {
+            StoreKind::Mysql => visitor.visit(&self.mysql),
+            StoreKind::Milvus => visitor.visit(&self.milvus),
+            StoreKind::S3 => visitor.visit(&self.s3),
+        }
     }
 }

@@ -63,7 +63,7 @@ async fn pages_in_flight_end_with_the_newest_state_per_document() {
             .collect(),
     );
     writer
-        .write(&first, |d, _| d.ends_with(['1', '3', '5', '7', '9']))
+        .write_changes(&first, |d, _| d.ends_with(['1', '3', '5', '7', '9']))
         .await
         .expect("page 1");
     // Page 2, while page 1 may still run: documents divisible by 3 move to v2 (pending),
@@ -77,7 +77,10 @@ async fn pages_in_flight_end_with_the_newest_state_per_document() {
             })
             .collect(),
     );
-    writer.write(&second, |_, _| false).await.expect("page 2");
+    writer
+        .write_changes(&second, |_, _| false)
+        .await
+        .expect("page 2");
     // Page 3: the deleted ones divisible by 7 come back at v3; a late older version of
     // doc 0 (v1) must not win over its v2.
     let mut third: Vec<DocChange> = (0..n)
@@ -86,7 +89,7 @@ async fn pages_in_flight_end_with_the_newest_state_per_document() {
         .collect();
     third.push(change(&doc(0), 1, Change::Upsert(row(1))));
     writer
-        .write(&page(third), |_, _| true)
+        .write_changes(&page(third), |_, _| true)
         .await
         .expect("page 3");
     writer.finish().await.expect("finish");

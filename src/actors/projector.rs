@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use aggregates::StoreKind;
-use projections::{LogSource, Partition, Runner, RunnerConfig, RunnerStatus, Sink};
+use projections::{LogSource, Partition, Runner, RunnerConfig, RunnerStatus, Sink, Store};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::eventlog::lease::{LeaseKey, Leases};
 use crate::eventlog::{LogError, PgLog};
 use crate::rebuild::RebuildStatus;
+use crate::stores::{StoreVisitor, Stores};
 
 /// Unapplied events are counted up to this many per partition (`lag_events`); a larger
 /// backlog shows as this number, and `lag_seconds` tells how far behind it is.
@@ -119,6 +120,31 @@ impl Projectors {
             status.observe_batches(Box::new(
                 metrics.batch_observer(status.sink, status.partition.index),
             ));
+        }
+    }
+
+    /// Starts the runners of every store's partitions (see [`Projectors::start`]).
+    pub fn start_all(
+        &mut self,
+        stores: &Stores,
+        log: &PgLog,
+        partitions: u32,
+        config: &RunnerConfig,
+        consistent: &mpsc::Sender<Vec<projections::AppliedVersion>>,
+        cancel: &CancellationToken,
+    ) {
+        for store in StoreKind::ALL {
+            stores.visit(
+                store,
+                StartRunners {
+                    projectors: self,
+                    log,
+                    partitions,
+                    config,
+                    consistent,
+                    cancel,
+                },
+            );
         }
     }
 
@@ -293,3 +319,28 @@ impl ProjectionView {
 #[allow(dead_code)] // reason: compile-time check that PgLog satisfies the projection port
 fn assert_log_source<L: LogSource>() {}
 const _: fn() = assert_log_source::<PgLog>;
+
+/// [`Projectors::start`] for whichever store [`Stores::visit`] hands it.
+struct StartRunners<'a> {
+    projectors: &'a mut Projectors,
+    log: &'a PgLog,
+    partitions: u32,
+    config: &'a RunnerConfig,
+    consistent: &'a mpsc::Sender<Vec<projections::AppliedVersion>>,
+    cancel: &'a CancellationToken,
+}
+
+impl StoreVisitor for StartRunners<'_> {
+    type Output = ();
+
+    fn visit<S: Store>(self, store: &Arc<S>) {
+        self.projectors.start(
+            store.clone(),
+            self.log,
+            self.partitions,
+            self.config,
+            self.consistent,
+            self.cancel,
+        );
+    }
+}

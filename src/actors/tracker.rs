@@ -6,9 +6,6 @@
 //! and the MySQL update, the start-up sweep finds the document again in the log database
 //! (all stores at the version, readiness not recorded) and finishes it.
 
-use std::sync::Arc;
-
-use projections::mysql::MysqlSink;
 use projections::{AppliedVersion, ErrorClass, RetryPolicy};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -16,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::eventlog::PgLog;
+use crate::stores::Stores;
 
 /// Documents swept per query at start.
 const SWEEP_PAGE: i64 = 1000;
@@ -27,7 +25,7 @@ const MAX_MERGED: usize = 4096;
 /// Starts the tracker. `ready` is bumped after every batch marked ready.
 pub fn spawn(
     log: PgLog,
-    mysql: Arc<MysqlSink>,
+    stores: Stores,
     mut consistent: mpsc::Receiver<Vec<AppliedVersion>>,
     ready: watch::Sender<u64>,
     retry: RetryPolicy,
@@ -36,7 +34,7 @@ pub fn spawn(
     tokio::spawn(async move {
         let tracker = Tracker {
             log,
-            mysql,
+            stores,
             ready,
             retry,
             cancel: cancel.clone(),
@@ -78,7 +76,7 @@ fn newest_per_document(batch: &mut Vec<AppliedVersion>) {
 
 struct Tracker {
     log: PgLog,
-    mysql: Arc<MysqlSink>,
+    stores: Stores,
     ready: watch::Sender<u64>,
     retry: RetryPolicy,
     cancel: CancellationToken,
@@ -119,7 +117,7 @@ impl Tracker {
                 &self.cancel,
                 |e: &projections::SinkError| e.class == ErrorClass::Transient,
                 |attempt, e| warn!(attempt, error = %e, "marking rows ready failed, retrying"),
-                || self.mysql.mark_ready(docs),
+                || self.stores.mark_ready(docs),
             )
             .await
             .or_else(|e| match e {

@@ -1,40 +1,40 @@
 //! Rebuilding a store from the log while the service keeps ingesting (docs/stores.md: the
-//! stores are derived views that can always be thrown away and rebuilt).
+//! stores are derived views that can always be thrown away and rebuilt): one orchestrator,
+//! generic over the [`Rebuild`] port each store implements in its own folder of
+//! `projections` (docs/architecture.md).
 //!
-//! - MySQL: a shadow table filled from the log, caught up, then one `RENAME TABLE` swaps it
-//!   in together with the projector's checkpoints.
-//! - Milvus: a new collection (generation) filled from the log, caught up, then the
-//!   contract's name — an alias — moves to it.
-//! - S3: in place, with the S3 projector paused: objects that already hold the final state
-//!   are skipped (listing, then `docledger-version` + `docledger-sha256`), the rest written,
-//!   objects no document owns deleted.
+//! - Blue/green ([`RebuildStyle::BlueGreen`]: the catalogue's shadow table, the vectors' new
+//!   generation): the target is filled from the log read ahead in pages, caught up with the
+//!   store's runners paused, then switched to at the cursor where the rebuild stopped.
+//! - In place ([`RebuildStyle::InPlace`]: the blobs): with the store's runners paused, the
+//!   log's final change of every document is handed to the live store, which skips what
+//!   already holds it and removes what no document owns.
 //!
-//! The catalogue is built from each document's final state, which the log keeps in its
-//! stream row (one scan of one snapshot, [`PgLog::scan_catalogue`]; the events of documents
-//! whose row predates that are read instead), then caught up from the scan's end. The other
-//! stores read the log once (only the event types that carry their changes), in pages
-//! coalesced per document (newest state per page; a fresh target needs no version reads).
+//! A store rebuilt from final states ([`Rebuild::FROM_FINAL_STATES`]: the catalogue) reads
+//! each document's final state, which the log keeps in its stream row (one scan of one
+//! snapshot, [`PgLog::scan_catalogue`]; the events of documents whose row predates that are
+//! read instead), then catches up from the scan's end. The others read the log once (only
+//! the event types that carry their changes), in pages coalesced per document (newest state
+//! per page; a fresh target needs no version reads).
 //! Hand-over without losing or harmfully re-applying an event: the store's runners are
 //! paused and observed idle, the rebuild reads to the head, switches, moves the runners'
 //! checkpoints to where it stopped, and resumes them; a resumed runner re-reads its
 //! checkpoint. Appends never stop. A rebuild that dies midway leaves the live store
-//! untouched; the next one drops the stale shadow table or generation and starts over.
+//! untouched; the next one drops the stale target and starts over.
 
 pub mod progress;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
-use aggregates::{DocumentEvent, LogCursor, RecordedEvent, StoreKind};
-use bytes::Bytes;
-use futures::stream::{self, StreamExt};
-use projections::milvus::rebuild::{generation_name, GenerationWriter};
-use projections::mysql::shadow::{NewRows, ShadowWriter};
-use projections::s3::rebuild::ObjectOutcome;
-use projections::s3::KEY_PREFIX;
+use aggregates::{DocId, DocumentEvent, LogCursor, RecordedEvent, StoreKind};
+use futures::future::BoxFuture;
 use projections::sink::Change;
-use projections::{AppliedVersion, Batch, LogSource, Partition, Sink, SinkError};
+use projections::{
+    AppliedVersion, Batch, DocChange, FinalState, LogSource, Partition, Rebuild, RebuildPage,
+    RebuildStyle, RebuildTarget, SinkError, Store,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -43,14 +43,12 @@ use tracing::{info, warn};
 pub use progress::{RebuildProgress, RebuildStatus};
 
 use crate::eventlog::{CataloguePage, CatalogueStates, LogError, PgLog, RawEvents};
-use crate::stores::Stores;
+use crate::stores::{StoreVisitor, Stores};
 
 /// Events read per page of the log, unless [`Rebuilder::with_page_events`] says otherwise.
 pub const PAGE_EVENTS: usize = 5000;
 /// Pages read ahead of the writer.
 const READ_AHEAD_PAGES: usize = 4;
-/// Documents whose blobs are loaded from the log in one query.
-const S3_BLOB_GROUP: usize = 32;
 /// How often a pausing rebuild looks at the runners.
 const PAUSE_POLL: Duration = Duration::from_millis(50);
 /// Documents per readiness query while recording.
@@ -121,7 +119,8 @@ pub struct Rebuilder {
 /// A store's runners held paused by a rebuild, on every process of the log (see
 /// `eventlog::control`); none for a standalone rebuild, which runs with no service.
 struct Paused {
-    held: Option<(PgLog, StoreKind)>,
+    /// The log and the sink's name (its runners' key).
+    held: Option<(PgLog, &'static str)>,
     /// The store's partition count in force while paused: the checkpoints to move.
     partitions: u32,
 }
@@ -131,8 +130,8 @@ impl Paused {
     /// the rebuild keeps its pause: another process starts it over and lifts it.
     async fn resume(self, outcome_cancelled: bool) -> Result<(), RebuildError> {
         match self.held {
-            Some((log, store)) if !outcome_cancelled => {
-                log.lift_rebuild_pause(store.name()).await?;
+            Some((log, sink)) if !outcome_cancelled => {
+                log.lift_rebuild_pause(sink).await?;
                 Ok(())
             }
             _ => Ok(()),
@@ -171,16 +170,40 @@ impl Rebuilder {
         progress: &RebuildProgress,
         cancel: &CancellationToken,
     ) -> Result<RebuildSummary, RebuildError> {
-        info!(store = store.name(), "rebuild started");
-        let result = match store {
-            StoreKind::Mysql | StoreKind::Milvus => self.blue_green(store, progress, cancel).await,
-            StoreKind::S3 => self.s3_in_place(progress, cancel).await,
+        self.stores
+            .visit(
+                store,
+                RebuildOne {
+                    rebuilder: self,
+                    progress,
+                    cancel,
+                },
+            )
+            .await
+    }
+
+    /// Rebuilds the store behind `sink` (any implementation of the [`Rebuild`] port; its
+    /// runners, if any run, are those keyed by [`projections::Sink::NAME`]), reporting into
+    /// `progress`.
+    ///
+    /// # Errors
+    /// [`RebuildError`]; the live store is untouched unless the switch happened.
+    pub async fn rebuild_into<S: Rebuild>(
+        &self,
+        sink: &S,
+        progress: &RebuildProgress,
+        cancel: &CancellationToken,
+    ) -> Result<RebuildSummary, RebuildError> {
+        info!(store = S::NAME, "rebuild started");
+        let result = match S::STYLE {
+            RebuildStyle::BlueGreen => self.blue_green(sink, progress, cancel).await,
+            RebuildStyle::InPlace => self.in_place(sink, progress, cancel).await,
         };
         match &result {
             Ok(summary) => {
                 progress.finish();
                 info!(
-                    store = store.name(),
+                    store = S::NAME,
                     documents = summary.num_documents,
                     seconds = summary.seconds,
                     "rebuild finished"
@@ -189,17 +212,18 @@ impl Rebuilder {
             Err(e) => {
                 progress.fail(e.to_string());
                 progress.finish();
-                warn!(store = store.name(), error = %e, "rebuild failed; the live store is unchanged unless it was switched");
+                warn!(store = S::NAME, error = %e, "rebuild failed; the live store is unchanged unless it was switched");
             }
         }
         result
     }
 
-    /// Pauses `store`'s runners on every process and waits until each partition's owner
-    /// acknowledged it: from then on no runner writes the store until [`Paused::resume`].
+    /// Pauses the runners of the sink named `sink` on every process and waits until each
+    /// partition's owner acknowledged it: from then on no runner writes the store until
+    /// [`Paused::resume`].
     async fn pause(
         &self,
-        store: StoreKind,
+        sink: &'static str,
         cancel: &CancellationToken,
     ) -> Result<Paused, RebuildError> {
         if !self.in_service {
@@ -208,18 +232,15 @@ impl Rebuilder {
                 partitions: self.partitions,
             });
         }
-        let epoch = self.log.hold_rebuild_pause(store.name()).await?;
+        let epoch = self.log.hold_rebuild_pause(sink).await?;
         loop {
             // The count in force may change while processes of another count roll in; it
             // cannot once the runners holding its leases are paused.
-            let partitions = self.partitions_now(store).await?;
-            let acknowledged = self
-                .log
-                .partitions_paused(store.name(), partitions, epoch)
-                .await?;
+            let partitions = self.partitions_now(sink).await?;
+            let acknowledged = self.log.partitions_paused(sink, partitions, epoch).await?;
             if acknowledged >= partitions {
                 return Ok(Paused {
-                    held: Some((self.log.clone(), store)),
+                    held: Some((self.log.clone(), sink)),
                     partitions,
                 });
             }
@@ -230,25 +251,25 @@ impl Rebuilder {
         }
     }
 
-    /// The store's partition count in force among the service's processes (this process's
+    /// The sink's partition count in force among the service's processes (this process's
     /// own for a standalone rebuild, or before any process recorded one).
-    async fn partitions_now(&self, store: StoreKind) -> Result<u32, RebuildError> {
+    async fn partitions_now(&self, sink: &'static str) -> Result<u32, RebuildError> {
         if !self.in_service {
             return Ok(self.partitions);
         }
         Ok(self
             .log
-            .partitions_in_force(store.name())
+            .partitions_in_force(sink)
             .await?
             .unwrap_or(self.partitions))
     }
 
-    /// The lowest checkpoint of `store` over partitions in the log database (changes after
-    /// it may not have been recorded as applied).
-    async fn lowest_checkpoint(&self, store: StoreKind) -> Result<LogCursor, RebuildError> {
+    /// The lowest checkpoint of the sink named `sink` over partitions in the log database
+    /// (changes after it may not have been recorded as applied).
+    async fn lowest_checkpoint(&self, sink: &'static str) -> Result<LogCursor, RebuildError> {
         let mut lowest: Option<LogCursor> = None;
-        for part in Partition::all(self.partitions_now(store).await?) {
-            let stored = LogSource::load_checkpoint(&self.log, store.name(), part)
+        for part in Partition::all(self.partitions_now(sink).await?) {
+            let stored = LogSource::load_checkpoint(&self.log, sink, part)
                 .await
                 .map_err(source_error)?
                 .filter(|(log_id, _)| log_id == self.log.log_id())
@@ -260,12 +281,12 @@ impl Rebuilder {
 
     async fn save_checkpoints(
         &self,
-        store: StoreKind,
+        sink: &'static str,
         partitions: u32,
         end: LogCursor,
     ) -> Result<(), RebuildError> {
         for part in Partition::all(partitions) {
-            LogSource::save_checkpoint(&self.log, store.name(), part, end, None)
+            LogSource::save_checkpoint(&self.log, sink, part, end, None)
                 .await
                 .map_err(source_error)?;
         }
@@ -285,7 +306,7 @@ impl Rebuilder {
                 .await
                 .map_err(source_error)?;
             if !consistent.is_empty() {
-                self.stores.mysql.mark_ready(&consistent).await?;
+                self.stores.mark_ready(&consistent).await?;
                 self.log.record_ready(&consistent).await?;
             }
         }
@@ -327,57 +348,40 @@ impl Rebuilder {
         if (docs.len() as u64).saturating_mul(SCAN_SHARE) >= num_streams {
             let consistent = self.log.consistent_among(&newest).await?;
             for part in ready_of(&consistent, &docs).chunks(SETTLE_PAGE) {
-                self.stores.mysql.mark_ready(part).await?;
+                self.stores.mark_ready(part).await?;
             }
             return Ok(());
         }
         for part in docs.chunks(SETTLE_PAGE) {
             let consistent = self.log.consistent_at(part).await?;
-            self.stores
-                .mysql
-                .mark_ready(&ready_of(&consistent, part))
-                .await?;
+            self.stores.mark_ready(&ready_of(&consistent, part)).await?;
         }
         Ok(())
     }
 
-    async fn blue_green(
+    /// Fills a fresh target beside the live store, catches it up with the store's runners
+    /// paused, switches to it and moves the checkpoints (see [`RebuildStyle::BlueGreen`]).
+    async fn blue_green<S: Rebuild>(
         &self,
-        store: StoreKind,
+        sink: &S,
         progress: &RebuildProgress,
         cancel: &CancellationToken,
     ) -> Result<RebuildSummary, RebuildError> {
+        let store = S::STORE;
         let started = std::time::Instant::now();
         progress.phase("preparing");
-        // A store dropped behind docledger's back: recreate it (empty) so that its runners
-        // stop retrying and can be paused; the rebuild then fills the new target.
-        let mut target = match store {
-            StoreKind::Mysql => {
-                self.stores.mysql.prepare().await?;
-                self.stores.mysql.create_shadow().await?;
-                Target::Mysql(self.stores.mysql.shadow_writer())
-            }
-            _ => {
-                self.stores.milvus.prepare().await?;
-                let dropped = self.stores.milvus.drop_stale_generations().await?;
-                if !dropped.is_empty() {
-                    info!(collections = ?dropped, "dropped generations of an interrupted rebuild");
-                }
-                let name = generation_name(self.stores.milvus.collection(), unix_ms());
-                Target::Milvus(GenerationWriter::create(&self.stores.milvus, &name).await?)
-            }
-        };
-        let lowest = self.lowest_checkpoint(store).await?;
+        let mut target = sink.begin_rebuild().await?;
+        let lowest = self.lowest_checkpoint(S::NAME).await?;
         let num_streams = self.log.count_streams().await?;
         progress.total(num_streams);
         let mut done = Written::default();
 
         progress.phase("building");
-        let (mut pages, reader) = self.read_ahead(store, cancel);
+        let (mut pages, reader) = self.read_ahead::<S>(cancel);
         while let Some(page) = pages.recv().await {
             let page = page?;
             done.count(&page, lowest, progress);
-            self.write(&mut target, page).await?;
+            target.write(page.content).await?;
         }
         let _ = reader.await;
         if cancel.is_cancelled() {
@@ -385,52 +389,20 @@ impl Rebuilder {
         }
 
         progress.phase("pausing");
-        let paused = self.pause(store, cancel).await?;
+        let paused = self.pause(S::NAME, cancel).await?;
         let switched = async {
             progress.phase("catching_up");
-            loop {
-                let Some(page) = read_page(&self.log, store, done.cursor, self.page_events).await?
-                else {
-                    break;
-                };
+            while let Some(page) = read_page::<S>(&self.log, done.cursor, self.page_events).await? {
                 done.count(&page, lowest, progress);
-                self.write(&mut target, page).await?;
+                target.write(page.content).await?;
             }
             progress.phase("switching");
-            match &mut target {
-                Target::Mysql(writer) => {
-                    // Every row in before the shadow goes live.
-                    writer.finish().await?;
-                    self.stores
-                        .mysql
-                        .swap_shadow(self.log.log_id(), paused.partitions, done.cursor)
-                        .await?;
-                    progress.phase("recording");
-                    self.settle_readiness(writer.pending(), num_streams).await?;
-                }
-                Target::Milvus(generation) => {
-                    let old = self
-                        .stores
-                        .milvus
-                        .switch_alias(generation.collection())
-                        .await?;
-                    info!(
-                        alias = self.stores.milvus.collection(),
-                        collection = generation.collection(),
-                        "alias switched"
-                    );
-                    self.save_checkpoints(store, paused.partitions, done.cursor)
-                        .await?;
-                    if let Some(old) = old {
-                        self.stores
-                            .milvus
-                            .on_collection(&old)
-                            .drop_collection()
-                            .await?;
-                    }
-                    progress.phase("recording");
-                    self.record(store, &done.applied).await?;
-                }
+            self.switch::<S>(&mut target, paused.partitions, done.cursor)
+                .await?;
+            progress.phase("recording");
+            self.record(store, &done.applied).await?;
+            if S::KEEPS_READINESS {
+                self.settle_readiness(target.pending(), num_streams).await?;
             }
             Ok::<(), RebuildError>(())
         }
@@ -439,61 +411,156 @@ impl Rebuilder {
             .resume(matches!(switched, Err(RebuildError::Cancelled)))
             .await?;
         switched?;
+        let counts = target.counts();
         Ok(RebuildSummary {
-            store: store.name(),
+            store: S::NAME,
             num_documents: done.num_documents,
             num_events: done.num_events,
             end: done.cursor,
             seconds: started.elapsed().as_secs_f64(),
-            num_identical: 0,
-            num_orphans_deleted: 0,
+            num_identical: counts.num_identical,
+            num_orphans_deleted: counts.num_strays_removed,
         })
     }
 
-    async fn write(&self, target: &mut Target, page: PreparedPage) -> Result<(), RebuildError> {
-        match (target, page.content) {
-            (Target::Mysql(writer), PageContent::Changes(batch)) => {
-                writer
-                    .write(&batch, |doc, _| page.consistent.contains(doc))
-                    .await?;
-            }
-            (Target::Mysql(writer), PageContent::NewRows(rows)) => writer.insert_new(rows).await?,
-            (Target::Milvus(generation), PageContent::Changes(batch)) => {
-                generation.write(&batch).await?;
-            }
-            (Target::Milvus(_), PageContent::NewRows(_)) => {
-                return Err(RebuildError::Store(SinkError::permanent(
-                    "milvus",
-                    "rebuild",
-                    "catalogue rows handed to a vector rebuild".to_owned(),
-                )))
-            }
+    /// Makes `target` live at `end`, then moves the checkpoints the store does not keep
+    /// itself, then lets the target drop what it retired.
+    async fn switch<S: Rebuild>(
+        &self,
+        target: &mut S::Target,
+        partitions: u32,
+        end: LogCursor,
+    ) -> Result<(), RebuildError> {
+        target.switch(self.log.log_id(), partitions, end).await?;
+        if !S::KEEPS_OWN_CHECKPOINT {
+            self.save_checkpoints(S::NAME, partitions, end).await?;
         }
+        target.retire().await?;
         Ok(())
     }
 
-    /// Reads and prepares the store's pages up to [`READ_AHEAD_PAGES`] pages ahead of the
-    /// writer: for the catalogue, every document's final state ([`PgLog::scan_catalogue`],
-    /// [`prepare_states`]); for the others, the store's events from the start
-    /// ([`prepare_page`]) until a page comes back short (the head is near: the hand-over
-    /// reads the rest). Two tasks: one reads pages (it needs only a page's end to ask for the
-    /// next one), the other decodes, coalesces and looks up readiness on its own connection.
-    /// So PostgreSQL reads page k+1 while page k is decoded and checked, and both run while
-    /// the target store writes the pages before.
-    fn read_ahead(
+    /// With the store's runners paused throughout: reads the store's events to the head,
+    /// keeps each document's final change, and hands them to the live store in pages of
+    /// [`Rebuild::IN_PLACE_PAGE`] documents, in document order (see
+    /// [`RebuildStyle::InPlace`]).
+    async fn in_place<S: Rebuild>(
         &self,
-        store: StoreKind,
+        sink: &S,
+        progress: &RebuildProgress,
+        cancel: &CancellationToken,
+    ) -> Result<RebuildSummary, RebuildError> {
+        let store = S::STORE;
+        let started = std::time::Instant::now();
+        progress.phase("preparing");
+        let mut target = sink.begin_rebuild().await?;
+        progress.phase("pausing");
+        let paused = self.pause(S::NAME, cancel).await?;
+        let result = async {
+            let lowest = self.lowest_checkpoint(S::NAME).await?;
+            progress.total(self.log.count_streams().await?);
+            progress.phase("building");
+            let mut finals: HashMap<DocId, DocChange> = HashMap::new();
+            let mut cursor = LogCursor::START;
+            let mut num_events = 0u64;
+            loop {
+                let page = self
+                    .log
+                    .read_store_events(cursor, store, self.page_events)
+                    .await?;
+                let Some(last) = page.last() else { break };
+                cursor = last.cursor;
+                num_events += page.len() as u64;
+                progress.advance(0, page.len() as u64);
+                for change in Batch::coalesce_owned(store, cursor, page).changes {
+                    finals.insert(change.doc_id.clone(), change);
+                }
+                if cancel.is_cancelled() {
+                    return Err(RebuildError::Cancelled);
+                }
+            }
+            let mut finals: Vec<DocChange> = finals.into_values().collect();
+            finals.sort_unstable_by(|a, b| a.doc_id.cmp(&b.doc_id));
+            let applied: Vec<AppliedVersion> = finals
+                .iter()
+                .filter(|c| c.cursor > lowest)
+                .map(|c| AppliedVersion {
+                    doc_id: c.doc_id.clone(),
+                    version: c.version,
+                })
+                .collect();
+            let num_documents = finals.len() as u64;
+            let mut finals = finals.into_iter().peekable();
+            while finals.peek().is_some() {
+                let changes: Vec<DocChange> = finals.by_ref().take(S::IN_PLACE_PAGE).collect();
+                let num = changes.len() as u64;
+                let mut batch = Batch {
+                    end: cursor,
+                    num_events: changes.len(),
+                    changes,
+                    ..Batch::default()
+                };
+                if S::NEEDS_BLOBS {
+                    batch.blobs = LogSource::load_blobs(&self.log, &batch.blob_shas())
+                        .await
+                        .map_err(source_error)?;
+                }
+                target
+                    .write(RebuildPage::Changes {
+                        batch,
+                        consistent: Default::default(),
+                    })
+                    .await?;
+                progress.advance(num, 0);
+                if cancel.is_cancelled() {
+                    return Err(RebuildError::Cancelled);
+                }
+            }
+            progress.phase("switching");
+            self.switch::<S>(&mut target, paused.partitions, cursor)
+                .await?;
+            progress.phase("recording");
+            self.record(store, &applied).await?;
+            let counts = target.counts();
+            Ok(RebuildSummary {
+                store: S::NAME,
+                num_documents,
+                num_events,
+                end: cursor,
+                seconds: started.elapsed().as_secs_f64(),
+                num_identical: counts.num_identical,
+                num_orphans_deleted: counts.num_strays_removed,
+            })
+        }
+        .await;
+        paused
+            .resume(matches!(result, Err(RebuildError::Cancelled)))
+            .await?;
+        result
+    }
+
+    /// Reads and prepares the store's pages up to [`READ_AHEAD_PAGES`] pages ahead of the
+    /// writer: for a store rebuilt from final states, every document's final catalogue state
+    /// ([`PgLog::scan_catalogue`], [`prepare_states`]); for the others, the store's events
+    /// from the start ([`prepare_page`]) until a page comes back short (the head is near: the
+    /// hand-over reads the rest). Two tasks: one reads pages (it needs only a page's end to
+    /// ask for the next one), the other decodes, coalesces and looks up readiness on its own
+    /// connection. So PostgreSQL reads page k+1 while page k is decoded and checked, and
+    /// both run while the target store writes the pages before.
+    fn read_ahead<S: Rebuild>(
+        &self,
         cancel: &CancellationToken,
     ) -> (mpsc::Receiver<Page>, JoinHandle<()>) {
+        let store = S::STORE;
         let (raw_tx, mut raw_rx) = mpsc::channel::<Result<RawPage, LogError>>(READ_AHEAD_PAGES);
         let (tx, rx) = mpsc::channel(READ_AHEAD_PAGES);
         let log = self.log.clone();
         let page_events = self.page_events;
         let reader_cancel = cancel.clone();
         let reader = tokio::spawn(async move {
-            let read = match store {
-                StoreKind::Mysql => read_states(&log, page_events, &raw_tx, &reader_cancel).await,
-                _ => read_events(&log, store, page_events, &raw_tx, &reader_cancel).await,
+            let read = if S::FROM_FINAL_STATES {
+                read_states(&log, page_events, &raw_tx, &reader_cancel).await
+            } else {
+                read_events(&log, store, page_events, &raw_tx, &reader_cancel).await
             };
             if let Err(e) = read {
                 let _ = raw_tx.send(Err(e)).await;
@@ -503,7 +570,7 @@ impl Rebuilder {
         let handle = tokio::spawn(async move {
             while let Some(raw) = raw_rx.recv().await {
                 let page = match raw {
-                    Ok(RawPage::Events(raw, end)) => prepare_page(&log, store, &raw, end).await,
+                    Ok(RawPage::Events(raw, end)) => prepare_page::<S>(&log, &raw, end).await,
                     Ok(RawPage::States(states)) => prepare_states(&states),
                     Err(e) => Err(e),
                 };
@@ -518,168 +585,29 @@ impl Rebuilder {
         });
         (rx, handle)
     }
-
-    async fn s3_in_place(
-        &self,
-        progress: &RebuildProgress,
-        cancel: &CancellationToken,
-    ) -> Result<RebuildSummary, RebuildError> {
-        let store = StoreKind::S3;
-        let started = std::time::Instant::now();
-        let s3 = &self.stores.s3;
-        progress.phase("preparing");
-        s3.prepare().await?;
-        progress.phase("pausing");
-        let paused = self.pause(store, cancel).await?;
-        let result = async {
-            let lowest = self.lowest_checkpoint(store).await?;
-            progress.total(self.log.count_streams().await?);
-            // The final change of every document, by reading the store's events to the head.
-            progress.phase("building");
-            let mut finals: HashMap<String, projections::DocChange> = HashMap::new();
-            let mut cursor = LogCursor::START;
-            let mut num_events = 0u64;
-            loop {
-                let page = self
-                    .log
-                    .read_store_events(cursor, store, self.page_events)
-                    .await?;
-                let Some(last) = page.last() else { break };
-                cursor = last.cursor;
-                num_events += page.len() as u64;
-                progress.advance(0, page.len() as u64);
-                for change in Batch::coalesce_owned(store, cursor, page).changes {
-                    finals.insert(change.doc_id.to_string(), change);
-                }
-                if cancel.is_cancelled() {
-                    return Err(RebuildError::Cancelled);
-                }
-            }
-            let existing: std::collections::HashSet<String> =
-                s3.list_keys("").await?.into_iter().collect();
-            let mut upserts: Vec<&projections::DocChange> = finals
-                .values()
-                .filter(|c| matches!(c.change, Change::Upsert(_)))
-                .collect();
-            upserts.sort_by(|a, b| a.doc_id.cmp(&b.doc_id));
-            let identical = Arc::new(Mutex::new(0u64));
-            // Futures are built before they enter the streams: a closure inside a stream
-            // would fail the spawned task's `Send` check (rust-lang/rust#89976).
-            let groups: Vec<_> = upserts
-                .chunks(S3_BLOB_GROUP)
-                .map(|group| {
-                    let identical = identical.clone();
-                    let existing = &existing;
-                    async move {
-                        let shas: Vec<String> = group
-                            .iter()
-                            .filter_map(|c| match &c.change {
-                                Change::Upsert(DocumentEvent::BlobStored { sha256, .. }) => {
-                                    Some(sha256.clone())
-                                }
-                                _ => None,
-                            })
-                            .collect();
-                        let blobs = LogSource::load_blobs(&self.log, &shas)
-                            .await
-                            .map_err(source_error)?;
-                        let writes: Vec<_> = group
-                            .iter()
-                            .map(|c| {
-                                let blobs = &blobs;
-                                async move {
-                                    let Change::Upsert(event) = &c.change else {
-                                        return Ok(ObjectOutcome::Identical);
-                                    };
-                                    let DocumentEvent::BlobStored { sha256, .. } = event else {
-                                        return Ok(ObjectOutcome::Identical);
-                                    };
-                                    let bytes =
-                                        blobs.get(sha256).cloned().unwrap_or_else(Bytes::new);
-                                    let key = format!("{KEY_PREFIX}{}", c.doc_id);
-                                    if existing.contains(&key) {
-                                        s3.rebuild_object(c.doc_id.as_str(), event, bytes).await
-                                    } else {
-                                        s3.write_object(c.doc_id.as_str(), event, bytes).await
-                                    }
-                                }
-                            })
-                            .collect();
-                        let outcomes: Vec<Result<ObjectOutcome, SinkError>> = stream::iter(writes)
-                            .buffer_unordered(S3_BLOB_GROUP)
-                            .collect()
-                            .await;
-                        let mut same = 0u64;
-                        for o in outcomes {
-                            if o? == ObjectOutcome::Identical {
-                                same += 1;
-                            }
-                        }
-                        if let Ok(mut n) = identical.lock() {
-                            *n += same;
-                        }
-                        progress.advance(group.len() as u64, 0);
-                        Ok::<(), RebuildError>(())
-                    }
-                })
-                .collect();
-            let mut groups = stream::iter(groups).buffer_unordered(
-                (projections::s3::BULK_CONCURRENT_REQUESTS / S3_BLOB_GROUP).max(1),
-            );
-            while let Some(done) = groups.next().await {
-                done?;
-                if cancel.is_cancelled() {
-                    return Err(RebuildError::Cancelled);
-                }
-            }
-            drop(groups);
-            progress.phase("switching");
-            let wanted: std::collections::HashSet<String> = upserts
-                .iter()
-                .map(|c| format!("{KEY_PREFIX}{}", c.doc_id))
-                .collect();
-            let mut orphans: Vec<String> = existing
-                .iter()
-                .filter(|k| !wanted.contains(*k))
-                .cloned()
-                .collect();
-            orphans.sort();
-            s3.delete_keys(&orphans).await?;
-            self.save_checkpoints(store, paused.partitions, cursor)
-                .await?;
-            progress.phase("recording");
-            let applied: Vec<AppliedVersion> = finals
-                .values()
-                .filter(|c| c.cursor > lowest)
-                .map(|c| AppliedVersion {
-                    doc_id: c.doc_id.clone(),
-                    version: c.version,
-                })
-                .collect();
-            self.record(store, &applied).await?;
-            let num_identical = identical.lock().map(|n| *n).unwrap_or_default();
-            Ok(RebuildSummary {
-                store: store.name(),
-                num_documents: upserts.len() as u64,
-                num_events,
-                end: cursor,
-                seconds: started.elapsed().as_secs_f64(),
-                num_identical,
-                num_orphans_deleted: orphans.len() as u64,
-            })
-        }
-        .await;
-        paused
-            .resume(matches!(result, Err(RebuildError::Cancelled)))
-            .await?;
-        result
-    }
 }
 
-enum Target {
-    /// Writes into the shadow table in the background: finish it before the swap.
-    Mysql(ShadowWriter),
-    Milvus(GenerationWriter),
+/// A rebuild of whichever store [`Stores::visit`] hands it.
+struct RebuildOne<'a> {
+    rebuilder: &'a Rebuilder,
+    progress: &'a RebuildProgress,
+    cancel: &'a CancellationToken,
+}
+
+impl<'a> StoreVisitor for RebuildOne<'a> {
+    type Output = BoxFuture<'a, Result<RebuildSummary, RebuildError>>;
+
+    fn visit<S: Store>(self, store: &Arc<S>) -> Self::Output {
+        let sink = store.clone();
+        Box::pin(async move {
+            let RebuildOne {
+                rebuilder,
+                progress,
+                cancel,
+            } = self;
+            rebuilder.rebuild_into(&*sink, progress, cancel).await
+        })
+    }
 }
 
 /// What a blue/green rebuild has written so far.
@@ -696,7 +624,7 @@ struct Written {
 impl Written {
     /// Counts a written page (and reports it to `progress`).
     fn count(&mut self, page: &PreparedPage, lowest: LogCursor, progress: &RebuildProgress) {
-        if let PageContent::Changes(batch) = &page.content {
+        if let RebuildPage::Changes { batch, .. } = &page.content {
             self.applied
                 .extend(batch.changes.iter().filter(|c| c.cursor > lowest).map(|c| {
                     AppliedVersion {
@@ -719,38 +647,19 @@ fn source_error(e: projections::SourceError) -> RebuildError {
     })
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
-
 /// A page of the log as the read-ahead task hands it over.
 type Page = Result<PreparedPage, LogError>;
 
 /// A page of the log as the writer takes it, with what it needs to know beside it.
 struct PreparedPage {
-    content: PageContent,
+    content: RebuildPage,
     /// Where the page ends: the target holds the log up to here once it is written.
     end: LogCursor,
     /// Events (or final states) read.
     num_events: usize,
-    /// MySQL: the page's upserted documents whose version every store already holds (their
-    /// rows are written `ready`); empty for other stores and for [`PageContent::NewRows`]
-    /// (which carry their status).
-    consistent: std::collections::HashSet<String>,
     /// Documents the page covers (final states of deleted documents write nothing but
     /// count).
     num_documents: usize,
-}
-
-/// What a [`PreparedPage`] writes.
-enum PageContent {
-    /// The newest change per document of a page of events.
-    Changes(Batch),
-    /// MySQL: the rows of documents' final states, new to the shadow table.
-    NewRows(NewRows),
 }
 
 /// A page as the read-ahead's reader hands it to its preparer.
@@ -805,35 +714,33 @@ async fn read_states(
     Ok(())
 }
 
-/// Reads the page of `store`'s events after `after` (at most `page_events`) and prepares it;
-/// `None` at the head.
-async fn read_page(
+/// Reads the page of the store's events after `after` (at most `page_events`) and prepares
+/// it; `None` at the head.
+async fn read_page<S: Rebuild>(
     log: &PgLog,
-    store: StoreKind,
     after: LogCursor,
     page_events: usize,
 ) -> Result<Option<PreparedPage>, LogError> {
-    let raw = log.read_store_rows(after, store, page_events).await?;
+    let raw = log.read_store_rows(after, S::STORE, page_events).await?;
     if raw.is_empty() {
         return Ok(None);
     }
-    prepare_page(log, store, &raw, None).await.map(Some)
+    prepare_page::<S>(log, &raw, None).await.map(Some)
 }
 
-/// Decodes and coalesces a page read by [`PgLog::read_store_rows`] (not empty) and, for
-/// MySQL, looks up which of its documents every store already holds. The page ends at `end`
-/// if given, else at its last event.
-async fn prepare_page(
+/// Decodes and coalesces a page read by [`PgLog::read_store_rows`] (not empty) and, for a
+/// store that keeps readiness, looks up which of its documents every store already holds.
+/// The page ends at `end` if given, else at its last event.
+async fn prepare_page<S: Rebuild>(
     log: &PgLog,
-    store: StoreKind,
     raw: &RawEvents,
     end: Option<LogCursor>,
 ) -> Result<PreparedPage, LogError> {
     let events: Vec<RecordedEvent<DocumentEvent>> = raw.decode()?;
     let end = end.unwrap_or_else(|| events.last().map_or(LogCursor::START, |e| e.cursor));
     let num_events = events.len();
-    let batch = Batch::coalesce_owned(store, end, events);
-    let consistent = if store == StoreKind::Mysql {
+    let batch = Batch::coalesce_owned(S::STORE, end, events);
+    let consistent = if S::KEEPS_READINESS {
         let docs: Vec<(&str, u64)> = batch
             .changes
             .iter()
@@ -847,33 +754,28 @@ async fn prepare_page(
     Ok(PreparedPage {
         end: batch.end,
         num_documents: batch.changes.len(),
-        content: PageContent::Changes(batch),
+        content: RebuildPage::Changes { batch, consistent },
         num_events,
-        consistent,
     })
 }
 
-/// Decodes a page of final catalogue states straight into the shadow table's new rows (the
-/// parameters of their inserts, built here in the read-ahead rather than by the writer).
-/// Deleted documents are left out: the target is fresh, there is nothing to remove (they
-/// still count as documents done).
+/// Decodes a page of final catalogue states (deleted documents included: they write
+/// nothing but count as done).
 fn prepare_states(states: &CatalogueStates) -> Result<PreparedPage, LogError> {
-    let mut page = states.states().collect::<Result<Vec<_>, _>>()?;
-    let num_documents = page.len();
-    // In the catalogue's key order: MariaDB appends each statement's rows to its B-tree
-    // instead of inserting them between each other in append order.
-    page.sort_unstable_by(|a, b| a.doc_id.cmp(b.doc_id));
-    let mut rows = NewRows::default();
-    for state in page {
-        if let Some(row) = state.row {
-            rows.push(state.doc_id, row, state.ready);
-        }
-    }
+    let page = states
+        .states()
+        .map(|state| {
+            state.map(|state| FinalState {
+                doc_id: state.doc_id.to_owned(),
+                entry: state.row,
+                ready: state.ready,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(PreparedPage {
-        content: PageContent::NewRows(rows),
+        num_documents: page.len(),
+        num_events: page.len(),
+        content: RebuildPage::States(page),
         end: states.end(),
-        num_events: num_documents,
-        consistent: Default::default(),
-        num_documents,
     })
 }

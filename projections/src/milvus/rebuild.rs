@@ -14,6 +14,8 @@
 
 use std::collections::HashMap;
 
+use aggregates::LogCursor;
+
 use ::milvus::v2::prelude::{
     AlterAliasRequest, CreateAliasRequest, DescribeAliasRequest, InsertRequest,
     ListCollectionsRequest,
@@ -24,6 +26,7 @@ use super::classify::sink_error;
 use super::plan::{self, RowToWrite, StoredKey};
 use super::{columns, schema, upsert_requests, MilvusSink, DELETE_MAX_KEYS};
 use crate::error::SinkError;
+use crate::rebuild::{Rebuild, RebuildPage, RebuildStyle, RebuildTarget};
 use crate::sink::{Batch, Sink};
 
 /// Separates the contract's name from a generation's number: `doc_chunks__g1700000000000`.
@@ -188,6 +191,10 @@ impl MilvusSink {
 /// Fills a new generation page by page, remembering what it wrote.
 pub struct GenerationWriter {
     sink: MilvusSink,
+    /// The live sink, whose name the generation takes over at the switch.
+    live: MilvusSink,
+    /// The collection the name pointed to before the switch, to drop once retired.
+    retired: Option<String>,
     /// Per document: the version and chunk indexes written.
     written: HashMap<String, (i64, Vec<u32>)>,
 }
@@ -203,6 +210,8 @@ impl GenerationWriter {
         sink.prepare().await?;
         Ok(GenerationWriter {
             sink,
+            live: live.clone(),
+            retired: None,
             written: HashMap::new(),
         })
     }
@@ -218,7 +227,7 @@ impl GenerationWriter {
     ///
     /// # Errors
     /// The classified Milvus failure; permanent for data Milvus can never hold.
-    pub async fn write(&mut self, batch: &Batch) -> Result<usize, SinkError> {
+    pub async fn write_changes(&mut self, batch: &Batch) -> Result<usize, SinkError> {
         let mut stored: HashMap<String, Vec<StoredKey>> = HashMap::new();
         for c in &batch.changes {
             if let Some((version, indexes)) = self.written.get(c.doc_id.as_str()) {
@@ -276,5 +285,62 @@ impl GenerationWriter {
             }
         }
         Ok(plan.num_changes)
+    }
+}
+
+/// The vectors are rebuilt blue/green into a new generation, which the name then moves to.
+impl Rebuild for MilvusSink {
+    type Target = GenerationWriter;
+    const STYLE: RebuildStyle = RebuildStyle::BlueGreen;
+
+    async fn begin_rebuild(&self) -> Result<GenerationWriter, SinkError> {
+        // A collection dropped behind docledger's back is recreated (empty) so that its
+        // runners stop retrying and can be paused.
+        self.prepare().await?;
+        let dropped = self.drop_stale_generations().await?;
+        if !dropped.is_empty() {
+            tracing::info!(collections = ?dropped, "dropped generations of an interrupted rebuild");
+        }
+        let number = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        GenerationWriter::create(self, &generation_name(self.collection(), number)).await
+    }
+}
+
+impl RebuildTarget for GenerationWriter {
+    async fn write(&mut self, page: RebuildPage) -> Result<(), SinkError> {
+        match page {
+            RebuildPage::Changes { batch, .. } => self.write_changes(&batch).await.map(|_| ()),
+            RebuildPage::States(_) => Err(SinkError::permanent(
+                super::NAME,
+                "rebuild",
+                "catalogue states handed to a vector rebuild".to_owned(),
+            )),
+        }
+    }
+
+    async fn switch(
+        &mut self,
+        _log_id: &str,
+        _partitions: u32,
+        _end: LogCursor,
+    ) -> Result<(), SinkError> {
+        let live = self.live.clone();
+        self.retired = live.switch_alias(self.sink.collection()).await?;
+        tracing::info!(
+            alias = live.collection(),
+            collection = self.sink.collection(),
+            "alias switched"
+        );
+        Ok(())
+    }
+
+    async fn retire(&mut self) -> Result<(), SinkError> {
+        match self.retired.take() {
+            Some(old) => self.live.on_collection(&old).drop_collection().await,
+            None => Ok(()),
+        }
     }
 }

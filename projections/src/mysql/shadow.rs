@@ -25,7 +25,8 @@ use super::schema::{
 };
 use super::{upsert_params, CatalogueRow, MysqlSink, NAME};
 use crate::error::SinkError;
-use crate::sink::{Batch, Change, Partition};
+use crate::rebuild::{Rebuild, RebuildPage, RebuildStyle, RebuildTarget};
+use crate::sink::{Batch, Change, Partition, Sink};
 
 /// The table a rebuild fills.
 pub const SHADOW_DOCUMENTS: &str = "documents_shadow";
@@ -165,7 +166,7 @@ impl NewRows {
 /// next page is read and built: upsert statements run in the background, at most
 /// [`CONCURRENT_STATEMENTS`] at a time (each on its own pooled connection, in the order
 /// they were queued), with up to [`QUEUED_STATEMENTS`] more waiting for a turn, and
-/// [`ShadowWriter::write`] returns once its page's last statement is queued.
+/// [`ShadowWriter::write_changes`] returns once its page's last statement is queued.
 ///
 /// Order where it matters: a statement never runs next to one holding the same document
 /// (it waits for it: no lock-order deadlock between two multi-row upserts, and the version
@@ -174,6 +175,7 @@ impl NewRows {
 /// would bring the row back). [`ShadowWriter::finish`] waits for everything: call it before
 /// the swap. Dropping the writer aborts what is still running (an abandoned rebuild).
 pub struct ShadowWriter {
+    sink: MysqlSink,
     pool: mysql_async::Pool,
     /// Turns to run a statement (first come, first served).
     turns: Arc<Semaphore>,
@@ -198,7 +200,7 @@ impl ShadowWriter {
     ///
     /// # Errors
     /// A classified [`SinkError`] of this page's deletes or of any earlier statement.
-    pub async fn write(
+    pub async fn write_changes(
         &mut self,
         batch: &Batch,
         ready: impl Fn(&str, u64) -> bool,
@@ -249,9 +251,9 @@ impl ShadowWriter {
         run_concurrently(&self.pool, "delete shadow rows", deletes, 1).await
     }
 
-    /// Queues plain inserts of `rows`, in the background like [`ShadowWriter::write`]'s. No
+    /// Queues plain inserts of `rows`, in the background like [`ShadowWriter::write_changes`]'s. No
     /// other statement may hold these documents: each is new to the table, and a later
-    /// [`ShadowWriter::write`] first waits for every such insert (an upsert of one of them
+    /// [`ShadowWriter::write_changes`] first waits for every such insert (an upsert of one of them
     /// landing first would make its insert fail as a duplicate).
     ///
     /// # Errors
@@ -394,6 +396,7 @@ impl MysqlSink {
     /// first.
     pub fn shadow_writer(&self) -> ShadowWriter {
         ShadowWriter {
+            sink: self.clone(),
             pool: self.pool.clone(),
             turns: Arc::new(Semaphore::new(CONCURRENT_STATEMENTS)),
             capacity: CONCURRENT_STATEMENTS + QUEUED_STATEMENTS,
@@ -451,6 +454,62 @@ impl MysqlSink {
             .map_err(sink_error("drop old table"))?;
             Ok(())
         }
+    }
+}
+
+/// The catalogue is rebuilt blue/green from each document's final state: a shadow table
+/// filled beside the live one, then swapped in with the projector's checkpoints.
+impl Rebuild for MysqlSink {
+    type Target = ShadowWriter;
+    const STYLE: RebuildStyle = RebuildStyle::BlueGreen;
+    const FROM_FINAL_STATES: bool = true;
+    const KEEPS_READINESS: bool = true;
+
+    async fn begin_rebuild(&self) -> Result<ShadowWriter, SinkError> {
+        // A table dropped behind docledger's back is recreated (empty) so that its runners
+        // stop retrying and can be paused.
+        self.prepare().await?;
+        self.create_shadow().await?;
+        Ok(self.shadow_writer())
+    }
+}
+
+impl RebuildTarget for ShadowWriter {
+    async fn write(&mut self, page: RebuildPage) -> Result<(), SinkError> {
+        match page {
+            RebuildPage::Changes { batch, consistent } => {
+                self.write_changes(&batch, |doc, _| consistent.contains(doc))
+                    .await
+            }
+            RebuildPage::States(mut states) => {
+                // In the catalogue's key order: MariaDB appends each statement's rows to its
+                // B-tree instead of inserting them between each other in append order.
+                states.sort_unstable_by(|a, b| a.doc_id.cmp(&b.doc_id));
+                let mut rows = NewRows::default();
+                for state in states {
+                    if let Some(entry) = state.entry {
+                        rows.push(&state.doc_id, entry, state.ready);
+                    }
+                }
+                self.insert_new(rows).await
+            }
+        }
+    }
+
+    async fn switch(
+        &mut self,
+        log_id: &str,
+        partitions: u32,
+        end: LogCursor,
+    ) -> Result<(), SinkError> {
+        // Every row in before the shadow goes live.
+        self.finish().await?;
+        let sink = self.sink.clone();
+        sink.swap_shadow(log_id, partitions, end).await
+    }
+
+    fn pending(&self) -> &[(String, u64)] {
+        &self.pending
     }
 }
 

@@ -7,13 +7,20 @@
 //! but other metadata is restamped server-side (no bytes sent); the caller runs this while
 //! the S3 projector is paused, so no other writer races these HEAD-then-PUT writes.
 
-use aggregates::DocumentEvent;
+use std::collections::HashSet;
+
+use aggregates::{DocumentEvent, LogCursor};
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use bytes::Bytes;
+use futures::stream::{self, StreamExt};
 
 use super::classify::{self, sink_error};
-use super::{object_key, S3Sink, Stored, DELETE_OBJECTS_MAX_KEYS, KEY_PREFIX, NAME};
+use super::{
+    object_key, S3Sink, Stored, BULK_CONCURRENT_REQUESTS, DELETE_OBJECTS_MAX_KEYS, KEY_PREFIX, NAME,
+};
 use crate::error::SinkError;
+use crate::rebuild::{Rebuild, RebuildPage, RebuildStyle, RebuildTarget, TargetCounts};
+use crate::sink::{Change, Sink};
 
 /// What the rebuild did with one object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,5 +177,105 @@ impl S3Sink {
             .await
             .map_err(|e| sink_error("put object", None, &e))?;
         Ok(())
+    }
+}
+
+/// The blobs are rebuilt in place: the bucket keeps serving while each document's object is
+/// made to hold its final state, and objects no document owns are deleted at the switch.
+impl Rebuild for S3Sink {
+    type Target = BucketRebuild;
+    const STYLE: RebuildStyle = RebuildStyle::InPlace;
+    const IN_PLACE_PAGE: usize = BULK_CONCURRENT_REQUESTS;
+
+    async fn begin_rebuild(&self) -> Result<BucketRebuild, SinkError> {
+        self.prepare().await?;
+        Ok(BucketRebuild {
+            sink: self.clone(),
+            existing: HashSet::new(),
+            listed: false,
+            wanted: HashSet::new(),
+            counts: TargetCounts::default(),
+        })
+    }
+}
+
+/// An in-place rebuild of the bucket: which keys it held, which the log's final states own.
+pub struct BucketRebuild {
+    sink: S3Sink,
+    /// The keys the bucket held when the first page arrived (the runners paused by then).
+    existing: HashSet<String>,
+    listed: bool,
+    /// The keys of documents whose final state has a blob.
+    wanted: HashSet<String>,
+    counts: TargetCounts,
+}
+
+impl RebuildTarget for BucketRebuild {
+    async fn write(&mut self, page: RebuildPage) -> Result<(), SinkError> {
+        let RebuildPage::Changes { batch, .. } = page else {
+            return Err(SinkError::permanent(
+                NAME,
+                "rebuild",
+                "catalogue states handed to a blob rebuild".to_owned(),
+            ));
+        };
+        if !self.listed {
+            self.existing = self.sink.list_keys("").await?.into_iter().collect();
+            self.listed = true;
+        }
+        let mut writes = Vec::new();
+        for c in &batch.changes {
+            let Change::Upsert(event @ DocumentEvent::BlobStored { sha256, .. }) = &c.change else {
+                continue;
+            };
+            let key = object_key(c.doc_id.as_str());
+            let bytes = batch.blobs.get(sha256).cloned().unwrap_or_else(Bytes::new);
+            let listed = self.existing.contains(&key);
+            self.wanted.insert(key);
+            let sink = &self.sink;
+            writes.push(async move {
+                if listed {
+                    sink.rebuild_object(c.doc_id.as_str(), event, bytes).await
+                } else {
+                    sink.write_object(c.doc_id.as_str(), event, bytes).await
+                }
+            });
+        }
+        let outcomes: Vec<Result<ObjectOutcome, SinkError>> = stream::iter(writes)
+            .buffer_unordered(BULK_CONCURRENT_REQUESTS)
+            .collect()
+            .await;
+        for outcome in outcomes {
+            if outcome? == ObjectOutcome::Identical {
+                self.counts.num_identical += 1;
+            }
+        }
+        Ok(())
+    }
+
+    async fn switch(
+        &mut self,
+        _log_id: &str,
+        _partitions: u32,
+        _end: LogCursor,
+    ) -> Result<(), SinkError> {
+        if !self.listed {
+            self.existing = self.sink.list_keys("").await?.into_iter().collect();
+            self.listed = true;
+        }
+        let mut strays: Vec<String> = self
+            .existing
+            .iter()
+            .filter(|k| !self.wanted.contains(*k))
+            .cloned()
+            .collect();
+        strays.sort();
+        self.sink.delete_keys(&strays).await?;
+        self.counts.num_strays_removed = strays.len() as u64;
+        Ok(())
+    }
+
+    fn counts(&self) -> TargetCounts {
+        self.counts
     }
 }
