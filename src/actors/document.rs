@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use aggregates::{
     CompensationOutcome, DocId, Document, DocumentCommand, DocumentError, DocumentEvent,
+    RetryDecision, RetryFacts,
 };
 use bytes::Bytes;
 use tracing::{debug, warn, Instrument};
@@ -69,8 +70,19 @@ pub struct ExecuteCommand {
     pub compensates: Option<i64>,
 }
 
+/// Re-drive the document if its stores disagree or a parked change of it is open
+/// (`POST /v1/documents/{doc_id}/retry`, decided by [`aggregates::decide_retry`] on the
+/// log's record of the document); refused with [`DocumentError::NotFound`] for a document
+/// the log has never seen.
+#[derive(Message, Clone)]
+#[rtype(result = "Result<CommandOutcome, CommandError>")]
+pub struct Retry;
+
+/// Most compensations of the document a [`Retry`] considers.
+const MAX_RETRY_COMPENSATIONS: i64 = 100;
+
 /// Read the current state.
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "Result<Document, CommandError>")]
 pub struct GetState;
 
@@ -197,6 +209,94 @@ impl Handler<ExecuteCommand> for DocumentActor {
                 }),
         ))
     }
+}
+
+impl Handler<Retry> for DocumentActor {
+    type Result = AtomicResponse<Self, Result<CommandOutcome, CommandError>>;
+
+    fn handle(&mut self, _: Retry, _: &mut Self::Context) -> Self::Result {
+        self.last_active = Instant::now();
+        let log = self.log.clone();
+        let doc_id = self.doc_id.clone();
+        let cached = self.state.clone();
+        let span = tracing::info_span!("command", doc_id = %doc_id, kind = "retry");
+        AtomicResponse::new(Box::pin(
+            retry(log, doc_id, cached)
+                .instrument(span)
+                .into_actor(self)
+                .map(|(state, result), act, _| {
+                    act.state = state;
+                    result
+                }),
+        ))
+    }
+}
+
+/// Reads what the log records about the document, lets [`aggregates::decide_retry`] decide,
+/// and carries out a redrive through [`execute`] (which closes the open parked changes).
+async fn retry(
+    log: PgLog,
+    doc_id: DocId,
+    cached: Option<Document>,
+) -> (Option<Document>, Result<CommandOutcome, CommandError>) {
+    let decision = match retry_facts(&log, &doc_id).await {
+        Ok(Some(facts)) => aggregates::decide_retry(&facts),
+        Ok(None) => return (cached, Err(DocumentError::NotFound.into())),
+        Err(e) => return (cached, Err(e.into())),
+    };
+    let (version, deleted) = match decision {
+        RetryDecision::Unchanged { version } => {
+            let outcome = CommandOutcome {
+                version,
+                log_position: None,
+                unchanged: true,
+                compensation: None,
+                created: false,
+            };
+            return (cached, Ok(outcome));
+        }
+        RetryDecision::Redrive { version, deleted } => (version, deleted),
+    };
+    // The full state is read from the stream: the aggregate keeps a digest of the chunks.
+    let content = if deleted {
+        None
+    } else {
+        match log.content_at(&doc_id, version).await {
+            Ok(content) => content,
+            Err(e) => return (cached, Err(e.into())),
+        }
+    };
+    let command = DocumentCommand::Redrive {
+        current_version: version,
+        content,
+    };
+    let msg = ExecuteCommand {
+        command,
+        blob: None,
+        idempotency: None,
+        compensates: None,
+    };
+    execute(log, doc_id, cached, msg).await
+}
+
+/// The log's record of the document for a retry; `None` when the log has never seen it.
+async fn retry_facts(log: &PgLog, doc_id: &DocId) -> Result<Option<RetryFacts>, LogError> {
+    let Some(stream) = log.stream_state(doc_id).await? else {
+        return Ok(None);
+    };
+    // The parked changes are the durable record of compensations (not the cached state).
+    let compensations = log
+        .compensations(Some(doc_id), MAX_RETRY_COMPENSATIONS)
+        .await?
+        .into_iter()
+        .map(|c| c.state)
+        .collect();
+    Ok(Some(RetryFacts {
+        version: stream.version,
+        deleted: stream.deleted,
+        stores_consistent: stream.consistent(),
+        compensations,
+    }))
 }
 
 /// decide → append → apply, with one refresh-and-retry on a log conflict.

@@ -16,7 +16,7 @@ use super::dto::{CommandResponse, ConsistencyQuery, ErrorBody, PutBody, StoresBo
 use super::error::ApiError;
 use super::{authorize, AppState, DEFAULT_APPLIED_TIMEOUT, MAX_APPLIED_TIMEOUT};
 use crate::actors::document::{CommandOutcome, ExecuteCommand};
-use crate::eventlog::{IdempotencyKey, StreamState, UNSETTLED_STATES};
+use crate::eventlog::{IdempotencyKey, StreamState};
 
 const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
@@ -339,7 +339,7 @@ pub async fn get(
         .compensations(Some(&doc_id), MAX_DOC_COMPENSATIONS)
         .await?
         .into_iter()
-        .filter(|c| UNSETTLED_STATES.contains(&c.state))
+        .filter(|c| c.state.is_unsettled())
         .collect();
     let mut body = serde_json::json!({
         "doc_id": doc_id.as_str(),
@@ -389,41 +389,7 @@ pub async fn retry(
     authorize(&req, &state.config)?;
     let doc_id = doc_id_of(&req)?;
     let wait = wait_of(&query)?;
-    let Some(stream) = state.log.stream_state(&doc_id).await? else {
-        return Err(ApiError::NotFound("document not found".into()));
-    };
-    let open = state
-        .log
-        .compensations(Some(&doc_id), MAX_DOC_COMPENSATIONS)
-        .await?
-        .iter()
-        .any(|c| c.state == "open" || c.state == "needs_operator");
-    if stream.consistent() && !open {
-        let outcome = CommandOutcome {
-            version: stream.version,
-            log_position: None,
-            unchanged: true,
-            compensation: None,
-            created: false,
-        };
-        let (status, response) = respond(&state, &doc_id, outcome, wait).await?;
-        return Ok(HttpResponse::build(status).json(response));
-    }
-    let content = if stream.deleted {
-        None
-    } else {
-        state.log.content_at(&doc_id, stream.version).await?
-    };
-    let msg = ExecuteCommand {
-        command: DocumentCommand::Redrive {
-            current_version: stream.version,
-            content,
-        },
-        blob: None,
-        idempotency: None,
-        compensates: None,
-    };
-    let outcome = state.registry.execute(&doc_id, msg).await?;
+    let outcome = state.registry.retry(&doc_id).await?;
     let (status, response) = respond(&state, &doc_id, outcome, wait).await?;
     Ok(HttpResponse::build(status).json(response))
 }

@@ -41,7 +41,7 @@ pub async fn metrics(
             .compensations(None, 1000)
             .await?
             .iter()
-            .filter(|c| crate::eventlog::UNSETTLED_STATES.contains(&c.state))
+            .filter(|c| c.state.is_unsettled())
             .count();
         Ok::<_, crate::eventlog::LogError>((stores, open))
     };

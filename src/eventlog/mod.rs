@@ -28,9 +28,7 @@ use tracing::{info, warn};
 
 pub use append::{AppendRequest, Appended, IdempotencyKey, IdempotentResult};
 pub use connect::PgConnector;
-pub use parked::{
-    CompensationView, ParkedResolution, PendingParked, ResolveTarget, UNSETTLED_STATES,
-};
+pub use parked::{CompensationView, ParkedResolution, PendingParked, ResolveTarget};
 pub use reader::{EventRecord, HorizonStatus, ListedDocument, StreamState};
 pub use store_reader::{CataloguePage, CatalogueScan, CatalogueState, CatalogueStates, RawEvents};
 

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use aggregates::{DocId, DocumentEvent, PutDocument, Restore, Version};
+use aggregates::{CompensationState, DocId, DocumentEvent, PutDocument, Restore, Version};
 use serde::Serialize;
 
 use super::reader::decode_row;
@@ -64,7 +64,7 @@ pub struct CompensationView {
     pub reason: String,
     /// `open` (waiting for the compensator), `needs_operator`, `restoring` (events appended,
     /// the stores are not all at the restoring version yet) or `resolved`.
-    pub state: &'static str,
+    pub state: CompensationState,
     /// What the compensation did.
     pub resolution: Option<String>,
     /// The version that restores consistency.
@@ -75,11 +75,8 @@ pub struct CompensationView {
     pub resolved_at: Option<String>,
 }
 
-/// States in which a compensation still concerns its document.
-pub const UNSETTLED_STATES: [&str; 3] = ["open", "needs_operator", "restoring"];
-
 /// Parked changes with their derived state; `$1` filters on a document (NULL = all); open
-/// ones first, then the most recent.
+/// ones first, then the most recent. The state's names are [`CompensationState::as_str`]'s.
 const LIST_COMPENSATIONS: &str = r#"
 SELECT p.id, p.stream_id, p.sink, p.version, p.error, p.resolution, p.resolved_version,
        to_char(p.parked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
@@ -94,15 +91,6 @@ WHERE ($1::text IS NULL OR p.stream_id = $1::text)
 ORDER BY (p.resolved_at IS NULL) DESC, p.id DESC
 LIMIT $2
 "#;
-
-fn state_name(s: &str) -> &'static str {
-    match s {
-        "open" => "open",
-        "needs_operator" => "needs_operator",
-        "restoring" => "restoring",
-        _ => "resolved",
-    }
-}
 
 impl PgLog {
     /// Open parked changes the compensator has not handled, oldest first.
@@ -291,7 +279,10 @@ impl PgLog {
                 resolved_version: r.get::<_, Option<i64>>(6).map(|v| v as u64),
                 parked_at: r.get(7),
                 resolved_at: r.get(8),
-                state: state_name(r.get(9)),
+                state: r
+                    .get::<_, &str>(9)
+                    .parse()
+                    .expect("LIST_COMPENSATIONS yields only CompensationState names"),
             })
             .collect())
     }
