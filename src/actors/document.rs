@@ -4,7 +4,7 @@
 //! may serve one log, so the cached state is never trusted for an answer: an append names the
 //! event count it was decided on (a stale state is a log conflict: refresh, decide again
 //! once, then report the conflict), and every answer that appends nothing, and every read,
-//! is given on a state brought up to the log first (see [`PgLog::refresh`]).
+//! is given on a state brought up to the log first (see [`LogAppends::refresh`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -165,11 +165,16 @@ impl Handler<GetState> for DocumentActor {
                 // The cache is a guess: another process may have appended since.
                 match cached {
                     Some(doc) => log
+                        .appends()
                         .refresh(&doc_id, doc)
                         .await
                         .map(|(doc, _)| doc)
                         .map_err(CommandError::from),
-                    None => log.load(&doc_id).await.map_err(CommandError::from),
+                    None => log
+                        .appends()
+                        .load(&doc_id)
+                        .await
+                        .map_err(CommandError::from),
                 }
             }
             .into_actor(self)
@@ -261,7 +266,7 @@ async fn retry(
     let content = if deleted {
         None
     } else {
-        match log.content_at(&doc_id, version).await {
+        match log.parked().content_at(&doc_id, version).await {
             Ok(content) => content,
             Err(e) => return (cached, Err(e.into())),
         }
@@ -281,11 +286,12 @@ async fn retry(
 
 /// The log's record of the document for a retry; `None` when the log has never seen it.
 async fn retry_facts(log: &PgLog, doc_id: &DocId) -> Result<Option<RetryFacts>, LogError> {
-    let Some(stream) = log.stream_state(doc_id).await? else {
+    let Some(stream) = log.reads().stream_state(doc_id).await? else {
         return Ok(None);
     };
     // The parked changes are the durable record of compensations (not the cached state).
     let compensations = log
+        .parked()
         .compensations(Some(doc_id), MAX_RETRY_COMPENSATIONS)
         .await?
         .into_iter()
@@ -316,7 +322,7 @@ async fn execute(
 ) -> (Option<Document>, Result<CommandOutcome, CommandError>) {
     let (mut state, mut fresh) = match cached {
         Some(s) => (s, false),
-        None => match log.load(&doc_id).await {
+        None => match log.appends().load(&doc_id).await {
             Ok(s) => (s, true),
             Err(e) => return (None, Err(e.into())),
         },
@@ -332,7 +338,7 @@ async fn execute(
         };
         let appends = matches!(&decided, Ok((events, _)) if !events.is_empty());
         if !appends && !fresh {
-            match log.refresh(&doc_id, state).await {
+            match log.appends().refresh(&doc_id, state).await {
                 Ok((current, moved)) => {
                     state = current;
                     fresh = true;
@@ -350,7 +356,7 @@ async fn execute(
                 // A retry whose first attempt was applied gets that attempt's answer, not the
                 // refusal its own effect now causes (a repeated delete would be 404).
                 if let Some(key) = &msg.idempotency {
-                    match log.idempotent_result(key).await {
+                    match log.appends().idempotent_result(key).await {
                         Ok(Some(first)) => return (Some(state), Ok(outcome(first))),
                         Ok(None) => {}
                         Err(e) => return (Some(state), Err(e.into())),
@@ -363,9 +369,11 @@ async fn execute(
         if events.is_empty() {
             if let (Some(resolution), Some(outcome)) = (&resolution, &compensation) {
                 let done = match (outcome.resolves(), &resolution.target) {
-                    (true, _) => log.resolve_parked(resolution).await.map(|_| ()),
+                    (true, _) => log.parked().resolve_parked(resolution).await.map(|_| ()),
                     (false, ResolveTarget::One(id)) => {
-                        log.mark_needs_operator(*id, &resolution.resolution).await
+                        log.parked()
+                            .mark_needs_operator(*id, &resolution.resolution)
+                            .await
                     }
                     (false, ResolveTarget::OpenOf(_)) => Ok(()),
                 };
@@ -389,7 +397,7 @@ async fn execute(
                 unchanged: true,
             };
             let result = match &msg.idempotency {
-                Some(key) => match log.record_idempotent(&doc_id, key, &result).await {
+                Some(key) => match log.appends().record_idempotent(&doc_id, key, &result).await {
                     Ok(first) => first,
                     Err(e) => return (Some(state), Err(e.into())),
                 },
@@ -412,7 +420,7 @@ async fn execute(
             idempotency: msg.idempotency.as_ref(),
             resolves: resolution.as_ref(),
         };
-        match log.append(request).await {
+        match log.appends().append(request).await {
             Ok(Appended::Committed {
                 last,
                 stream_version,
@@ -423,7 +431,7 @@ async fn execute(
                 {
                     let (log, doc_id, snapshot) = (log.clone(), doc_id.clone(), next.clone());
                     actix::spawn(async move {
-                        if let Err(e) = log.save_snapshot(&doc_id, &snapshot).await {
+                        if let Err(e) = log.appends().save_snapshot(&doc_id, &snapshot).await {
                             warn!(doc_id = %doc_id, error = %e, "saving snapshot failed (load will replay)");
                         }
                     });
@@ -455,7 +463,7 @@ async fn execute(
             Err(LogError::Conflict { .. }) if conflicts == 0 => {
                 conflicts += 1;
                 debug!(doc_id = %doc_id, "append conflict, refreshing and deciding again");
-                match log.refresh(&doc_id, state).await {
+                match log.appends().refresh(&doc_id, state).await {
                     Ok((current, _)) => {
                         state = current;
                         fresh = true;

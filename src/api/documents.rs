@@ -104,7 +104,7 @@ async fn respond(
         let stream = if deadline.is_none() && outcome.created {
             None
         } else {
-            state.log.stream_state(doc_id).await?
+            state.log.reads().stream_state(doc_id).await?
         };
         let settled = stream
             .as_ref()
@@ -328,7 +328,7 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state.config)?;
     let doc_id = doc_id_of(&req)?;
-    let Some(stream) = state.log.stream_state(&doc_id).await? else {
+    let Some(stream) = state.log.reads().stream_state(&doc_id).await? else {
         return Err(ApiError::NotFound("document not found".into()));
     };
     let doc = state.registry.state(&doc_id).await?;
@@ -336,6 +336,7 @@ pub async fn get(
     // Open compensations come from the parked changes (the durable record), not the actor.
     let compensations: Vec<_> = state
         .log
+        .parked()
         .compensations(Some(&doc_id), MAX_DOC_COMPENSATIONS)
         .await?
         .into_iter()
@@ -457,6 +458,7 @@ pub async fn list(
     };
     let mut documents = state
         .log
+        .reads()
         .list_documents(prefix, after, limit + 1, query.include_deleted)
         .await?;
     let more = documents.len() > limit;
@@ -507,7 +509,11 @@ pub async fn compensations(
         .map(DocId::parse)
         .transpose()
         .map_err(|e| ApiError::InvalidDocId(e.to_string()))?;
-    let list = state.log.compensations(doc_id.as_ref(), limit).await?;
+    let list = state
+        .log
+        .parked()
+        .compensations(doc_id.as_ref(), limit)
+        .await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "compensations": list })))
 }
 
@@ -525,6 +531,7 @@ pub async fn events(
     let doc_id = doc_id_of(&req)?;
     let events: Vec<serde_json::Value> = state
         .log
+        .reads()
         .stream_events(&doc_id)
         .await?
         .into_iter()

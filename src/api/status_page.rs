@@ -65,7 +65,7 @@ pub async fn page(
 ) -> Result<HttpResponse, ApiError> {
     super::authorize_view(&req, &state.config)?;
     let stores = state.projections.status(&state.log).await?;
-    let compensations = state.log.compensations(None, 50).await?;
+    let compensations = state.log.parked().compensations(None, 50).await?;
     let samples = state.history.samples();
     let stats = state.verifier.stats();
     let owner = &state.instance;

@@ -12,7 +12,7 @@ use aggregates::{CompensationState, DocId, DocumentEvent, PutDocument, Restore, 
 use serde::Serialize;
 
 use super::reader::decode_row;
-use super::{LogError, PgLog};
+use super::{LogError, ParkedChanges};
 
 /// A parked change the compensator has to handle.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,13 +92,13 @@ ORDER BY (p.resolved_at IS NULL) DESC, p.id DESC
 LIMIT $2
 "#;
 
-impl PgLog {
+impl ParkedChanges<'_> {
     /// Open parked changes the compensator has not handled, oldest first.
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
-    pub async fn pending_parked(&self, limit: i64) -> Result<Vec<PendingParked>, LogError> {
-        let client = self.client().await?;
+    pub async fn pending_parked(self, limit: i64) -> Result<Vec<PendingParked>, LogError> {
+        let client = self.log.client().await?;
         let rows = client
             .query(
                 "SELECT id, stream_id, sink, version, error FROM parked_changes
@@ -123,8 +123,8 @@ impl PgLog {
     ///
     /// # Errors
     /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
-    pub async fn stream_history(&self, doc_id: &DocId) -> Result<Vec<DocumentEvent>, LogError> {
-        let client = self.client().await?;
+    pub async fn stream_history(self, doc_id: &DocId) -> Result<Vec<DocumentEvent>, LogError> {
+        let client = self.log.client().await?;
         let rows = client
             .query(
                 "SELECT epoch, xid::text, position, stream_id, stream_version, event_type, event_version,
@@ -143,8 +143,8 @@ impl PgLog {
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
-    pub async fn refused_versions(&self, doc_id: &DocId) -> Result<BTreeSet<Version>, LogError> {
-        let client = self.client().await?;
+    pub async fn refused_versions(self, doc_id: &DocId) -> Result<BTreeSet<Version>, LogError> {
+        let client = self.log.client().await?;
         let rows = client
             .query(
                 "SELECT DISTINCT version FROM parked_changes WHERE stream_id = $1",
@@ -160,7 +160,7 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
     pub async fn restore_for(
-        &self,
+        self,
         doc_id: &DocId,
         refused_version: Version,
     ) -> Result<Restore, LogError> {
@@ -178,7 +178,7 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
     pub async fn content_at(
-        &self,
+        self,
         doc_id: &DocId,
         version: Version,
     ) -> Result<Option<PutDocument>, LogError> {
@@ -224,8 +224,8 @@ impl PgLog {
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
-    pub async fn resolve_parked(&self, resolution: &ParkedResolution) -> Result<bool, LogError> {
-        let mut client = self.client().await?;
+    pub async fn resolve_parked(self, resolution: &ParkedResolution) -> Result<bool, LogError> {
+        let mut client = self.log.client().await?;
         let tx = client
             .transaction()
             .await
@@ -240,8 +240,8 @@ impl PgLog {
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
-    pub async fn mark_needs_operator(&self, id: i64, why: &str) -> Result<(), LogError> {
-        let client = self.client().await?;
+    pub async fn mark_needs_operator(self, id: i64, why: &str) -> Result<(), LogError> {
+        let client = self.log.client().await?;
         client
             .execute(
                 "UPDATE parked_changes SET needs_operator = true, resolution = $2
@@ -258,11 +258,11 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`].
     pub async fn compensations(
-        &self,
+        self,
         doc_id: Option<&DocId>,
         limit: i64,
     ) -> Result<Vec<CompensationView>, LogError> {
-        let client = self.client().await?;
+        let client = self.log.client().await?;
         let rows = client
             .query(LIST_COMPENSATIONS, &[&doc_id.map(DocId::as_str), &limit])
             .await

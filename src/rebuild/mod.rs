@@ -132,7 +132,7 @@ impl Paused {
     async fn resume(self, outcome_cancelled: bool) -> Result<(), RebuildError> {
         match self.held {
             Some((log, store)) if !outcome_cancelled => {
-                log.lift_rebuild_pause(store.name()).await?;
+                log.control().lift_rebuild_pause(store.name()).await?;
                 Ok(())
             }
             _ => Ok(()),
@@ -208,13 +208,14 @@ impl Rebuilder {
                 partitions: self.partitions,
             });
         }
-        let epoch = self.log.hold_rebuild_pause(store.name()).await?;
+        let epoch = self.log.control().hold_rebuild_pause(store.name()).await?;
         loop {
             // The count in force may change while processes of another count roll in; it
             // cannot once the runners holding its leases are paused.
             let partitions = self.partitions_now(store).await?;
             let acknowledged = self
                 .log
+                .control()
                 .partitions_paused(store.name(), partitions, epoch)
                 .await?;
             if acknowledged >= partitions {
@@ -238,6 +239,7 @@ impl Rebuilder {
         }
         Ok(self
             .log
+            .control()
             .partitions_in_force(store.name())
             .await?
             .unwrap_or(self.partitions))
@@ -286,7 +288,7 @@ impl Rebuilder {
                 .map_err(source_error)?;
             if !consistent.is_empty() {
                 self.stores.mysql.mark_ready(&consistent).await?;
-                self.log.record_ready(&consistent).await?;
+                self.log.store_records().record_ready(&consistent).await?;
             }
         }
         Ok(())
@@ -325,14 +327,14 @@ impl Rebuilder {
         };
         let docs: Vec<(&str, u64)> = newest.iter().map(|(d, v)| (*d, *v)).collect();
         if (docs.len() as u64).saturating_mul(SCAN_SHARE) >= num_streams {
-            let consistent = self.log.consistent_among(&newest).await?;
+            let consistent = self.log.store_records().consistent_among(&newest).await?;
             for part in ready_of(&consistent, &docs).chunks(SETTLE_PAGE) {
                 self.stores.mysql.mark_ready(part).await?;
             }
             return Ok(());
         }
         for part in docs.chunks(SETTLE_PAGE) {
-            let consistent = self.log.consistent_at(part).await?;
+            let consistent = self.log.store_records().consistent_at(part).await?;
             self.stores
                 .mysql
                 .mark_ready(&ready_of(&consistent, part))
@@ -368,7 +370,7 @@ impl Rebuilder {
             }
         };
         let lowest = self.lowest_checkpoint(store).await?;
-        let num_streams = self.log.count_streams().await?;
+        let num_streams = self.log.store_records().count_streams().await?;
         progress.total(num_streams);
         let mut done = Written::default();
 
@@ -533,7 +535,7 @@ impl Rebuilder {
         let paused = self.pause(store, cancel).await?;
         let result = async {
             let lowest = self.lowest_checkpoint(store).await?;
-            progress.total(self.log.count_streams().await?);
+            progress.total(self.log.store_records().count_streams().await?);
             // The final change of every document, by reading the store's events to the head.
             progress.phase("building");
             let mut finals: HashMap<String, projections::DocChange> = HashMap::new();
@@ -542,6 +544,7 @@ impl Rebuilder {
             loop {
                 let page = self
                     .log
+                    .store_records()
                     .read_store_events(cursor, store, self.page_events)
                     .await?;
                 let Some(last) = page.last() else { break };
@@ -771,7 +774,10 @@ async fn read_events(
 ) -> Result<(), LogError> {
     let mut cursor = LogCursor::START;
     while !cancel.is_cancelled() {
-        let raw = log.read_store_rows(cursor, store, page_events).await?;
+        let raw = log
+            .store_records()
+            .read_store_rows(cursor, store, page_events)
+            .await?;
         let Some(end) = raw.end() else { break };
         cursor = end;
         let short = raw.len() < page_events;
@@ -790,7 +796,7 @@ async fn read_states(
     pages: &mpsc::Sender<Result<RawPage, LogError>>,
     cancel: &CancellationToken,
 ) -> Result<(), LogError> {
-    let mut scan = log.scan_catalogue().await?;
+    let mut scan = log.store_records().scan_catalogue().await?;
     let end = scan.end();
     while !cancel.is_cancelled() {
         let page = match scan.next(page_events).await? {
@@ -813,7 +819,10 @@ async fn read_page(
     after: LogCursor,
     page_events: usize,
 ) -> Result<Option<PreparedPage>, LogError> {
-    let raw = log.read_store_rows(after, store, page_events).await?;
+    let raw = log
+        .store_records()
+        .read_store_rows(after, store, page_events)
+        .await?;
     if raw.is_empty() {
         return Ok(None);
     }
@@ -840,7 +849,7 @@ async fn prepare_page(
             .filter(|c| matches!(c.change, Change::Upsert(_)))
             .map(|c| (c.doc_id.as_str(), c.version))
             .collect();
-        log.consistent_at(&docs).await?
+        log.store_records().consistent_at(&docs).await?
     } else {
         Default::default()
     };
