@@ -3,9 +3,9 @@
 //!
 //! Durable by construction: the parked row in the log database is the source of truth, not a
 //! message. The compensator reads open parked rows (also those left from before a restart),
-//! asks the log what to restore ([`ParkedChanges::restore_for`]) and sends the command through the
-//! registry; the actor appends the compensation's events and resolves the parked row in one
-//! transaction. A crash anywhere in between leaves the row open, and the next pass handles
+//! asks the log what to restore ([`crate::eventlog::ParkedChanges::restore_for`]) and sends
+//! the command through the registry; the actor appends the compensation's events and
+//! resolves the parked row in one transaction. A crash anywhere in between leaves the row open, and the next pass handles
 //! it; a second compensator (another process) finds it resolved and appends nothing.
 //! Wake-ups: the NOTIFY that parking sends, with polling as the fallback.
 

@@ -4,7 +4,8 @@
 //! may serve one log, so the cached state is never trusted for an answer: an append names the
 //! event count it was decided on (a stale state is a log conflict: refresh, decide again
 //! once, then report the conflict), and every answer that appends nothing, and every read,
-//! is given on a state brought up to the log first (see [`LogAppends::refresh`]).
+//! is given on a state brought up to the log first (see
+//! [`crate::eventlog::LogAppends::refresh`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
