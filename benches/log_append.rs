@@ -352,6 +352,7 @@ async fn docledger_scenario(
                     });
                     let begun = Instant::now();
                     let appended = log
+                        .appends()
                         .append(AppendRequest {
                             doc_id: &command.doc_id,
                             expected_stream_version: 0,
@@ -613,7 +614,7 @@ async fn run() -> Result<()> {
         "docledger group append (<= {} cmds, {} tasks)",
         group.max_commands, group.tasks
     );
-    let stats = bench.log.append_stats();
+    let stats = bench.log.appends().append_stats();
     let groups_before = stats.groups.load(Ordering::Relaxed);
     let grouped_before = stats.grouped_commands.load(Ordering::Relaxed);
     for writers in [1, MANY_WRITERS, GROUPED_MANY_WRITERS] {

@@ -104,7 +104,7 @@ pub async fn serve(
 
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let arbiters: Vec<actix::Arbiter> = (0..workers).map(|_| actix::Arbiter::new()).collect();
-    let metrics = Arc::new(metrics::Metrics::new(log.append_stats()));
+    let metrics = Arc::new(metrics::Metrics::new(log.appends().append_stats()));
     let registry = Registry::new(
         log.clone(),
         config.actors.clone(),

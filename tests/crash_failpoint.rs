@@ -266,6 +266,7 @@ async fn a_crash_between_store_write_and_checkpoint_converges_after_restart() {
         .expect("milvus read")
         .is_empty());
     let state = log
+        .reads()
         .stream_state(&aggregates::DocId::parse(&written).expect("id"))
         .await
         .expect("stream state")

@@ -63,6 +63,7 @@ async fn execute(
         .iter()
         .any(|e| matches!(e, DocumentEvent::BlobStored { .. }));
     let appended = log
+        .appends()
         .append(AppendRequest {
             doc_id,
             expected_stream_version: doc.stream_version,
@@ -89,7 +90,8 @@ async fn racing_appends_with_one_expected_version_one_wins() -> Result<()> {
         let doc_id = doc(stream);
         let mut version = 0i64;
         if stream == "existing" {
-            log.append(request(&doc_id, 0, &row_events(1, 3, "setup")))
+            log.appends()
+                .append(request(&doc_id, 0, &row_events(1, 3, "setup")))
                 .await?;
             version = 3;
         }
@@ -99,8 +101,8 @@ async fn racing_appends_with_one_expected_version_one_wins() -> Result<()> {
             let (r2, r3) = tokio::time::timeout(
                 NO_HANG,
                 futures::future::join(
-                    log.append(request(&doc_id, version, &two)),
-                    log.append(request(&doc_id, version, &three)),
+                    log.appends().append(request(&doc_id, version, &two)),
+                    log.appends().append(request(&doc_id, version, &three)),
                 ),
             )
             .await
@@ -123,7 +125,7 @@ async fn racing_appends_with_one_expected_version_one_wins() -> Result<()> {
             }
             version = new_version;
             assert_eq!(event_count(&t, &doc_id).await?, version);
-            assert_eq!(log.stream_version(&doc_id).await?, version);
+            assert_eq!(log.reads().stream_version(&doc_id).await?, version);
         }
     }
     t.drop_database().await
@@ -136,20 +138,23 @@ async fn an_append_waits_for_a_running_one_then_conflicts() -> Result<()> {
     let t = TestLog::create("append_waits_then_conflicts", 4).await?;
     let log = &t.log;
     let doc_id = doc("contended");
-    log.append(request(&doc_id, 0, &row_events(1, 3, "setup")))
+    log.appends()
+        .append(request(&doc_id, 0, &row_events(1, 3, "setup")))
         .await?;
 
     let mut client = log.client().await?;
     let tx = client.transaction().await?;
     let first = row_events(2, 2, "first");
-    log.append_in(&tx, request(&doc_id, 3, &first)).await?;
+    log.appends()
+        .append_in(&tx, request(&doc_id, 3, &first))
+        .await?;
 
     let second = tokio::spawn({
         let log = log.clone();
         let doc_id = doc_id.clone();
         async move {
             let events = row_events(2, 1, "second");
-            log.append(request(&doc_id, 3, &events)).await
+            log.appends().append(request(&doc_id, 3, &events)).await
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -179,12 +184,13 @@ async fn stale_appends_filling_the_pool_all_conflict() -> Result<()> {
     let t = TestLog::create("stale_appends_fill_pool", POOL_SIZE).await?;
     let log = &t.log;
     let doc_id = doc("moved-on");
-    log.append(request(&doc_id, 0, &row_events(1, 3, "setup")))
+    log.appends()
+        .append(request(&doc_id, 0, &row_events(1, 3, "setup")))
         .await?;
     let stale = row_events(2, 1, "stale");
     let results = tokio::time::timeout(
         NO_HANG,
-        join_all((0..POOL_SIZE).map(|_| log.append(request(&doc_id, 1, &stale)))),
+        join_all((0..POOL_SIZE).map(|_| log.appends().append(request(&doc_id, 1, &stale)))),
     )
     .await
     .context("stale appends hung: conflict handling waits for a second pooled connection")?;
@@ -215,7 +221,7 @@ async fn an_append_ahead_of_the_stream_conflicts_and_appends_nothing() -> Result
     let sha = sha256_hex(&blob);
     let mut ahead_with_blob = request(&fresh, 5, &events);
     ahead_with_blob.blob = Some((&sha, blob.clone()));
-    match log.append(ahead_with_blob).await {
+    match log.appends().append(ahead_with_blob).await {
         Err(LogError::Conflict {
             expected: 5,
             actual: 0,
@@ -223,7 +229,7 @@ async fn an_append_ahead_of_the_stream_conflicts_and_appends_nothing() -> Result
         }) => {}
         other => bail!("expected Conflict {{ expected: 5, actual: 0 }}, got {other:?}"),
     }
-    assert_eq!(log.stream_state(&fresh).await?, None);
+    assert_eq!(log.reads().stream_state(&fresh).await?, None);
     assert_eq!(event_count(&t, &fresh).await?, 0);
     let client = log.client().await?;
     let blobs: i64 = client
@@ -234,12 +240,13 @@ async fn an_append_ahead_of_the_stream_conflicts_and_appends_nothing() -> Result
     drop(client);
 
     let existing = doc("existing");
-    log.append(request(&existing, 0, &row_events(1, 3, "setup")))
+    log.appends()
+        .append(request(&existing, 0, &row_events(1, 3, "setup")))
         .await?;
     let key = IdempotencyKey::new("ahead-key".into(), b"append ahead");
     let mut ahead = request(&existing, 5, &events);
     ahead.idempotency = Some(&key);
-    match log.append(ahead).await {
+    match log.appends().append(ahead).await {
         Err(LogError::Conflict {
             expected: 5,
             actual: 3,
@@ -248,12 +255,12 @@ async fn an_append_ahead_of_the_stream_conflicts_and_appends_nothing() -> Result
         other => bail!("expected Conflict {{ expected: 5, actual: 3 }}, got {other:?}"),
     }
     assert_eq!(event_count(&t, &existing).await?, 3);
-    assert_eq!(log.stream_version(&existing).await?, 3);
+    assert_eq!(log.reads().stream_version(&existing).await?, 3);
 
     // The key went with the conflicting transaction: the corrected retry appends.
     let mut corrected = request(&existing, 3, &events);
     corrected.idempotency = Some(&key);
-    let (_, version) = committed(&log.append(corrected).await?)?;
+    let (_, version) = committed(&log.appends().append(corrected).await?)?;
     assert_eq!(version, 5);
     assert_eq!(event_count(&t, &existing).await?, 5);
     t.drop_database().await
@@ -288,7 +295,7 @@ async fn concurrent_retries_with_one_idempotency_key_append_once() -> Result<()>
 
     let results = tokio::time::timeout(
         NO_HANG,
-        join_all((0..RETRIES).map(|_| log.append(make_request()))),
+        join_all((0..RETRIES).map(|_| log.appends().append(make_request()))),
     )
     .await
     .context("retries hung")?;
@@ -314,7 +321,7 @@ async fn concurrent_retries_with_one_idempotency_key_append_once() -> Result<()>
 
     // A later retry gets the same answer.
     assert_eq!(
-        log.append(make_request()).await?,
+        log.appends().append(make_request()).await?,
         Appended::Duplicate(first_answer.clone())
     );
 
@@ -323,12 +330,12 @@ async fn concurrent_retries_with_one_idempotency_key_append_once() -> Result<()>
     let other_events = row_events(2, 1, "other");
     let mut other = request(&doc_id, 3, &other_events);
     other.idempotency = Some(&other_key);
-    match log.append(other).await {
+    match log.appends().append(other).await {
         Err(LogError::IdempotencyKeyReused { key }) => assert_eq!(key, "retry-key-1"),
         other => bail!("expected IdempotencyKeyReused, got {other:?}"),
     }
     assert_eq!(event_count(&t, &doc_id).await?, 3);
-    assert_eq!(log.stream_version(&doc_id).await?, 3);
+    assert_eq!(log.reads().stream_version(&doc_id).await?, 3);
     let client = log.client().await?;
     let keys: i64 = client
         .query_one("SELECT count(*) FROM idempotency_keys", &[])
@@ -431,10 +438,18 @@ async fn load_rebuilds_the_applied_state_with_or_without_snapshot() -> Result<()
     for (i, (command, blob)) in steps.iter().enumerate() {
         let before = document.stream_version;
         execute(log, &doc_id, &mut document, command, *blob).await?;
-        assert_eq!(log.load(&doc_id).await?, document, "after step {i}");
+        assert_eq!(
+            log.appends().load(&doc_id).await?,
+            document,
+            "after step {i}"
+        );
         if i == 1 {
-            log.save_snapshot(&doc_id, &document).await?;
-            assert_eq!(log.load(&doc_id).await?, document, "from the snapshot");
+            log.appends().save_snapshot(&doc_id, &document).await?;
+            assert_eq!(
+                log.appends().load(&doc_id).await?,
+                document,
+                "from the snapshot"
+            );
         }
         let mut follower = Follower::new(100);
         follower
@@ -464,8 +479,8 @@ async fn load_rebuilds_the_applied_state_with_or_without_snapshot() -> Result<()
         snapshot_at, 6,
         "the snapshot of step 1 (two puts of three events)"
     );
-    log.save_snapshot(&doc_id, &document).await?;
-    assert_eq!(log.load(&doc_id).await?, document);
+    log.appends().save_snapshot(&doc_id, &document).await?;
+    assert_eq!(log.appends().load(&doc_id).await?, document);
     // A snapshot of a shape this build cannot read (an older one's): the whole stream is
     // replayed instead.
     client
@@ -476,7 +491,7 @@ async fn load_rebuilds_the_applied_state_with_or_without_snapshot() -> Result<()
         .await
         .context("outdate the snapshot")?;
     assert_eq!(
-        log.load(&doc_id).await?,
+        log.appends().load(&doc_id).await?,
         document,
         "an unreadable snapshot is replayed over"
     );
@@ -484,7 +499,11 @@ async fn load_rebuilds_the_applied_state_with_or_without_snapshot() -> Result<()
         .execute("DELETE FROM snapshots", &[])
         .await
         .context("remove snapshots")?;
-    assert_eq!(log.load(&doc_id).await?, document, "without snapshot");
+    assert_eq!(
+        log.appends().load(&doc_id).await?,
+        document,
+        "without snapshot"
+    );
     drop(client);
     t.drop_database().await
 }
@@ -504,6 +523,7 @@ async fn a_fresh_log_is_at_epoch_one_and_cursors_carry_it() -> Result<()> {
 
     let doc_id = doc("epoch");
     let appended = log
+        .appends()
         .append(request(&doc_id, 0, &row_events(1, 2, "epoch")))
         .await?;
     let (last, _) = committed(&appended)?;
@@ -546,7 +566,8 @@ async fn a_committed_append_wakes_a_waiting_reader() -> Result<()> {
     let t = TestLog::create("append_wakes_reader", 4).await?;
     let log = &t.log;
     // Once this is read, the log's listener is up (it reads nothing before it listens).
-    log.append(request(&doc("warm-up"), 0, &row_events(1, 1, "warm-up")))
+    log.appends()
+        .append(request(&doc("warm-up"), 0, &row_events(1, 1, "warm-up")))
         .await?;
     let mut warm_up = Follower::new(10);
     warm_up.read_exactly(log, 1).await?;
@@ -564,7 +585,8 @@ async fn a_committed_append_wakes_a_waiting_reader() -> Result<()> {
         let mut client = log.client().await?;
         let tx = client.transaction().await?;
         let held = doc(&format!("held-{round}"));
-        log.append_in(&tx, request(&held, 0, &row_events(1, 1, "held")))
+        log.appends()
+            .append_in(&tx, request(&held, 0, &row_events(1, 1, "held")))
             .await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(
@@ -574,7 +596,8 @@ async fn a_committed_append_wakes_a_waiting_reader() -> Result<()> {
         tx.rollback().await?;
 
         let woke_doc = doc("woken");
-        log.append(request(&woke_doc, round, &row_events(1, 1, "wake")))
+        log.appends()
+            .append(request(&woke_doc, round, &row_events(1, 1, "wake")))
             .await?;
         let waited = tokio::time::timeout(NO_HANG, waiter).await??;
         assert!(

@@ -61,50 +61,60 @@ async fn every_append_path_keeps_the_newest_catalogue_state() -> Result<()> {
     // The single statement: several catalogue events in one command (the newest counts),
     // then a command without catalogue event (the state stays), then a deletion.
     let single = doc("single");
-    log.append(request(
-        &single,
-        0,
-        &[row_event(1, "first"), row_event(1, "second")],
-    ))
-    .await?;
+    log.appends()
+        .append(request(
+            &single,
+            0,
+            &[row_event(1, "first"), row_event(1, "second")],
+        ))
+        .await?;
     assert_state_is_newest_event(&t, &single).await?;
-    log.append(request(&single, 2, &[blob_stored(1)])).await?;
+    log.appends()
+        .append(request(&single, 2, &[blob_stored(1)]))
+        .await?;
     assert_state_is_newest_event(&t, &single).await?;
     let (state, _) = state_and_newest_event(&t, &single).await?;
     ensure!(
         state.as_deref().is_some_and(|s| s.contains("second")),
         "{state:?}"
     );
-    log.append(request(
-        &single,
-        3,
-        &[DocumentEvent::DocumentDeleted { version: 2 }],
-    ))
-    .await?;
+    log.appends()
+        .append(request(
+            &single,
+            3,
+            &[DocumentEvent::DocumentDeleted { version: 2 }],
+        ))
+        .await?;
     assert_state_is_newest_event(&t, &single).await?;
 
     // The transactional path (idempotency key).
     let keyed = doc("keyed");
     let key = IdempotencyKey::new("key-1".into(), b"request");
     let events = [row_event(1, "keyed")];
-    log.append(AppendRequest {
-        idempotency: Some(&key),
-        ..request(&keyed, 0, &events)
-    })
-    .await?;
+    log.appends()
+        .append(AppendRequest {
+            idempotency: Some(&key),
+            ..request(&keyed, 0, &events)
+        })
+        .await?;
     assert_state_is_newest_event(&t, &keyed).await?;
 
     // The group statement: created and moved rows in one statement, with and without a
     // catalogue event.
     let (a, b, c) = (doc("group-a"), doc("group-b"), doc("group-c"));
-    log.append(request(&b, 0, &[row_event(1, "b v1")])).await?;
-    log.append(request(&c, 0, &[row_event(1, "c v1")])).await?;
+    log.appends()
+        .append(request(&b, 0, &[row_event(1, "b v1")]))
+        .await?;
+    log.appends()
+        .append(request(&c, 0, &[row_event(1, "c v1")]))
+        .await?;
     let (ea, eb, ec) = (
         [row_event(1, "a v1")],
         [row_event(2, "b v2")],
         [blob_stored(1)],
     );
     let results = log
+        .appends()
         .append_group(&[
             request(&a, 0, &ea),
             request(&b, 1, &eb),
@@ -140,7 +150,7 @@ async fn the_migration_fills_the_state_in_from_the_events() -> Result<()> {
     }
     // The filled-in states are jsonb's text, not serde_json's: the catalogue rows read from
     // them are still exactly the projector's.
-    let mut scan = migrated.scan_catalogue().await?;
+    let mut scan = migrated.store_records().scan_catalogue().await?;
     let mut seen = 0;
     while let Some(page) = scan.next(100).await? {
         let CataloguePage::States(states) = page else {
@@ -200,20 +210,24 @@ fn final_row(i: usize) -> Option<CatalogueRow> {
 
 /// Puts, replaces and maybe deletes `d`, depending on `i`.
 async fn log_history(log: &PgLog, d: &DocId, i: usize) -> Result<()> {
-    log.append(request(d, 0, &[blob_stored(1), rich_row(1, "v1")]))
+    log.appends()
+        .append(request(d, 0, &[blob_stored(1), rich_row(1, "v1")]))
         .await?;
     if i % 2 == 1 {
-        log.append(request(d, 2, &[rich_row(2, "v2")])).await?;
+        log.appends()
+            .append(request(d, 2, &[rich_row(2, "v2")]))
+            .await?;
     }
     if i % 3 == 2 {
         let at = if i % 2 == 1 { 3 } else { 2 };
         let version = if i % 2 == 1 { 3 } else { 2 };
-        log.append(request(
-            d,
-            at,
-            &[DocumentEvent::DocumentDeleted { version }],
-        ))
-        .await?;
+        log.appends()
+            .append(request(
+                d,
+                at,
+                &[DocumentEvent::DocumentDeleted { version }],
+            ))
+            .await?;
     }
     Ok(())
 }
@@ -239,11 +253,12 @@ async fn a_scan_reads_states_then_the_events_of_stale_rows() -> Result<()> {
         )
         .await?;
 
-    let mut scan = log.scan_catalogue().await?;
+    let mut scan = log.store_records().scan_catalogue().await?;
     let end = scan.end();
     // Appended after the scan started: neither in it nor before its end.
     let late = doc("late");
     let late_cursor = match log
+        .appends()
         .append(request(&late, 0, &[row_event(1, "late")]))
         .await?
     {

@@ -57,6 +57,7 @@ async fn writer(log: PgLog, index: usize) -> Result<WriterOutcome> {
         let at = || format!("writer {index}, append {attempt}, stream {doc_id}");
         let tx = client.transaction().await.with_context(at)?;
         let appended = log
+            .appends()
             .append_in(&tx, request(&doc_id, expected, &events))
             .await
             .with_context(at)?;
@@ -157,6 +158,7 @@ async fn sixteen_writers_and_a_following_reader_agree_exactly() -> Result<()> {
         assert_eq!(versions, &in_order, "stream {stream}");
         let state = t
             .log
+            .reads()
             .stream_state(&doc(stream))
             .await?
             .context("a read stream exists")?;

@@ -103,7 +103,7 @@ async fn writer(log: PgLog, index: usize) -> Result<Vec<(String, i64, i64, LogCu
         if i % 3 == 0 {
             req.blob = Some((&sha, blob.clone()));
         }
-        let answer = log.append(req).await;
+        let answer = log.appends().append(req).await;
         let (last, version) =
             committed(&answer).with_context(|| format!("{doc_id} at {expected}"))?;
         ensure!(
@@ -123,7 +123,7 @@ async fn writer(log: PgLog, index: usize) -> Result<Vec<(String, i64, i64, LogCu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_share_groups_and_each_gets_its_own_answer() -> Result<()> {
     let t = TestLog::create("group_concurrent", 8).await?;
-    let before = counters(t.log.append_stats());
+    let before = counters(t.log.appends().append_stats());
     let writers: Vec<_> = (0..NUM_WRITERS)
         .map(|i| tokio::spawn(writer(t.log.clone(), i)))
         .collect();
@@ -138,7 +138,7 @@ async fn concurrent_appends_share_groups_and_each_gets_its_own_answer() -> Resul
     reader.read_exactly(&t.log, total_events as usize).await?;
 
     let [groups, grouped, fallbacks, num_committed, conflicts, failed] = {
-        let after = counters(t.log.append_stats());
+        let after = counters(t.log.appends().append_stats());
         [0, 1, 2, 3, 4, 5].map(|i| after[i] - before[i])
     };
     let commands = (NUM_WRITERS * APPENDS_PER_WRITER) as u64;
@@ -197,11 +197,13 @@ async fn a_group_of_commits_and_conflicts_answers_each_on_its_own() -> Result<()
     let log = &t.log;
     let (moving, stale, fresh, ahead) = (doc("moving"), doc("stale"), doc("fresh"), doc("ahead"));
     committed(
-        &log.append(request(&moving, 0, &row_events(1, 2, "setup")))
+        &log.appends()
+            .append(request(&moving, 0, &row_events(1, 2, "setup")))
             .await,
     )?;
     committed(
-        &log.append(request(&stale, 0, &row_events(1, 3, "setup")))
+        &log.appends()
+            .append(request(&stale, 0, &row_events(1, 3, "setup")))
             .await,
     )?;
 
@@ -214,8 +216,9 @@ async fn a_group_of_commits_and_conflicts_answers_each_on_its_own() -> Result<()
         req.blob = Some((shas[i].as_str(), blobs[i].clone()));
         req
     };
-    let before = counters(log.append_stats());
+    let before = counters(log.appends().append_stats());
     let answers = log
+        .appends()
         .append_group(&[
             with_blob(&fresh, 0, 0),
             with_blob(&stale, 1, 1),
@@ -223,7 +226,7 @@ async fn a_group_of_commits_and_conflicts_answers_each_on_its_own() -> Result<()
             with_blob(&ahead, 4, 3),
         ])
         .await;
-    let after = counters(log.append_stats());
+    let after = counters(log.appends().append_stats());
 
     let (fresh_last, fresh_version) = committed(&answers[0])?;
     let (moving_last, moving_version) = committed(&answers[2])?;
@@ -254,7 +257,7 @@ async fn a_group_of_commits_and_conflicts_answers_each_on_its_own() -> Result<()
         "a conflicting command stores no blob"
     );
     assert_eq!(stream_xids(log, &stale).await?.len(), 3);
-    assert_eq!(log.stream_state(&ahead).await?, None);
+    assert_eq!(log.reads().stream_state(&ahead).await?, None);
     let moving_events = stream_xids(log, &moving).await?;
     assert_eq!(moving_events.len(), 4);
     assert_eq!(moving_events[3].1, moving_last.position);
@@ -275,8 +278,9 @@ async fn two_commands_of_one_stream_are_never_in_one_group() -> Result<()> {
         row_events(1, 2, "y1"),
         row_events(2, 1, "x2"),
     );
-    let before = counters(log.append_stats());
+    let before = counters(log.appends().append_stats());
     let answers = log
+        .appends()
         .append_group(&[
             request(&x, 0, &x1),
             request(&y, 0, &y1),
@@ -292,15 +296,19 @@ async fn two_commands_of_one_stream_are_never_in_one_group() -> Result<()> {
         x2_last.xid > x1_last.xid,
         "x's second command is in the next group"
     );
-    assert_eq!(counters(log.append_stats())[0] - before[0], 2);
+    assert_eq!(counters(log.appends().append_stats())[0] - before[0], 2);
 
     // Racing commands of one stream, all expecting version 0.
     let z = doc("z");
     let events: Vec<Vec<DocumentEvent>> = (0..16).map(|i| row_events(1, 1 + i % 3, "z")).collect();
-    let before = counters(log.append_stats());
+    let before = counters(log.appends().append_stats());
     let answers = tokio::time::timeout(
         NO_HANG,
-        futures::future::join_all(events.iter().map(|e| log.append(request(&z, 0, e)))),
+        futures::future::join_all(
+            events
+                .iter()
+                .map(|e| log.appends().append(request(&z, 0, e))),
+        ),
     )
     .await?;
     let winners: Vec<_> = answers.iter().filter(|a| a.is_ok()).collect();
@@ -309,7 +317,7 @@ async fn two_commands_of_one_stream_are_never_in_one_group() -> Result<()> {
     for answer in answers.iter().filter(|a| a.is_err()) {
         assert_eq!(conflict(answer)?, (0, version));
     }
-    let after = counters(log.append_stats());
+    let after = counters(log.appends().append_stats());
     assert_eq!(after[2] - before[2], 0, "no group held two commands of z");
     assert_eq!(after[1] - before[1], 16);
     assert_eq!(stream_xids(log, &z).await?.len() as i64, version);
@@ -333,7 +341,11 @@ async fn hold_stream(
         let mut client = log.client().await?;
         let tx = client.transaction().await?;
         let events = row_events(version as u64 + 1, 1, "holder");
-        committed(&log.append_in(&tx, request(&doc_id, version, &events)).await)?;
+        committed(
+            &log.appends()
+                .append_in(&tx, request(&doc_id, version, &events))
+                .await,
+        )?;
         let _ = held_tx.send(());
         let _ = released.await;
         tx.rollback().await?;
@@ -355,6 +367,7 @@ async fn a_group_that_fails_as_a_whole_falls_back_to_one_statement_per_command()
     let (held, free_a, free_b) = (doc("held"), doc("free-a"), doc("free-b"));
     committed(
         &t.log
+            .appends()
             .append(request(&held, 0, &row_events(1, 1, "setup")))
             .await,
     )?;
@@ -374,17 +387,17 @@ async fn a_group_that_fails_as_a_whole_falls_back_to_one_statement_per_command()
         row_events(2, 1, "h"),
         row_events(1, 1, "b"),
     );
-    let before = counters(log.append_stats());
+    let before = counters(log.appends().append_stats());
     let answers = tokio::time::timeout(
         NO_HANG,
-        log.append_group(&[
+        log.appends().append_group(&[
             request(&free_a, 0, &a),
             request(&held, 1, &h),
             request(&free_b, 0, &b),
         ]),
     )
     .await?;
-    let after = counters(log.append_stats());
+    let after = counters(log.appends().append_stats());
     let _ = release.send(());
     holder.await??;
 
@@ -413,7 +426,7 @@ async fn a_group_that_fails_as_a_whole_falls_back_to_one_statement_per_command()
         "the holder rolled back"
     );
     // The held stream takes appends again once the other writer is gone.
-    committed(&log.append(request(&held, 1, &h)).await)?;
+    committed(&log.appends().append(request(&held, 1, &h)).await)?;
     drop(log);
     t.drop_database().await
 }
@@ -424,7 +437,11 @@ async fn a_group_that_fails_as_a_whole_falls_back_to_one_statement_per_command()
 async fn eight_streams(log: &PgLog) -> Result<Vec<DocId>> {
     let ids: Vec<DocId> = (0..8).map(|i| doc(&format!("order-{i}"))).collect();
     for d in ids[1..].iter().chain(&ids[..1]) {
-        committed(&log.append(request(d, 0, &row_events(1, 1, "setup"))).await)?;
+        committed(
+            &log.appends()
+                .append(request(d, 0, &row_events(1, 1, "setup")))
+                .await,
+        )?;
     }
     Ok(ids)
 }
@@ -492,18 +509,18 @@ async fn a_group_locks_the_streams_it_moves_in_stream_order() -> Result<()> {
     let t = TestLog::create("group_lock_order", 4).await?;
     let log = &t.log;
     let ids = eight_streams(log).await?;
-    let before = counters(log.append_stats());
+    let before = counters(log.appends().append_stats());
     let group = {
         let (log, ids) = (log.clone(), ids.clone());
         async move {
             let events = row_events(2, 1, "moved");
             let reqs: Vec<AppendRequest<'_>> =
                 ids.iter().rev().map(|d| request(d, 1, &events)).collect();
-            log.append_group(&reqs).await
+            log.appends().append_group(&reqs).await
         }
     };
     let answers = waits_holding_nothing(&t, &ids, group).await?;
-    let after = counters(log.append_stats());
+    let after = counters(log.appends().append_stats());
     for answer in &answers {
         committed(answer)?;
     }
@@ -533,7 +550,7 @@ async fn the_readiness_record_locks_its_streams_in_stream_order() -> Result<()> 
                 .rev()
                 .map(|doc_id| AppliedVersion { doc_id, version: 1 })
                 .collect();
-            log.record_ready(&done).await
+            log.store_records().record_ready(&done).await
         }
     };
     waits_holding_nothing(&t, &ids, record).await??;
@@ -558,6 +575,7 @@ async fn a_group_whose_connection_is_lost_commits_nothing_and_answers_unavailabl
     let (held, free) = (doc("held"), doc("free"));
     committed(
         &t.log
+            .appends()
             .append(request(&held, 0, &row_events(1, 1, "setup")))
             .await,
     )?;
@@ -569,11 +587,12 @@ async fn a_group_whose_connection_is_lost_commits_nothing_and_answers_unavailabl
         let (log, free, held) = (log.clone(), free.clone(), held.clone());
         let (free_events, held_events) = (free_events.clone(), held_events.clone());
         tokio::spawn(async move {
-            log.append_group(&[
-                request(&free, 0, &free_events),
-                request(&held, 1, &held_events),
-            ])
-            .await
+            log.appends()
+                .append_group(&[
+                    request(&free, 0, &free_events),
+                    request(&held, 1, &held_events),
+                ])
+                .await
         })
     };
     let admin = t.raw_client().await?;
@@ -606,12 +625,13 @@ async fn a_group_whose_connection_is_lost_commits_nothing_and_answers_unavailabl
         );
     }
     assert_eq!(
-        log.stream_state(&free).await?,
+        log.reads().stream_state(&free).await?,
         None,
         "nothing of the group was committed"
     );
     assert_eq!(stream_xids(&log, &held).await?.len(), 1);
     let again = log
+        .appends()
         .append_group(&[
             request(&free, 0, &free_events),
             request(&held, 1, &held_events),

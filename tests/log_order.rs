@@ -75,7 +75,11 @@ async fn late_commit_is_lost_by_a_position_reader_but_not_by_read_after() -> Res
     let mut client_a = log.client().await?;
     let tx_a = client_a.transaction().await?;
     let a_events = row_events(1, 3, "a");
-    let a_last = committed_last(log.append_in(&tx_a, request(&a, 0, &a_events)).await?)?;
+    let a_last = committed_last(
+        log.appends()
+            .append_in(&tx_a, request(&a, 0, &a_events))
+            .await?,
+    )?;
 
     let mut client_c = log.client().await?;
     let tx_c = client_c.transaction().await?;
@@ -84,8 +88,8 @@ async fn late_commit_is_lost_by_a_position_reader_but_not_by_read_after() -> Res
 
     let b_first = row_events(1, 2, "b");
     let b_second = row_events(2, 2, "b");
-    log.append(request(&b, 0, &b_first)).await?;
-    log.append(request(&b, 2, &b_second)).await?;
+    log.appends().append(request(&b, 0, &b_first)).await?;
+    log.appends().append(request(&b, 2, &b_second)).await?;
 
     let mut naive = NaiveReader {
         last: 0,
@@ -98,12 +102,15 @@ async fn late_commit_is_lost_by_a_position_reader_but_not_by_read_after() -> Res
     assert_eq!(ours.read_page(log).await?, 0);
     assert_eq!(ours.cursor, LogCursor::START);
     assert!(log
+        .reads()
         .read_after(LogCursor::START, Partition::ALL, 1)
         .await?
         .is_empty());
 
     let c_events = row_events(1, 2, "c");
-    log.append_in(&tx_c, request(&c, 0, &c_events)).await?;
+    log.appends()
+        .append_in(&tx_c, request(&c, 0, &c_events))
+        .await?;
     tx_c.commit().await?;
     assert_eq!(naive.poll(&raw).await?, keys("c", 1..=2));
     assert_eq!(
@@ -207,9 +214,12 @@ async fn pages_of_every_size_give_the_same_full_sequence() -> Result<()> {
     let held_events: Vec<_> = (0..4).map(|i| row_events(1, 1 + i, "held")).collect();
     let free_events = row_events(1, 2, "free");
     for i in (0..4).rev() {
-        log.append_in(&txs[i], request(&held[i], 0, &held_events[i]))
+        log.appends()
+            .append_in(&txs[i], request(&held[i], 0, &held_events[i]))
             .await?;
-        log.append(request(&free[i], 0, &free_events)).await?;
+        log.appends()
+            .append(request(&free[i], 0, &free_events))
+            .await?;
     }
     let mut txs: Vec<_> = txs.into_iter().map(Some).collect();
     for i in [2, 0, 3, 1] {
@@ -272,9 +282,11 @@ async fn rolled_back_appends_never_appear() -> Result<()> {
     // Rolled back while the reader waits on it.
     let mut client = log.client().await?;
     let tx = client.transaction().await?;
-    log.append_in(&tx, request(&gone, 0, &row_events(1, 2, "gone")))
+    log.appends()
+        .append_in(&tx, request(&gone, 0, &row_events(1, 2, "gone")))
         .await?;
-    log.append(request(&kept, 0, &row_events(1, 2, "kept")))
+    log.appends()
+        .append(request(&kept, 0, &row_events(1, 2, "kept")))
         .await?;
     assert_eq!(
         follower.read_page(log).await?,
@@ -286,19 +298,22 @@ async fn rolled_back_appends_never_appear() -> Result<()> {
     // Dropped without commit (an implicit rollback, as when a task is cancelled).
     {
         let tx = client.transaction().await?;
-        log.append_in(&tx, request(&dropped, 0, &row_events(1, 1, "dropped")))
+        log.appends()
+            .append_in(&tx, request(&dropped, 0, &row_events(1, 1, "dropped")))
             .await?;
     }
-    log.append(request(&kept, 2, &row_events(2, 1, "kept")))
+    log.appends()
+        .append(request(&kept, 2, &row_events(2, 1, "kept")))
         .await?;
 
     follower.read_exactly(log, 3).await?;
     assert_eq!(follower.keys(), keys("kept", 1..=3));
-    assert_eq!(log.stream_state(&gone).await?, None);
-    assert_eq!(log.stream_version(&dropped).await?, 0);
+    assert_eq!(log.reads().stream_state(&gone).await?, None);
+    assert_eq!(log.reads().stream_version(&dropped).await?, 0);
 
     // The rolled-back stream starts from scratch.
-    log.append(request(&gone, 0, &row_events(1, 1, "gone again")))
+    log.appends()
+        .append(request(&gone, 0, &row_events(1, 1, "gone again")))
         .await?;
     follower.read_exactly(log, 4).await?;
     assert_eq!(follower.keys()[3], ("gone".to_owned(), 1));
@@ -317,9 +332,11 @@ async fn transaction_ids_are_paged_in_numeric_order() -> Result<()> {
     let t = TestLog::create("xid_numeric_order", 4).await?;
     let log = &t.log;
     let (ten, nine) = (doc("ten"), doc("nine"));
-    log.append(request(&ten, 0, &row_events(1, 1, "ten")))
+    log.appends()
+        .append(request(&ten, 0, &row_events(1, 1, "ten")))
         .await?;
-    log.append(request(&nine, 0, &row_events(1, 1, "nine")))
+    log.appends()
+        .append(request(&nine, 0, &row_events(1, 1, "nine")))
         .await?;
     // An older epoch is readable whatever runs now; give the two events ids of different
     // lengths, the first-appended the larger.
@@ -329,7 +346,10 @@ async fn transaction_ids_are_paged_in_numeric_order() -> Result<()> {
     )
     .await?;
 
-    let all = log.read_after(LogCursor::START, Partition::ALL, 10).await?;
+    let all = log
+        .reads()
+        .read_after(LogCursor::START, Partition::ALL, 10)
+        .await?;
     let order: Vec<&str> = all.iter().map(|e| e.doc_id.as_str()).collect();
     assert_eq!(order, ["nine", "ten"]);
 
@@ -337,7 +357,10 @@ async fn transaction_ids_are_paged_in_numeric_order() -> Result<()> {
         let mut cursor = LogCursor::START;
         let mut paged = Vec::new();
         loop {
-            let page = log.read_store_events(cursor, store, 1).await?;
+            let page = log
+                .store_records()
+                .read_store_events(cursor, store, 1)
+                .await?;
             let Some(last) = page.last() else { break };
             cursor = last.cursor;
             paged.extend(page.iter().map(|e| e.doc_id.to_string()));
@@ -371,25 +394,27 @@ async fn store_pages_decode_only_the_stores_events_and_end_where_the_log_does() 
     for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
         let d = doc(id);
         let events = [common::row_event(1, id), vectors(1, i as f32)];
-        log.append(request(&d, 0, &events)).await?;
+        log.appends().append(request(&d, 0, &events)).await?;
     }
     let a = doc("a");
-    log.append(request(
-        &a,
-        2,
-        &[DocumentEvent::DocumentDeleted { version: 2 }],
-    ))
-    .await?;
-    log.append(request(
-        &a,
-        3,
-        &[DocumentEvent::CompensationRequested {
-            version: 2,
-            target: "milvus".to_owned(),
-            reason: "test".to_owned(),
-        }],
-    ))
-    .await?;
+    log.appends()
+        .append(request(
+            &a,
+            2,
+            &[DocumentEvent::DocumentDeleted { version: 2 }],
+        ))
+        .await?;
+    log.appends()
+        .append(request(
+            &a,
+            3,
+            &[DocumentEvent::CompensationRequested {
+                version: 2,
+                target: "milvus".to_owned(),
+                reason: "test".to_owned(),
+            }],
+        ))
+        .await?;
 
     // Readers see a transaction once every older one has ended, in any database of the
     // server (other tests run beside this one).
@@ -398,6 +423,7 @@ async fn store_pages_decode_only_the_stores_events_and_end_where_the_log_does() 
         "the 8 events below the horizon",
         || async {
             let all = log
+                .reads()
                 .read_after(LogCursor::START, Partition::ALL, 100)
                 .await?;
             Ok((all.len() == 8).then_some(all))
@@ -410,6 +436,7 @@ async fn store_pages_decode_only_the_stores_events_and_end_where_the_log_does() 
             (LogCursor::START, Vec::new(), Vec::new(), 0);
         loop {
             let page = log
+                .reads()
                 .read_page(cursor, Partition::ALL, 3, Some(&types))
                 .await?;
             let Some((last, _)) = page.last else { break };
@@ -439,6 +466,7 @@ async fn store_pages_decode_only_the_stores_events_and_end_where_the_log_does() 
     }
     // The log ends on a compensation, which no store reads: the last page is all skipped.
     let tail = log
+        .reads()
         .read_page(
             all[5].cursor,
             Partition::ALL,

@@ -50,10 +50,10 @@ async fn lookup_and_scan_agree_on_which_versions_every_store_holds() -> Result<(
         .map(String::from)
         .collect();
 
-    let looked_up = t.log.consistent_at(&asked).await?;
+    let looked_up = t.log.store_records().consistent_at(&asked).await?;
     assert_eq!(looked_up, expected, "per-document lookup");
     let by_doc: HashMap<&str, u64> = asked.iter().copied().collect();
-    let scanned = t.log.consistent_among(&by_doc).await?;
+    let scanned = t.log.store_records().consistent_among(&by_doc).await?;
     assert_eq!(scanned, expected, "one scan of streams");
 
     drop(raw);
@@ -132,6 +132,7 @@ async fn a_document_named_twice_in_one_record_keeps_its_newest_version() -> Resu
 
     // Readiness records the newest version too, and neither record ever goes back.
     t.log
+        .store_records()
         .record_ready(&[
             at("older-first", 47)?,
             at("older-first", 48)?,
@@ -139,7 +140,10 @@ async fn a_document_named_twice_in_one_record_keeps_its_newest_version() -> Resu
         ])
         .await?;
     LogSource::record_applied(&t.log, StoreKind::Milvus, &[at("thrice", 2)?]).await?;
-    t.log.record_ready(&[at("thrice", 2)?]).await?;
+    t.log
+        .store_records()
+        .record_ready(&[at("thrice", 2)?])
+        .await?;
     let rows = raw
         .query(
             "SELECT stream_id, milvus_version, ready_version FROM streams ORDER BY stream_id",
@@ -173,24 +177,29 @@ async fn lag_is_counted_up_to_its_cap_with_the_oldest_event_time() -> Result<()>
     let mut head = LogCursor::START;
     for name in ["a", "b", "c"] {
         let (id, events) = (doc(name), row_events(1, 2, name));
-        match t.log.append(request(&id, 0, &events)).await? {
+        match t.log.appends().append(request(&id, 0, &events)).await? {
             docledger::eventlog::Appended::Committed { last, .. } => head = last,
             other => anyhow::bail!("append of {name} not committed: {other:?}"),
         }
     }
     let (all, oldest) = t
         .log
+        .reads()
         .lag_after(LogCursor::START, Partition::ALL, 100)
         .await?;
     assert_eq!(all, 6, "every event counted below the cap");
-    let (capped, capped_oldest) = t.log.lag_after(LogCursor::START, Partition::ALL, 4).await?;
+    let (capped, capped_oldest) = t
+        .log
+        .reads()
+        .lag_after(LogCursor::START, Partition::ALL, 4)
+        .await?;
     assert_eq!(capped, 4, "the count stops at the cap");
     assert!(oldest.is_some());
     assert_eq!(
         capped_oldest, oldest,
         "the oldest event is among the first counted"
     );
-    let (none, none_oldest) = t.log.lag_after(head, Partition::ALL, 100).await?;
+    let (none, none_oldest) = t.log.reads().lag_after(head, Partition::ALL, 100).await?;
     assert_eq!((none, none_oldest), (0, None), "nothing after the head");
     t.drop_database().await
 }

@@ -2,8 +2,8 @@
 //! tests: replaying a stream rebuilds the state the commands produced, whatever the commands.
 
 use aggregates::{
-    restore_point, BlobRef, Chunk, CompensationOutcome, Document, DocumentCommand, DocumentError,
-    DocumentEvent, PutDocument, Restore,
+    decide_retry, restore_point, BlobRef, Chunk, CompensationOutcome, CompensationState, Document,
+    DocumentCommand, DocumentError, DocumentEvent, PutDocument, Restore, RetryDecision, RetryFacts,
 };
 use cqrs_es::test::TestFramework;
 use proptest::prelude::*;
@@ -352,6 +352,80 @@ fn redrive_re_emits_the_current_state_as_a_new_version() {
             expected: 5,
             actual: 1,
         });
+}
+
+fn retry_facts(stores_consistent: bool, compensations: &[CompensationState]) -> RetryFacts {
+    RetryFacts {
+        version: 3,
+        deleted: false,
+        stores_consistent,
+        compensations: compensations.to_vec(),
+    }
+}
+
+#[test]
+fn a_retry_of_a_consistent_document_with_nothing_open_changes_nothing() {
+    use CompensationState::{Resolved, Restoring};
+    for settled in [&[][..], &[Resolved], &[Resolved, Restoring]] {
+        // Given every store at the current version and no open parked change,
+        // when a retry is asked for, then nothing is redriven.
+        assert_eq!(
+            decide_retry(&retry_facts(true, settled)),
+            RetryDecision::Unchanged { version: 3 },
+            "{settled:?}"
+        );
+    }
+}
+
+#[test]
+fn a_retry_redrives_a_document_whose_stores_disagree_or_with_an_open_parked_change() {
+    use CompensationState::{NeedsOperator, Open, Resolved, Restoring};
+    let redrive = RetryDecision::Redrive {
+        version: 3,
+        deleted: false,
+    };
+    for (consistent, states) in [
+        (false, &[][..]),
+        (false, &[Resolved, Restoring]),
+        (true, &[Open]),
+        (true, &[Resolved, NeedsOperator]),
+    ] {
+        assert_eq!(
+            decide_retry(&retry_facts(consistent, states)),
+            redrive,
+            "{consistent} {states:?}"
+        );
+    }
+    // A deletion is redriven as a deletion: it needs no content.
+    let deleted = RetryFacts {
+        deleted: true,
+        ..retry_facts(false, &[])
+    };
+    assert_eq!(
+        decide_retry(&deleted),
+        RetryDecision::Redrive {
+            version: 3,
+            deleted: true
+        }
+    );
+}
+
+#[test]
+fn compensation_states_have_one_name_each() {
+    for state in CompensationState::ALL {
+        assert_eq!(state.as_str().parse::<CompensationState>(), Ok(state));
+        assert_eq!(
+            serde_json::to_value(state).expect("a state serializes"),
+            serde_json::Value::from(state.as_str())
+        );
+    }
+    assert!("closed".parse::<CompensationState>().is_err());
+    let unsettled: Vec<_> = CompensationState::ALL
+        .into_iter()
+        .filter(|s| s.is_unsettled())
+        .map(CompensationState::as_str)
+        .collect();
+    assert_eq!(unsettled, ["open", "needs_operator", "restoring"]);
 }
 
 fn arb_command() -> impl Strategy<Value = DocumentCommand> {

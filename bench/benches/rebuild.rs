@@ -181,6 +181,7 @@ async fn append(log: &PgLog, doc: &BenchDoc) -> anyhow::Result<()> {
     let (events, next) = decide(doc)?;
     let sha = doc.put.blob.as_ref().map(|b| b.sha256.as_str());
     let appended = log
+        .appends()
         .append(AppendRequest {
             doc_id: &doc_id,
             expected_stream_version: 0,

@@ -3,9 +3,9 @@
 //!
 //! Durable by construction: the parked row in the log database is the source of truth, not a
 //! message. The compensator reads open parked rows (also those left from before a restart),
-//! asks the log what to restore ([`PgLog::restore_for`]) and sends the command through the
-//! registry; the actor appends the compensation's events and resolves the parked row in one
-//! transaction. A crash anywhere in between leaves the row open, and the next pass handles
+//! asks the log what to restore ([`crate::eventlog::ParkedChanges::restore_for`]) and sends
+//! the command through the registry; the actor appends the compensation's events and
+//! resolves the parked row in one transaction. A crash anywhere in between leaves the row open, and the next pass handles
 //! it; a second compensator (another process) finds it resolved and appends nothing.
 //! Wake-ups: the NOTIFY that parking sends, with polling as the fallback.
 
@@ -82,7 +82,7 @@ impl Compensator {
                 &self.cancel,
                 |_| true,
                 |attempt, e| warn!(attempt, error = %e, "reading parked changes failed, retrying"),
-                || self.log.pending_parked(PAGE),
+                || self.log.parked().pending_parked(PAGE),
             )
             .await
             .map_err(|_| Cancelled)?;
@@ -102,7 +102,7 @@ impl Compensator {
                     &self.cancel,
                     |_| true,
                     |attempt, e| warn!(attempt, error = %e, "marking parked change failed, retrying"),
-                    || self.log.mark_needs_operator(parked.id, "invalid document id"),
+                    || self.log.parked().mark_needs_operator(parked.id, "invalid document id"),
                 )
                 .await
                 .map_err(|_| Cancelled);
@@ -141,7 +141,11 @@ impl Compensator {
         doc_id: &DocId,
         parked: &PendingParked,
     ) -> Result<CommandOutcome, AttemptError> {
-        let restore = self.log.restore_for(doc_id, parked.version).await?;
+        let restore = self
+            .log
+            .parked()
+            .restore_for(doc_id, parked.version)
+            .await?;
         let msg = ExecuteCommand {
             command: DocumentCommand::RequestCompensation {
                 version: parked.version,

@@ -91,7 +91,7 @@ struct Control {
 
 impl Control {
     async fn tick(&mut self) -> Result<(), crate::eventlog::LogError> {
-        let controls = self.log.store_controls().await?;
+        let controls = self.log.control().store_controls().await?;
         let owned = self.leases.owned();
         for control in &controls {
             let Some(store) = StoreKind::from_name(&control.sink) else {
@@ -116,6 +116,7 @@ impl Control {
                     let slot = (key.sink, key.partition.index);
                     if idle && self.acknowledged.get(&slot) != Some(&seen) {
                         self.log
+                            .control()
                             .acknowledge_pause(
                                 key.sink,
                                 key.partition.count,
@@ -173,6 +174,7 @@ impl Control {
         Some(tokio::spawn(async move {
             // Still wanted? It may have ended between the poll and the lock.
             let active = log
+                .control()
                 .store_controls()
                 .await
                 .map(|c| {
@@ -211,6 +213,7 @@ async fn run_rebuild(
     info!(store = store.name(), runner, "running a requested rebuild");
     let progress = Arc::new(RebuildProgress::default());
     let _ = log
+        .control()
         .report_rebuild(store.name(), runner, "running", &progress.snapshot())
         .await;
     let reporter = {
@@ -219,6 +222,7 @@ async fn run_rebuild(
             loop {
                 tokio::time::sleep(PROGRESS_EVERY).await;
                 let _ = log
+                    .control()
                     .report_rebuild(store.name(), &runner, "running", &progress.snapshot())
                     .await;
             }
@@ -234,6 +238,7 @@ async fn run_rebuild(
     };
     // The outcome must reach the log: retried until it does or the process stops.
     while let Err(e) = log
+        .control()
         .report_rebuild(store.name(), runner, state, &progress.snapshot())
         .await
     {

@@ -4,7 +4,8 @@
 //! may serve one log, so the cached state is never trusted for an answer: an append names the
 //! event count it was decided on (a stale state is a log conflict: refresh, decide again
 //! once, then report the conflict), and every answer that appends nothing, and every read,
-//! is given on a state brought up to the log first (see [`PgLog::refresh`]).
+//! is given on a state brought up to the log first (see
+//! [`crate::eventlog::LogAppends::refresh`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use aggregates::{
     CompensationOutcome, DocId, Document, DocumentCommand, DocumentError, DocumentEvent,
+    RetryDecision, RetryFacts,
 };
 use bytes::Bytes;
 use tracing::{debug, warn, Instrument};
@@ -69,8 +71,19 @@ pub struct ExecuteCommand {
     pub compensates: Option<i64>,
 }
 
+/// Re-drive the document if its stores disagree or a parked change of it is open
+/// (`POST /v1/documents/{doc_id}/retry`, decided by [`aggregates::decide_retry`] on the
+/// log's record of the document); refused with [`DocumentError::NotFound`] for a document
+/// the log has never seen.
+#[derive(Message, Clone)]
+#[rtype(result = "Result<CommandOutcome, CommandError>")]
+pub struct Retry;
+
+/// Most compensations of the document a [`Retry`] considers.
+const MAX_RETRY_COMPENSATIONS: i64 = 100;
+
 /// Read the current state.
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "Result<Document, CommandError>")]
 pub struct GetState;
 
@@ -153,11 +166,16 @@ impl Handler<GetState> for DocumentActor {
                 // The cache is a guess: another process may have appended since.
                 match cached {
                     Some(doc) => log
+                        .appends()
                         .refresh(&doc_id, doc)
                         .await
                         .map(|(doc, _)| doc)
                         .map_err(CommandError::from),
-                    None => log.load(&doc_id).await.map_err(CommandError::from),
+                    None => log
+                        .appends()
+                        .load(&doc_id)
+                        .await
+                        .map_err(CommandError::from),
                 }
             }
             .into_actor(self)
@@ -199,6 +217,95 @@ impl Handler<ExecuteCommand> for DocumentActor {
     }
 }
 
+impl Handler<Retry> for DocumentActor {
+    type Result = AtomicResponse<Self, Result<CommandOutcome, CommandError>>;
+
+    fn handle(&mut self, _: Retry, _: &mut Self::Context) -> Self::Result {
+        self.last_active = Instant::now();
+        let log = self.log.clone();
+        let doc_id = self.doc_id.clone();
+        let cached = self.state.clone();
+        let span = tracing::info_span!("command", doc_id = %doc_id, kind = "retry");
+        AtomicResponse::new(Box::pin(
+            retry(log, doc_id, cached)
+                .instrument(span)
+                .into_actor(self)
+                .map(|(state, result), act, _| {
+                    act.state = state;
+                    result
+                }),
+        ))
+    }
+}
+
+/// Reads what the log records about the document, lets [`aggregates::decide_retry`] decide,
+/// and carries out a redrive through [`execute`] (which closes the open parked changes).
+async fn retry(
+    log: PgLog,
+    doc_id: DocId,
+    cached: Option<Document>,
+) -> (Option<Document>, Result<CommandOutcome, CommandError>) {
+    let decision = match retry_facts(&log, &doc_id).await {
+        Ok(Some(facts)) => aggregates::decide_retry(&facts),
+        Ok(None) => return (cached, Err(DocumentError::NotFound.into())),
+        Err(e) => return (cached, Err(e.into())),
+    };
+    let (version, deleted) = match decision {
+        RetryDecision::Unchanged { version } => {
+            let outcome = CommandOutcome {
+                version,
+                log_position: None,
+                unchanged: true,
+                compensation: None,
+                created: false,
+            };
+            return (cached, Ok(outcome));
+        }
+        RetryDecision::Redrive { version, deleted } => (version, deleted),
+    };
+    // The full state is read from the stream: the aggregate keeps a digest of the chunks.
+    let content = if deleted {
+        None
+    } else {
+        match log.parked().content_at(&doc_id, version).await {
+            Ok(content) => content,
+            Err(e) => return (cached, Err(e.into())),
+        }
+    };
+    let command = DocumentCommand::Redrive {
+        current_version: version,
+        content,
+    };
+    let msg = ExecuteCommand {
+        command,
+        blob: None,
+        idempotency: None,
+        compensates: None,
+    };
+    execute(log, doc_id, cached, msg).await
+}
+
+/// The log's record of the document for a retry; `None` when the log has never seen it.
+async fn retry_facts(log: &PgLog, doc_id: &DocId) -> Result<Option<RetryFacts>, LogError> {
+    let Some(stream) = log.reads().stream_state(doc_id).await? else {
+        return Ok(None);
+    };
+    // The parked changes are the durable record of compensations (not the cached state).
+    let compensations = log
+        .parked()
+        .compensations(Some(doc_id), MAX_RETRY_COMPENSATIONS)
+        .await?
+        .into_iter()
+        .map(|c| c.state)
+        .collect();
+    Ok(Some(RetryFacts {
+        version: stream.version,
+        deleted: stream.deleted,
+        stores_consistent: stream.consistent(),
+        compensations,
+    }))
+}
+
 /// decide → append → apply, with one refresh-and-retry on a log conflict.
 ///
 /// The cached state is only a guess when several processes serve one log: another one may
@@ -216,7 +323,7 @@ async fn execute(
 ) -> (Option<Document>, Result<CommandOutcome, CommandError>) {
     let (mut state, mut fresh) = match cached {
         Some(s) => (s, false),
-        None => match log.load(&doc_id).await {
+        None => match log.appends().load(&doc_id).await {
             Ok(s) => (s, true),
             Err(e) => return (None, Err(e.into())),
         },
@@ -232,7 +339,7 @@ async fn execute(
         };
         let appends = matches!(&decided, Ok((events, _)) if !events.is_empty());
         if !appends && !fresh {
-            match log.refresh(&doc_id, state).await {
+            match log.appends().refresh(&doc_id, state).await {
                 Ok((current, moved)) => {
                     state = current;
                     fresh = true;
@@ -250,7 +357,7 @@ async fn execute(
                 // A retry whose first attempt was applied gets that attempt's answer, not the
                 // refusal its own effect now causes (a repeated delete would be 404).
                 if let Some(key) = &msg.idempotency {
-                    match log.idempotent_result(key).await {
+                    match log.appends().idempotent_result(key).await {
                         Ok(Some(first)) => return (Some(state), Ok(outcome(first))),
                         Ok(None) => {}
                         Err(e) => return (Some(state), Err(e.into())),
@@ -263,9 +370,11 @@ async fn execute(
         if events.is_empty() {
             if let (Some(resolution), Some(outcome)) = (&resolution, &compensation) {
                 let done = match (outcome.resolves(), &resolution.target) {
-                    (true, _) => log.resolve_parked(resolution).await.map(|_| ()),
+                    (true, _) => log.parked().resolve_parked(resolution).await.map(|_| ()),
                     (false, ResolveTarget::One(id)) => {
-                        log.mark_needs_operator(*id, &resolution.resolution).await
+                        log.parked()
+                            .mark_needs_operator(*id, &resolution.resolution)
+                            .await
                     }
                     (false, ResolveTarget::OpenOf(_)) => Ok(()),
                 };
@@ -289,7 +398,7 @@ async fn execute(
                 unchanged: true,
             };
             let result = match &msg.idempotency {
-                Some(key) => match log.record_idempotent(&doc_id, key, &result).await {
+                Some(key) => match log.appends().record_idempotent(&doc_id, key, &result).await {
                     Ok(first) => first,
                     Err(e) => return (Some(state), Err(e.into())),
                 },
@@ -312,7 +421,7 @@ async fn execute(
             idempotency: msg.idempotency.as_ref(),
             resolves: resolution.as_ref(),
         };
-        match log.append(request).await {
+        match log.appends().append(request).await {
             Ok(Appended::Committed {
                 last,
                 stream_version,
@@ -323,7 +432,7 @@ async fn execute(
                 {
                     let (log, doc_id, snapshot) = (log.clone(), doc_id.clone(), next.clone());
                     actix::spawn(async move {
-                        if let Err(e) = log.save_snapshot(&doc_id, &snapshot).await {
+                        if let Err(e) = log.appends().save_snapshot(&doc_id, &snapshot).await {
                             warn!(doc_id = %doc_id, error = %e, "saving snapshot failed (load will replay)");
                         }
                     });
@@ -355,7 +464,7 @@ async fn execute(
             Err(LogError::Conflict { .. }) if conflicts == 0 => {
                 conflicts += 1;
                 debug!(doc_id = %doc_id, "append conflict, refreshing and deciding again");
-                match log.refresh(&doc_id, state).await {
+                match log.appends().refresh(&doc_id, state).await {
                     Ok((current, _)) => {
                         state = current;
                         fresh = true;

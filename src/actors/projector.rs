@@ -204,7 +204,7 @@ impl Projectors {
                     let shared = status.clone();
                     let paused_now = move || {
                         let log = control_log.clone();
-                        async move { log.paused_now(S::NAME).await.ok() }
+                        async move { log.control().paused_now(S::NAME).await.ok() }
                     };
                     self.handles.push(tokio::spawn(super::lease::supervise(
                         claim,
@@ -260,8 +260,8 @@ impl ProjectionView {
     /// # Errors
     /// [`LogError::Unavailable`] when the log cannot be read.
     pub async fn status(&self, log: &PgLog) -> Result<Vec<StoreStatus>, LogError> {
-        let horizon = log.horizon().await?;
-        let controls = log.store_controls().await?;
+        let horizon = log.reads().horizon().await?;
+        let controls = log.control().store_controls().await?;
         let now = projections::runner::now_ms();
         let mut out = Vec::new();
         for store in StoreKind::ALL {
@@ -269,6 +269,7 @@ impl ProjectionView {
             for status in self.of(store.name()) {
                 let snap = status.snapshot();
                 let (lag_events, oldest) = log
+                    .reads()
                     .lag_after(snap.applied, status.partition, LAG_COUNT_CAP)
                     .await?;
                 partitions.push(PartitionStatus {

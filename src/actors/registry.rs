@@ -16,7 +16,7 @@ use aggregates::{DocId, Document};
 use projections::sink::stream_hash;
 
 use super::document::{
-    CommandError, CommandOutcome, DocumentActor, ExecuteCommand, GetState, Passivate,
+    CommandError, CommandOutcome, DocumentActor, ExecuteCommand, GetState, Passivate, Retry,
 };
 use crate::config::ActorConfig;
 use crate::eventlog::{LogError, PgLog};
@@ -189,9 +189,27 @@ impl Registry {
         doc_id: &DocId,
         msg: ExecuteCommand,
     ) -> Result<CommandOutcome, CommandError> {
-        let started = std::time::Instant::now();
         let command = msg.command.kind();
-        let result = self.execute_untimed(doc_id, msg).await;
+        self.timed(command, self.ask(doc_id, msg)).await
+    }
+
+    /// Re-drives the document if it needs it ([`Retry`]); timed as a `redrive` command.
+    ///
+    /// # Errors
+    /// As [`Registry::execute`].
+    pub async fn retry(&self, doc_id: &DocId) -> Result<CommandOutcome, CommandError> {
+        // The command a retry executes when it appends: `aggregates::DocumentCommand::kind`'s name.
+        self.timed("redrive", self.ask(doc_id, Retry)).await
+    }
+
+    /// Awaits `command`, recording its latency by command and outcome.
+    async fn timed(
+        &self,
+        command: &'static str,
+        result: impl std::future::Future<Output = Result<CommandOutcome, CommandError>>,
+    ) -> Result<CommandOutcome, CommandError> {
+        let started = std::time::Instant::now();
+        let result = result.await;
         let outcome = match &result {
             Ok(o) if o.unchanged => "unchanged",
             Ok(_) => "committed",
@@ -208,11 +226,13 @@ impl Registry {
         result
     }
 
-    async fn execute_untimed(
-        &self,
-        doc_id: &DocId,
-        msg: ExecuteCommand,
-    ) -> Result<CommandOutcome, CommandError> {
+    /// Sends `msg` to the document's actor (a fresh one if it stopped on the way).
+    async fn ask<M, T>(&self, doc_id: &DocId, msg: M) -> Result<T, CommandError>
+    where
+        M: Message<Result = Result<T, CommandError>> + Clone + Send + 'static,
+        T: Send + 'static,
+        DocumentActor: Handler<M>,
+    {
         for _ in 0..2 {
             let (addr, _in_flight) = self.reserve(doc_id)?;
             match tokio::time::timeout(REQUEST_TIMEOUT, addr.send(msg.clone())).await {
@@ -234,18 +254,6 @@ impl Registry {
     /// # Errors
     /// As [`Registry::execute`].
     pub async fn state(&self, doc_id: &DocId) -> Result<Document, CommandError> {
-        for _ in 0..2 {
-            let (addr, _in_flight) = self.reserve(doc_id)?;
-            match tokio::time::timeout(REQUEST_TIMEOUT, addr.send(GetState)).await {
-                Ok(Ok(result)) => return result,
-                Ok(Err(MailboxError::Closed)) => continue,
-                Ok(Err(MailboxError::Timeout)) | Err(_) => {
-                    return Err(CommandError::Busy(
-                        "timed out waiting for the document actor".into(),
-                    ))
-                }
-            }
-        }
-        Err(CommandError::Busy("document actor keeps stopping".into()))
+        self.ask(doc_id, GetState).await
     }
 }

@@ -91,7 +91,7 @@ impl Tracker {
                     &self.cancel,
                     |_| true,
                     |attempt, e| warn!(attempt, error = %e, "readiness sweep failed, retrying"),
-                    || self.log.unfinished_ready(SWEEP_PAGE),
+                    || self.log.store_records().unfinished_ready(SWEEP_PAGE),
                 )
                 .await;
             match page {
@@ -132,7 +132,7 @@ impl Tracker {
                 &self.cancel,
                 |_| true,
                 |attempt, e| warn!(attempt, error = %e, "recording readiness failed, retrying"),
-                || self.log.record_ready(docs),
+                || self.log.store_records().record_ready(docs),
             )
             .await
             .map_err(|_| ())?;

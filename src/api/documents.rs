@@ -16,7 +16,7 @@ use super::dto::{CommandResponse, ConsistencyQuery, ErrorBody, PutBody, StoresBo
 use super::error::ApiError;
 use super::{authorize, AppState, DEFAULT_APPLIED_TIMEOUT, MAX_APPLIED_TIMEOUT};
 use crate::actors::document::{CommandOutcome, ExecuteCommand};
-use crate::eventlog::{IdempotencyKey, StreamState, UNSETTLED_STATES};
+use crate::eventlog::{IdempotencyKey, StreamState};
 
 const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
@@ -104,7 +104,7 @@ async fn respond(
         let stream = if deadline.is_none() && outcome.created {
             None
         } else {
-            state.log.stream_state(doc_id).await?
+            state.log.reads().stream_state(doc_id).await?
         };
         let settled = stream
             .as_ref()
@@ -328,7 +328,7 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state.config)?;
     let doc_id = doc_id_of(&req)?;
-    let Some(stream) = state.log.stream_state(&doc_id).await? else {
+    let Some(stream) = state.log.reads().stream_state(&doc_id).await? else {
         return Err(ApiError::NotFound("document not found".into()));
     };
     let doc = state.registry.state(&doc_id).await?;
@@ -336,10 +336,11 @@ pub async fn get(
     // Open compensations come from the parked changes (the durable record), not the actor.
     let compensations: Vec<_> = state
         .log
+        .parked()
         .compensations(Some(&doc_id), MAX_DOC_COMPENSATIONS)
         .await?
         .into_iter()
-        .filter(|c| UNSETTLED_STATES.contains(&c.state))
+        .filter(|c| c.state.is_unsettled())
         .collect();
     let mut body = serde_json::json!({
         "doc_id": doc_id.as_str(),
@@ -389,41 +390,7 @@ pub async fn retry(
     authorize(&req, &state.config)?;
     let doc_id = doc_id_of(&req)?;
     let wait = wait_of(&query)?;
-    let Some(stream) = state.log.stream_state(&doc_id).await? else {
-        return Err(ApiError::NotFound("document not found".into()));
-    };
-    let open = state
-        .log
-        .compensations(Some(&doc_id), MAX_DOC_COMPENSATIONS)
-        .await?
-        .iter()
-        .any(|c| c.state == "open" || c.state == "needs_operator");
-    if stream.consistent() && !open {
-        let outcome = CommandOutcome {
-            version: stream.version,
-            log_position: None,
-            unchanged: true,
-            compensation: None,
-            created: false,
-        };
-        let (status, response) = respond(&state, &doc_id, outcome, wait).await?;
-        return Ok(HttpResponse::build(status).json(response));
-    }
-    let content = if stream.deleted {
-        None
-    } else {
-        state.log.content_at(&doc_id, stream.version).await?
-    };
-    let msg = ExecuteCommand {
-        command: DocumentCommand::Redrive {
-            current_version: stream.version,
-            content,
-        },
-        blob: None,
-        idempotency: None,
-        compensates: None,
-    };
-    let outcome = state.registry.execute(&doc_id, msg).await?;
+    let outcome = state.registry.retry(&doc_id).await?;
     let (status, response) = respond(&state, &doc_id, outcome, wait).await?;
     Ok(HttpResponse::build(status).json(response))
 }
@@ -491,6 +458,7 @@ pub async fn list(
     };
     let mut documents = state
         .log
+        .reads()
         .list_documents(prefix, after, limit + 1, query.include_deleted)
         .await?;
     let more = documents.len() > limit;
@@ -541,7 +509,11 @@ pub async fn compensations(
         .map(DocId::parse)
         .transpose()
         .map_err(|e| ApiError::InvalidDocId(e.to_string()))?;
-    let list = state.log.compensations(doc_id.as_ref(), limit).await?;
+    let list = state
+        .log
+        .parked()
+        .compensations(doc_id.as_ref(), limit)
+        .await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "compensations": list })))
 }
 
@@ -559,6 +531,7 @@ pub async fn events(
     let doc_id = doc_id_of(&req)?;
     let events: Vec<serde_json::Value> = state
         .log
+        .reads()
         .stream_events(&doc_id)
         .await?
         .into_iter()

@@ -20,7 +20,7 @@ pub async fn healthz() -> HttpResponse {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Object), (status = 503, body = ErrorBody)))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state.log.horizon().await?;
+    state.log.reads().horizon().await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
 }
 
@@ -38,10 +38,11 @@ pub async fn metrics(
         let stores = state.projections.status(&state.log).await?;
         let open = state
             .log
+            .parked()
             .compensations(None, 1000)
             .await?
             .iter()
-            .filter(|c| crate::eventlog::UNSETTLED_STATES.contains(&c.state))
+            .filter(|c| c.state.is_unsettled())
             .count();
         Ok::<_, crate::eventlog::LogError>((stores, open))
     };
@@ -66,7 +67,7 @@ pub async fn metrics(
         stores: &stores,
         open_compensations,
         live_actors: state.registry.live_actors(),
-        appends: state.log.append_stats(),
+        appends: state.log.appends().append_stats(),
         verify: &verify,
     };
     Ok(HttpResponse::Ok()
@@ -120,6 +121,7 @@ pub async fn projection_action(
             };
             state
                 .log
+                .control()
                 .request_rebuild(store.name(), &requested)
                 .await
                 .map_err(control_error)?;
@@ -133,6 +135,7 @@ pub async fn projection_action(
     };
     state
         .log
+        .control()
         .set_operator_pause(store.name(), paused)
         .await
         .map_err(control_error)?;

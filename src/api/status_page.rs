@@ -9,7 +9,6 @@ use actix_web::{web, HttpResponse};
 use super::error::ApiError;
 use super::AppState;
 use crate::actors::history::Sample;
-use crate::eventlog::UNSETTLED_STATES;
 
 /// Seconds between the page's own refreshes.
 const REFRESH_SECS: u32 = 5;
@@ -66,7 +65,7 @@ pub async fn page(
 ) -> Result<HttpResponse, ApiError> {
     super::authorize_view(&req, &state.config)?;
     let stores = state.projections.status(&state.log).await?;
-    let compensations = state.log.compensations(None, 50).await?;
+    let compensations = state.log.parked().compensations(None, 50).await?;
     let samples = state.history.samples();
     let stats = state.verifier.stats();
     let owner = &state.instance;
@@ -129,7 +128,7 @@ table{{border-collapse:collapse;margin:8px 0}} td,th{{border:1px solid #ddd;padd
     html.push_str("</table><h2>Open compensations</h2>");
     let open: Vec<_> = compensations
         .iter()
-        .filter(|c| UNSETTLED_STATES.contains(&c.state))
+        .filter(|c| c.state.is_unsettled())
         .collect();
     if open.is_empty() {
         html.push_str(r#"<p class="ok" id="compensations">none</p>"#);

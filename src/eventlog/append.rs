@@ -12,7 +12,7 @@
 //! transaction is the append's. With group commit on (the default, see `group`), such plain
 //! appends of several streams share one statement, so one transaction and one WAL flush.
 //! Readers are woken by a NOTIFY sent after the commit (see `listen::spawn_notifier`), except
-//! in [`PgLog::append_in`], whose NOTIFY is part of the caller's transaction.
+//! in [`LogAppends::append_in`], whose NOTIFY is part of the caller's transaction.
 
 use aggregates::{DocId, DocumentEvent, LogCursor, StoreKind};
 use bytes::Bytes;
@@ -24,7 +24,7 @@ use tokio_postgres::types::ToSql;
 use projections::sink::stream_hash;
 
 use super::codec::{encode, StoredEvent};
-use super::{LogError, ParkedResolution, PgLog, NOTIFY_CHANNEL};
+use super::{AppendStats, LogAppends, LogError, ParkedChanges, ParkedResolution, NOTIFY_CHANNEL};
 
 /// A statement prepared once per pooled connection.
 pub(super) async fn prepared(
@@ -339,13 +339,18 @@ enum Wake {
     AfterCommit,
 }
 
-impl PgLog {
+impl<'a> LogAppends<'a> {
+    /// This process's append counters.
+    pub fn append_stats(self) -> &'a AppendStats {
+        &self.log.stats
+    }
+
     /// Appends one command's events atomically.
     ///
     /// # Errors
     /// [`LogError::Conflict`] when the stream moved past `expected_stream_version`;
     /// [`LogError::IdempotencyKeyReused`]; [`LogError::Unavailable`].
-    pub async fn append(&self, req: AppendRequest<'_>) -> Result<Appended, LogError> {
+    pub async fn append(self, req: AppendRequest<'_>) -> Result<Appended, LogError> {
         let started = std::time::Instant::now();
         let result = self.append_once(req).await;
         self.count_append(&result, started.elapsed());
@@ -354,12 +359,12 @@ impl PgLog {
 
     /// Counts one append's outcome and time in [`AppendStats`].
     pub(super) fn count_append(
-        &self,
+        self,
         result: &Result<Appended, LogError>,
         elapsed: std::time::Duration,
     ) {
         use std::sync::atomic::Ordering::Relaxed;
-        let stats = &self.stats;
+        let stats = &self.log.stats;
         stats.duration.observe(elapsed.as_secs_f64());
         match result {
             Ok(Appended::Committed { .. }) => stats.committed.fetch_add(1, Relaxed),
@@ -370,17 +375,17 @@ impl PgLog {
         };
     }
 
-    async fn append_once(&self, req: AppendRequest<'_>) -> Result<Appended, LogError> {
+    async fn append_once(self, req: AppendRequest<'_>) -> Result<Appended, LogError> {
         if req.is_plain() {
             // One writing statement, its own transaction: no BEGIN and COMMIT round trips.
             // (Without events the statement would create an empty stream: that request takes
             // the transaction below, which rolls back its conflict.) With group commit on,
             // the statement is shared with other streams' plain appends.
             let encoded = EncodedAppend::new(&req)?;
-            if let Some(group) = &self.group {
+            if let Some(group) = &self.log.group {
                 return group.append(encoded).await;
             }
-            let client = self.client().await?;
+            let client = self.log.client().await?;
             let last = insert_events(&client, &encoded).await?;
             self.wake_readers();
             return Ok(Appended::Committed {
@@ -388,7 +393,7 @@ impl PgLog {
                 stream_version: encoded.new_stream_version,
             });
         }
-        let mut client = self.client().await?;
+        let mut client = self.log.client().await?;
         let tx = client
             .transaction()
             .await
@@ -403,18 +408,18 @@ impl PgLog {
 
     /// Asks the notifier for a NOTIFY after a commit. A full channel means one is already due
     /// (and starts after this commit); a closed one cannot happen while this handle lives.
-    fn wake_readers(&self) {
-        let _ = self.notify.try_send(());
+    fn wake_readers(self) {
+        let _ = self.log.notify.try_send(());
     }
 
-    /// The statements of [`PgLog::append`] inside a transaction the caller commits (or rolls
+    /// The statements of [`LogAppends::append`] inside a transaction the caller commits (or rolls
     /// back). The result is durable only once the caller commits; tests use this to hold a
     /// transaction open across other appends.
     ///
     /// # Errors
-    /// As [`PgLog::append`].
+    /// As [`LogAppends::append`].
     pub async fn append_in(
-        &self,
+        self,
         tx: &deadpool_postgres::Transaction<'_>,
         req: AppendRequest<'_>,
     ) -> Result<Appended, LogError> {
@@ -425,7 +430,7 @@ impl PgLog {
     /// idempotency key) on a connection in autocommit, where the single writing statement is
     /// its own transaction.
     async fn append_statements(
-        &self,
+        self,
         tx: &impl GenericClient,
         req: AppendRequest<'_>,
         wake: Wake,
@@ -467,7 +472,7 @@ impl PgLog {
         if let Some(resolution) = req.resolves {
             // First: a concurrent compensator of the same parked change waits on its row
             // here and then appends nothing.
-            if !PgLog::resolve_in(tx, resolution).await? {
+            if !ParkedChanges::resolve_in(tx, resolution).await? {
                 return Ok(Appended::AlreadyResolved);
             }
         }
@@ -515,11 +520,6 @@ impl PgLog {
         })
     }
 
-    /// Records the answer to an idempotent request that appended nothing (an unchanged put).
-    /// Returns the first answer when the key was already used.
-    ///
-    /// # Errors
-    /// [`LogError::IdempotencyKeyReused`]; [`LogError::Unavailable`].
     /// What the command that first used `key` answered, when one did (a retry whose first
     /// attempt was applied is answered that way, even when the command would now be
     /// refused: a delete of a document the first attempt deleted, say).
@@ -528,10 +528,10 @@ impl PgLog {
     /// [`LogError::IdempotencyKeyReused`] when the key was used for another request;
     /// [`LogError::Unavailable`].
     pub async fn idempotent_result(
-        &self,
+        self,
         key: &IdempotencyKey,
     ) -> Result<Option<IdempotentResult>, LogError> {
-        let client = self.client().await?;
+        let client = self.log.client().await?;
         let read = prepared(&client, READ_IDEMPOTENCY_KEY, "prepare idempotency read").await?;
         let Some(row) = client
             .query_opt(&read, &[&key.key])
@@ -558,13 +558,18 @@ impl PgLog {
             })
     }
 
+    /// Records the answer to an idempotent request that appended nothing (an unchanged put).
+    /// Returns the first answer when the key was already used.
+    ///
+    /// # Errors
+    /// [`LogError::IdempotencyKeyReused`]; [`LogError::Unavailable`].
     pub async fn record_idempotent(
-        &self,
+        self,
         doc_id: &DocId,
         key: &IdempotencyKey,
         result: &IdempotentResult,
     ) -> Result<IdempotentResult, LogError> {
-        let client = self.client().await?;
+        let client = self.log.client().await?;
         let value = serde_json::to_value(result).expect("serializable");
         let row = client
             .query_one(

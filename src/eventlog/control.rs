@@ -14,7 +14,7 @@
 //!   the same poll, and only under its current generation, so an acknowledgement never
 //!   outlives the ownership it was given under.
 
-use super::{LogError, PgLog};
+use super::{LogControl, LogError};
 use crate::rebuild::RebuildStatus;
 
 /// One store's cluster-wide switches.
@@ -136,13 +136,13 @@ pub enum ControlError {
     Log(#[from] LogError),
 }
 
-impl PgLog {
+impl LogControl<'_> {
     /// Every store's cluster-wide switches.
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
-    pub async fn store_controls(&self) -> Result<Vec<StoreControl>, LogError> {
-        let client = self.client().await?;
+    pub async fn store_controls(self) -> Result<Vec<StoreControl>, LogError> {
+        let client = self.log.client().await?;
         let rows = client
             .query(
                 "SELECT sink, paused, pause_epoch, rebuild_state, rebuild_pause, rebuild_status
@@ -171,7 +171,7 @@ impl PgLog {
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
-    pub async fn paused_now(&self, sink: &str) -> Result<bool, LogError> {
+    pub async fn paused_now(self, sink: &str) -> Result<bool, LogError> {
         Ok(self
             .store_controls()
             .await?
@@ -183,8 +183,8 @@ impl PgLog {
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
-    pub async fn partitions_in_force(&self, sink: &str) -> Result<Option<u32>, LogError> {
-        let client = self.client().await?;
+    pub async fn partitions_in_force(self, sink: &str) -> Result<Option<u32>, LogError> {
+        let client = self.log.client().await?;
         let row = client
             .query_opt(
                 "SELECT partitions FROM projection_control WHERE sink = $1",
@@ -201,8 +201,8 @@ impl PgLog {
     ///
     /// # Errors
     /// [`ControlError::RebuildRunning`] while a rebuild of the store runs.
-    pub async fn set_operator_pause(&self, sink: &str, paused: bool) -> Result<(), ControlError> {
-        let client = self.client().await?;
+    pub async fn set_operator_pause(self, sink: &str, paused: bool) -> Result<(), ControlError> {
+        let client = self.log.client().await?;
         let n = client
             .execute(
                 "UPDATE projection_control SET paused = $2, updated_at = now()
@@ -223,11 +223,11 @@ impl PgLog {
     /// # Errors
     /// [`ControlError::RebuildRunning`] while one is requested or running.
     pub async fn request_rebuild(
-        &self,
+        self,
         sink: &str,
         status: &RebuildStatus,
     ) -> Result<(), ControlError> {
-        let client = self.client().await?;
+        let client = self.log.client().await?;
         let status = serde_json::to_value(status).expect("a rebuild status serializes");
         let n = client
             .execute(
@@ -252,13 +252,13 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`].
     pub async fn report_rebuild(
-        &self,
+        self,
         sink: &str,
         runner: &str,
         state: &str,
         status: &RebuildStatus,
     ) -> Result<(), LogError> {
-        let client = self.client().await?;
+        let client = self.log.client().await?;
         let status = serde_json::to_value(status).expect("a rebuild status serializes");
         client
             .execute(
@@ -275,12 +275,12 @@ impl PgLog {
     }
 
     /// A rebuild pauses `sink`'s runners everywhere; returns the pause's epoch (see
-    /// [`PgLog::partitions_paused`]).
+    /// [`LogControl::partitions_paused`]).
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
-    pub async fn hold_rebuild_pause(&self, sink: &str) -> Result<i64, LogError> {
-        let client = self.client().await?;
+    pub async fn hold_rebuild_pause(self, sink: &str) -> Result<i64, LogError> {
+        let client = self.log.client().await?;
         let row = client
             .query_one(
                 "UPDATE projection_control
@@ -297,8 +297,8 @@ impl PgLog {
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
-    pub async fn lift_rebuild_pause(&self, sink: &str) -> Result<(), LogError> {
-        let client = self.client().await?;
+    pub async fn lift_rebuild_pause(self, sink: &str) -> Result<(), LogError> {
+        let client = self.log.client().await?;
         client
             .execute(
                 "UPDATE projection_control SET rebuild_pause = false, updated_at = now()
@@ -316,12 +316,12 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`].
     pub async fn partitions_paused(
-        &self,
+        self,
         sink: &str,
         partitions: u32,
         epoch: i64,
     ) -> Result<u32, LogError> {
-        let client = self.client().await?;
+        let client = self.log.client().await?;
         let row = client
             .query_one(
                 "SELECT count(*) FROM projection_partitions
@@ -339,14 +339,14 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`].
     pub async fn acknowledge_pause(
-        &self,
+        self,
         sink: &str,
         partitions: u32,
         partition: u32,
         generation: i64,
         epoch: i64,
     ) -> Result<(), LogError> {
-        let client = self.client().await?;
+        let client = self.log.client().await?;
         client
             .execute(
                 "UPDATE projection_partitions SET paused_epoch = GREATEST(paused_epoch, $5)

@@ -27,7 +27,7 @@ use tokio_postgres::types::ToSql;
 use tracing::{debug, warn};
 
 use super::append::{cursor_of, insert_events, prepared, EncodedAppend};
-use super::{AppendRequest, AppendStats, Appended, LogError, PgLog};
+use super::{AppendRequest, AppendStats, Appended, LogAppends, LogError};
 use crate::config::AppendGroupConfig;
 
 /// Commands waiting per appender task and per command of a group before callers wait: the
@@ -129,7 +129,7 @@ impl Grouped for Queued {
     }
 }
 
-/// A command of [`PgLog::append_group`], numbered by its place in the request.
+/// A command of [`LogAppends::append_group`], numbered by its place in the request.
 impl Grouped for (usize, EncodedAppend) {
     fn stream(&self) -> &str {
         &self.1.doc_id
@@ -237,25 +237,23 @@ impl GroupAppender {
     }
 }
 
-impl PgLog {
+impl LogAppends<'_> {
     /// Appends `reqs` as the appender tasks would if they found them queued together, now,
     /// without the queue: consecutive plain appends form groups (distinct streams, within the
     /// configured limits; a second command of a stream goes to the next group), each one
     /// statement; any other request is appended alone. For tools and tests that need to know
-    /// which commands share a transaction; the service queues through [`PgLog::append`].
+    /// which commands share a transaction; the service queues through [`LogAppends::append`].
     /// Returns each request's own answer, in order (counted in [`AppendStats`] like appends).
-    pub async fn append_group(
-        &self,
-        reqs: &[AppendRequest<'_>],
-    ) -> Vec<Result<Appended, LogError>> {
+    pub async fn append_group(self, reqs: &[AppendRequest<'_>]) -> Vec<Result<Appended, LogError>> {
         let limits = self
+            .log
             .group
             .as_ref()
             .map_or_else(AppendGroupConfig::default, |g| g.config.clone());
         let writer = GroupWriter {
-            pool: self.pool.clone(),
-            stats: self.stats.clone(),
-            notify: self.notify.clone(),
+            pool: self.log.pool.clone(),
+            stats: self.log.stats.clone(),
+            notify: self.log.notify.clone(),
         };
         let mut answers: Vec<Option<Result<Appended, LogError>>> =
             reqs.iter().map(|_| None).collect();
@@ -402,7 +400,7 @@ impl GroupWriter {
             .iter()
             .any(|a| matches!(a, Ok(Appended::Committed { .. })))
         {
-            // See `PgLog::wake_readers`: a full channel means a NOTIFY is already due.
+            // See `LogAppends::wake_readers`: a full channel means a NOTIFY is already due.
             let _ = self.notify.try_send(());
         }
         answers

@@ -6,6 +6,12 @@
 //! every running one, ordered and paged by `(epoch, xid, position)`; blob bytes are written
 //! once per sha256 in the append's transaction. Plain appends of different streams may
 //! share that transaction (group commit, `group`), each still with its own answer.
+//!
+//! [`PgLog`] is the connection (pool, notifier, identity); what consumers do with it goes
+//! through its roles ([`roles`]): [`PgLog::appends`] (the document actor), [`PgLog::reads`],
+//! [`PgLog::store_records`] (readiness, rebuild input), [`PgLog::parked`] (parked changes and
+//! compensations), [`PgLog::control`] (pauses, rebuild requests); the projection runner's
+//! role is the [`projections::LogSource`] trait.
 
 mod append;
 pub mod codec;
@@ -16,6 +22,7 @@ pub mod lease;
 mod listen;
 mod parked;
 mod reader;
+pub mod roles;
 pub mod schema;
 mod store_reader;
 
@@ -28,10 +35,9 @@ use tracing::{info, warn};
 
 pub use append::{AppendRequest, Appended, IdempotencyKey, IdempotentResult};
 pub use connect::PgConnector;
-pub use parked::{
-    CompensationView, ParkedResolution, PendingParked, ResolveTarget, UNSETTLED_STATES,
-};
+pub use parked::{CompensationView, ParkedResolution, PendingParked, ResolveTarget};
 pub use reader::{EventRecord, HorizonStatus, ListedDocument, StreamState};
+pub use roles::{LogAppends, LogControl, LogReads, ParkedChanges, StoreRecords};
 pub use store_reader::{CataloguePage, CatalogueScan, CatalogueState, CatalogueStates, RawEvents};
 
 use crate::config::{AppendGroupConfig, StoreUrl};
@@ -107,7 +113,8 @@ pub fn db_message(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// A handle on the log. Cheap to clone.
+/// A handle on the log: its connection pool, notifier and identity. Cheap to clone. What a
+/// consumer does with the log goes through one of its roles ([`roles`]).
 #[derive(Clone)]
 pub struct PgLog {
     pub(crate) pool: Pool,
@@ -267,11 +274,6 @@ impl PgLog {
             appended,
             notify,
         })
-    }
-
-    /// This process's append counters.
-    pub fn append_stats(&self) -> &AppendStats {
-        &self.stats
     }
 
     /// Opens dedicated connections to this log's database.

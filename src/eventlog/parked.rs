@@ -8,11 +8,11 @@
 
 use std::collections::BTreeSet;
 
-use aggregates::{DocId, DocumentEvent, PutDocument, Restore, Version};
+use aggregates::{CompensationState, DocId, DocumentEvent, PutDocument, Restore, Version};
 use serde::Serialize;
 
 use super::reader::decode_row;
-use super::{LogError, PgLog};
+use super::{LogError, ParkedChanges};
 
 /// A parked change the compensator has to handle.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,7 +64,7 @@ pub struct CompensationView {
     pub reason: String,
     /// `open` (waiting for the compensator), `needs_operator`, `restoring` (events appended,
     /// the stores are not all at the restoring version yet) or `resolved`.
-    pub state: &'static str,
+    pub state: CompensationState,
     /// What the compensation did.
     pub resolution: Option<String>,
     /// The version that restores consistency.
@@ -75,11 +75,8 @@ pub struct CompensationView {
     pub resolved_at: Option<String>,
 }
 
-/// States in which a compensation still concerns its document.
-pub const UNSETTLED_STATES: [&str; 3] = ["open", "needs_operator", "restoring"];
-
 /// Parked changes with their derived state; `$1` filters on a document (NULL = all); open
-/// ones first, then the most recent.
+/// ones first, then the most recent. The state's names are [`CompensationState::as_str`]'s.
 const LIST_COMPENSATIONS: &str = r#"
 SELECT p.id, p.stream_id, p.sink, p.version, p.error, p.resolution, p.resolved_version,
        to_char(p.parked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
@@ -95,22 +92,13 @@ ORDER BY (p.resolved_at IS NULL) DESC, p.id DESC
 LIMIT $2
 "#;
 
-fn state_name(s: &str) -> &'static str {
-    match s {
-        "open" => "open",
-        "needs_operator" => "needs_operator",
-        "restoring" => "restoring",
-        _ => "resolved",
-    }
-}
-
-impl PgLog {
+impl ParkedChanges<'_> {
     /// Open parked changes the compensator has not handled, oldest first.
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
-    pub async fn pending_parked(&self, limit: i64) -> Result<Vec<PendingParked>, LogError> {
-        let client = self.client().await?;
+    pub async fn pending_parked(self, limit: i64) -> Result<Vec<PendingParked>, LogError> {
+        let client = self.log.client().await?;
         let rows = client
             .query(
                 "SELECT id, stream_id, sink, version, error FROM parked_changes
@@ -135,8 +123,8 @@ impl PgLog {
     ///
     /// # Errors
     /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
-    pub async fn stream_history(&self, doc_id: &DocId) -> Result<Vec<DocumentEvent>, LogError> {
-        let client = self.client().await?;
+    pub async fn stream_history(self, doc_id: &DocId) -> Result<Vec<DocumentEvent>, LogError> {
+        let client = self.log.client().await?;
         let rows = client
             .query(
                 "SELECT epoch, xid::text, position, stream_id, stream_version, event_type, event_version,
@@ -155,8 +143,8 @@ impl PgLog {
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
-    pub async fn refused_versions(&self, doc_id: &DocId) -> Result<BTreeSet<Version>, LogError> {
-        let client = self.client().await?;
+    pub async fn refused_versions(self, doc_id: &DocId) -> Result<BTreeSet<Version>, LogError> {
+        let client = self.log.client().await?;
         let rows = client
             .query(
                 "SELECT DISTINCT version FROM parked_changes WHERE stream_id = $1",
@@ -172,7 +160,7 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
     pub async fn restore_for(
-        &self,
+        self,
         doc_id: &DocId,
         refused_version: Version,
     ) -> Result<Restore, LogError> {
@@ -190,7 +178,7 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
     pub async fn content_at(
-        &self,
+        self,
         doc_id: &DocId,
         version: Version,
     ) -> Result<Option<PutDocument>, LogError> {
@@ -236,8 +224,8 @@ impl PgLog {
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
-    pub async fn resolve_parked(&self, resolution: &ParkedResolution) -> Result<bool, LogError> {
-        let mut client = self.client().await?;
+    pub async fn resolve_parked(self, resolution: &ParkedResolution) -> Result<bool, LogError> {
+        let mut client = self.log.client().await?;
         let tx = client
             .transaction()
             .await
@@ -252,8 +240,8 @@ impl PgLog {
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
-    pub async fn mark_needs_operator(&self, id: i64, why: &str) -> Result<(), LogError> {
-        let client = self.client().await?;
+    pub async fn mark_needs_operator(self, id: i64, why: &str) -> Result<(), LogError> {
+        let client = self.log.client().await?;
         client
             .execute(
                 "UPDATE parked_changes SET needs_operator = true, resolution = $2
@@ -270,11 +258,11 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`].
     pub async fn compensations(
-        &self,
+        self,
         doc_id: Option<&DocId>,
         limit: i64,
     ) -> Result<Vec<CompensationView>, LogError> {
-        let client = self.client().await?;
+        let client = self.log.client().await?;
         let rows = client
             .query(LIST_COMPENSATIONS, &[&doc_id.map(DocId::as_str), &limit])
             .await
@@ -291,7 +279,10 @@ impl PgLog {
                 resolved_version: r.get::<_, Option<i64>>(6).map(|v| v as u64),
                 parked_at: r.get(7),
                 resolved_at: r.get(8),
-                state: state_name(r.get(9)),
+                state: r
+                    .get::<_, &str>(9)
+                    .parse()
+                    .expect("LIST_COMPENSATIONS yields only CompensationState names"),
             })
             .collect())
     }

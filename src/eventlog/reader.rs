@@ -20,7 +20,7 @@ use tokio_postgres::Row;
 
 use super::append::prepared;
 use super::codec::{decode, decode_catalogue_row};
-use super::{db_message, LogError, PgLog};
+use super::{db_message, LogAppends, LogError, LogReads, PgLog, StoreRecords};
 
 /// Events after a cursor, below the horizon, in log order; `$4 = 1` reads every partition.
 /// The sort names the table's columns: a bare `xid` would be the output column `xid::text`,
@@ -300,13 +300,13 @@ pub(super) fn decode_doc_id(
     })
 }
 
-impl PgLog {
+impl LogReads<'_> {
     /// Up to `limit` events of `part` after `after` (see the module doc for why this order).
     ///
     /// # Errors
     /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
     pub async fn read_after(
-        &self,
+        self,
         after: LogCursor,
         part: Partition,
         limit: usize,
@@ -314,18 +314,18 @@ impl PgLog {
         Ok(self.read_page(after, part, limit, None).await?.events)
     }
 
-    /// [`PgLog::read_after`], decoding only the events of `types` (all when `None`).
+    /// [`LogReads::read_after`], decoding only the events of `types` (all when `None`).
     ///
     /// # Errors
     /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
     pub async fn read_page(
-        &self,
+        self,
         after: LogCursor,
         part: Partition,
         limit: usize,
         types: Option<&[&str]>,
     ) -> Result<StorePage, LogError> {
-        let client = self.client().await?;
+        let client = self.log.client().await?;
         let stmt = prepared(&client, READ_AFTER, "prepare read").await?;
         let rows = client
             .query(
@@ -360,75 +360,16 @@ impl PgLog {
         })
     }
 
-    /// Every event of a stream, in stream order, starting after its snapshot if any; returns
-    /// the rebuilt document.
-    ///
-    /// # Errors
-    /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
-    pub async fn load(&self, doc_id: &DocId) -> Result<Document, LogError> {
-        let client = self.client().await?;
-        let read = prepared(&client, READ_DOCUMENT, "prepare document read").await?;
-        let rows = client
-            .query(&read, &[&doc_id.as_str()])
-            .await
-            .map_err(LogError::db("load document"))?;
-        let mut doc = Document::default();
-        if let Some(state) = rows
-            .first()
-            .and_then(|row| row.get::<_, Option<serde_json::Value>>(5))
-        {
-            match serde_json::from_value::<Document>(state) {
-                Ok(snapshot) => doc = snapshot,
-                Err(_) => {
-                    // A snapshot of an older shape: replay the whole stream.
-                    drop(client);
-                    let events = self.stream_records(doc_id).await?;
-                    return Ok(Document::replay(events.iter().map(|e| &e.event)));
-                }
-            }
-        }
-        for row in &rows {
-            let Some(position) = row.get::<_, Option<i64>>(0) else {
-                continue; // no events after the snapshot
-            };
-            doc.apply_event(&decode_event_columns(row, 1, position)?);
-        }
-        Ok(doc)
-    }
-
-    /// Brings `doc`, a state of `doc_id` that some process held, up to the log: applies the
-    /// events appended after `doc.stream_version` (one indexed read; none when no other
-    /// process appended since). Returns the state and whether it moved.
-    ///
-    /// # Errors
-    /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
-    pub async fn refresh(
-        &self,
-        doc_id: &DocId,
-        mut doc: Document,
-    ) -> Result<(Document, bool), LogError> {
-        let client = self.client().await?;
-        let read = prepared(&client, READ_DOCUMENT_AFTER, "prepare document refresh").await?;
-        let rows = client
-            .query(&read, &[&doc_id.as_str(), &doc.stream_version])
-            .await
-            .map_err(LogError::db("refresh document"))?;
-        for row in &rows {
-            doc.apply_event(&decode_event_columns(row, 1, row.get(0))?);
-        }
-        Ok((doc, !rows.is_empty()))
-    }
-
     /// Every event of a stream with its place in the log, in stream order (what verification
     /// compares a document's stores with).
     ///
     /// # Errors
     /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
     pub async fn stream_records(
-        &self,
+        self,
         doc_id: &DocId,
     ) -> Result<Vec<RecordedEvent<DocumentEvent>>, LogError> {
-        let client = self.client().await?;
+        let client = self.log.client().await?;
         let read = prepared(&client, READ_STREAM, "prepare stream read").await?;
         let rows = client
             .query(&read, &[&doc_id.as_str()])
@@ -442,8 +383,8 @@ impl PgLog {
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
-    pub async fn sample_stream_ids(&self, limit: i64) -> Result<Vec<DocId>, LogError> {
-        let client = self.client().await?;
+    pub async fn sample_stream_ids(self, limit: i64) -> Result<Vec<DocId>, LogError> {
+        let client = self.log.client().await?;
         let start: String = {
             use rand::Rng;
             let mut rng = rand::rng();
@@ -467,32 +408,12 @@ impl PgLog {
             .collect())
     }
 
-    /// Stores a snapshot of a document (best effort: a missing snapshot only costs load time).
-    ///
-    /// # Errors
-    /// [`LogError::Unavailable`].
-    pub async fn save_snapshot(&self, doc_id: &DocId, doc: &Document) -> Result<(), LogError> {
-        let client = self.client().await?;
-        let state = serde_json::to_value(doc).expect("document serializes");
-        client
-            .execute(
-                "INSERT INTO snapshots (stream_id, stream_version, state) VALUES ($1, $2, $3)
-                 ON CONFLICT (stream_id) DO UPDATE SET stream_version = EXCLUDED.stream_version,
-                     state = EXCLUDED.state, taken_at = now()
-                 WHERE snapshots.stream_version < EXCLUDED.stream_version",
-                &[&doc_id.as_str(), &doc.stream_version, &state],
-            )
-            .await
-            .map_err(LogError::db("save snapshot"))?;
-        Ok(())
-    }
-
     /// The stream's event count (0 when unknown).
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
-    pub async fn stream_version(&self, doc_id: &DocId) -> Result<i64, LogError> {
-        let client = self.client().await?;
+    pub async fn stream_version(self, doc_id: &DocId) -> Result<i64, LogError> {
+        let client = self.log.client().await?;
         let row = client
             .query_opt(
                 "SELECT stream_version FROM streams WHERE stream_id = $1",
@@ -507,8 +428,8 @@ impl PgLog {
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
-    pub async fn stream_state(&self, doc_id: &DocId) -> Result<Option<StreamState>, LogError> {
-        let client = self.client().await?;
+    pub async fn stream_state(self, doc_id: &DocId) -> Result<Option<StreamState>, LogError> {
+        let client = self.log.client().await?;
         let read_state = prepared(&client, READ_STREAM_STATE, "prepare stream state read").await?;
         let row = client
             .query_opt(&read_state, &[&doc_id.as_str()])
@@ -532,13 +453,13 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`].
     pub async fn list_documents(
-        &self,
+        self,
         prefix: &str,
         after: &str,
         limit: usize,
         include_deleted: bool,
     ) -> Result<Vec<ListedDocument>, LogError> {
-        let client = self.client().await?;
+        let client = self.log.client().await?;
         let list = prepared(&client, LIST_DOCUMENTS, "prepare document listing").await?;
         let end = prefix_end(prefix);
         let rows = client
@@ -569,8 +490,8 @@ impl PgLog {
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
-    pub async fn horizon(&self) -> Result<HorizonStatus, LogError> {
-        let client = self.client().await?;
+    pub async fn horizon(self) -> Result<HorizonStatus, LogError> {
+        let client = self.log.client().await?;
         let row = client
             .query_one(
                 "SELECT COALESCE((SELECT max(position) FROM events), 0),
@@ -595,12 +516,12 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`].
     pub async fn lag_after(
-        &self,
+        self,
         after: LogCursor,
         part: Partition,
         cap: i64,
     ) -> Result<(i64, Option<i64>), LogError> {
-        let client = self.client().await?;
+        let client = self.log.client().await?;
         let row = client
             .query_one(
                 "SELECT count(*), (extract(epoch FROM min(recorded_at)) * 1000)::bigint FROM (
@@ -628,8 +549,8 @@ impl PgLog {
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
-    pub async fn stream_events(&self, doc_id: &DocId) -> Result<Vec<EventRecord>, LogError> {
-        let client = self.client().await?;
+    pub async fn stream_events(self, doc_id: &DocId) -> Result<Vec<EventRecord>, LogError> {
+        let client = self.log.client().await?;
         let rows = client
             .query(
                 "SELECT stream_version, position, event_type, event_version, payload,
@@ -651,14 +572,97 @@ impl PgLog {
             })
             .collect())
     }
+}
 
+impl LogAppends<'_> {
+    /// Every event of a stream, in stream order, starting after its snapshot if any; returns
+    /// the rebuilt document.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
+    pub async fn load(self, doc_id: &DocId) -> Result<Document, LogError> {
+        let client = self.log.client().await?;
+        let read = prepared(&client, READ_DOCUMENT, "prepare document read").await?;
+        let rows = client
+            .query(&read, &[&doc_id.as_str()])
+            .await
+            .map_err(LogError::db("load document"))?;
+        let mut doc = Document::default();
+        if let Some(state) = rows
+            .first()
+            .and_then(|row| row.get::<_, Option<serde_json::Value>>(5))
+        {
+            match serde_json::from_value::<Document>(state) {
+                Ok(snapshot) => doc = snapshot,
+                Err(_) => {
+                    // A snapshot of an older shape: replay the whole stream.
+                    drop(client);
+                    let events = self.log.reads().stream_records(doc_id).await?;
+                    return Ok(Document::replay(events.iter().map(|e| &e.event)));
+                }
+            }
+        }
+        for row in &rows {
+            let Some(position) = row.get::<_, Option<i64>>(0) else {
+                continue; // no events after the snapshot
+            };
+            doc.apply_event(&decode_event_columns(row, 1, position)?);
+        }
+        Ok(doc)
+    }
+
+    /// Brings `doc`, a state of `doc_id` that some process held, up to the log: applies the
+    /// events appended after `doc.stream_version` (one indexed read; none when no other
+    /// process appended since). Returns the state and whether it moved.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
+    pub async fn refresh(
+        self,
+        doc_id: &DocId,
+        mut doc: Document,
+    ) -> Result<(Document, bool), LogError> {
+        let client = self.log.client().await?;
+        let read = prepared(&client, READ_DOCUMENT_AFTER, "prepare document refresh").await?;
+        let rows = client
+            .query(&read, &[&doc_id.as_str(), &doc.stream_version])
+            .await
+            .map_err(LogError::db("refresh document"))?;
+        for row in &rows {
+            doc.apply_event(&decode_event_columns(row, 1, row.get(0))?);
+        }
+        Ok((doc, !rows.is_empty()))
+    }
+
+    /// Stores a snapshot of a document (best effort: a missing snapshot only costs load time).
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`].
+    pub async fn save_snapshot(self, doc_id: &DocId, doc: &Document) -> Result<(), LogError> {
+        let client = self.log.client().await?;
+        let state = serde_json::to_value(doc).expect("document serializes");
+        client
+            .execute(
+                "INSERT INTO snapshots (stream_id, stream_version, state) VALUES ($1, $2, $3)
+                 ON CONFLICT (stream_id) DO UPDATE SET stream_version = EXCLUDED.stream_version,
+                     state = EXCLUDED.state, taken_at = now()
+                 WHERE snapshots.stream_version < EXCLUDED.stream_version",
+                &[&doc_id.as_str(), &doc.stream_version, &state],
+            )
+            .await
+            .map_err(LogError::db("save snapshot"))?;
+        Ok(())
+    }
+}
+
+impl StoreRecords<'_> {
     /// Documents whose three stores hold their version but whose readiness was not recorded
     /// (the tracker stopped between the two): the tracker finishes them at start.
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
-    pub async fn unfinished_ready(&self, limit: i64) -> Result<Vec<AppliedVersion>, LogError> {
-        let client = self.client().await?;
+    pub async fn unfinished_ready(self, limit: i64) -> Result<Vec<AppliedVersion>, LogError> {
+        let client = self.log.client().await?;
         let rows = client
             .query(
                 "SELECT stream_id, doc_version FROM streams
@@ -684,8 +688,8 @@ impl PgLog {
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
-    pub async fn record_ready(&self, done: &[AppliedVersion]) -> Result<(), LogError> {
-        let client = self.client().await?;
+    pub async fn record_ready(self, done: &[AppliedVersion]) -> Result<(), LogError> {
+        let client = self.log.client().await?;
         let ids: Vec<&str> = done.iter().map(|d| d.doc_id.as_str()).collect();
         let versions: Vec<i64> = done.iter().map(|d| d.version as i64).collect();
         let record = prepared(
@@ -814,6 +818,7 @@ impl LogSource for PgLog {
         limit: usize,
     ) -> Result<StorePage, SourceError> {
         Ok(self
+            .reads()
             .read_page(after, part, limit, Some(&store.event_types()))
             .await?)
     }
@@ -926,7 +931,8 @@ impl LogSource for PgLog {
                 // `updated_at` is the stream's last append: this version's, unless a
                 // compensation request came after it.
                 let since_append: f64 = r.get(6);
-                self.append_stats()
+                self.appends()
+                    .append_stats()
                     .time_to_consistent
                     .observe(since_append.max(0.0));
             })

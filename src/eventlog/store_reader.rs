@@ -8,10 +8,10 @@ use aggregates::{DocId, DocumentEvent, LogCursor, RecordedEvent, StoreKind};
 use projections::mysql::CatalogueRow;
 
 use super::reader::{decode_catalogue_columns, decode_row, row_cursor};
-use super::{LogError, PgLog};
+use super::{LogError, StoreRecords};
 
 /// Events of the given types after a cursor, below the horizon, in log order. The horizon
-/// and order are [`PgLog::read_after`]'s (the sort names the table's columns, so it is the
+/// and order are [`LogReads::read_after`]'s (the sort names the table's columns, so it is the
 /// numeric `xid8` order of the index, not the text of the output column `xid`).
 const READ_TYPES_AFTER: &str = r#"
 SELECT epoch, xid::text, position, stream_id, stream_version, event_type, event_version,
@@ -247,14 +247,14 @@ impl RawEvents {
     }
 }
 
-impl PgLog {
+impl StoreRecords<'_> {
     /// Up to `limit` events after `after` that can carry a change for `store`
     /// ([`StoreKind::event_types`]), in log order, only of finished transactions.
     ///
     /// # Errors
     /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
     pub async fn read_store_events(
-        &self,
+        self,
         after: LogCursor,
         store: StoreKind,
         limit: usize,
@@ -262,17 +262,17 @@ impl PgLog {
         self.read_store_rows(after, store, limit).await?.decode()
     }
 
-    /// [`PgLog::read_store_events`] without decoding them yet.
+    /// [`StoreRecords::read_store_events`] without decoding them yet.
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
     pub async fn read_store_rows(
-        &self,
+        self,
         after: LogCursor,
         store: StoreKind,
         limit: usize,
     ) -> Result<RawEvents, LogError> {
-        let client = self.client().await?;
+        let client = self.log.client().await?;
         let stmt = client
             .prepare_cached(READ_TYPES_AFTER)
             .await
@@ -298,8 +298,8 @@ impl PgLog {
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
-    pub async fn scan_catalogue(&self) -> Result<CatalogueScan, LogError> {
-        let client = self.client().await?;
+    pub async fn scan_catalogue(self) -> Result<CatalogueScan, LogError> {
+        let client = self.log.client().await?;
         let mut scan = CatalogueScan {
             client: None,
             end: LogCursor::START,
@@ -339,8 +339,8 @@ impl PgLog {
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
-    pub async fn count_streams(&self) -> Result<u64, LogError> {
-        let client = self.client().await?;
+    pub async fn count_streams(self) -> Result<u64, LogError> {
+        let client = self.log.client().await?;
         let row = client
             .query_one("SELECT count(*) FROM streams", &[])
             .await
@@ -354,10 +354,10 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`].
     pub async fn consistent_at(
-        &self,
+        self,
         docs: &[(&str, u64)],
     ) -> Result<std::collections::HashSet<String>, LogError> {
-        let client = self.client().await?;
+        let client = self.log.client().await?;
         let ids: Vec<&str> = docs.iter().map(|d| d.0).collect();
         let versions: Vec<i64> = docs.iter().map(|d| d.1 as i64).collect();
         let rows = client
@@ -374,7 +374,7 @@ impl PgLog {
         Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
     }
 
-    /// Of `docs` (`(doc_id, version)`), those [`PgLog::consistent_at`] would return, found by
+    /// Of `docs` (`(doc_id, version)`), those [`StoreRecords::consistent_at`] would return, found by
     /// one scan of `streams` instead of one lookup per document: cheaper once `docs` is a
     /// sizeable share of the log's documents (a rebuild settling the rows it wrote
     /// `pending`). Rows are streamed, never all held at once.
@@ -382,11 +382,11 @@ impl PgLog {
     /// # Errors
     /// [`LogError::Unavailable`].
     pub async fn consistent_among(
-        &self,
+        self,
         docs: &std::collections::HashMap<&str, u64>,
     ) -> Result<std::collections::HashSet<String>, LogError> {
         use futures::TryStreamExt;
-        let client = self.client().await?;
+        let client = self.log.client().await?;
         let rows = client
             .query_raw(
                 "SELECT stream_id, doc_version FROM streams

@@ -12,7 +12,7 @@
 //!
 //! A store rebuilt from final states ([`Rebuild::FROM_FINAL_STATES`]: the catalogue) reads
 //! each document's final state, which the log keeps in its stream row (one scan of one
-//! snapshot, [`PgLog::scan_catalogue`]; the events of documents whose row predates that are
+//! snapshot, [`crate::eventlog::StoreRecords::scan_catalogue`]; the events of documents whose row predates that are
 //! read instead), then catches up from the scan's end. The others read the log once (only
 //! the event types that carry their changes), in pages coalesced per document (newest state
 //! per page; a fresh target needs no version reads).
@@ -131,7 +131,7 @@ impl Paused {
     async fn resume(self, outcome_cancelled: bool) -> Result<(), RebuildError> {
         match self.held {
             Some((log, sink)) if !outcome_cancelled => {
-                log.lift_rebuild_pause(sink).await?;
+                log.control().lift_rebuild_pause(sink).await?;
                 Ok(())
             }
             _ => Ok(()),
@@ -232,12 +232,16 @@ impl Rebuilder {
                 partitions: self.partitions,
             });
         }
-        let epoch = self.log.hold_rebuild_pause(sink).await?;
+        let epoch = self.log.control().hold_rebuild_pause(sink).await?;
         loop {
             // The count in force may change while processes of another count roll in; it
             // cannot once the runners holding its leases are paused.
             let partitions = self.partitions_now(sink).await?;
-            let acknowledged = self.log.partitions_paused(sink, partitions, epoch).await?;
+            let acknowledged = self
+                .log
+                .control()
+                .partitions_paused(sink, partitions, epoch)
+                .await?;
             if acknowledged >= partitions {
                 return Ok(Paused {
                     held: Some((self.log.clone(), sink)),
@@ -259,6 +263,7 @@ impl Rebuilder {
         }
         Ok(self
             .log
+            .control()
             .partitions_in_force(sink)
             .await?
             .unwrap_or(self.partitions))
@@ -307,7 +312,7 @@ impl Rebuilder {
                 .map_err(source_error)?;
             if !consistent.is_empty() {
                 self.stores.mark_ready(&consistent).await?;
-                self.log.record_ready(&consistent).await?;
+                self.log.store_records().record_ready(&consistent).await?;
             }
         }
         Ok(())
@@ -346,14 +351,14 @@ impl Rebuilder {
         };
         let docs: Vec<(&str, u64)> = newest.iter().map(|(d, v)| (*d, *v)).collect();
         if (docs.len() as u64).saturating_mul(SCAN_SHARE) >= num_streams {
-            let consistent = self.log.consistent_among(&newest).await?;
+            let consistent = self.log.store_records().consistent_among(&newest).await?;
             for part in ready_of(&consistent, &docs).chunks(SETTLE_PAGE) {
                 self.stores.mark_ready(part).await?;
             }
             return Ok(());
         }
         for part in docs.chunks(SETTLE_PAGE) {
-            let consistent = self.log.consistent_at(part).await?;
+            let consistent = self.log.store_records().consistent_at(part).await?;
             self.stores.mark_ready(&ready_of(&consistent, part)).await?;
         }
         Ok(())
@@ -372,7 +377,7 @@ impl Rebuilder {
         progress.phase("preparing");
         let mut target = sink.begin_rebuild().await?;
         let lowest = self.lowest_checkpoint(S::NAME).await?;
-        let num_streams = self.log.count_streams().await?;
+        let num_streams = self.log.store_records().count_streams().await?;
         progress.total(num_streams);
         let mut done = Written::default();
 
@@ -457,7 +462,7 @@ impl Rebuilder {
         let paused = self.pause(S::NAME, cancel).await?;
         let result = async {
             let lowest = self.lowest_checkpoint(S::NAME).await?;
-            progress.total(self.log.count_streams().await?);
+            progress.total(self.log.store_records().count_streams().await?);
             progress.phase("building");
             let mut finals: HashMap<DocId, DocChange> = HashMap::new();
             let mut cursor = LogCursor::START;
@@ -465,6 +470,7 @@ impl Rebuilder {
             loop {
                 let page = self
                     .log
+                    .store_records()
                     .read_store_events(cursor, store, self.page_events)
                     .await?;
                 let Some(last) = page.last() else { break };
@@ -540,7 +546,7 @@ impl Rebuilder {
 
     /// Reads and prepares the store's pages up to [`READ_AHEAD_PAGES`] pages ahead of the
     /// writer: for a store rebuilt from final states, every document's final catalogue state
-    /// ([`PgLog::scan_catalogue`], [`prepare_states`]); for the others, the store's events
+    /// ([`crate::eventlog::StoreRecords::scan_catalogue`], [`prepare_states`]); for the others, the store's events
     /// from the start ([`prepare_page`]) until a page comes back short (the head is near: the
     /// hand-over reads the rest). Two tasks: one reads pages (it needs only a page's end to
     /// ask for the next one), the other decodes, coalesces and looks up readiness on its own
@@ -680,7 +686,10 @@ async fn read_events(
 ) -> Result<(), LogError> {
     let mut cursor = LogCursor::START;
     while !cancel.is_cancelled() {
-        let raw = log.read_store_rows(cursor, store, page_events).await?;
+        let raw = log
+            .store_records()
+            .read_store_rows(cursor, store, page_events)
+            .await?;
         let Some(end) = raw.end() else { break };
         cursor = end;
         let short = raw.len() < page_events;
@@ -699,7 +708,7 @@ async fn read_states(
     pages: &mpsc::Sender<Result<RawPage, LogError>>,
     cancel: &CancellationToken,
 ) -> Result<(), LogError> {
-    let mut scan = log.scan_catalogue().await?;
+    let mut scan = log.store_records().scan_catalogue().await?;
     let end = scan.end();
     while !cancel.is_cancelled() {
         let page = match scan.next(page_events).await? {
@@ -721,14 +730,17 @@ async fn read_page<S: Rebuild>(
     after: LogCursor,
     page_events: usize,
 ) -> Result<Option<PreparedPage>, LogError> {
-    let raw = log.read_store_rows(after, S::STORE, page_events).await?;
+    let raw = log
+        .store_records()
+        .read_store_rows(after, S::STORE, page_events)
+        .await?;
     if raw.is_empty() {
         return Ok(None);
     }
     prepare_page::<S>(log, &raw, None).await.map(Some)
 }
 
-/// Decodes and coalesces a page read by [`PgLog::read_store_rows`] (not empty) and, for a
+/// Decodes and coalesces a page read by [`crate::eventlog::StoreRecords::read_store_rows`] (not empty) and, for a
 /// store that keeps readiness, looks up which of its documents every store already holds.
 /// The page ends at `end` if given, else at its last event.
 async fn prepare_page<S: Rebuild>(
@@ -747,7 +759,7 @@ async fn prepare_page<S: Rebuild>(
             .filter(|c| matches!(c.change, Change::Upsert(_)))
             .map(|c| (c.doc_id.as_str(), c.version))
             .collect();
-        log.consistent_at(&docs).await?
+        log.store_records().consistent_at(&docs).await?
     } else {
         Default::default()
     };

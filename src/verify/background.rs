@@ -33,7 +33,11 @@ impl Verifier {
     /// # Errors
     /// [`super::VerifyError`] when the log or a store cannot be read.
     pub async fn verify_sample(&self, sample: u32) -> Result<u64, super::VerifyError> {
-        let ids = self.log.sample_stream_ids(i64::from(sample)).await?;
+        let ids = self
+            .log
+            .reads()
+            .sample_stream_ids(i64::from(sample))
+            .await?;
         let mut drifted = 0u64;
         let mut findings = 0u64;
         for id in &ids {

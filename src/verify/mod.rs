@@ -228,7 +228,7 @@ impl Verifier {
         checkpoints: &Checkpoints,
     ) -> Result<Vec<Finding>, VerifyError> {
         let records = match DocId::parse(doc_id) {
-            Ok(id) => self.log.stream_records(&id).await?,
+            Ok(id) => self.log.reads().stream_records(&id).await?,
             Err(_) => Vec::new(),
         };
         let changes = DocChanges::of(&records);

@@ -58,7 +58,7 @@ pub(super) async fn repair(
             continue;
         };
         // A fresh read: the document may have moved on since the scan.
-        let records = verifier.log.stream_records(&id).await?;
+        let records = verifier.log.reads().stream_records(&id).await?;
         let changes = DocChanges::of(&records);
         for finding in findings {
             let store = StoreKind::from_name(finding.store).expect("findings name a store");
@@ -151,6 +151,7 @@ async fn restore_ready(
 ) -> Result<(), VerifyError> {
     let ready = verifier
         .log
+        .reads()
         .stream_state(doc_id)
         .await?
         .is_some_and(|s| s.version == version && s.ready_version >= version);

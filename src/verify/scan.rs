@@ -81,7 +81,10 @@ async fn read_log(
     let mut cursor = LogCursor::START;
     let mut num_events = 0u64;
     loop {
-        let page = log.read_after(cursor, Partition::ALL, LOG_PAGE).await?;
+        let page = log
+            .reads()
+            .read_after(cursor, Partition::ALL, LOG_PAGE)
+            .await?;
         let Some(last) = page.last() else { break };
         cursor = last.cursor;
         for recorded in &page {

@@ -232,6 +232,7 @@ impl Follower {
     /// Reads one page and moves the cursor to its last event. Returns the page's size.
     pub async fn read_page(&mut self, log: &PgLog) -> Result<usize> {
         let page = log
+            .reads()
             .read_after(self.cursor, Partition::ALL, self.limit)
             .await
             .context("read_after")?;

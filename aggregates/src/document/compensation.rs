@@ -209,3 +209,75 @@ fn content_of(record: &VersionRecord) -> Option<PutDocument> {
         expected_version: None,
     })
 }
+
+/// Where a compensation (the follow-up of one parked change) stands.
+///
+/// A parked change is *open* until its compensation appended events or was found to need
+/// none; it may be marked as needing an operator on the way. Once resolved, it is
+/// *restoring* while the stores have not all reached the version that restores the
+/// document, then *resolved*.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompensationState {
+    /// Waiting for the compensator.
+    Open,
+    /// The compensator cannot handle it (a refused deletion): a retry of the document closes it.
+    NeedsOperator,
+    /// Events were appended; the stores are not all at the restoring version yet.
+    Restoring,
+    /// Done.
+    Resolved,
+}
+
+/// A name that is not a [`CompensationState`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown compensation state {0:?}")]
+pub struct UnknownCompensationState(pub String);
+
+impl CompensationState {
+    /// Every state, in the order of its life.
+    pub const ALL: [Self; 4] = [
+        Self::Open,
+        Self::NeedsOperator,
+        Self::Restoring,
+        Self::Resolved,
+    ];
+
+    /// The state's name in the API, the log's queries and on the status page.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::NeedsOperator => "needs_operator",
+            Self::Restoring => "restoring",
+            Self::Resolved => "resolved",
+        }
+    }
+
+    /// The parked change is not resolved yet (open, or waiting for an operator): a retry of
+    /// the document has something to close.
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Open | Self::NeedsOperator)
+    }
+
+    /// The compensation still concerns its document (open, needing an operator, or restoring).
+    pub fn is_unsettled(self) -> bool {
+        !matches!(self, Self::Resolved)
+    }
+}
+
+impl std::fmt::Display for CompensationState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for CompensationState {
+    type Err = UnknownCompensationState;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| UnknownCompensationState(s.to_owned()))
+    }
+}

@@ -4,12 +4,17 @@ mod command;
 pub mod compensation;
 mod error;
 mod event;
+pub mod retry;
 mod state;
 mod store_change;
 
 pub use command::{DocumentCommand, PutDocument, MAX_CHUNK_TEXT_BYTES};
-pub use compensation::{content_at, restore_point, CompensationOutcome, Restore};
+pub use compensation::{
+    content_at, restore_point, CompensationOutcome, CompensationState, Restore,
+    UnknownCompensationState,
+};
 pub use error::DocumentError;
 pub use event::{BlobRef, Chunk, DocumentEvent, EVENT_TYPES};
+pub use retry::{decide_retry, RetryDecision, RetryFacts};
 pub use state::{chunk_digest, Document, DocumentContent};
 pub use store_change::{StoreChange, StoreKind};
