@@ -7,8 +7,8 @@ pub mod document;
 pub mod envelope;
 
 pub use document::{
-    restore_point, BlobRef, Chunk, CompensationOutcome, Document, DocumentCommand, DocumentContent,
-    DocumentError, DocumentEvent, PutDocument, Restore, StoreChange, StoreKind,
+    restore_point, BlobRef, CatalogueEntry, Chunk, CompensationOutcome, Document, DocumentCommand,
+    DocumentContent, DocumentError, DocumentEvent, PutDocument, Restore, StoreChange, StoreKind,
     MAX_CHUNK_TEXT_BYTES,
 };
 pub use envelope::{

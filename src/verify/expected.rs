@@ -141,30 +141,18 @@ pub struct RowFields {
 }
 
 impl RowFields {
-    /// The row a `RowInserted` event asks for.
+    /// The row a `RowInserted` event asks for (its [`DocumentEvent::catalogue_entry`]).
     pub fn of_event(doc_id: &str, event: &DocumentEvent) -> Option<RowFields> {
-        let DocumentEvent::RowInserted {
-            title,
-            source_type,
-            business_tag,
-            attributes,
-            blob_sha256,
-            blob_size,
-            chunk_count,
-            ..
-        } = event
-        else {
-            return None;
-        };
+        let entry = event.catalogue_entry()?;
         Some(RowFields {
-            title: title.clone(),
-            source_type: source_type.clone(),
-            business_tag: business_tag.clone(),
-            attributes: canonical_json(&serde_json::Value::Object(attributes.clone())),
-            blob_key: blob_sha256.as_ref().map(|_| blob_key(doc_id)),
-            blob_sha256: blob_sha256.clone(),
-            blob_size: *blob_size,
-            chunk_count: *chunk_count,
+            title: entry.title,
+            source_type: entry.source_type,
+            business_tag: entry.business_tag,
+            attributes: entry.attributes,
+            blob_key: entry.blob_sha256.as_ref().map(|_| blob_key(doc_id)),
+            blob_sha256: entry.blob_sha256,
+            blob_size: entry.blob_size,
+            chunk_count: entry.chunk_count,
         })
     }
 
