@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
+use projections::audit::AuditedStore;
 use projections::milvus::MilvusSink;
 use projections::mysql::MysqlSink;
 use projections::s3::S3Sink;
-use projections::SinkError;
+use projections::{LogSource, SinkError};
 
 use crate::config::Config;
 
@@ -44,5 +45,12 @@ impl Stores {
                 &config.tls,
             )?),
         })
+    }
+
+    /// Every store behind its sink and audit ports, in [`aggregates::StoreKind::ALL`]'s
+    /// order: the one place the verifier learns which stores there are. `L` is the log
+    /// their checkpoints and repairs read.
+    pub fn audited<L: LogSource>(&self) -> [&dyn AuditedStore<L>; 3] {
+        [&*self.mysql, &*self.milvus, &*self.s3]
     }
 }

@@ -7,6 +7,7 @@
 //! leaves a tombstone (its version), so a put of an older version delivered later never
 //! brings the row back.
 
+mod audit;
 mod classify;
 pub mod schema;
 pub mod shadow;
