@@ -1,13 +1,16 @@
 //! The three store clients a process uses: the projectors', the rebuild's, the verifier's
 //! and the tools'.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use aggregates::StoreKind;
+use futures::future::BoxFuture;
+use projections::audit::AuditedStore;
 use projections::milvus::MilvusSink;
 use projections::mysql::MysqlSink;
 use projections::s3::S3Sink;
-use projections::{AppliedVersion, SinkError, Store};
+use projections::{AppliedVersion, LogSource, Sink, SinkError, Store};
 
 use crate::config::Config;
 
@@ -49,31 +52,69 @@ impl Stores {
 }
 
 /// Work to do with one store's client, whichever adapter it is ([`Stores::visit`]): the
-/// orchestrators (rebuild, verify) are written once against the ports and run per store.
-pub trait StoreVisitor {
+/// runtime (projectors, tracker, rebuild, verify) is written once against the ports and
+/// runs per store.
+pub trait StoreVisitor<'s> {
     /// What the work gives.
     type Output;
     /// Does the work with `store`'s client.
-    fn visit<S: Store>(self, store: &Arc<S>) -> Self::Output;
+    fn visit<S: Store>(self, store: &'s Arc<S>) -> Self::Output;
 }
 
 impl Stores {
-    /// Marks `docs` ready where readiness is kept: the catalogue's rows of exactly these
-    /// versions (a row at another version stays as it is).
-    ///
-    /// # Errors
-    /// The classified [`SinkError`].
-    pub async fn mark_ready(&self, docs: &[AppliedVersion]) -> Result<(), SinkError> {
-        self.mysql.mark_ready(docs).await
-    }
-
     /// Runs `visitor` with the client of `store`: the one place that maps a store to its
     /// adapter.
-    pub fn visit<V: StoreVisitor>(&self, store: StoreKind, visitor: V) -> V::Output {
+    pub fn visit<'s, V: StoreVisitor<'s>>(&'s self, store: StoreKind, visitor: V) -> V::Output {
         match store {
             StoreKind::Mysql => visitor.visit(&self.mysql),
             StoreKind::Milvus => visitor.visit(&self.milvus),
             StoreKind::S3 => visitor.visit(&self.s3),
         }
+    }
+
+    /// Every store behind its audit port, in [`StoreKind::ALL`]'s order. `L` is the log
+    /// their checkpoints and repairs read.
+    pub fn audited<L: LogSource>(&self) -> [&dyn AuditedStore<L>; StoreKind::ALL.len()] {
+        StoreKind::ALL.map(|store| self.visit(store, AsAudited(PhantomData)))
+    }
+
+    /// Marks `docs` ready in every store that keeps readiness ([`Sink::KEEPS_READINESS`]:
+    /// the catalogue), where it holds exactly these versions.
+    ///
+    /// # Errors
+    /// The classified [`SinkError`] of the first store that fails.
+    pub async fn mark_ready(&self, docs: &[AppliedVersion]) -> Result<(), SinkError> {
+        for store in StoreKind::ALL {
+            self.visit(store, MarkReady(docs)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A store as the verifier sees it.
+struct AsAudited<L>(PhantomData<L>);
+
+impl<'s, L: LogSource> StoreVisitor<'s> for AsAudited<L> {
+    type Output = &'s dyn AuditedStore<L>;
+
+    fn visit<S: Store>(self, store: &'s Arc<S>) -> Self::Output {
+        &**store
+    }
+}
+
+/// [`Sink::mark_ready`] of a store that keeps readiness.
+struct MarkReady<'d>(&'d [AppliedVersion]);
+
+impl<'s, 'd: 's> StoreVisitor<'s> for MarkReady<'d> {
+    type Output = BoxFuture<'s, Result<(), SinkError>>;
+
+    fn visit<S: Store>(self, store: &'s Arc<S>) -> Self::Output {
+        Box::pin(async move {
+            if S::KEEPS_READINESS {
+                store.mark_ready(self.0).await
+            } else {
+                Ok(())
+            }
+        })
     }
 }

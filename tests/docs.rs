@@ -17,8 +17,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use docledger::actors::projector::{PartitionStatus, StoreStatus};
+use docledger::api::scrape::Scrape;
 use docledger::eventlog::AppendStats;
-use docledger::metrics::{CommandLabels, Metrics, ResponseLabels, RouteLabels, Scrape};
+use docledger::metrics::{CommandLabels, Metrics, ResponseLabels, RouteLabels};
 use docledger::verify::VerifyStats;
 
 /// The text of `docs/{name}`.
@@ -304,7 +305,7 @@ fn exposed_metric_names() -> BTreeSet<String> {
         appends: &appends,
         verify: &verify,
     };
-    let text = metrics.render(&scrape);
+    let text = scrape.render(&metrics);
     text.lines()
         .filter_map(|line| line.strip_prefix("# TYPE "))
         .map(|line| {

@@ -6,10 +6,9 @@
 
 mod common;
 
-use aggregates::{DocId, DocumentEvent, StoreKind};
+use aggregates::{CatalogueEntry, DocId, DocumentEvent, StoreKind};
 use anyhow::{ensure, Result};
 use docledger::eventlog::{AppendRequest, CataloguePage, IdempotencyKey, PgLog};
-use projections::mysql::CatalogueRow;
 
 use common::{doc, request, row_event, TestLog};
 
@@ -200,12 +199,12 @@ fn rich_row(version: u64, title: &str) -> DocumentEvent {
 }
 
 /// The catalogue row `log_history(_, _, i)` leaves (`None`: deleted).
-fn final_row(i: usize) -> Option<CatalogueRow> {
+fn final_row(i: usize) -> Option<CatalogueEntry> {
     if i % 3 == 2 {
         return None;
     }
     let v = if i % 2 == 1 { 2 } else { 1 };
-    CatalogueRow::of_event(&rich_row(v, &format!("v{v}")))
+    rich_row(v, &format!("v{v}")).catalogue_entry()
 }
 
 /// Puts, replaces and maybe deletes `d`, depending on `i`.
@@ -267,7 +266,7 @@ async fn a_scan_reads_states_then_the_events_of_stale_rows() -> Result<()> {
     };
     ensure!(late_cursor > end, "{late_cursor:?} after {end:?}");
 
-    let mut states: Vec<(String, u64, Option<CatalogueRow>)> = Vec::new();
+    let mut states: Vec<(String, u64, Option<CatalogueEntry>)> = Vec::new();
     let mut stale_events: Vec<(String, DocumentEvent)> = Vec::new();
     // Pages of 2, so each part spans pages.
     while let Some(page) = scan.next(2).await? {

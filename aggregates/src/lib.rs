@@ -7,9 +7,9 @@ pub mod document;
 pub mod envelope;
 
 pub use document::{
-    decide_retry, restore_point, BlobRef, Chunk, CompensationOutcome, CompensationState, Document,
-    DocumentCommand, DocumentContent, DocumentError, DocumentEvent, PutDocument, Restore,
-    RetryDecision, RetryFacts, StoreChange, StoreKind, MAX_CHUNK_TEXT_BYTES,
+    decide_retry, restore_point, BlobRef, CatalogueEntry, Chunk, CompensationOutcome,
+    CompensationState, Document, DocumentCommand, DocumentContent, DocumentError, DocumentEvent,
+    PutDocument, Restore, RetryDecision, RetryFacts, StoreChange, StoreKind, MAX_CHUNK_TEXT_BYTES,
 };
 pub use envelope::{
     is_doc_id_byte, DocId, DocIdError, LogCursor, RecordedEvent, Version, MAX_DOC_ID_BYTES,

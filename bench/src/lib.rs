@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aggregates::Chunk;
+use aggregates::{Chunk, DocumentEvent};
 use anyhow::{bail, Context};
 use base64::Engine;
 use bytes::Bytes;
@@ -30,8 +30,8 @@ use futures::{stream, StreamExt};
 use mysql_async::prelude::Queryable;
 use mysql_async::Value;
 use projections::milvus::plan::RowToWrite;
-use projections::mysql::schema::{blob_key, DOCUMENTS};
-use projections::mysql::shadow::{insert_statement, run_concurrently};
+use projections::mysql::schema::DOCUMENTS;
+use projections::mysql::shadow::{entry_values, insert_statement, run_concurrently};
 use projections::mysql::MysqlSink;
 use projections::s3::{object_key, BULK_CONCURRENT_REQUESTS};
 use projections::{MilvusSink, RetryPolicy, S3Sink, Sink};
@@ -200,21 +200,31 @@ impl Doc {
         body
     }
 
-    /// The catalogue row as the dual-write coordinator and the ceiling insert it.
+    /// The `RowInserted` the service decides for the document's put (version 1, the
+    /// attributes of [`Doc::body`]).
+    fn row_event(&self) -> DocumentEvent {
+        let mut attributes = serde_json::Map::new();
+        attributes.insert("bench".into(), true.into());
+        DocumentEvent::RowInserted {
+            version: 1,
+            title: self.title(),
+            source_type: "bench".into(),
+            business_tag: Some("docledger-bench".into()),
+            attributes,
+            blob_sha256: self.sha256.clone(),
+            blob_size: self.blob.as_ref().map(|b| b.len() as u64),
+            chunk_count: u32::try_from(self.chunks.len()).expect("chunk count fits u32"),
+        }
+    }
+
+    /// The catalogue row as the dual-write coordinator and the ceiling insert it: the
+    /// service's own catalogue entry of [`Doc::row_event`], written `ready`.
     fn row_values(&self) -> [Value; 11] {
-        [
-            Value::from(self.id.as_str()),
-            Value::from(1u64),
-            Value::from(self.title()),
-            Value::from("bench"),
-            Value::from("docledger-bench"),
-            Value::from(r#"{"bench":true}"#),
-            Value::from(self.blob.as_ref().map(|_| blob_key(&self.id))),
-            Value::from(self.sha256.as_deref()),
-            Value::from(self.blob.as_ref().map(|b| b.len() as u64)),
-            Value::from(self.chunks.len() as u64),
-            Value::from("ready"),
-        ]
+        let entry = self
+            .row_event()
+            .catalogue_entry()
+            .expect("a RowInserted has a catalogue entry");
+        entry_values(&self.id, entry, true)
     }
 
     fn vector_rows(&self) -> Vec<RowToWrite<'_>> {

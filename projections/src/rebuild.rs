@@ -17,10 +17,10 @@
 use std::collections::HashSet;
 use std::future::Future;
 
-use aggregates::LogCursor;
+use aggregates::{CatalogueEntry, LogCursor};
 
 use crate::error::SinkError;
-use crate::mysql::CatalogueRow as CatalogueEntry;
+
 use crate::sink::{Batch, Sink};
 
 /// How a store is rebuilt (see the module documentation).
@@ -52,7 +52,8 @@ pub enum RebuildPage {
     Changes {
         /// The coalesced page.
         batch: Batch,
-        /// For a store that keeps readiness ([`Rebuild::KEEPS_READINESS`]): the page's
+        /// For a store that keeps readiness ([`Sink::KEEPS_READINESS`]; the orchestrator settles after the
+        /// switch the ones written pending, [`RebuildTarget::pending`]): the page's
         /// upserted documents whose version every store already holds; empty otherwise.
         consistent: HashSet<String>,
     },
@@ -90,10 +91,6 @@ pub trait Rebuild: Sink {
     /// stream: the bulk of the rebuild reads those ([`RebuildPage::States`]) instead of the
     /// events; the catch-up reads events.
     const FROM_FINAL_STATES: bool = false;
-    /// The store records each document's readiness (whether every store holds its version)
-    /// with its rows: the orchestrator tells it which documents of a page are ready, and
-    /// settles after the switch the ones it wrote pending ([`RebuildTarget::pending`]).
-    const KEEPS_READINESS: bool = false;
     /// Documents per page of an in-place rebuild (with their blobs in memory).
     const IN_PLACE_PAGE: usize = 32;
 
@@ -142,7 +139,6 @@ impl<S: Rebuild> Rebuild for std::sync::Arc<S> {
     type Target = S::Target;
     const STYLE: RebuildStyle = S::STYLE;
     const FROM_FINAL_STATES: bool = S::FROM_FINAL_STATES;
-    const KEEPS_READINESS: bool = S::KEEPS_READINESS;
     const IN_PLACE_PAGE: usize = S::IN_PLACE_PAGE;
 
     fn begin_rebuild(&self) -> impl Future<Output = Result<Self::Target, SinkError>> + Send {

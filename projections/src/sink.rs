@@ -11,6 +11,7 @@ use bytes::Bytes;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::SinkError;
+use crate::source::AppliedVersion;
 
 /// The stable 31-bit hash of a document id that the log stores with every event and that
 /// partitions are cut from. Never change it: stored rows and checkpoints depend on it.
@@ -280,6 +281,10 @@ pub trait Sink: Send + Sync + 'static {
     /// The sink checks [`Batch::fence`] atomically with its write and refuses a batch of an
     /// older fencing token than one it already took ([`crate::ErrorClass::Fenced`]).
     const CHECKS_FENCE: bool = false;
+    /// The store records each document's readiness (whether every store holds its version)
+    /// with its data: the readiness tracker, a rebuild and a repair mark documents ready
+    /// through [`Sink::mark_ready`].
+    const KEEPS_READINESS: bool = false;
 
     /// Creates what the store needs (database, table, collection, bucket) when missing.
     fn prepare(&self) -> impl Future<Output = Result<(), SinkError>> + Send;
@@ -300,6 +305,16 @@ pub trait Sink: Send + Sync + 'static {
         part: Partition,
         batch: &Batch,
     ) -> impl Future<Output = Result<Applied, SinkError>> + Send;
+
+    /// Marks `docs` ready where the store holds exactly these versions (only when
+    /// [`Sink::KEEPS_READINESS`]; a version since replaced stays as it is).
+    fn mark_ready(
+        &self,
+        docs: &[AppliedVersion],
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        let _ = docs;
+        async { Ok(()) }
+    }
 }
 
 /// A shared sink is a sink: one store client serves every partition's runner.
@@ -310,6 +325,7 @@ impl<S: Sink> Sink for std::sync::Arc<S> {
     const NEEDS_BLOBS: bool = S::NEEDS_BLOBS;
     const KEEPS_TOMBSTONES: bool = S::KEEPS_TOMBSTONES;
     const CHECKS_FENCE: bool = S::CHECKS_FENCE;
+    const KEEPS_READINESS: bool = S::KEEPS_READINESS;
 
     fn prepare(&self) -> impl Future<Output = Result<(), SinkError>> + Send {
         S::prepare(self)
@@ -329,6 +345,13 @@ impl<S: Sink> Sink for std::sync::Arc<S> {
         batch: &Batch,
     ) -> impl Future<Output = Result<Applied, SinkError>> + Send {
         S::apply(self, log_id, part, batch)
+    }
+
+    fn mark_ready(
+        &self,
+        docs: &[AppliedVersion],
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        S::mark_ready(self, docs)
     }
 }
 

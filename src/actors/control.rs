@@ -192,12 +192,12 @@ impl Control {
     }
 }
 
+/// The store's rebuild lock key: its place in [`StoreKind::ALL`], from 1.
 fn store_key(store: StoreKind) -> i32 {
-    match store {
-        StoreKind::Mysql => 1,
-        StoreKind::Milvus => 2,
-        StoreKind::S3 => 3,
-    }
+    StoreKind::ALL
+        .iter()
+        .position(|s| *s == store)
+        .map_or(0, |i| i as i32 + 1)
 }
 
 /// Runs the rebuild, writing its progress into the log as it goes and its outcome at the

@@ -12,8 +12,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::eventlog::lease::{LeaseKey, Leases};
+use crate::eventlog::RebuildStatus;
 use crate::eventlog::{LogError, PgLog};
-use crate::rebuild::RebuildStatus;
 use crate::stores::{StoreVisitor, Stores};
 
 /// Unapplied events are counted up to this many per partition (`lag_events`); a larger
@@ -331,7 +331,7 @@ struct StartRunners<'a> {
     cancel: &'a CancellationToken,
 }
 
-impl StoreVisitor for StartRunners<'_> {
+impl StoreVisitor<'_> for StartRunners<'_> {
     type Output = ();
 
     fn visit<S: Store>(self, store: &Arc<S>) {

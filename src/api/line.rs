@@ -248,9 +248,9 @@ mod tests {
         line["op"] = json!("put");
         line["doc_id"] = json!("d");
         line["idempotency_key"] = json!("k");
-        let direct: super::super::dto::PutBody =
+        let direct: crate::api::dto::PutBody =
             serde_json::from_slice(&bytes(put)).expect("PUT body");
-        let via_line: super::super::dto::PutBody = body(&bytes(line)).expect("batch line");
+        let via_line: crate::api::dto::PutBody = body(&bytes(line)).expect("batch line");
         assert_eq!(format!("{direct:?}"), format!("{via_line:?}"));
     }
 

@@ -9,6 +9,7 @@ pub mod error;
 pub mod line;
 pub mod openapi;
 pub mod ops;
+pub mod scrape;
 mod status_page;
 
 use std::sync::Arc;

@@ -62,7 +62,7 @@ pub async fn metrics(
         cache.clone().unwrap_or_default()
     };
     let verify = state.verifier.stats();
-    let scrape = crate::metrics::Scrape {
+    let scrape = crate::api::scrape::Scrape {
         log_up,
         stores: &stores,
         open_compensations,
@@ -72,7 +72,7 @@ pub async fn metrics(
     };
     Ok(HttpResponse::Ok()
         .content_type(crate::metrics::CONTENT_TYPE)
-        .body(state.metrics.render(&scrape)))
+        .body(scrape.render(&state.metrics)))
 }
 
 /// Longest wait for the log's figures in `/metrics` before the last ones are served.

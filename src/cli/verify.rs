@@ -10,7 +10,6 @@ use crate::config::Config;
 use crate::eventlog::PgLog;
 use crate::stores::Stores;
 use crate::verify::{RepairSummary, Verifier, VerifyError, VerifyReport};
-use crate::ServeError;
 
 /// Everything `verify` did, as printed with `--json`.
 #[derive(Debug, Serialize)]
@@ -44,9 +43,9 @@ fn quiet(_: &str, _: u64) {}
 /// Connects to the log and the stores named in `config`, verifies, and repairs when asked.
 ///
 /// # Errors
-/// [`ServeError`] when the log or a store cannot be reached; [`VerifyError`] inside it when
-/// a read or write fails midway.
-pub async fn run(config: &Config, repair: bool) -> Result<VerifyOutcome, ServeError> {
+/// [`VerifyError`] when the log or a store cannot be reached, or a read or write fails
+/// midway.
+pub async fn run(config: &Config, repair: bool) -> Result<VerifyOutcome, VerifyError> {
     let log = PgLog::connect_with_tls(&config.eventstore_url, 4, &config.tls).await?;
     let stores = Stores::connect(config).await?;
     let verifier = Verifier::new(log, stores, config.projection.partitions.get());
@@ -55,10 +54,10 @@ pub async fn run(config: &Config, repair: bool) -> Result<VerifyOutcome, ServeEr
     } else {
         &quiet
     };
-    let report = verifier.verify_all(show).await.map_err(verify_error)?;
+    let report = verifier.verify_all(show).await?;
     let (repair, after_repair) = if repair && !report.matches() {
-        let summary = verifier.repair(&report).await.map_err(verify_error)?;
-        let after = verifier.verify_all(show).await.map_err(verify_error)?;
+        let summary = verifier.repair(&report).await?;
+        let after = verifier.verify_all(show).await?;
         (Some(summary), Some(after))
     } else {
         (None, None)
@@ -71,11 +70,4 @@ pub async fn run(config: &Config, repair: bool) -> Result<VerifyOutcome, ServeEr
         repair,
         after_repair,
     })
-}
-
-fn verify_error(e: VerifyError) -> ServeError {
-    match e {
-        VerifyError::Log(e) => ServeError::Log(e),
-        VerifyError::Store(e) => ServeError::Store(e),
-    }
 }

@@ -5,8 +5,7 @@
 //! decimal JSON). Older payload versions are upcast here, and only here.
 
 use aggregates::document::EVENT_TYPES;
-use aggregates::{Chunk, DocumentEvent};
-use projections::mysql::CatalogueRow;
+use aggregates::{CatalogueEntry, Chunk, DocumentEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -128,10 +127,10 @@ fn is_compact(json: &str) -> bool {
 }
 
 /// Decodes a document's catalogue state (its newest `RowInserted` or `DocumentDeleted`
-/// payload) into the catalogue row it leaves: `None` for a deletion (no row). The row's
-/// attributes are exactly the text the MySQL projector writes for the same event
-/// (`serde_json::to_string` of the object): taken as stored when compact, written anew
-/// otherwise.
+/// payload) into the catalogue entry it leaves: `None` for a deletion (no row). The entry's
+/// attributes are exactly the text [`DocumentEvent::catalogue_entry`] gives for the same
+/// event (`serde_json::to_string` of the object), which the MySQL projector writes: taken
+/// as stored when compact, written anew otherwise.
 ///
 /// # Errors
 /// [`DecodeError`] as [`decode`]'s.
@@ -139,11 +138,11 @@ pub fn decode_catalogue_row(
     event_type: &str,
     event_version: i16,
     payload: &[u8],
-) -> Result<Option<CatalogueRow>, DecodeError> {
+) -> Result<Option<CatalogueEntry>, DecodeError> {
     if event_type != "RowInserted" || event_version != CURRENT_EVENT_VERSION {
         // A deletion (no row), or what `decode` rejects.
         return decode(event_type, event_version, payload, None)
-            .map(|event| CatalogueRow::of_event(&event));
+            .map(|event| event.catalogue_entry());
     }
     let fail = |message: String| DecodeError {
         event_type: event_type.to_owned(),
@@ -160,7 +159,7 @@ pub fn decode_catalogue_row(
             serde_json::from_str(text).map_err(|e| fail(format!("attributes: {e}")))?;
         serde_json::to_string(&object).expect("a JSON object always serializes")
     };
-    Ok(Some(CatalogueRow {
+    Ok(Some(CatalogueEntry {
         version: row.version,
         title: row.title,
         source_type: row.source_type,
@@ -482,7 +481,7 @@ mod tests {
             "attributes": {"pages": 3, "lang": "en", "note": "a b, c: d", "n": {"zz": [1.5, null], "a": {}}}
         }))
         .expect("an event");
-        let expected = CatalogueRow::of_event(&event);
+        let expected = event.catalogue_entry();
         assert!(expected.is_some());
         let stored = encode(&event);
         let ours = serde_json::to_vec(&stored.payload).expect("serializes");

@@ -17,6 +17,8 @@ mod append;
 pub mod codec;
 pub mod connect;
 pub mod control;
+pub use crate::metrics::AppendStats;
+pub use control::{RebuildStatus, PHASE_DONE, PHASE_FAILED};
 mod group;
 pub mod lease;
 mod listen;
@@ -128,49 +130,6 @@ pub struct PgLog {
     stats: Arc<AppendStats>,
     /// The group-commit queue of plain appends; `None` = each is its own statement.
     group: Option<group::GroupAppender>,
-}
-
-/// Counters of this process's appends, and what its log measures for `/metrics`.
-#[derive(Debug)]
-pub struct AppendStats {
-    /// Appends that committed events.
-    pub committed: std::sync::atomic::AtomicU64,
-    /// Appends refused for a stale expected version.
-    pub conflicts: std::sync::atomic::AtomicU64,
-    /// Appends answered from an idempotency key.
-    pub duplicates: std::sync::atomic::AtomicU64,
-    /// Appends that failed otherwise (database unavailable, ...).
-    pub failed: std::sync::atomic::AtomicU64,
-    /// Time of each append, over all outcomes.
-    pub duration: prometheus_client::metrics::histogram::Histogram,
-    /// From a version's append to its recording by the last of the three stores (observed
-    /// by the process that records that last store).
-    pub time_to_consistent: prometheus_client::metrics::histogram::Histogram,
-    /// Group statements that ran (each one transaction of one or more plain appends).
-    pub groups: std::sync::atomic::AtomicU64,
-    /// Commands those group statements carried (committed or conflicting).
-    pub grouped_commands: std::sync::atomic::AtomicU64,
-    /// Group statements that failed as a whole and whose commands were appended one by one.
-    pub group_fallbacks: std::sync::atomic::AtomicU64,
-    /// Commands of those groups, each appended on its own.
-    pub fallback_commands: std::sync::atomic::AtomicU64,
-}
-
-impl Default for AppendStats {
-    fn default() -> Self {
-        AppendStats {
-            committed: Default::default(),
-            conflicts: Default::default(),
-            duplicates: Default::default(),
-            failed: Default::default(),
-            duration: crate::metrics::latency_histogram(),
-            time_to_consistent: crate::metrics::latency_histogram(),
-            groups: Default::default(),
-            grouped_commands: Default::default(),
-            group_fallbacks: Default::default(),
-            fallback_commands: Default::default(),
-        }
-    }
 }
 
 impl std::fmt::Debug for PgLog {

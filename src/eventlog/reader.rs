@@ -10,9 +10,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use aggregates::{DocId, Document, DocumentEvent, LogCursor, RecordedEvent, StoreKind, Version};
+use aggregates::{
+    CatalogueEntry, DocId, Document, DocumentEvent, LogCursor, RecordedEvent, StoreKind, Version,
+};
 use bytes::Bytes;
-use projections::mysql::CatalogueRow;
 use projections::sink::DocChange;
 use projections::{AppliedVersion, LogSource, Partition, SinkError, SourceError, StorePage};
 use serde::Serialize;
@@ -249,12 +250,12 @@ pub(super) fn decode_event_columns(
 }
 
 /// A document's final catalogue state in columns `first..first + 3` (type, version,
-/// payload) as the catalogue row it leaves ([`decode_catalogue_row`]).
+/// payload) as the catalogue entry it leaves ([`decode_catalogue_row`]).
 pub(super) fn decode_catalogue_columns(
     row: &Row,
     first: usize,
     position: i64,
-) -> Result<Option<CatalogueRow>, LogError> {
+) -> Result<Option<CatalogueEntry>, LogError> {
     decode_columns(row, first, position, decode_catalogue_row)
 }
 

@@ -4,8 +4,7 @@
 //! catalogue's final state per document ([`CatalogueScan`]), kept in the stream rows, read
 //! in one scan of one snapshot instead of every historical event.
 
-use aggregates::{DocId, DocumentEvent, LogCursor, RecordedEvent, StoreKind};
-use projections::mysql::CatalogueRow;
+use aggregates::{CatalogueEntry, DocId, DocumentEvent, LogCursor, RecordedEvent, StoreKind};
 
 use super::reader::{decode_catalogue_columns, decode_row, row_cursor};
 use super::{LogError, StoreRecords};
@@ -98,8 +97,8 @@ pub struct CatalogueState<'a> {
     pub version: u64,
     /// Every store holds this version.
     pub ready: bool,
-    /// The catalogue row it leaves; `None`: deleted.
-    pub row: Option<CatalogueRow>,
+    /// The catalogue entry it leaves; `None`: deleted.
+    pub row: Option<CatalogueEntry>,
 }
 
 impl CatalogueStates {

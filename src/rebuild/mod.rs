@@ -600,7 +600,7 @@ struct RebuildOne<'a> {
     cancel: &'a CancellationToken,
 }
 
-impl<'a> StoreVisitor for RebuildOne<'a> {
+impl<'a> StoreVisitor<'_> for RebuildOne<'a> {
     type Output = BoxFuture<'a, Result<RebuildSummary, RebuildError>>;
 
     fn visit<S: Store>(self, store: &Arc<S>) -> Self::Output {

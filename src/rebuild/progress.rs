@@ -4,41 +4,7 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-
-/// A rebuild's progress as the API shows it (the `rebuild` object of a store).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
-pub struct RebuildStatus {
-    /// `preparing` | `pausing` | `building` | `catching_up` | `switching` | `recording` |
-    /// `done` | `failed`.
-    pub phase: String,
-    /// Documents (coalesced changes) written or checked so far.
-    pub documents_done: u64,
-    /// Documents the log knew at the start (deleted ones included): the ETA's basis.
-    pub documents_total: u64,
-    /// Log events read.
-    pub events_read: u64,
-    /// Documents per second since the start.
-    pub rate_per_second: f64,
-    /// Seconds left at the current rate, while building.
-    pub eta_seconds: Option<f64>,
-    /// Seconds since the start.
-    pub elapsed_seconds: f64,
-    /// Why the rebuild failed.
-    pub error: Option<String>,
-}
-
-impl RebuildStatus {
-    /// The rebuild has ended (done or failed).
-    pub fn finished(&self) -> bool {
-        self.phase == PHASE_DONE || self.phase == PHASE_FAILED
-    }
-}
-
-/// The final phase of a successful rebuild.
-pub const PHASE_DONE: &str = "done";
-/// The final phase of a failed rebuild.
-pub const PHASE_FAILED: &str = "failed";
+pub use crate::eventlog::{RebuildStatus, PHASE_DONE, PHASE_FAILED};
 
 /// Shared progress of one rebuild.
 #[derive(Debug)]

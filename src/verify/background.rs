@@ -10,7 +10,7 @@ use tracing::{debug, error, warn};
 
 use super::Verifier;
 
-/// Counters of the background verifier, rendered by [`crate::metrics`].
+/// Counters of the background verifier, rendered by `/metrics`.
 #[derive(Debug, Default)]
 pub struct VerifyStats {
     /// Completed sample runs.

@@ -1,20 +1,21 @@
 //! Compares every store with the state the log implies, and repairs what differs through
 //! the stores' own projection writes (`Sink::apply`).
 //!
-//! A full verification scans the log once, keeping a small digest per document and store
-//! ([`expected`]), then scans each store in pages (MySQL by `doc_id`, Milvus by `doc_id`
-//! ranges, S3 by listing) and compares digests. Every document that looks wrong is then
-//! checked precisely against a fresh read of its own events ([`compare`]), so the report
-//! names exactly what differs; a difference whose store projector has not yet reached the
-//! document's newest event is flagged `in_flight` (projection lag, not drift).
+//! A generic orchestrator over the stores' audit ports ([`projections::audit`]), as the
+//! runner is over their sinks: a full verification scans the log once, keeping a small
+//! digest per document and store (each store's `Audit::expect`), then has each store scan
+//! itself in pages against those digests (`scan.rs`). Every document that looks wrong is
+//! then checked precisely against a fresh read of its own events (each store's
+//! `Audit::compare`), so the report names exactly what differs; a difference whose store
+//! projector has not yet reached the document's newest event is flagged `in_flight`
+//! (projection lag, not drift). Which stores there are is said once, in
+//! [`Stores::audited`].
 //!
 //! Invariants: verification never writes; repair only writes what the log's newest change
 //! of the document asks for, with the sinks' version guards, so a repair racing the
 //! projectors can never move a store backwards.
 
 pub mod background;
-pub mod compare;
-pub mod expected;
 mod repair;
 mod scan;
 
@@ -22,12 +23,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use aggregates::{DocId, DocumentEvent, LogCursor, RecordedEvent, StoreKind};
+use projections::audit::{store_index, AuditError, AuditedStore};
 use projections::sink::DocChange;
-use projections::{Batch, LogSource, Partition, Sink, SinkError};
+use projections::{Batch, Partition, SinkError};
 use serde::Serialize;
 
 pub use background::VerifyStats;
-pub use compare::{Finding, FindingKind};
+pub use projections::audit::{Expectation, ExpectedDoc, ExpectedState, Finding, FindingKind};
 pub use repair::RepairSummary;
 
 use crate::eventlog::{LogError, PgLog};
@@ -42,6 +44,18 @@ pub enum VerifyError {
     /// A store could not be read or written.
     #[error(transparent)]
     Store(#[from] SinkError),
+}
+
+impl From<AuditError> for VerifyError {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::Store(e) => VerifyError::Store(e),
+            AuditError::Log { operation, source } => VerifyError::Log(LogError::Unavailable {
+                operation,
+                message: source.to_string(),
+            }),
+        }
+    }
 }
 
 /// What one store held during a full verification.
@@ -161,7 +175,7 @@ impl DocChanges {
     }
 
     pub(crate) fn get(&self, store: StoreKind) -> Option<&DocChange> {
-        self.changes[expected::store_index(store)].as_ref()
+        self.changes[store_index(store)].as_ref()
     }
 }
 
@@ -190,31 +204,25 @@ impl Verifier {
             .unwrap_or(Partition::ALL)
     }
 
+    /// Every store behind its ports, in [`StoreKind::ALL`]'s order.
+    fn audited(&self) -> [&dyn AuditedStore<PgLog>; 3] {
+        self.stores.audited()
+    }
+
+    /// The store `store` behind its ports.
+    fn store(&self, store: StoreKind) -> &dyn AuditedStore<PgLog> {
+        self.audited()
+            .into_iter()
+            .find(|s| s.store() == store)
+            .expect("Stores::audited holds every store")
+    }
+
     async fn checkpoints(&self) -> Result<Checkpoints, VerifyError> {
         let mut out = HashMap::new();
         for part in Partition::all(self.partitions) {
-            let mysql = self.stores.mysql.checkpoint(part).await?;
-            let milvus = LogSource::load_checkpoint(&self.log, projections::milvus::NAME, part)
-                .await
-                .map_err(|e| LogError::Unavailable {
-                    operation: "load checkpoint",
-                    message: e.to_string(),
-                })?;
-            let s3 = LogSource::load_checkpoint(&self.log, projections::s3::NAME, part)
-                .await
-                .map_err(|e| LogError::Unavailable {
-                    operation: "load checkpoint",
-                    message: e.to_string(),
-                })?;
-            for (store, stored) in [
-                (StoreKind::Mysql, mysql),
-                (StoreKind::Milvus, milvus),
-                (StoreKind::S3, s3),
-            ] {
-                let cursor = stored
-                    .filter(|(log_id, _)| log_id == self.log.log_id())
-                    .map_or(LogCursor::START, |(_, c)| c);
-                out.insert((store, part.index), cursor);
+            for store in self.audited() {
+                let cursor = store.applied(&self.log, part).await?;
+                out.insert((store.store(), part.index), cursor);
             }
         }
         Ok(Checkpoints(out))
@@ -236,21 +244,7 @@ impl Verifier {
         let mut findings = Vec::new();
         for &store in stores {
             let change = changes.get(store);
-            let finding = match store {
-                StoreKind::Mysql => {
-                    let row = self.stores.mysql.row(doc_id).await?;
-                    compare::compare_row(doc_id, change, row.as_ref())
-                }
-                StoreKind::Milvus => {
-                    let rows = self.stores.milvus.rows_of(doc_id).await?;
-                    compare::compare_chunks(doc_id, change, &rows)
-                }
-                StoreKind::S3 => {
-                    let object = self.stores.s3.object(doc_id).await?;
-                    compare::compare_object(doc_id, change, object.as_ref())
-                }
-            };
-            if let Some(mut finding) = finding {
+            if let Some(mut finding) = self.store(store).check(doc_id, change).await? {
                 let applied = checkpoints
                     .0
                     .get(&(store, part.index))
@@ -290,7 +284,7 @@ impl Verifier {
         &self,
         progress: &(dyn Fn(&str, u64) + Sync),
     ) -> Result<VerifyReport, VerifyError> {
-        let scanned = scan::scan(&self.log, &self.stores, progress).await?;
+        let scanned = scan::scan(&self.log, &self.audited(), progress).await?;
         let checkpoints = self.checkpoints().await?;
         let mut findings = scanned.strays;
         let mut done = 0u64;

@@ -10,14 +10,14 @@
 use std::collections::BTreeMap;
 
 use aggregates::{DocId, LogCursor, StoreKind, Version};
+use projections::audit::AuditedStore;
 use projections::sink::{Change, DocChange};
-use projections::{AppliedVersion, Batch, LogSource, Sink};
+use projections::AppliedVersion;
 use serde::Serialize;
 use tracing::info;
 
-use super::compare::{Finding, FindingKind};
-use super::{DocChanges, Verifier, VerifyError};
-use crate::eventlog::LogError;
+use super::{DocChanges, Finding, FindingKind, Verifier, VerifyError};
+use crate::eventlog::PgLog;
 
 /// What a repair did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -28,15 +28,6 @@ pub struct RepairSummary {
     pub num_removed: u64,
     /// Stray objects or rows deleted.
     pub num_strays_deleted: u64,
-}
-
-/// The removal version that makes `store`'s guard delete data at `found`: MySQL deletes
-/// rows older than the removal, Milvus and S3 rows/objects at or below it.
-fn removal_version(store: StoreKind, found: Version) -> Version {
-    match store {
-        StoreKind::Mysql => found + 1,
-        StoreKind::Milvus | StoreKind::S3 => found,
-    }
 }
 
 pub(super) async fn repair(
@@ -60,31 +51,34 @@ pub(super) async fn repair(
         // A fresh read: the document may have moved on since the scan.
         let records = verifier.log.reads().stream_records(&id).await?;
         let changes = DocChanges::of(&records);
+        let part = verifier.partition_of(doc_id);
         for finding in findings {
-            let store = StoreKind::from_name(finding.store).expect("findings name a store");
-            let change = changes.get(store);
+            let kind = StoreKind::from_name(finding.store).expect("findings name a store");
+            let store = verifier.store(kind);
+            let change = changes.get(kind);
             let force = matches!(
                 finding.kind,
                 FindingKind::Extra | FindingKind::ContentMismatch
             ) || finding.found_version > finding.expected_version;
             if force {
+                // The removal that makes the store's guard delete what it holds.
                 let found = finding.found_version.unwrap_or(0);
                 let logged = change.map_or(0, |c| c.version);
-                let version = removal_version(store, found).max(logged);
+                let version = store.removal_version(found).max(logged);
                 let removal = DocChange {
                     doc_id: id.clone(),
                     version,
                     cursor: LogCursor::START,
                     change: Change::Purge,
                 };
-                apply(verifier, store, removal).await?;
+                store.apply_one(&verifier.log, part, removal).await?;
                 summary.num_removed += 1;
             }
             if let Some(change) = change.filter(|c| matches!(c.change, Change::Upsert(_))) {
-                apply(verifier, store, change.clone()).await?;
+                store.apply_one(&verifier.log, part, change.clone()).await?;
                 summary.num_reapplied += 1;
-                if store == StoreKind::Mysql {
-                    restore_ready(verifier, &id, change.version).await?;
+                if store.keeps_readiness() {
+                    restore_ready(verifier, store, &id, change.version).await?;
                 }
             }
             info!(
@@ -98,54 +92,11 @@ pub(super) async fn repair(
     Ok(summary)
 }
 
-/// Applies one change with the store's sink, leaving its checkpoint where it is.
-async fn apply(
-    verifier: &Verifier,
-    store: StoreKind,
-    change: DocChange,
-) -> Result<(), VerifyError> {
-    let log_id = verifier.log.log_id().to_owned();
-    let part = verifier.partition_of(change.doc_id.as_str());
-    // `end` = START: the sinks only move a checkpoint forward, so this one never moves it.
-    let mut batch = Batch::single(change, LogCursor::START, &Default::default());
-    // Deletes win here too: a put the log has deleted since the fresh read is not written
-    // (MySQL's tombstones see to it themselves).
-    if store != StoreKind::Mysql {
-        let deleted = LogSource::deleted_since(&verifier.log, &batch.puts())
-            .await
-            .map_err(|e| LogError::Unavailable {
-                operation: "check deletions",
-                message: e.to_string(),
-            })?;
-        batch.drop_puts_of(&deleted);
-    }
-    match store {
-        StoreKind::Mysql => {
-            verifier.stores.mysql.apply(&log_id, part, &batch).await?;
-        }
-        StoreKind::Milvus => {
-            verifier.stores.milvus.apply(&log_id, part, &batch).await?;
-        }
-        StoreKind::S3 => {
-            let shas = batch.blob_shas();
-            if !shas.is_empty() {
-                batch.blobs = LogSource::load_blobs(&verifier.log, &shas)
-                    .await
-                    .map_err(|e| LogError::Unavailable {
-                        operation: "load blobs",
-                        message: e.to_string(),
-                    })?;
-            }
-            verifier.stores.s3.apply(&log_id, part, &batch).await?;
-        }
-    }
-    Ok(())
-}
-
-/// A re-inserted row starts `pending`; when the tracker already recorded the version as
-/// ready, the row must say so again.
+/// A re-applied document starts not ready in a store that keeps readiness; when the tracker
+/// already recorded the version as ready, the store must say so again.
 async fn restore_ready(
     verifier: &Verifier,
+    store: &dyn AuditedStore<PgLog>,
     doc_id: &DocId,
     version: Version,
 ) -> Result<(), VerifyError> {
@@ -156,29 +107,19 @@ async fn restore_ready(
         .await?
         .is_some_and(|s| s.version == version && s.ready_version >= version);
     if ready {
-        verifier
-            .stores
-            .mysql
-            .mark_ready(&[AppliedVersion {
+        store
+            .mark_ready(AppliedVersion {
                 doc_id: doc_id.clone(),
                 version,
-            }])
+            })
             .await?;
     }
     Ok(())
 }
 
 async fn delete_stray(verifier: &Verifier, finding: &Finding) -> Result<(), VerifyError> {
-    match StoreKind::from_name(finding.store) {
-        Some(StoreKind::S3) => verifier.stores.s3.delete_key(&finding.doc_id).await?,
-        Some(StoreKind::Milvus) => {
-            verifier
-                .stores
-                .milvus
-                .delete_doc_id_field(&finding.doc_id)
-                .await?
-        }
-        _ => {}
+    if let Some(kind) = StoreKind::from_name(finding.store) {
+        verifier.store(kind).delete_stray(&finding.doc_id).await?;
     }
     info!(store = finding.store, key = %finding.doc_id, "deleted stray");
     Ok(())

@@ -1,5 +1,6 @@
 //! The document aggregate: one stream of events per `doc_id`.
 
+mod catalogue;
 mod command;
 pub mod compensation;
 mod error;
@@ -8,6 +9,7 @@ pub mod retry;
 mod state;
 mod store_change;
 
+pub use catalogue::CatalogueEntry;
 pub use command::{DocumentCommand, PutDocument, MAX_CHUNK_TEXT_BYTES};
 pub use compensation::{
     content_at, restore_point, CompensationOutcome, CompensationState, Restore,

@@ -11,6 +11,7 @@
 //! The adapter never retries or sleeps: the SDK's own retries are switched off so that the
 //! runner's [`crate::RetryPolicy`] is the only one.
 
+mod audit;
 pub mod classify;
 pub mod plan;
 pub mod rebuild;

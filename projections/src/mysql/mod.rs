@@ -7,11 +7,12 @@
 //! leaves a tombstone (its version), so a put of an older version delivered later never
 //! brings the row back.
 
+mod audit;
 mod classify;
 pub mod schema;
 pub mod shadow;
 
-use aggregates::{DocumentEvent, LogCursor, StoreKind};
+use aggregates::{CatalogueEntry, DocumentEvent, LogCursor, StoreKind};
 use mysql_async::prelude::*;
 use mysql_async::{IsolationLevel, Opts, OptsBuilder, Pool, TxOpts, Value};
 
@@ -144,7 +145,7 @@ impl MysqlSink {
     ///
     /// # Errors
     /// A classified [`SinkError`].
-    pub async fn mark_ready(&self, docs: &[AppliedVersion]) -> Result<(), SinkError> {
+    async fn mark_rows_ready(&self, docs: &[AppliedVersion]) -> Result<(), SinkError> {
         if docs.is_empty() {
             return Ok(());
         }
@@ -258,7 +259,9 @@ fn decode_row(row: mysql_async::Row) -> Result<DocumentRow, SinkError> {
 }
 
 fn upsert_params(doc_id: &str, event: &DocumentEvent) -> Option<[Value; 10]> {
-    CatalogueRow::of_event(event).map(|row| row.into_params(doc_id))
+    event
+        .catalogue_entry()
+        .map(|entry| entry_params(doc_id, entry))
 }
 
 /// One document's write in a batch: its row's parameters, or the version it was removed at.
@@ -275,65 +278,22 @@ impl RowOp {
     }
 }
 
-/// What a document's catalogue row holds besides its id and status (docs/stores.md),
-/// owned, so that its strings move into a statement's parameters.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CatalogueRow {
-    pub version: u64,
-    pub title: String,
-    pub source_type: String,
-    pub business_tag: Option<String>,
-    /// The attributes object as JSON text, compact and with its keys in order, as
-    /// `serde_json::to_string` writes it.
-    pub attributes: String,
-    pub blob_sha256: Option<String>,
-    pub blob_size: Option<u64>,
-    pub chunk_count: u32,
-}
-
-impl CatalogueRow {
-    /// The row a `RowInserted` writes; `None` for any other event.
-    pub fn of_event(event: &DocumentEvent) -> Option<CatalogueRow> {
-        let DocumentEvent::RowInserted {
-            version,
-            title,
-            source_type,
-            business_tag,
-            attributes,
-            blob_sha256,
-            blob_size,
-            chunk_count,
-        } = event
-        else {
-            return None;
-        };
-        Some(CatalogueRow {
-            version: *version,
-            title: title.clone(),
-            source_type: source_type.clone(),
-            business_tag: business_tag.clone(),
-            attributes: serde_json::to_string(attributes).expect("a JSON object always serializes"),
-            blob_sha256: blob_sha256.clone(),
-            blob_size: *blob_size,
-            chunk_count: *chunk_count,
-        })
-    }
-
-    /// The row's values in the catalogue's column order, from `doc_id` to `chunk_count`.
-    pub fn into_params(self, doc_id: &str) -> [Value; 10] {
-        [
-            Value::from(doc_id),
-            Value::from(self.version),
-            Value::from(self.title),
-            Value::from(self.source_type),
-            Value::from(self.business_tag),
-            Value::from(self.attributes),
-            Value::from(self.blob_sha256.as_ref().map(|_| blob_key(doc_id))),
-            Value::from(self.blob_sha256),
-            Value::from(self.blob_size),
-            Value::from(self.chunk_count),
-        ]
-    }
+/// A catalogue entry's values in the catalogue's column order, from `doc_id` to
+/// `chunk_count` (`blob_key` is `docs/{doc_id}` when the entry has a blob): the strings
+/// move into the statement's parameters.
+pub fn entry_params(doc_id: &str, entry: CatalogueEntry) -> [Value; 10] {
+    [
+        Value::from(doc_id),
+        Value::from(entry.version),
+        Value::from(entry.title),
+        Value::from(entry.source_type),
+        Value::from(entry.business_tag),
+        Value::from(entry.attributes),
+        Value::from(entry.blob_sha256.as_ref().map(|_| blob_key(doc_id))),
+        Value::from(entry.blob_sha256),
+        Value::from(entry.blob_size),
+        Value::from(entry.chunk_count),
+    ]
 }
 
 impl Sink for MysqlSink {
@@ -342,6 +302,7 @@ impl Sink for MysqlSink {
     const KEEPS_OWN_CHECKPOINT: bool = true;
     const KEEPS_TOMBSTONES: bool = true;
     const CHECKS_FENCE: bool = true;
+    const KEEPS_READINESS: bool = true;
 
     async fn prepare(&self) -> Result<(), SinkError> {
         let mut admin = mysql_async::Conn::new(self.admin_opts.clone())
@@ -573,6 +534,10 @@ impl Sink for MysqlSink {
         Ok(Applied {
             num_changes: batch.changes.len(),
         })
+    }
+
+    async fn mark_ready(&self, docs: &[AppliedVersion]) -> Result<(), SinkError> {
+        self.mark_rows_ready(docs).await
     }
 }
 

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 
-use aggregates::LogCursor;
+use aggregates::{CatalogueEntry, LogCursor};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use mysql_async::prelude::*;
 use mysql_async::Value;
@@ -23,7 +23,7 @@ use super::classify::sink_error;
 use super::schema::{
     CREATE_CHECKPOINTS, CREATE_DOCUMENTS, DOCUMENTS, ROWS_PER_STATEMENT, UPSERT_TAIL,
 };
-use super::{upsert_params, CatalogueRow, MysqlSink, NAME};
+use super::{entry_params, MysqlSink, NAME};
 use crate::error::SinkError;
 use crate::rebuild::{Rebuild, RebuildPage, RebuildStyle, RebuildTarget};
 use crate::sink::{Batch, Change, Partition, Sink};
@@ -48,7 +48,7 @@ pub const CONCURRENT_STATEMENTS: usize = 2;
 /// read or built.
 pub const QUEUED_STATEMENTS: usize = 2;
 
-/// Columns of a catalogue insert, in [`upsert_params`]' order plus `status`.
+/// Columns of a catalogue insert, in [`entry_params`]' order plus `status`.
 const INSERT_COLUMNS: &str = "(doc_id, version, title, source_type, business_tag, attributes, blob_key, blob_sha256, blob_size, chunk_count, status)";
 
 /// Placeholders of one row.
@@ -86,10 +86,16 @@ pub fn catalogue_values(doc_id: &str, change: &Change, ready: bool) -> Option<[V
     let Change::Upsert(event) = change else {
         return None;
     };
-    let p = upsert_params(doc_id, event)?;
-    let [a, b, c, d, e, f, g, h, i, j] = p;
+    event
+        .catalogue_entry()
+        .map(|entry| entry_values(doc_id, entry, ready))
+}
+
+/// The 11 values of `doc_id`'s catalogue row holding `entry`, written `ready` or `pending`.
+pub fn entry_values(doc_id: &str, entry: CatalogueEntry, ready: bool) -> [Value; 11] {
+    let [a, b, c, d, e, f, g, h, i, j] = entry_params(doc_id, entry);
     let status = if ready { "ready" } else { "pending" };
-    Some([a, b, c, d, e, f, g, h, i, j, Value::from(status)])
+    [a, b, c, d, e, f, g, h, i, j, Value::from(status)]
 }
 
 /// Runs one statement on a pooled connection (autocommit).
@@ -146,18 +152,17 @@ pub struct NewRows {
 }
 
 impl NewRows {
-    /// Adds `doc_id`'s row, written `ready` or `pending`.
-    pub fn push(&mut self, doc_id: &str, row: CatalogueRow, ready: bool) {
+    /// Adds `doc_id`'s row holding `entry`, written `ready` or `pending`.
+    pub fn push(&mut self, doc_id: &str, entry: CatalogueEntry, ready: bool) {
         if self.num_rows.is_multiple_of(ROWS_PER_STATEMENT) {
             self.statements
                 .push(Vec::with_capacity(ROWS_PER_STATEMENT * 11));
         }
         if !ready {
-            self.pending.push((doc_id.to_owned(), row.version));
+            self.pending.push((doc_id.to_owned(), entry.version));
         }
         let params = self.statements.last_mut().expect("pushed above");
-        params.extend(row.into_params(doc_id));
-        params.push(Value::from(if ready { "ready" } else { "pending" }));
+        params.extend(entry_values(doc_id, entry, ready));
         self.num_rows += 1;
     }
 }
@@ -463,7 +468,6 @@ impl Rebuild for MysqlSink {
     type Target = ShadowWriter;
     const STYLE: RebuildStyle = RebuildStyle::BlueGreen;
     const FROM_FINAL_STATES: bool = true;
-    const KEEPS_READINESS: bool = true;
 
     async fn begin_rebuild(&self) -> Result<ShadowWriter, SinkError> {
         // A table dropped behind docledger's back is recreated (empty) so that its runners

@@ -17,6 +17,7 @@
 //! The adapter never retries or sleeps: the SDK's retries are disabled so that the runner's
 //! [`crate::RetryPolicy`] is the only one.
 
+mod audit;
 pub mod classify;
 pub mod rebuild;
 
