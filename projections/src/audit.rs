@@ -164,7 +164,7 @@ pub fn store_index(store: StoreKind) -> usize {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ExpectedDoc {
     /// Indexed like [`StoreKind::ALL`].
-    pub stores: [Option<Expectation>; 3],
+    pub stores: [Option<Expectation>; StoreKind::ALL.len()],
 }
 
 impl ExpectedDoc {
@@ -476,7 +476,7 @@ impl<L: LogSource, S: Sink + Audit> AuditedStore<L> for S {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use aggregates::DocId;
 
     use super::*;
@@ -497,7 +497,8 @@ mod tests {
         }
     }
 
-    fn row(version: Version, title: &str, blob: Option<&str>) -> DocumentEvent {
+    /// A `RowInserted` of `version` titled `title`, with a 3-byte blob `blob` if given.
+    pub(crate) fn row(version: Version, title: &str, blob: Option<&str>) -> DocumentEvent {
         DocumentEvent::RowInserted {
             version,
             title: title.into(),

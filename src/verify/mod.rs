@@ -162,7 +162,7 @@ pub struct Verifier {
 
 /// The newest change of each store for one document, from its events.
 pub(crate) struct DocChanges {
-    changes: [Option<DocChange>; 3],
+    changes: [Option<DocChange>; StoreKind::ALL.len()],
 }
 
 impl DocChanges {
@@ -205,7 +205,7 @@ impl Verifier {
     }
 
     /// Every store behind its ports, in [`StoreKind::ALL`]'s order.
-    fn audited(&self) -> [&dyn AuditedStore<PgLog>; 3] {
+    fn audited(&self) -> [&dyn AuditedStore<PgLog>; StoreKind::ALL.len()] {
         self.stores.audited()
     }
 

@@ -277,22 +277,8 @@ impl Audit for MysqlSink {
 
 #[cfg(test)]
 mod tests {
-    use aggregates::DocumentEvent;
-
     use super::*;
-
-    fn row(version: Version, title: &str, blob: Option<&str>) -> DocumentEvent {
-        DocumentEvent::RowInserted {
-            version,
-            title: title.into(),
-            source_type: "pdf".into(),
-            business_tag: None,
-            attributes: serde_json::Map::new(),
-            blob_sha256: blob.map(str::to_owned),
-            blob_size: blob.map(|_| 3),
-            chunk_count: 0,
-        }
-    }
+    use crate::audit::tests::row;
 
     #[test]
     fn row_differences_name_each_field() {
