@@ -90,6 +90,10 @@ const KEYS: &[(&str, Option<&str>)] = &[
     // Background verifier: seconds between sample runs (0 = off) and documents per run.
     ("VERIFY_INTERVAL_SECS", Some("300")),
     ("VERIFY_SAMPLE", Some("100")),
+    // The log's life: idempotency keys are kept at least this long, and the compaction
+    // pass that removes what is past its time runs this often in `serve` (0 = off).
+    ("IDEMPOTENCY_TTL_SECS", Some("86400")),
+    ("COMPACT_INTERVAL_SECS", Some("3600")),
 ];
 
 /// Every configuration key, without [`ENV_PREFIX`] (`LISTEN`, `EVENTSTORE_URL`, ...), in the
@@ -274,6 +278,15 @@ pub struct VerifyConfig {
     pub sample: u32,
 }
 
+/// What the compaction pass removes from the log, and how often `serve` runs it.
+#[derive(Debug, Clone)]
+pub struct CompactionConfig {
+    /// Idempotency keys are kept at least this long.
+    pub idempotency_ttl: Duration,
+    /// Time between passes in `serve`; `None` = only `docledger compact` runs one.
+    pub interval: Option<Duration>,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -325,6 +338,8 @@ pub struct Config {
     pub actors: ActorConfig,
     /// Background verifier tuning.
     pub verify: VerifyConfig,
+    /// The log's compaction.
+    pub compaction: CompactionConfig,
     /// What the store clients trust when their URL asks for TLS: the system's roots plus
     /// the certificates of `DOCLEDGER_TLS_CA_FILE`.
     pub tls: TlsTrust,
@@ -620,6 +635,12 @@ impl Config {
                     .map(Duration::from_secs),
                 sample: u32::try_from(positive("VERIFY_SAMPLE")?)
                     .map_err(|_| invalid("VERIFY_SAMPLE", "must fit 32 bits".into()))?,
+            },
+            compaction: CompactionConfig {
+                idempotency_ttl: Duration::from_secs(positive("IDEMPOTENCY_TTL_SECS")? as u64),
+                interval: Some(v.num::<u64>("COMPACT_INTERVAL_SECS")?)
+                    .filter(|s| *s > 0)
+                    .map(Duration::from_secs),
             },
             tls: match v.raw("TLS_CA_FILE").map(str::trim) {
                 None | Some("") => TlsTrust::system(),

@@ -4,6 +4,7 @@
 pub mod actors;
 pub mod api;
 pub mod cli;
+pub mod compact;
 pub mod config;
 pub mod eventlog;
 pub mod metrics;
@@ -164,6 +165,12 @@ pub async fn serve(
             projection_cancel.clone(),
         ))
     });
+    let background_compactor = config.compaction.interval.map(|interval| {
+        tokio::spawn(
+            compact::Compactor::new(log.clone(), config.compaction.clone())
+                .run_background(interval, projection_cancel.clone()),
+        )
+    });
     // After the projectors: parked changes left from a previous run are compensated first.
     let compensator = compensator::spawn(
         log.clone(),
@@ -254,7 +261,10 @@ pub async fn serve(
     let _ = lease_task.await;
     let _ = tracker.await;
     let _ = sampler.await;
-    if let Some(task) = background_verifier {
+    for task in [background_verifier, background_compactor]
+        .into_iter()
+        .flatten()
+    {
         let _ = task.await;
     }
     let _ = compensator.await;

@@ -75,6 +75,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Remove from the log what is past its time (idempotency keys after their TTL) and
+    /// print what was removed. Safe while services run.
+    Compact {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ingest generated documents through a running service and show what each store holds.
     Demo {
         /// Number of documents.
@@ -195,6 +202,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             for line in lines {
                 println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Compact { json } => system.block_on(async move {
+            let log = docledger::eventlog::PgLog::connect_with_tls(
+                &config.eventstore_url,
+                2,
+                &config.tls,
+            )
+            .await?;
+            let report = docledger::compact::Compactor::new(log, config.compaction.clone())
+                .run_once()
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "compaction: {} idempotency keys expired in {:.2} s",
+                    report.idempotency_keys_expired, report.seconds
+                );
             }
             Ok(ExitCode::SUCCESS)
         }),

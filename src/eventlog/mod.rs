@@ -15,6 +15,7 @@
 
 mod append;
 pub mod codec;
+pub mod compaction;
 pub mod connect;
 pub mod control;
 pub use crate::metrics::AppendStats;
@@ -39,7 +40,7 @@ pub use append::{AppendRequest, Appended, IdempotencyKey, IdempotentResult};
 pub use connect::PgConnector;
 pub use parked::{CompensationView, ParkedResolution, PendingParked, ResolveTarget};
 pub use reader::{EventRecord, HorizonStatus, ListedDocument, StreamState};
-pub use roles::{LogAppends, LogControl, LogReads, ParkedChanges, StoreRecords};
+pub use roles::{LogAppends, LogCompaction, LogControl, LogReads, ParkedChanges, StoreRecords};
 pub use store_reader::{CataloguePage, CatalogueScan, CatalogueState, CatalogueStates, RawEvents};
 
 use crate::config::{AppendGroupConfig, StoreUrl};

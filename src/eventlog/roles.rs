@@ -46,6 +46,13 @@ pub struct LogControl<'a> {
     pub(super) log: &'a PgLog,
 }
 
+/// The log's life: what the compaction pass removes once it is past its time (idempotency
+/// keys after their TTL).
+#[derive(Clone, Copy, Debug)]
+pub struct LogCompaction<'a> {
+    pub(super) log: &'a PgLog,
+}
+
 impl PgLog {
     /// The document actor's role ([`LogAppends`]).
     pub fn appends(&self) -> LogAppends<'_> {
@@ -70,5 +77,10 @@ impl PgLog {
     /// The stores' control records ([`LogControl`]).
     pub fn control(&self) -> LogControl<'_> {
         LogControl { log: self }
+    }
+
+    /// What the compaction pass removes ([`LogCompaction`]).
+    pub fn compaction(&self) -> LogCompaction<'_> {
+        LogCompaction { log: self }
     }
 }

@@ -16,7 +16,14 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         MIGRATION_5,
     ),
     (6, "document listing in byte order", MIGRATION_6),
+    (7, "idempotency keys expire", MIGRATION_7),
 ];
+
+/// Idempotency keys expire after `DOCLEDGER_IDEMPOTENCY_TTL_SECS`: the compaction pass finds
+/// the oldest ones through this index instead of scanning every key.
+const MIGRATION_7: &str = r#"
+CREATE INDEX idempotency_keys_created_at ON idempotency_keys (created_at);
+"#;
 
 /// `GET /v1/documents?prefix=…&after=…` pages through the documents in byte order of their
 /// ids: an index in the "C" collation serves both the prefix range and the order, whatever

@@ -1,0 +1,73 @@
+//! The log's compaction pass: removes from the log what is past its time, so that the log's
+//! size follows the knowledge base rather than its history. Today: idempotency keys older
+//! than `DOCLEDGER_IDEMPOTENCY_TTL_SECS`. `docledger compact` runs one pass; `serve` runs
+//! one every `DOCLEDGER_COMPACT_INTERVAL_SECS`, beside appends and projectors (a pass
+//! deletes a bounded page per statement and holds no lock they wait for). Several processes
+//! may run passes at once.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::CompactionConfig;
+use crate::eventlog::{LogError, PgLog};
+
+/// What one compaction pass removed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CompactionReport {
+    /// Idempotency keys past their TTL, deleted.
+    pub idempotency_keys_expired: u64,
+    /// Seconds the pass took.
+    pub seconds: f64,
+}
+
+/// Runs compaction passes over one log; cheap to clone.
+#[derive(Clone)]
+pub struct Compactor {
+    log: PgLog,
+    config: CompactionConfig,
+}
+
+impl Compactor {
+    /// A compactor of `log` by `config`.
+    pub fn new(log: PgLog, config: CompactionConfig) -> Compactor {
+        Compactor { log, config }
+    }
+
+    /// Runs one pass now.
+    ///
+    /// # Errors
+    /// [`LogError`] when the log fails; what was removed before stays removed.
+    pub async fn run_once(&self) -> Result<CompactionReport, LogError> {
+        let started = Instant::now();
+        let idempotency_keys_expired = self
+            .log
+            .compaction()
+            .expire_idempotency_keys(self.config.idempotency_ttl)
+            .await?;
+        Ok(CompactionReport {
+            idempotency_keys_expired,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Runs a pass every `interval` (the first one after `interval`) until `cancel`.
+    pub async fn run_background(self, interval: Duration, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            match self.run_once().await {
+                Ok(report) => info!(
+                    idempotency_keys_expired = report.idempotency_keys_expired,
+                    seconds = report.seconds,
+                    "compaction pass"
+                ),
+                Err(e) => warn!(error = %e, "compaction pass failed; the next one tries again"),
+            }
+        }
+    }
+}

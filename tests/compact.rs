@@ -1,0 +1,157 @@
+//! The compaction pass of the log, through the real binary (`docledger compact`) beside a
+//! running service: idempotency keys past their TTL are deleted, in pages, once each even
+//! when two processes compact at the same time, and a key sent again after that is a new
+//! request; a key still within its TTL keeps binding its request.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestService;
+use serde_json::{json, Value};
+
+fn body(title: &str) -> Value {
+    json!({
+        "title": title,
+        "source_type": "pdf",
+        "chunks": [{"text": format!("{title} chunk"), "vector": vec![0.25f32; 8]}],
+    })
+}
+
+async fn put(svc: &TestService, doc: &str, key: &str, title: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .put(svc.doc_url(doc, ""))
+        .header("Idempotency-Key", key)
+        .json(&body(title))
+        .send()
+        .await
+        .expect("put")
+}
+
+/// Runs `docledger compact --json` against the service's log.
+async fn compact(svc: &TestService) -> Value {
+    let out = common::docledger_command(&svc.vars)
+        .args(["compact", "--json"])
+        .env("DOCLEDGER_IDEMPOTENCY_TTL_SECS", "3600")
+        .output()
+        .await
+        .expect("docledger compact runs");
+    assert!(
+        out.status.success(),
+        "docledger compact failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("a JSON report")
+}
+
+#[actix_rt::test]
+async fn expired_idempotency_keys_are_deleted_once_and_then_bind_nothing() {
+    let svc = TestService::start("compact_keys", &[("DOCLEDGER_COMPACT_INTERVAL_SECS", "0")]).await;
+    for (doc, key) in [("old-doc", "old-key"), ("fresh-doc", "fresh-key")] {
+        let res = put(&svc, doc, key, "first").await;
+        assert_eq!(res.status(), 200);
+    }
+    // One key two hours old, and more old keys than one page of deletes holds.
+    let log = common::log::connect(svc.config.eventstore_url.expose())
+        .await
+        .expect("connect to the log");
+    log.execute(
+        "UPDATE idempotency_keys SET created_at = now() - interval '2 hours' WHERE key = 'old-key'",
+        &[],
+    )
+    .await
+    .expect("age a key");
+    log.execute(
+        "INSERT INTO idempotency_keys (key, stream_id, request_hash, result, created_at)
+         SELECT 'bulk-' || n, 'bulk', '\\x00', 'null', now() - interval '1 day'
+         FROM generate_series(1, 25000) AS n",
+        &[],
+    )
+    .await
+    .expect("old keys");
+
+    // Before the pass, the old key still binds its request.
+    let res = put(&svc, "old-doc", "old-key", "second").await;
+    assert_eq!(
+        res.status(),
+        400,
+        "{}",
+        res.text().await.unwrap_or_default()
+    );
+
+    // Two processes compact at once: every expired key is deleted, each by one of them.
+    let (a, b) = tokio::join!(compact(&svc), compact(&svc));
+    let expired = |r: &Value| r["idempotency_keys_expired"].as_u64().expect("a count");
+    assert_eq!(expired(&a) + expired(&b), 25_001, "{a} {b}");
+    let left: Vec<String> = log
+        .query("SELECT key FROM idempotency_keys ORDER BY key", &[])
+        .await
+        .expect("read keys")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["fresh-key"]);
+    assert_eq!(
+        expired(&compact(&svc).await),
+        0,
+        "nothing is left to expire"
+    );
+
+    // The expired key is a new request now; the fresh one still binds its own.
+    let res = put(&svc, "old-doc", "old-key", "second").await;
+    assert_eq!(res.status(), 200);
+    let answer: Value = res.json().await.expect("json");
+    assert_eq!(answer["version"], 2, "{answer}");
+    let res = put(&svc, "fresh-doc", "fresh-key", "second").await;
+    assert_eq!(
+        res.status(),
+        400,
+        "{}",
+        res.text().await.unwrap_or_default()
+    );
+    let res = put(&svc, "fresh-doc", "fresh-key", "first").await;
+    assert_eq!(res.status(), 200);
+    let answer: Value = res.json().await.expect("json");
+    assert_eq!(answer["version"], 1, "the first answer again: {answer}");
+    svc.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_serving_process_expires_keys_in_the_background() {
+    let svc = TestService::start(
+        "compact_background",
+        &[
+            ("DOCLEDGER_COMPACT_INTERVAL_SECS", "1"),
+            ("DOCLEDGER_IDEMPOTENCY_TTL_SECS", "3600"),
+        ],
+    )
+    .await;
+    for (doc, key) in [("old-doc", "old-key"), ("fresh-doc", "fresh-key")] {
+        let res = put(&svc, doc, key, "first").await;
+        assert_eq!(res.status(), 200);
+    }
+    let log = common::log::connect(svc.config.eventstore_url.expose())
+        .await
+        .expect("connect to the log");
+    log.execute(
+        "UPDATE idempotency_keys SET created_at = now() - interval '2 hours' WHERE key = 'old-key'",
+        &[],
+    )
+    .await
+    .expect("age a key");
+    common::eventually(Duration::from_secs(30), "the expired key to go", || {
+        let log = &log;
+        async move {
+            let keys: Vec<String> = log
+                .query("SELECT key FROM idempotency_keys ORDER BY key", &[])
+                .await
+                .ok()?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            (keys == ["fresh-key"]).then_some(())
+        }
+    })
+    .await;
+    svc.stop().await;
+}
