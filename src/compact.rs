@@ -5,6 +5,7 @@
 //! deletes a bounded page per statement and holds no lock they wait for). Several processes
 //! may run passes at once.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -13,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::CompactionConfig;
 use crate::eventlog::{LogError, PgLog};
+use crate::metrics::{Metrics, OutcomeLabels, RemovedLabels};
 
 /// What one compaction pass removed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -28,12 +30,23 @@ pub struct CompactionReport {
 pub struct Compactor {
     log: PgLog,
     config: CompactionConfig,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Compactor {
     /// A compactor of `log` by `config`.
     pub fn new(log: PgLog, config: CompactionConfig) -> Compactor {
-        Compactor { log, config }
+        Compactor {
+            log,
+            config,
+            metrics: None,
+        }
+    }
+
+    /// Counts every pass and what it removed in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Compactor {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Runs one pass now.
@@ -60,7 +73,23 @@ impl Compactor {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
             }
-            match self.run_once().await {
+            let pass = self.run_once().await;
+            if let Some(metrics) = &self.metrics {
+                let outcome = if pass.is_ok() { "done" } else { "failed" };
+                metrics
+                    .compaction_passes
+                    .get_or_create(&OutcomeLabels { outcome })
+                    .inc();
+                if let Ok(report) = &pass {
+                    metrics
+                        .compaction_removed
+                        .get_or_create(&RemovedLabels {
+                            what: "idempotency_keys",
+                        })
+                        .inc_by(report.idempotency_keys_expired);
+                }
+            }
+            match pass {
                 Ok(report) => info!(
                     idempotency_keys_expired = report.idempotency_keys_expired,
                     seconds = report.seconds,

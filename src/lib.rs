@@ -168,6 +168,7 @@ pub async fn serve(
     let background_compactor = config.compaction.interval.map(|interval| {
         tokio::spawn(
             compact::Compactor::new(log.clone(), config.compaction.clone())
+                .with_metrics(metrics.clone())
                 .run_background(interval, projection_cancel.clone()),
         )
     });

@@ -99,6 +99,24 @@ pub struct Metrics {
     pub commands: Latencies<CommandLabels>,
     /// Projection batch apply time, by store and partition.
     pub batches: Latencies<PartitionLabels>,
+    /// Compaction passes run by this process, by outcome.
+    pub compaction_passes: Family<OutcomeLabels, Counter>,
+    /// What those passes removed, by kind.
+    pub compaction_removed: Family<RemovedLabels, Counter>,
+}
+
+/// A compaction pass's outcome: `done` or `failed`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `done` | `failed`.
+    pub outcome: &'static str,
+}
+
+/// What a compaction pass removed: `idempotency_keys`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RemovedLabels {
+    /// The kind of record.
+    pub what: &'static str,
 }
 
 impl Metrics {
@@ -109,6 +127,8 @@ impl Metrics {
             http_duration: latencies(),
             commands: latencies(),
             batches: latencies(),
+            compaction_passes: Family::default(),
+            compaction_removed: Family::default(),
             registry: Registry::default(),
         };
         let registry = &mut metrics.registry;
@@ -149,6 +169,16 @@ impl Metrics {
             "docledger_projection_batch_duration_seconds",
             "Time to apply a batch (store writes, records, checkpoint), per store and partition",
             metrics.batches.clone(),
+        );
+        registry.register(
+            "docledger_compaction_passes",
+            "Compaction passes of the log run by this process (serve's background passes), by outcome",
+            metrics.compaction_passes.clone(),
+        );
+        registry.register(
+            "docledger_compaction_removed",
+            "Records those passes removed from the log, by kind",
+            metrics.compaction_removed.clone(),
         );
         registry.register_collector(Box::new(process::ProcessCollector));
         metrics

@@ -153,5 +153,23 @@ async fn a_serving_process_expires_keys_in_the_background() {
         }
     })
     .await;
+    // /metrics counts the pass's removal and shows the log's size.
+    let text = reqwest::get(svc.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let samples = common::metric_samples(&text);
+    let value = |name: &str| {
+        samples
+            .iter()
+            .filter(|s| s.name == name)
+            .map(|s| s.value)
+            .sum::<f64>()
+    };
+    assert_eq!(value("docledger_compaction_removed_total"), 1.0, "{text}");
+    assert!(value("docledger_compaction_passes_total") >= 1.0, "{text}");
+    assert!(value("docledger_log_database_bytes") > 1e6, "{text}");
     svc.stop().await;
 }

@@ -19,7 +19,9 @@ use std::time::Duration;
 use docledger::actors::projector::{PartitionStatus, StoreStatus};
 use docledger::api::scrape::Scrape;
 use docledger::eventlog::AppendStats;
-use docledger::metrics::{CommandLabels, Metrics, ResponseLabels, RouteLabels};
+use docledger::metrics::{
+    CommandLabels, Metrics, OutcomeLabels, RemovedLabels, ResponseLabels, RouteLabels,
+};
 use docledger::verify::VerifyStats;
 
 /// The text of `docs/{name}`.
@@ -270,6 +272,16 @@ fn exposed_metric_names() -> BTreeSet<String> {
         })
         .observe(0.001);
     metrics.batch_observer("mysql", 0)(Duration::from_millis(1));
+    metrics
+        .compaction_passes
+        .get_or_create(&OutcomeLabels { outcome: "done" })
+        .inc();
+    metrics
+        .compaction_removed
+        .get_or_create(&RemovedLabels {
+            what: "idempotency_keys",
+        })
+        .inc();
     let verify = VerifyStats::default();
     // One running partition: the per-partition gauges come only from a partition's owner.
     let stores = vec![StoreStatus {
@@ -301,6 +313,7 @@ fn exposed_metric_names() -> BTreeSet<String> {
         log_up: true,
         stores: &stores,
         open_compensations: 0,
+        log_bytes: 1 << 20,
         live_actors: 0,
         appends: &appends,
         verify: &verify,

@@ -83,6 +83,16 @@ async fn the_status_page_shows_live_figures_in_a_browser() {
         "the page shows the live head position {head}"
     );
     assert!(dom.contains("<polyline"), "throughput charts are drawn");
+    let log_mib: f64 = dom
+        .split(r#"<b id="log-size">"#)
+        .nth(1)
+        .and_then(|rest| rest.split(" MiB").next())
+        .and_then(|mib| mib.parse().ok())
+        .unwrap_or_else(|| panic!("the page shows the log's size: {dom}"));
+    assert!(
+        log_mib > 1.0,
+        "a log database holds more than 1 MiB: {log_mib}"
+    );
     assert!(dom.contains(r#"id="compensations""#) && dom.contains("Partitions"));
 
     let shot: PathBuf = std::env::temp_dir().join(format!("{}-status.png", svc.name));

@@ -53,7 +53,7 @@ pub struct AppState {
 }
 
 /// What `/metrics` reads from the log: every store's status and the open compensations.
-pub type LogFigures = (Vec<crate::actors::projector::StoreStatus>, usize);
+pub type LogFigures = (Vec<crate::actors::projector::StoreStatus>, usize, i64);
 
 /// Longest wait a `consistency=applied` request may ask for.
 pub const MAX_APPLIED_TIMEOUT: Duration = Duration::from_secs(300);

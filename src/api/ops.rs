@@ -44,14 +44,15 @@ pub async fn metrics(
             .iter()
             .filter(|c| c.state.is_unsettled())
             .count();
-        Ok::<_, crate::eventlog::LogError>((stores, open))
+        let bytes = state.log.reads().database_bytes().await?;
+        Ok::<_, crate::eventlog::LogError>((stores, open, bytes))
     };
     let fresh = tokio::time::timeout(METRICS_LOG_TIMEOUT, read)
         .await
         .ok()
         .and_then(Result::ok);
     let log_up = fresh.is_some();
-    let (stores, open_compensations) = {
+    let (stores, open_compensations, log_bytes) = {
         let mut cache = state
             .metrics_cache
             .lock()
@@ -66,6 +67,7 @@ pub async fn metrics(
         log_up,
         stores: &stores,
         open_compensations,
+        log_bytes,
         live_actors: state.registry.live_actors(),
         appends: state.log.appends().append_stats(),
         verify: &verify,

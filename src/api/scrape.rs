@@ -23,6 +23,8 @@ pub struct Scrape<'a> {
     pub stores: &'a [StoreStatus],
     /// Compensations not settled yet.
     pub open_compensations: usize,
+    /// The log database's size on disk, bytes.
+    pub log_bytes: i64,
     /// Live document actors.
     pub live_actors: usize,
     /// This process's appends.
@@ -124,6 +126,12 @@ impl Scrape<'_> {
             "docledger_log_head_position",
             "Newest position in the log",
             one(first.map_or(0, |s| s.head_position)),
+        );
+        gauge_int(
+            &mut r,
+            "docledger_log_database_bytes",
+            "Size on disk of the log database (tables, indexes, TOAST)",
+            one(self.log_bytes),
         );
         gauge_int(
             &mut r,

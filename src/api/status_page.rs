@@ -66,6 +66,14 @@ pub async fn page(
     super::authorize_view(&req, &state.config)?;
     let stores = state.projections.status(&state.log).await?;
     let compensations = state.log.parked().compensations(None, 50).await?;
+    let log_bytes = state.log.reads().database_bytes().await?;
+    let expired = state
+        .metrics
+        .compaction_removed
+        .get_or_create(&crate::metrics::RemovedLabels {
+            what: "idempotency_keys",
+        })
+        .get();
     let samples = state.history.samples();
     let stats = state.verifier.stats();
     let owner = &state.instance;
@@ -79,9 +87,10 @@ table{{border-collapse:collapse;margin:8px 0}} td,th{{border:1px solid #ddd;padd
 .ok{{color:#15803d}} .bad{{color:#b91c1c}} .cards{{display:flex;gap:16px;flex-wrap:wrap}}
 .card{{border:1px solid #ddd;border-radius:8px;padding:12px;min-width:260px}} .big{{font-size:22px;font-weight:600}}
 </style></head><body><h1>docledger</h1>
-<p>log head position <b id="head">{head}</b> · oldest running transaction <b>{oldest:.1}s</b> · live actors <b>{actors}</b> · refreshed every {REFRESH_SECS}s</p>
+<p>log head position <b id="head">{head}</b> · log size <b id="log-size">{log_mib:.1} MiB</b> · idempotency keys expired here <b id="expired">{expired}</b> · oldest running transaction <b>{oldest:.1}s</b> · live actors <b>{actors}</b> · refreshed every {REFRESH_SECS}s</p>
 <div class="cards">"#,
         head = stores.first().map_or(0, |s| s.head_position),
+        log_mib = log_bytes as f64 / (1024.0 * 1024.0),
         oldest = stores
             .first()
             .map_or(0.0, |s| s.oldest_running_xact_seconds),

@@ -487,6 +487,20 @@ impl LogReads<'_> {
             .collect())
     }
 
+    /// The log database's size on disk in bytes (`pg_database_size`: tables, indexes,
+    /// TOAST), what compaction keeps bounded.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`].
+    pub async fn database_bytes(self) -> Result<i64, LogError> {
+        let client = self.log.client().await?;
+        let row = client
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .await
+            .map_err(LogError::db("read database size"))?;
+        Ok(row.get(0))
+    }
+
     /// The head position and how long the oldest running transaction has held the horizon.
     ///
     /// # Errors
