@@ -21,11 +21,11 @@
     admin password from the environment with a default, provisions a Prometheus datasource at a
     service it depends on, and its dashboard provider loads grafana/dashboards/docledger.json;
   - every PromQL expression of the provisioned dashboards only uses metric names and labels that
-    src/metrics.rs exports (names: its "docledger_..." string literals with the suffixes the
+    src/metrics.rs and src/api/scrape.rs export (names: their "docledger_..." string literals with the suffixes the
     encoder adds; labels: the fields of its label-set structs and the keys of its label
     vectors), and every panel's datasource uid is a provisioned one.
 Exit status: 0 = ok (one summary line on stdout), 1 = problems (one line each on stderr),
-2 = cannot check (PyYAML missing, compose file or ../src/metrics.rs unreadable, bad arguments).
+2 = cannot check (PyYAML missing, compose file or the metric sources unreadable, bad arguments).
 """
 
 from __future__ import annotations
@@ -60,8 +60,10 @@ REQUIRED_SERVICES = (
     GRAFANA,
 )
 
-# Where docledger's metric names come from (relative to this script, not to the compose file).
-METRICS_RS = Path(__file__).resolve().parent.parent / "src" / "metrics.rs"
+# Where docledger's metric names come from (relative to this script, not to the compose file):
+# the instruments measured as things happen, and the figures read when scraped.
+SRC = Path(__file__).resolve().parent.parent / "src"
+METRICS_RS = (SRC / "metrics.rs", SRC / "api" / "scrape.rs")
 # The dashboard the grafana provider must load, relative to the compose file's directory.
 REQUIRED_DASHBOARD = Path("grafana") / "dashboards" / "docledger.json"
 PROMETHEUS_DEFAULT_CONFIG = "/etc/prometheus/prometheus.yml"
@@ -581,13 +583,17 @@ def check_prometheus(services: dict, compose_dir: Path) -> tuple[list[str], str]
 
 
 def metrics_vocabulary() -> tuple[set[str], set[str]]:
-    """(metric names, label names) docledger exports, read from src/metrics.rs."""
-    try:
-        text = METRICS_RS.read_text(encoding="utf-8")
-    except OSError as err:
-        raise SystemExit(
-            f"compose check: cannot read {METRICS_RS}: {err.strerror}"
-        ) from err
+    """(metric names, label names) docledger exports, read from src/metrics.rs and
+    src/api/scrape.rs."""
+    texts = []
+    for path in METRICS_RS:
+        try:
+            texts.append(path.read_text(encoding="utf-8"))
+        except OSError as err:
+            raise SystemExit(
+                f"compose check: cannot read {path}: {err.strerror}"
+            ) from err
+    text = "\n".join(texts)
     # Counters are registered without `_total` and histograms and infos as their family
     # name: the encoder writes the series' suffixes.
     names = set()
@@ -602,7 +608,8 @@ def metrics_vocabulary() -> tuple[set[str], set[str]]:
     labels.update(re.findall(r'\(\s*"([a-z_]+)",\s*[^)]*?\.to_(?:owned|string)\(\)', text))
     if not names:
         raise SystemExit(
-            f"compose check: no docledger_* metric names found in {METRICS_RS}"
+            "compose check: no docledger_* metric names found in "
+            + ", ".join(str(p) for p in METRICS_RS)
         )
     return names, labels
 
@@ -723,7 +730,7 @@ def check_dashboard(
                 if metric not in known_names:
                     problems.append(
                         f"{where}: panel '{title}' query {ref}: metric '{metric}' is not "
-                        f"exported by src/metrics.rs"
+                        "exported by src/metrics.rs or src/api/scrape.rs"
                     )
                 used.add(metric)
             legend = str(target.get("legendFormat") or "")
