@@ -599,13 +599,18 @@ def metrics_vocabulary() -> tuple[set[str], set[str]]:
     names = set()
     for name in re.findall(r'"((?:docledger|process)_[a-z_]+)"', text):
         names.update(
-            name + suffix for suffix in ("", "_total", "_bucket", "_sum", "_count", "_info")
+            name + suffix
+            for suffix in ("", "_total", "_bucket", "_sum", "_count", "_info")
         )
     # Labels: the fields of the label-set structs, and the keys of the label vectors.
     labels = {"le"}
-    for body in re.findall(r"EncodeLabelSet\)\]\s*(?:pub )?struct \w+ \{([^}]*)\}", text):
-        labels.update(re.findall(r"^\s*(?:pub )?([a-z_]+):", body, re.M))
-    labels.update(re.findall(r'\(\s*"([a-z_]+)",\s*[^)]*?\.to_(?:owned|string)\(\)', text))
+    for body in re.findall(
+        r"EncodeLabelSet\)\]\s*(?:pub )?struct \w+ \{([^}]*)\}", text
+    ):
+        labels.update(re.findall(r"^\s*(?:pub )?([a-z_]+):", body, re.MULTILINE))
+    labels.update(
+        re.findall(r'\(\s*"([a-z_]+)",\s*[^)]*?\.to_(?:owned|string)\(\)', text)
+    )
     if not names:
         raise SystemExit(
             "compose check: no docledger_* metric names found in "

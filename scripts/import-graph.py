@@ -4,6 +4,7 @@ modules (src/*), read from `crate::` paths in the source at git revision REV (de
 work tree). Prints the edges, the cycles between modules, the arrows that run upward (a
 module reaching the crate root's own items, or its parent through `super::super`), and the
 largest files of the workspace."""
+
 import re
 import subprocess
 import sys
@@ -14,15 +15,27 @@ rev = sys.argv[1] if len(sys.argv) > 1 else None
 
 def files():
     if rev:
-        out = subprocess.run(["git", "ls-tree", "-r", "--name-only", rev], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["git", "ls-tree", "-r", "--name-only", rev],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     else:
-        out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     return [f for f in out.split() if f.endswith(".rs")]
 
 
 def read(path):
     if rev:
-        return subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True, check=True).stdout
+        return subprocess.run(
+            ["git", "show", f"{rev}:{path}"], capture_output=True, text=True, check=True
+        ).stdout
     return open(path).read()
 
 
@@ -31,9 +44,13 @@ src = [f for f in all_files if f.startswith("src/")]
 modules = sorted({f.split("/")[1].removesuffix(".rs") for f in src} - {"lib", "main"})
 root_items = set()
 lib = read("src/lib.rs")
-for m in re.finditer(r"^pub (?:async )?(?:fn|struct|enum|trait|type|const|use [\w:]+::)\s*(\w+)", lib, re.M):
+for m in re.finditer(
+    r"^pub (?:async )?(?:fn|struct|enum|trait|type|const|use [\w:]+::)\s*(\w+)",
+    lib,
+    re.MULTILINE,
+):
     root_items.add(m.group(1))
-for m in re.finditer(r"^pub use [\w:]+::\{([^}]*)\}", lib, re.M):
+for m in re.finditer(r"^pub use [\w:]+::\{([^}]*)\}", lib, re.MULTILINE):
     root_items.update(x.strip() for x in m.group(1).split(","))
 
 edges = defaultdict(set)
@@ -101,6 +118,12 @@ for m in modules:
     print(f"{m} -> {', '.join(sorted(edges[m])) or '-'}")
 print(f"\nedges: {sum(len(v) for v in edges.values())}")
 print(f"cycles: {len(sccs)}" + "".join(f"\n  {' <-> '.join(c)}" for c in sccs))
-print(f"upward arrows: {len(set(upward))}" + "".join(f"\n  {f} -> crate::{n}" for f, n in sorted(set(upward))))
-sizes = sorted(((len(read(f).splitlines()), f) for f in all_files if not f.startswith("target/")), reverse=True)[:8]
+print(
+    f"upward arrows: {len(set(upward))}"
+    + "".join(f"\n  {f} -> crate::{n}" for f, n in sorted(set(upward)))
+)
+sizes = sorted(
+    ((len(read(f).splitlines()), f) for f in all_files if not f.startswith("target/")),
+    reverse=True,
+)[:8]
 print("largest files:" + "".join(f"\n  {n:5} {f}" for n, f in sizes))
