@@ -1,6 +1,7 @@
 //! The log's compaction pass: removes from the log what is past its time, so that the log's
 //! size follows the knowledge base rather than its history. Today: idempotency keys older
-//! than `DOCLEDGER_IDEMPOTENCY_TTL_SECS`. `docledger compact` runs one pass; `serve` runs
+//! than `DOCLEDGER_IDEMPOTENCY_TTL_SECS`, and resolved compensations older than
+//! `DOCLEDGER_RETAIN_DAYS` that nothing needs any more. `docledger compact` runs one pass; `serve` runs
 //! one every `DOCLEDGER_COMPACT_INTERVAL_SECS`, beside appends and projectors (a pass
 //! deletes a bounded page per statement and holds no lock they wait for). Several processes
 //! may run passes at once.
@@ -21,6 +22,8 @@ use crate::metrics::{Metrics, OutcomeLabels, RemovedLabels};
 pub struct CompactionReport {
     /// Idempotency keys past their TTL, deleted.
     pub idempotency_keys_expired: u64,
+    /// Resolved compensations past the retention period, deleted.
+    pub compensations_pruned: u64,
     /// Seconds the pass took.
     pub seconds: f64,
 }
@@ -60,8 +63,14 @@ impl Compactor {
             .compaction()
             .expire_idempotency_keys(self.config.idempotency_ttl)
             .await?;
+        let compensations_pruned = self
+            .log
+            .compaction()
+            .prune_resolved_compensations(self.config.retain)
+            .await?;
         Ok(CompactionReport {
             idempotency_keys_expired,
+            compensations_pruned,
             seconds: started.elapsed().as_secs_f64(),
         })
     }
@@ -81,17 +90,21 @@ impl Compactor {
                     .get_or_create(&OutcomeLabels { outcome })
                     .inc();
                 if let Ok(report) = &pass {
-                    metrics
-                        .compaction_removed
-                        .get_or_create(&RemovedLabels {
-                            what: "idempotency_keys",
-                        })
-                        .inc_by(report.idempotency_keys_expired);
+                    for (what, n) in [
+                        ("idempotency_keys", report.idempotency_keys_expired),
+                        ("compensations", report.compensations_pruned),
+                    ] {
+                        metrics
+                            .compaction_removed
+                            .get_or_create(&RemovedLabels { what })
+                            .inc_by(n);
+                    }
                 }
             }
             match pass {
                 Ok(report) => info!(
                     idempotency_keys_expired = report.idempotency_keys_expired,
+                    compensations_pruned = report.compensations_pruned,
                     seconds = report.seconds,
                     "compaction pass"
                 ),

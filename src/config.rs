@@ -93,6 +93,8 @@ const KEYS: &[(&str, Option<&str>)] = &[
     // The log's life: idempotency keys are kept at least this long, and the compaction
     // pass that removes what is past its time runs this often in `serve` (0 = off).
     ("IDEMPOTENCY_TTL_SECS", Some("86400")),
+    // Days a settled record is kept (today: resolved compensations).
+    ("RETAIN_DAYS", Some("7")),
     ("COMPACT_INTERVAL_SECS", Some("3600")),
 ];
 
@@ -283,6 +285,8 @@ pub struct VerifyConfig {
 pub struct CompactionConfig {
     /// Idempotency keys are kept at least this long.
     pub idempotency_ttl: Duration,
+    /// Settled records (resolved compensations) are kept at least this long.
+    pub retain: Duration,
     /// Time between passes in `serve`; `None` = only `docledger compact` runs one.
     pub interval: Option<Duration>,
 }
@@ -638,6 +642,7 @@ impl Config {
             },
             compaction: CompactionConfig {
                 idempotency_ttl: Duration::from_secs(positive("IDEMPOTENCY_TTL_SECS")? as u64),
+                retain: Duration::from_secs(v.num::<u64>("RETAIN_DAYS")?.saturating_mul(86_400)),
                 interval: Some(v.num::<u64>("COMPACT_INTERVAL_SECS")?)
                     .filter(|s| *s > 0)
                     .map(Duration::from_secs),

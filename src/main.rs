@@ -75,8 +75,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Remove from the log what is past its time (idempotency keys after their TTL) and
-    /// print what was removed. Safe while services run.
+    /// Remove from the log what is past its time (idempotency keys after their TTL,
+    /// resolved compensations after the retention period) and print what was removed.
+    /// Safe while services run.
     Compact {
         /// Print the report as JSON.
         #[arg(long)]
@@ -219,8 +220,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!(
-                    "compaction: {} idempotency keys expired in {:.2} s",
-                    report.idempotency_keys_expired, report.seconds
+                    "compaction: {} idempotency keys expired, {} resolved compensations pruned in {:.2} s",
+                    report.idempotency_keys_expired, report.compensations_pruned, report.seconds
                 );
             }
             Ok(ExitCode::SUCCESS)

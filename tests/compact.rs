@@ -28,11 +28,13 @@ async fn put(svc: &TestService, doc: &str, key: &str, title: &str) -> reqwest::R
         .expect("put")
 }
 
-/// Runs `docledger compact --json` against the service's log.
+/// Runs `docledger compact --json` against the service's log (idempotency keys live an
+/// hour, settled records a day).
 async fn compact(svc: &TestService) -> Value {
     let out = common::docledger_command(&svc.vars)
         .args(["compact", "--json"])
         .env("DOCLEDGER_IDEMPOTENCY_TTL_SECS", "3600")
+        .env("DOCLEDGER_RETAIN_DAYS", "1")
         .output()
         .await
         .expect("docledger compact runs");
@@ -171,5 +173,84 @@ async fn a_serving_process_expires_keys_in_the_background() {
     assert_eq!(value("docledger_compaction_removed_total"), 1.0, "{text}");
     assert!(value("docledger_compaction_passes_total") >= 1.0, "{text}");
     assert!(value("docledger_log_database_bytes") > 1e6, "{text}");
+    svc.stop().await;
+}
+
+#[actix_rt::test]
+async fn only_settled_old_compensations_below_a_version_every_store_held_are_pruned() {
+    let svc = TestService::start(
+        "compact_compensations",
+        &[("DOCLEDGER_COMPACT_INTERVAL_SECS", "0")],
+    )
+    .await;
+    for (key, title) in [("v1", "first"), ("v2", "second")] {
+        let res = put(&svc, "doc", key, title).await;
+        assert_eq!(res.status(), 200);
+    }
+    let log = common::log::connect(svc.config.eventstore_url.expose())
+        .await
+        .expect("connect to the log");
+    common::eventually(Duration::from_secs(30), "version 2 ready", || {
+        let log = &log;
+        async move {
+            let row = log
+                .query_one(
+                    "SELECT ready_version FROM streams WHERE stream_id = 'doc'",
+                    &[],
+                )
+                .await
+                .ok()?;
+            (row.get::<_, i64>(0) == 2).then_some(())
+        }
+    })
+    .await;
+    // What the compensator leaves alone: resolved ones, and one for the operator.
+    for (error, version, resolved, resolved_version, needs_operator) in [
+        (
+            "old, settled, below v2",
+            1i64,
+            Some("10 days"),
+            Some(2i64),
+            false,
+        ),
+        ("recent, settled", 1, Some("2 hours"), Some(2), false),
+        ("old, for the operator", 1, None, None, true),
+        ("old, restoring v3", 1, Some("10 days"), Some(3), false),
+        ("old, of the ready version", 2, Some("10 days"), None, false),
+    ] {
+        log.execute(
+            "INSERT INTO parked_changes (sink, stream_id, version, position, error, parked_at,
+                 resolved_at, resolution, resolved_version, needs_operator)
+             VALUES ('milvus', 'doc', $1, 1, $2, now() - interval '11 days',
+                 now() - $3::text::interval, 'restored', $4, $5)",
+            &[
+                &version,
+                &error,
+                &resolved,
+                &resolved_version,
+                &needs_operator,
+            ],
+        )
+        .await
+        .expect("a parked change");
+    }
+    let report = compact(&svc).await;
+    assert_eq!(report["compensations_pruned"], 1, "{report}");
+    let left: Vec<String> = log
+        .query("SELECT error FROM parked_changes ORDER BY id", &[])
+        .await
+        .expect("read parked changes")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        left,
+        [
+            "recent, settled",
+            "old, for the operator",
+            "old, restoring v3",
+            "old, of the ready version"
+        ]
+    );
     svc.stop().await;
 }
