@@ -46,14 +46,13 @@ async fn compact(svc: &TestService) -> Value {
     serde_json::from_slice(&out.stdout).expect("a JSON report")
 }
 
-#[actix_rt::test]
-async fn expired_idempotency_keys_are_deleted_once_and_then_bind_nothing() {
-    let svc = TestService::start("compact_keys", &[("DOCLEDGER_COMPACT_INTERVAL_SECS", "0")]).await;
+/// Puts `old-doc` with `old-key` and `fresh-doc` with `fresh-key`, then makes `old-key` two
+/// hours old; returns a connection to the service's log.
+async fn old_and_fresh_key(svc: &TestService) -> tokio_postgres::Client {
     for (doc, key) in [("old-doc", "old-key"), ("fresh-doc", "fresh-key")] {
-        let res = put(&svc, doc, key, "first").await;
+        let res = put(svc, doc, key, "first").await;
         assert_eq!(res.status(), 200);
     }
-    // One key two hours old, and more old keys than one page of deletes holds.
     let log = common::log::connect(svc.config.eventstore_url.expose())
         .await
         .expect("connect to the log");
@@ -63,6 +62,23 @@ async fn expired_idempotency_keys_are_deleted_once_and_then_bind_nothing() {
     )
     .await
     .expect("age a key");
+    log
+}
+
+/// Every idempotency key the log holds, in order.
+async fn keys(log: &tokio_postgres::Client) -> Option<Vec<String>> {
+    let rows = log
+        .query("SELECT key FROM idempotency_keys ORDER BY key", &[])
+        .await
+        .ok()?;
+    Some(rows.iter().map(|r| r.get(0)).collect())
+}
+
+#[actix_rt::test]
+async fn expired_idempotency_keys_are_deleted_once_and_then_bind_nothing() {
+    let svc = TestService::start("compact_keys", &[("DOCLEDGER_COMPACT_INTERVAL_SECS", "0")]).await;
+    // One key two hours old, and more old keys than one page of deletes holds.
+    let log = old_and_fresh_key(&svc).await;
     log.execute(
         "INSERT INTO idempotency_keys (key, stream_id, request_hash, result, created_at)
          SELECT 'bulk-' || n, 'bulk', '\\x00', 'null', now() - interval '1 day'
@@ -85,14 +101,7 @@ async fn expired_idempotency_keys_are_deleted_once_and_then_bind_nothing() {
     let (a, b) = tokio::join!(compact(&svc), compact(&svc));
     let expired = |r: &Value| r["idempotency_keys_expired"].as_u64().expect("a count");
     assert_eq!(expired(&a) + expired(&b), 25_001, "{a} {b}");
-    let left: Vec<String> = log
-        .query("SELECT key FROM idempotency_keys ORDER BY key", &[])
-        .await
-        .expect("read keys")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(left, ["fresh-key"]);
+    assert_eq!(keys(&log).await.expect("read keys"), ["fresh-key"]);
     assert_eq!(
         expired(&compact(&svc).await),
         0,
@@ -128,31 +137,10 @@ async fn a_serving_process_expires_keys_in_the_background() {
         ],
     )
     .await;
-    for (doc, key) in [("old-doc", "old-key"), ("fresh-doc", "fresh-key")] {
-        let res = put(&svc, doc, key, "first").await;
-        assert_eq!(res.status(), 200);
-    }
-    let log = common::log::connect(svc.config.eventstore_url.expose())
-        .await
-        .expect("connect to the log");
-    log.execute(
-        "UPDATE idempotency_keys SET created_at = now() - interval '2 hours' WHERE key = 'old-key'",
-        &[],
-    )
-    .await
-    .expect("age a key");
+    let log = old_and_fresh_key(&svc).await;
     common::eventually(Duration::from_secs(30), "the expired key to go", || {
         let log = &log;
-        async move {
-            let keys: Vec<String> = log
-                .query("SELECT key FROM idempotency_keys ORDER BY key", &[])
-                .await
-                .ok()?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            (keys == ["fresh-key"]).then_some(())
-        }
+        async move { (keys(log).await? == ["fresh-key"]).then_some(()) }
     })
     .await;
     // /metrics counts the pass's removal and shows the log's size.
