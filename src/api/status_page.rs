@@ -67,13 +67,15 @@ pub async fn page(
     let stores = state.projections.status(&state.log).await?;
     let compensations = state.log.parked().compensations(None, 50).await?;
     let log_bytes = state.log.reads().database_bytes().await?;
-    let expired = state
-        .metrics
-        .compaction_removed
-        .get_or_create(&crate::metrics::RemovedLabels {
-            what: "idempotency_keys",
-        })
-        .get();
+    // Read without creating a series: a process whose passes never ran reports none.
+    let removed = |what| {
+        state
+            .metrics
+            .compaction_removed
+            .get(&crate::metrics::RemovedLabels { what })
+            .map_or(0, |c| c.get())
+    };
+    let expired = removed("idempotency_keys");
     let samples = state.history.samples();
     let stats = state.verifier.stats();
     let owner = &state.instance;

@@ -298,16 +298,18 @@ impl Rebuilder {
         Ok(())
     }
 
-    /// Records that `store` holds these versions, then marks ready (MySQL row and log
+    /// Records that the store holds these versions, then marks ready (catalogue row and log
     /// bookkeeping) the documents that thereby became consistent — what the runner and the
-    /// tracker would have done had they applied the changes themselves.
-    async fn record(
-        &self,
-        store: StoreKind,
-        applied: &[AppliedVersion],
-    ) -> Result<(), RebuildError> {
+    /// tracker would have done had they applied the changes themselves. Not for a store that
+    /// keeps its own checkpoint: the rebuild moves that one with the data and leaves the
+    /// log-side one (how far versions were recorded) where it was, so the resumed runner
+    /// records the versions in between itself (`Runner::catch_up_records`).
+    async fn record<S: Rebuild>(&self, applied: &[AppliedVersion]) -> Result<(), RebuildError> {
+        if S::KEEPS_OWN_CHECKPOINT {
+            return Ok(());
+        }
         for part in applied.chunks(READY_PAGE) {
-            let consistent = LogSource::record_applied(&self.log, store, part)
+            let consistent = LogSource::record_applied(&self.log, S::STORE, part)
                 .await
                 .map_err(source_error)?;
             if !consistent.is_empty() {
@@ -372,7 +374,6 @@ impl Rebuilder {
         progress: &RebuildProgress,
         cancel: &CancellationToken,
     ) -> Result<RebuildSummary, RebuildError> {
-        let store = S::STORE;
         let started = std::time::Instant::now();
         progress.phase("preparing");
         let mut target = sink.begin_rebuild().await?;
@@ -405,7 +406,7 @@ impl Rebuilder {
             self.switch::<S>(&mut target, paused.partitions, done.cursor)
                 .await?;
             progress.phase("recording");
-            self.record(store, &done.applied).await?;
+            self.record::<S>(&done.applied).await?;
             if S::KEEPS_READINESS {
                 self.settle_readiness(target.pending(), num_streams).await?;
             }
@@ -525,7 +526,7 @@ impl Rebuilder {
             self.switch::<S>(&mut target, paused.partitions, cursor)
                 .await?;
             progress.phase("recording");
-            self.record(store, &applied).await?;
+            self.record::<S>(&applied).await?;
             let counts = target.counts();
             Ok(RebuildSummary {
                 store: S::NAME,

@@ -211,10 +211,7 @@ impl Verifier {
 
     /// The store `store` behind its ports.
     fn store(&self, store: StoreKind) -> &dyn AuditedStore<PgLog> {
-        self.audited()
-            .into_iter()
-            .find(|s| s.store() == store)
-            .expect("Stores::audited holds every store")
+        self.audited()[store_index(store)]
     }
 
     async fn checkpoints(&self) -> Result<Checkpoints, VerifyError> {

@@ -327,10 +327,9 @@ impl RebuildTarget for GenerationWriter {
         _partitions: u32,
         _end: LogCursor,
     ) -> Result<(), SinkError> {
-        let live = self.live.clone();
-        self.retired = live.switch_alias(self.sink.collection()).await?;
+        self.retired = self.live.switch_alias(self.sink.collection()).await?;
         tracing::info!(
-            alias = live.collection(),
+            alias = self.live.collection(),
             collection = self.sink.collection(),
             "alias switched"
         );

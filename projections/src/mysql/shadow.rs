@@ -180,8 +180,8 @@ impl NewRows {
 /// would bring the row back). [`ShadowWriter::finish`] waits for everything: call it before
 /// the swap. Dropping the writer aborts what is still running (an abandoned rebuild).
 pub struct ShadowWriter {
+    /// The live sink: its pool writes the shadow table, and the switch swaps the tables.
     sink: MysqlSink,
-    pool: mysql_async::Pool,
     /// Turns to run a statement (first come, first served).
     turns: Arc<Semaphore>,
     /// Most statements running or waiting for a turn.
@@ -253,7 +253,7 @@ impl ShadowWriter {
                 )
             })
             .collect();
-        run_concurrently(&self.pool, "delete shadow rows", deletes, 1).await
+        run_concurrently(&self.sink.pool, "delete shadow rows", deletes, 1).await
     }
 
     /// Queues plain inserts of `rows`, in the background like [`ShadowWriter::write_changes`]'s. No
@@ -301,7 +301,7 @@ impl ShadowWriter {
         {
             self.join_next().await?;
         }
-        let (pool, turns) = (self.pool.clone(), self.turns.clone());
+        let (pool, turns) = (self.sink.pool.clone(), self.turns.clone());
         let handle = self.running.spawn(async move {
             let _turn = turns.acquire_owned().await.map_err(|e| {
                 SinkError::permanent(NAME, "write shadow rows", format!("no turn: {e}"))
@@ -402,7 +402,6 @@ impl MysqlSink {
     pub fn shadow_writer(&self) -> ShadowWriter {
         ShadowWriter {
             sink: self.clone(),
-            pool: self.pool.clone(),
             turns: Arc::new(Semaphore::new(CONCURRENT_STATEMENTS)),
             capacity: CONCURRENT_STATEMENTS + QUEUED_STATEMENTS,
             running: JoinSet::new(),
@@ -508,8 +507,7 @@ impl RebuildTarget for ShadowWriter {
     ) -> Result<(), SinkError> {
         // Every row in before the shadow goes live.
         self.finish().await?;
-        let sink = self.sink.clone();
-        sink.swap_shadow(log_id, partitions, end).await
+        self.sink.swap_shadow(log_id, partitions, end).await
     }
 
     fn pending(&self) -> &[(String, u64)] {
