@@ -93,7 +93,10 @@ const KEYS: &[(&str, Option<&str>)] = &[
     // The log's life: idempotency keys are kept at least this long, and the compaction
     // pass that removes what is past its time runs this often in `serve` (0 = off).
     ("IDEMPOTENCY_TTL_SECS", Some("86400")),
-    // Days a settled record is kept (today: resolved compensations).
+    // Retention: each document's newest versions, and every version younger than the days,
+    // keep their content; older ones keep their metadata. Resolved compensations are kept
+    // the days too.
+    ("RETAIN_VERSIONS", Some("3")),
     ("RETAIN_DAYS", Some("7")),
     ("COMPACT_INTERVAL_SECS", Some("3600")),
 ];
@@ -285,8 +288,11 @@ pub struct VerifyConfig {
 pub struct CompactionConfig {
     /// Idempotency keys are kept at least this long.
     pub idempotency_ttl: Duration,
-    /// Settled records (resolved compensations) are kept at least this long.
+    /// Versions younger than this keep their content; settled records (resolved
+    /// compensations) are kept at least this long.
     pub retain: Duration,
+    /// Each live document's newest versions that keep their content (at least 1).
+    pub retain_versions: u64,
     /// Time between passes in `serve`; `None` = only `docledger compact` runs one.
     pub interval: Option<Duration>,
 }
@@ -643,6 +649,7 @@ impl Config {
             compaction: CompactionConfig {
                 idempotency_ttl: Duration::from_secs(positive("IDEMPOTENCY_TTL_SECS")? as u64),
                 retain: Duration::from_secs(v.num::<u64>("RETAIN_DAYS")?.saturating_mul(86_400)),
+                retain_versions: positive("RETAIN_VERSIONS")? as u64,
                 interval: Some(v.num::<u64>("COMPACT_INTERVAL_SECS")?)
                     .filter(|s| *s > 0)
                     .map(Duration::from_secs),

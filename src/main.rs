@@ -75,7 +75,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Remove from the log what is past its time (idempotency keys after their TTL,
+    /// Erase documents through a running service: withdraw each from every store and
+    /// remove every trace of its content from the log at once (a tombstone without content
+    /// stays). Exit codes: 0 every document erased everywhere, 1 some unknown, refused or
+    /// not yet dropped by every store, 2 the run could not finish.
+    Erase {
+        /// The documents.
+        #[arg(required = true)]
+        doc_ids: Vec<String>,
+        /// The service.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// API token (default: the first of DOCLEDGER_API_TOKENS, if set).
+        #[arg(long)]
+        token: Option<String>,
+        /// Longest wait for the stores to drop each document.
+        #[arg(long, default_value_t = 30_000)]
+        timeout_ms: u64,
+    },
+    /// Remove from the log what is past its time (the content of versions retention no
+    /// longer keeps and their unreferenced blobs, idempotency keys after their TTL,
     /// resolved compensations after the retention period) and print what was removed.
     /// Safe while services run.
     Compact {
@@ -206,6 +225,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }),
+        Command::Erase {
+            doc_ids,
+            url,
+            token,
+            timeout_ms,
+        } => system.block_on(async move {
+            let bearer = token
+                .map(|t| format!("Bearer {t}"))
+                .or_else(|| docledger::cli::bearer(&config));
+            let retry = docledger::cli::ingest::IngestOptions::new(&url).retry;
+            match docledger::cli::erase::erase(&url, bearer.as_deref(), &doc_ids, timeout_ms, &retry)
+                .await
+            {
+                Ok(lines) => {
+                    for line in &lines {
+                        println!("{line}");
+                    }
+                    Ok(if lines.iter().all(|l| l.is_done()) {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    })
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }),
         Command::Compact { json } => system.block_on(async move {
             let log = docledger::eventlog::PgLog::connect_with_tls(
                 &config.eventstore_url,
@@ -219,9 +267,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
+                let content = &report.content_removed;
                 println!(
-                    "compaction: {} idempotency keys expired, {} resolved compensations pruned in {:.2} s",
-                    report.idempotency_keys_expired, report.compensations_pruned, report.seconds
+                    "compaction: content of {} events of {} documents removed, {} blobs deleted, {} idempotency keys expired, {} resolved compensations pruned in {:.2} s",
+                    content.events,
+                    content.documents,
+                    content.blobs,
+                    report.idempotency_keys_expired,
+                    report.compensations_pruned,
+                    report.seconds
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -112,7 +112,8 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
-/// What a compaction pass removed: `idempotency_keys`.
+/// What a compaction pass removed: `event_contents` (events whose content retention
+/// removed), `blobs`, `idempotency_keys`, `compensations`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RemovedLabels {
     /// The kind of record.

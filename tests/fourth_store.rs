@@ -124,7 +124,7 @@ impl PgVectorSink {
                         format!("{} is not an event for a vector store", other.type_name()),
                     ))
                 }
-                Change::Remove | Change::Purge => {
+                Change::Remove | Change::Erase | Change::Purge => {
                     tx.execute(
                         &format!("DELETE FROM {t} WHERE doc_id = $1 AND version <= $2"),
                         &[&doc, &(c.version as i64)],

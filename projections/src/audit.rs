@@ -109,7 +109,7 @@ pub fn wanted(change: Option<&DocChange>) -> (Option<&DocumentEvent>, Option<Ver
         None => (None, None),
         Some(c) => match &c.change {
             Change::Upsert(e) => (Some(e), Some(c.version)),
-            Change::Remove | Change::Purge => (None, Some(c.version)),
+            Change::Remove | Change::Erase | Change::Purge => (None, Some(c.version)),
         },
     }
 }

@@ -55,6 +55,10 @@ pub enum Change {
     /// Hold nothing for the document: the log deleted it (a store that keeps tombstones
     /// keeps this one).
     Remove,
+    /// Hold nothing for the document and keep nothing recoverable of it: the log erased it
+    /// (as [`Change::Remove`], and a store that can hold deleted data until a later
+    /// compaction, Milvus, makes the removal durable before the change counts as applied).
+    Erase,
     /// Hold nothing for the document at or below the version, leaving no tombstone: a
     /// repair clearing data the store should not hold (tampered, or of a version the log
     /// never reached) before it applies the log's state again.
@@ -240,19 +244,16 @@ fn doc_change(
     store: StoreKind,
     event: DocumentEvent,
 ) -> Option<DocChange> {
-    let (version, upsert) = match event.change_for(store)? {
-        change @ StoreChange::Upsert(_) => (change.version(), true),
-        change @ StoreChange::Remove(_) => (change.version(), false),
+    let (version, kind) = match event.change_for(store)? {
+        change @ StoreChange::Upsert(_) => (change.version(), None),
+        change @ StoreChange::Remove(_) => (change.version(), Some(Change::Remove)),
+        change @ StoreChange::Erase(_) => (change.version(), Some(Change::Erase)),
     };
     Some(DocChange {
         doc_id,
         version,
         cursor,
-        change: if upsert {
-            Change::Upsert(event)
-        } else {
-            Change::Remove
-        },
+        change: kind.unwrap_or(Change::Upsert(event)),
     })
 }
 

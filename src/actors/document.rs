@@ -200,6 +200,7 @@ impl Handler<ExecuteCommand> for DocumentActor {
         let kind = match &msg.command {
             DocumentCommand::Put(_) => "put",
             DocumentCommand::Delete { .. } => "delete",
+            DocumentCommand::Erase { .. } => "erase",
             DocumentCommand::RequestCompensation { .. } => "compensate",
             DocumentCommand::Redrive { .. } => "retry",
         };

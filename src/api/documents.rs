@@ -22,7 +22,26 @@ const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
 
 fn doc_id_of(req: &HttpRequest) -> Result<DocId, ApiError> {
+    doc_id_in(req.match_info().get("doc_id").unwrap_or_default())
+}
+
+/// The action of `POST /v1/documents/{doc_id}:erase` (a custom method after the id, as a
+/// document id may itself hold `:`, the last `:erase` is the action).
+const ERASE_ACTION: &str = ":erase";
+
+/// The document id of `POST /v1/documents/{doc_id}:erase`.
+fn erased_doc_id_of(req: &HttpRequest) -> Result<DocId, ApiError> {
     let raw = req.match_info().get("doc_id").unwrap_or_default();
+    let id = raw.strip_suffix(ERASE_ACTION).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "POST {} names no action: the only one is POST /v1/documents/{{doc_id}}{ERASE_ACTION}",
+            req.path()
+        ))
+    })?;
+    doc_id_in(id)
+}
+
+fn doc_id_in(raw: &str) -> Result<DocId, ApiError> {
     let decoded = percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| ApiError::InvalidDocId("doc_id is not valid UTF-8".into()))?;
@@ -158,15 +177,16 @@ async fn execute_put(
     respond(state, &doc_id, outcome, wait).await
 }
 
-async fn execute_delete(
+/// Executes a delete or an erasure (`command`), which carry no content.
+async fn execute_removal(
     state: &AppState,
     doc_id: DocId,
-    expected_version: Option<u64>,
+    command: DocumentCommand,
     idempotency: Option<IdempotencyKey>,
     wait: Wait,
 ) -> Result<(StatusCode, CommandResponse), ApiError> {
     let msg = ExecuteCommand {
-        command: DocumentCommand::Delete { expected_version },
+        command,
         blob: None,
         idempotency,
         compensates: None,
@@ -201,7 +221,11 @@ async fn command_request(
     let mut body = TimedBody::whole(payload, &state.config.http);
     let read = async {
         authorize(req, &state.config)?;
-        let doc_id = doc_id_of(req)?;
+        let doc_id = if op == "erase" {
+            erased_doc_id_of(req)?
+        } else {
+            doc_id_of(req)?
+        };
         let wait = wait_of(query)?;
         let bytes = body.read_whole(req, state.config.max_body_bytes).await?;
         Ok::<_, ApiError>((doc_id, wait, bytes))
@@ -291,10 +315,72 @@ pub async fn delete(
     } else {
         parse_json(&r.body)?
     };
-    let (status, response) = execute_delete(
+    let (status, response) = execute_removal(
         &state,
         r.doc_id,
-        body.expected_version,
+        DocumentCommand::Delete {
+            expected_version: body.expected_version,
+        },
+        r.idempotency,
+        r.wait,
+    )
+    .await?;
+    Ok(HttpResponse::build(status).json(response))
+}
+
+/// Query of `POST /v1/documents/{doc_id}:erase`.
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EraseQuery {
+    /// Wait at most this long for the stores to drop the document (default 10000, at most
+    /// as for `consistency=applied`).
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+/// `POST /v1/documents/{doc_id}:erase`: withdraws the document from every store and removes
+/// every trace of its content from the log at once, in the transaction that appends its
+/// tombstone (no retention). Answers once every store dropped it (the erasure's version
+/// applied everywhere; Milvus' deletion flushed), or 202 with the stores' state after
+/// `timeout_ms`. An erased document erased again answers `unchanged`. Body: empty, or
+/// `{"expected_version": n}`.
+#[utoipa::path(post, path = "/v1/documents/{doc_id}:erase", tag = "documents",
+    params(("doc_id" = String, Path), ("Idempotency-Key" = Option<String>, Header), EraseQuery),
+    responses(
+        (status = 200, description = "erased: no store holds the document, the log holds none of its content", body = CommandResponse),
+        (status = 202, description = "erased in the log; some store had not dropped it within timeout_ms", body = CommandResponse),
+        (status = 400, description = "invalid input (invalid_json, invalid_doc_id, invalid_query, invalid_idempotency_key)", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 404, description = "unknown document", body = ErrorBody),
+        (status = 409, description = "version_conflict", body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn erase(
+    req: HttpRequest,
+    payload: web::Payload,
+    query: web::Query<EraseQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let consistency = ConsistencyQuery {
+        consistency: Some("applied".to_owned()),
+        timeout_ms: query.timeout_ms,
+    };
+    let r = match command_request(&req, payload, &consistency, &state, "erase").await {
+        Ok(r) => r,
+        Err(refused) => return Ok(refused),
+    };
+    let body: DeleteBody = if r.body.iter().all(u8::is_ascii_whitespace) {
+        DeleteBody::default()
+    } else {
+        parse_json(&r.body)?
+    };
+    let (status, response) = execute_removal(
+        &state,
+        r.doc_id,
+        DocumentCommand::Erase {
+            expected_version: body.expected_version,
+        },
         r.idempotency,
         r.wait,
     )
@@ -346,6 +432,7 @@ pub async fn get(
         "doc_id": doc_id.as_str(),
         "version": doc.version,
         "deleted": doc.deleted,
+        "erased": doc.erased,
         "title": content.map(|c| &c.title),
         "source_type": content.map(|c| &c.source_type),
         "business_tag": content.and_then(|c| c.business_tag.as_ref()),
@@ -536,14 +623,25 @@ pub async fn events(
         .await?
         .into_iter()
         .map(|e| {
-            serde_json::json!({
+            let mut event = serde_json::json!({
                 "stream_version": e.stream_version,
                 "log_position": e.log_position,
                 "type": e.event_type,
                 "event_version": e.event_version,
                 "data": e.data,
                 "recorded_at": e.recorded_at,
-            })
+            });
+            if e.event_type == "ContentRemoved" {
+                // What retention or an erasure left: the event's own type, and why its
+                // content is gone; `data` keeps the metadata (version, sizes, sha256).
+                let data = event["data"].as_object_mut().map(std::mem::take);
+                if let Some(mut data) = data {
+                    event["type"] = data.remove("removed").unwrap_or_default();
+                    event["content_removed"] = data.remove("cause").unwrap_or_default();
+                    event["data"] = serde_json::Value::Object(data);
+                }
+            }
+            event
         })
         .collect();
     if events.is_empty() {
@@ -562,6 +660,7 @@ struct BatchLine {
 enum BatchOp {
     Put(PutBody),
     Delete(DeleteBody),
+    Erase(DeleteBody),
 }
 
 /// Decodes a batch line: the PUT body plus `op`, `doc_id` and an optional `idempotency_key`;
@@ -588,8 +687,11 @@ fn parse_batch_line_in_two_passes(line: &[u8]) -> Result<BatchLine, ApiError> {
         "delete" => Ok(BatchOp::Delete(
             super::line::body(line).map_err(invalid_json)?,
         )),
+        "erase" => Ok(BatchOp::Erase(
+            super::line::body(line).map_err(invalid_json)?,
+        )),
         other => Err(ApiError::InvalidField(format!(
-            "op must be put or delete, got {other:?}"
+            "op must be put, delete or erase, got {other:?}"
         ))),
     })
 }
@@ -641,14 +743,16 @@ async fn execute_batch_line(
     match line.op {
         BatchOp::Put(body) => execute_put(state, line.doc_id, body, line.idempotency, wait).await,
         BatchOp::Delete(body) => {
-            execute_delete(
-                state,
-                line.doc_id,
-                body.expected_version,
-                line.idempotency,
-                wait,
-            )
-            .await
+            let command = DocumentCommand::Delete {
+                expected_version: body.expected_version,
+            };
+            execute_removal(state, line.doc_id, command, line.idempotency, wait).await
+        }
+        BatchOp::Erase(body) => {
+            let command = DocumentCommand::Erase {
+                expected_version: body.expected_version,
+            };
+            execute_removal(state, line.doc_id, command, line.idempotency, wait).await
         }
     }
 }
@@ -668,7 +772,7 @@ const MAX_BATCH_LINES_IN_FLIGHT: usize = 32;
 #[utoipa::path(post, path = "/v1/documents:batch", tag = "documents",
     params(ConsistencyQuery),
     request_body(content = String, content_type = "application/x-ndjson",
-        description = "one {\"op\":\"put\"|\"delete\",\"doc_id\":…} per line; a put line is the PUT body plus op, doc_id, optional idempotency_key"),
+        description = "one {\"op\":\"put\"|\"delete\"|\"erase\",\"doc_id\":…} per line; a put line is the PUT body plus op, doc_id, optional idempotency_key"),
     responses((status = 200, content_type = "application/x-ndjson",
         description = "one {line, status, result|error} per input line, in order; an over-long line gets status 413, a stalled body a last line with status 408", body = String),
         (status = 401, body = ErrorBody)),
@@ -938,6 +1042,7 @@ mod tests {
                 let op = match l.op {
                     BatchOp::Put(b) => format!("put {b:?}"),
                     BatchOp::Delete(b) => format!("delete {b:?}"),
+                    BatchOp::Erase(b) => format!("erase {b:?}"),
                 };
                 format!("{} {} {op}", l.doc_id.as_str(), l.idempotency.is_some())
             }

@@ -74,6 +74,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::delete().to(documents::delete),
         )
         .route("/v1/documents/{doc_id}", web::get().to(documents::get))
+        // `POST /v1/documents/{doc_id}:erase`: the id segment ends with the action.
+        .route("/v1/documents/{doc_id}", web::post().to(documents::erase))
         .route(
             "/v1/documents/{doc_id}/events",
             web::get().to(documents::events),

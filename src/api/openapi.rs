@@ -30,6 +30,7 @@ impl Modify for BearerAuth {
     paths(
         documents::put,
         documents::delete,
+        documents::erase,
         documents::get,
         documents::events,
         documents::batch,

@@ -76,6 +76,8 @@ pub async fn page(
             .map_or(0, |c| c.get())
     };
     let expired = removed("idempotency_keys");
+    let contents = removed("event_contents");
+    let blobs = removed("blobs");
     let samples = state.history.samples();
     let stats = state.verifier.stats();
     let owner = &state.instance;
@@ -89,7 +91,7 @@ table{{border-collapse:collapse;margin:8px 0}} td,th{{border:1px solid #ddd;padd
 .ok{{color:#15803d}} .bad{{color:#b91c1c}} .cards{{display:flex;gap:16px;flex-wrap:wrap}}
 .card{{border:1px solid #ddd;border-radius:8px;padding:12px;min-width:260px}} .big{{font-size:22px;font-weight:600}}
 </style></head><body><h1>docledger</h1>
-<p>log head position <b id="head">{head}</b> · log size <b id="log-size">{log_mib:.1} MiB</b> · idempotency keys expired here <b id="expired">{expired}</b> · oldest running transaction <b>{oldest:.1}s</b> · live actors <b>{actors}</b> · refreshed every {REFRESH_SECS}s</p>
+<p>log head position <b id="head">{head}</b> · log size <b id="log-size">{log_mib:.1} MiB</b> · compaction here: content of <b id="contents-removed">{contents}</b> events and <b id="blobs-removed">{blobs}</b> blobs removed, idempotency keys expired <b id="expired">{expired}</b> · oldest running transaction <b>{oldest:.1}s</b> · live actors <b>{actors}</b> · refreshed every {REFRESH_SECS}s</p>
 <div class="cards">"#,
         head = stores.first().map_or(0, |s| s.head_position),
         log_mib = log_bytes as f64 / (1024.0 * 1024.0),

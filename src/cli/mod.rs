@@ -2,6 +2,7 @@
 //! API (the path pipelines use), and verification, which reads the stores directly.
 
 pub mod demo;
+pub mod erase;
 pub mod ingest;
 pub mod rebuild;
 pub mod verify;

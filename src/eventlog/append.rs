@@ -92,7 +92,19 @@ impl AppendRequest<'_> {
     /// Without idempotency key and parked change to resolve, with events: one statement,
     /// which group commit may share with other streams' plain appends.
     pub fn is_plain(&self) -> bool {
-        self.idempotency.is_none() && self.resolves.is_none() && !self.events.is_empty()
+        self.idempotency.is_none()
+            && self.resolves.is_none()
+            && !self.events.is_empty()
+            && self.erasure().is_none()
+    }
+
+    /// The document version of the erasure among the events, if any: its append removes
+    /// every trace of the stream's earlier content in the same transaction.
+    pub fn erasure(&self) -> Option<u64> {
+        self.events.iter().find_map(|e| match e {
+            DocumentEvent::DocumentErased { version } => Some(*version),
+            _ => None,
+        })
     }
 }
 
@@ -116,7 +128,10 @@ pub enum Appended {
 /// Inserts the stream row (first append) or moves it from the expected count, with the
 /// document's final catalogue state when the command changes it (`$15`–`$18`, all NULL
 /// otherwise; see migration 4), then, only if that succeeded, the blob's bytes (once per sha256; `$12` is NULL without blob) and the
-/// events; returns one row per inserted event. One statement, so an append without
+/// events; returns one row per inserted event. Bytes already stored are not written again,
+/// but their row is locked (`DO UPDATE … WHERE false` locks without updating) until the
+/// append commits: a content removal deleting unreferenced blobs waits for it and then
+/// sees its reference (see `content`). One statement, so an append without
 /// idempotency key is one implicit transaction: a conflict writes nothing, not even the blob.
 const APPEND_EVENTS: &str = r#"
 WITH created AS (
@@ -139,7 +154,7 @@ WITH created AS (
 ), blob AS (
     INSERT INTO blobs (sha256, size, content)
     SELECT $12::bytea, $13::bigint, $14::bytea FROM stream WHERE $12::bytea IS NOT NULL
-    ON CONFLICT (sha256) DO NOTHING
+    ON CONFLICT (sha256) DO UPDATE SET size = blobs.size WHERE false
 )
 INSERT INTO events (epoch, stream_id, stream_version, stream_hash, event_type, event_version, payload, vectors)
 SELECT (SELECT epoch FROM log_meta), stream.stream_id, e.stream_version, $6, e.event_type, e.event_version, e.payload, e.vectors
@@ -479,6 +494,16 @@ impl<'a> LogAppends<'a> {
 
         let last = insert_events(tx, &encoded).await?;
         let new_stream_version = encoded.new_stream_version;
+        if let Some(version) = req.erasure() {
+            let removed = super::content::erase_in(
+                tx,
+                req.doc_id.as_str(),
+                req.expected_stream_version,
+                version,
+            )
+            .await?;
+            tracing::info!(doc_id = %req.doc_id, version, events = removed.events, blobs = removed.blobs, "document erased from the log");
+        }
 
         let result_stored = async {
             let Some(key) = req.idempotency else {

@@ -88,7 +88,7 @@ WITH req AS (
     INSERT INTO blobs (sha256, size, content)
     SELECT DISTINCT ON (sha256) sha256, size, content FROM ok WHERE sha256 IS NOT NULL
     ORDER BY sha256
-    ON CONFLICT (sha256) DO NOTHING
+    ON CONFLICT (sha256) DO UPDATE SET size = blobs.size WHERE false
 )
 INSERT INTO events (epoch, stream_id, stream_version, stream_hash, event_type, event_version, payload, vectors)
 SELECT (SELECT epoch FROM log_meta), ok.stream_id, e.stream_version, ok.stream_hash,

@@ -17,6 +17,7 @@ mod append;
 pub mod codec;
 pub mod compaction;
 pub mod connect;
+pub mod content;
 pub mod control;
 pub use crate::metrics::AppendStats;
 pub use control::{RebuildStatus, PHASE_DONE, PHASE_FAILED};
@@ -38,6 +39,7 @@ use tracing::{info, warn};
 
 pub use append::{AppendRequest, Appended, IdempotencyKey, IdempotentResult};
 pub use connect::PgConnector;
+pub use content::{ContentRemoval, ErasureCheck, ErasureLeak};
 pub use parked::{CompensationView, ParkedResolution, PendingParked, ResolveTarget};
 pub use reader::{EventRecord, HorizonStatus, ListedDocument, StreamState};
 pub use roles::{LogAppends, LogCompaction, LogControl, LogReads, ParkedChanges, StoreRecords};

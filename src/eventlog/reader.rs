@@ -658,11 +658,22 @@ impl LogAppends<'_> {
         let state = serde_json::to_value(doc).expect("document serializes");
         client
             .execute(
-                "INSERT INTO snapshots (stream_id, stream_version, state) VALUES ($1, $2, $3)
+                // Never a state whose content the log has since removed (an erasure, see
+                // `content`): the stream row is locked and its floor read after any
+                // erasure in flight commits.
+                "INSERT INTO snapshots (stream_id, stream_version, state)
+                 SELECT $1, $2, $3 FROM streams s
+                  WHERE s.stream_id = $1 AND s.content_floor < $4
+                    FOR SHARE OF s
                  ON CONFLICT (stream_id) DO UPDATE SET stream_version = EXCLUDED.stream_version,
                      state = EXCLUDED.state, taken_at = now()
                  WHERE snapshots.stream_version < EXCLUDED.stream_version",
-                &[&doc_id.as_str(), &doc.stream_version, &state],
+                &[
+                    &doc_id.as_str(),
+                    &doc.stream_version,
+                    &state,
+                    &(doc.version as i64),
+                ],
             )
             .await
             .map_err(LogError::db("save snapshot"))?;

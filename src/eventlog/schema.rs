@@ -17,7 +17,19 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (6, "document listing in byte order", MIGRATION_6),
     (7, "idempotency keys expire", MIGRATION_7),
+    (8, "retention and erasure of content", MIGRATION_8),
 ];
+
+/// Retention and erasure remove events' content in place (`eventlog::content`).
+/// - `streams.content_floor`: no event of the stream at or below this document version
+///   holds content (0: nothing removed); a retention pass starts above it, and a snapshot
+///   of a version at or below it is never written.
+/// - `events_blob_refs`: which events still holding content refer to a blob, so a blob is
+///   deleted once none does.
+const MIGRATION_8: &str = r#"
+ALTER TABLE streams ADD COLUMN content_floor bigint NOT NULL DEFAULT 0;
+CREATE INDEX events_blob_refs ON events ((payload->>'sha256')) WHERE event_type = 'BlobStored';
+"#;
 
 /// Idempotency keys expire after `DOCLEDGER_IDEMPOTENCY_TTL_SECS`: the compaction pass finds
 /// the oldest ones through this index instead of scanning every key.

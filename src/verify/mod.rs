@@ -32,7 +32,7 @@ pub use background::VerifyStats;
 pub use projections::audit::{Expectation, ExpectedDoc, ExpectedState, Finding, FindingKind};
 pub use repair::RepairSummary;
 
-use crate::eventlog::{LogError, PgLog};
+use crate::eventlog::{ErasureCheck, LogError, PgLog};
 use crate::stores::Stores;
 
 /// Why verification could not run to the end (a finding is not an error).
@@ -82,12 +82,16 @@ pub struct VerifyReport {
     pub stores: Vec<StoreScan>,
     /// Every difference, ordered by store, document and kind.
     pub findings: Vec<Finding>,
+    /// The log's part of every erasure's proof: the erased documents, and anything of
+    /// their content the log still holds (the stores' part is in `findings`: an erased
+    /// document is expected in no store).
+    pub erasures: ErasureCheck,
 }
 
 impl VerifyReport {
     /// Every store matches the log (no finding, not even one in flight).
     pub fn matches(&self) -> bool {
-        self.findings.is_empty()
+        self.findings.is_empty() && self.erasures.leaks.is_empty()
     }
 
     /// Findings that are drift (not explained by projection lag).
@@ -128,6 +132,22 @@ impl VerifyReport {
                     format!(": {}", f.differences.join("; "))
                 },
             );
+        }
+        let erasures = &self.erasures;
+        let _ = writeln!(
+            out,
+            "{:<7} {:<8} {} erased documents, {} traces of their content left",
+            "log",
+            if erasures.leaks.is_empty() {
+                "ok"
+            } else {
+                "DIFFERS"
+            },
+            erasures.erased_documents,
+            erasures.leaks.len()
+        );
+        for leak in &erasures.leaks {
+            let _ = writeln!(out, "  log erasure {}: {}", leak.doc_id, leak.what);
         }
         let _ = write!(
             out,
@@ -304,6 +324,7 @@ impl Verifier {
             num_documents: scanned.num_documents,
             stores,
             findings,
+            erasures: self.log.reads().erasure_check().await?,
         })
     }
 

@@ -44,6 +44,12 @@ pub enum DocumentCommand {
         /// Refuse unless the document is at this version.
         expected_version: Option<Version>,
     },
+    /// Withdraw from every store and remove every trace of the document's content from the
+    /// log at once (no retention): a tombstone without content stays.
+    Erase {
+        /// Refuse unless the document is at this version.
+        expected_version: Option<Version>,
+    },
     /// A store permanently refused `version`: make every store hold the same version again
     /// (see [`crate::document::compensation`]).
     RequestCompensation {
@@ -67,11 +73,13 @@ pub enum DocumentCommand {
 }
 
 impl DocumentCommand {
-    /// The command's name in logs and metrics: `put`, `delete`, `compensate`, `redrive`.
+    /// The command's name in logs and metrics: `put`, `delete`, `erase`, `compensate`,
+    /// `redrive`.
     pub fn kind(&self) -> &'static str {
         match self {
             DocumentCommand::Put(_) => "put",
             DocumentCommand::Delete { .. } => "delete",
+            DocumentCommand::Erase { .. } => "erase",
             DocumentCommand::RequestCompensation { .. } => "compensate",
             DocumentCommand::Redrive { .. } => "redrive",
         }

@@ -108,9 +108,19 @@ fn versions_of(history: &[DocumentEvent]) -> BTreeMap<Version, VersionRecord> {
     let mut versions: BTreeMap<Version, VersionRecord> = BTreeMap::new();
     let mut after_compensation = false;
     for event in history {
-        if let DocumentEvent::CompensationRequested { .. } = event {
-            after_compensation = true;
-            continue;
+        match event {
+            DocumentEvent::CompensationRequested { .. } => {
+                after_compensation = true;
+                continue;
+            }
+            // What retention left of an older event: no content to restore.
+            DocumentEvent::ContentRemoved { removed, .. } => {
+                if removed == "CompensationRequested" {
+                    after_compensation = true;
+                }
+                continue;
+            }
+            _ => {}
         }
         let fresh = !versions.contains_key(&event.version());
         let record = versions.entry(event.version()).or_default();
@@ -133,8 +143,10 @@ fn versions_of(history: &[DocumentEvent]) -> BTreeMap<Version, VersionRecord> {
             }
             DocumentEvent::RowInserted { .. } => record.row = Some(event.clone()),
             DocumentEvent::VectorsIndexed { .. } => record.vectors = Some(event.clone()),
-            DocumentEvent::DocumentDeleted { .. } => record.deleted = true,
-            DocumentEvent::CompensationRequested { .. } => {}
+            DocumentEvent::DocumentDeleted { .. } | DocumentEvent::DocumentErased { .. } => {
+                record.deleted = true
+            }
+            DocumentEvent::CompensationRequested { .. } | DocumentEvent::ContentRemoved { .. } => {}
         }
     }
     versions

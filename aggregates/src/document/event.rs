@@ -8,18 +8,42 @@ use serde::{Deserialize, Serialize};
 use crate::envelope::Version;
 
 /// Event type names as stored in the log; the single decode function matches on these.
-pub const EVENT_TYPES: [&str; 5] = [
+pub const EVENT_TYPES: [&str; 7] = [
     BLOB_STORED,
     ROW_INSERTED,
     VECTORS_INDEXED,
     DOCUMENT_DELETED,
     COMPENSATION_REQUESTED,
+    DOCUMENT_ERASED,
+    CONTENT_REMOVED,
 ];
 const BLOB_STORED: &str = "BlobStored";
 const ROW_INSERTED: &str = "RowInserted";
 const VECTORS_INDEXED: &str = "VectorsIndexed";
 const DOCUMENT_DELETED: &str = "DocumentDeleted";
 const COMPENSATION_REQUESTED: &str = "CompensationRequested";
+const DOCUMENT_ERASED: &str = "DocumentErased";
+const CONTENT_REMOVED: &str = "ContentRemoved";
+
+/// Why an event's content was removed from the log.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum RemovalCause {
+    /// The retention policy: the version is older than every version the policy keeps.
+    Retention,
+    /// The document was erased (`DocumentErased`).
+    Erasure,
+}
+
+impl RemovalCause {
+    /// The cause's name in the log and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retention => "retention",
+            Self::Erasure => "erasure",
+        }
+    }
+}
 
 /// Current payload version of every event type (bump with an upcaster when a shape changes).
 pub const EVENT_PAYLOAD_VERSION: &str = "1";
@@ -95,6 +119,38 @@ pub enum DocumentEvent {
         /// Document version of the deletion.
         version: Version,
     },
+    /// The document is withdrawn from every store at `version` and every trace of its
+    /// content before it is removed from the log in the same transaction (a legal erasure):
+    /// a tombstone without content. Stores drop it as for a deletion and make the removal
+    /// physical (Milvus flushes the deletion).
+    DocumentErased {
+        /// Document version of the erasure.
+        version: Version,
+    },
+    /// What is left of an event whose content the log removed (retention or erasure): its
+    /// type, version and sizes, never its content. Never decided by the domain: the log
+    /// writes it in place of the event, at the event's position. Carries no change for any
+    /// store (a newer event of the same document always holds the state its stores need).
+    ContentRemoved {
+        /// Document version of the removed event.
+        version: Version,
+        /// The removed event's type.
+        removed: String,
+        /// Why it was removed.
+        cause: RemovalCause,
+        /// The blob's sha256 (`BlobStored`, `RowInserted` with a blob).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+        /// The blob's size in bytes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
+        /// The number of chunks (`RowInserted`, `VectorsIndexed`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chunk_count: Option<u32>,
+        /// The refusing store (`CompensationRequested`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+    },
     /// A projector could not apply `version` to `target` and the document must be made
     /// consistent again.
     CompensationRequested {
@@ -115,6 +171,8 @@ impl DocumentEvent {
             | Self::RowInserted { version, .. }
             | Self::VectorsIndexed { version, .. }
             | Self::DocumentDeleted { version }
+            | Self::DocumentErased { version }
+            | Self::ContentRemoved { version, .. }
             | Self::CompensationRequested { version, .. } => *version,
         }
     }
@@ -127,7 +185,21 @@ impl DocumentEvent {
             Self::VectorsIndexed { .. } => VECTORS_INDEXED,
             Self::DocumentDeleted { .. } => DOCUMENT_DELETED,
             Self::CompensationRequested { .. } => COMPENSATION_REQUESTED,
+            Self::DocumentErased { .. } => DOCUMENT_ERASED,
+            Self::ContentRemoved { .. } => CONTENT_REMOVED,
         }
+    }
+
+    /// Whether the event carries content a retention pass or an erasure removes (titles,
+    /// attributes, chunk texts, vectors, blob references, store errors).
+    pub fn has_content(&self) -> bool {
+        matches!(
+            self,
+            Self::BlobStored { .. }
+                | Self::RowInserted { .. }
+                | Self::VectorsIndexed { .. }
+                | Self::CompensationRequested { .. }
+        )
     }
 }
 

@@ -51,6 +51,9 @@ pub struct Document {
     pub version: Version,
     /// Deleted at `version`.
     pub deleted: bool,
+    /// Erased at `version`: deleted, and the log holds none of its earlier content.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub erased: bool,
     /// The live content (None before the first put; kept as last seen after a delete).
     pub content: Option<DocumentContent>,
     /// Compensations requested and not yet followed by a newer version (the durable record
@@ -128,6 +131,19 @@ impl Document {
                     version: self.version + 1,
                 }])
             }
+            DocumentCommand::Erase { expected_version } => {
+                if self.version == 0 {
+                    return Err(DocumentError::NotFound);
+                }
+                self.check_expected(*expected_version)?;
+                if self.erased {
+                    // Nothing of its content is left to remove: the erasure stands.
+                    return Ok(vec![]);
+                }
+                Ok(vec![DocumentEvent::DocumentErased {
+                    version: self.version + 1,
+                }])
+            }
             DocumentCommand::RequestCompensation { .. } => Ok(self.decide_compensation(command).0),
             DocumentCommand::Redrive {
                 current_version,
@@ -139,6 +155,7 @@ impl Document {
                 self.check_expected(Some(*current_version))?;
                 let version = self.version + 1;
                 match (self.deleted, content) {
+                    (true, _) if self.erased => Ok(vec![DocumentEvent::DocumentErased { version }]),
                     (true, _) => Ok(vec![DocumentEvent::DocumentDeleted { version }]),
                     (false, Some(put)) => Ok(put_events(version, put)),
                     (false, None) => Err(DocumentError::Invalid(
@@ -233,6 +250,11 @@ impl Document {
     /// Applies one event. Total: never fails, never validates.
     pub fn apply_event(&mut self, event: &DocumentEvent) {
         self.stream_version += 1;
+        if let DocumentEvent::ContentRemoved { version, .. } = event {
+            // What is left of an older event: the events after it hold the state.
+            self.version = self.version.max(*version);
+            return;
+        }
         if !matches!(event, DocumentEvent::CompensationRequested { .. }) {
             // A newer version (a rollback, a withdrawal, or any later change) settles the
             // compensations of the versions before it.
@@ -283,6 +305,7 @@ impl Document {
                 });
                 self.version = *version;
                 self.deleted = false;
+                self.erased = false;
             }
             DocumentEvent::VectorsIndexed { version, chunks } => {
                 let content = self.content.get_or_insert_with(Default::default);
@@ -290,11 +313,21 @@ impl Document {
                 content.chunk_digest = chunk_digest(chunks);
                 self.version = *version;
                 self.deleted = false;
+                self.erased = false;
             }
             DocumentEvent::DocumentDeleted { version } => {
                 self.version = *version;
                 self.deleted = true;
             }
+            DocumentEvent::DocumentErased { version } => {
+                self.version = *version;
+                self.deleted = true;
+                self.erased = true;
+                self.content = None;
+                self.staged_blob = None;
+                self.compensations.clear();
+            }
+            DocumentEvent::ContentRemoved { .. } => {}
             DocumentEvent::CompensationRequested {
                 version,
                 target,

@@ -50,7 +50,7 @@ impl StoreKind {
 }
 
 /// One event of every type and of every shape `change_for` tells apart.
-fn one_of_each_shape() -> [DocumentEvent; 6] {
+fn one_of_each_shape() -> [DocumentEvent; 8] {
     use DocumentEvent as E;
     let row = |blob_sha256: Option<String>| E::RowInserted {
         version: 1,
@@ -76,6 +76,16 @@ fn one_of_each_shape() -> [DocumentEvent; 6] {
             chunks: Vec::new(),
         },
         E::DocumentDeleted { version: 1 },
+        E::DocumentErased { version: 1 },
+        E::ContentRemoved {
+            version: 1,
+            removed: String::new(),
+            cause: crate::document::RemovalCause::Retention,
+            sha256: None,
+            size: None,
+            chunk_count: None,
+            target: None,
+        },
         E::CompensationRequested {
             version: 1,
             target: String::new(),
@@ -97,15 +107,20 @@ mod event_type_tests {
         }
         assert_eq!(
             StoreKind::Mysql.event_types(),
-            ["DocumentDeleted", "RowInserted"]
+            ["DocumentDeleted", "DocumentErased", "RowInserted"]
         );
         assert_eq!(
             StoreKind::Milvus.event_types(),
-            ["DocumentDeleted", "VectorsIndexed"]
+            ["DocumentDeleted", "DocumentErased", "VectorsIndexed"]
         );
         assert_eq!(
             StoreKind::S3.event_types(),
-            ["BlobStored", "DocumentDeleted", "RowInserted"]
+            [
+                "BlobStored",
+                "DocumentDeleted",
+                "DocumentErased",
+                "RowInserted"
+            ]
         );
     }
 }
@@ -117,6 +132,8 @@ pub enum StoreChange<'a> {
     Upsert(&'a DocumentEvent),
     /// Hold nothing for this document.
     Remove(Version),
+    /// Hold nothing for this document and keep nothing recoverable of it (an erasure).
+    Erase(Version),
 }
 
 impl StoreChange<'_> {
@@ -124,7 +141,7 @@ impl StoreChange<'_> {
     pub fn version(&self) -> Version {
         match self {
             StoreChange::Upsert(e) => e.version(),
-            StoreChange::Remove(v) => *v,
+            StoreChange::Remove(v) | StoreChange::Erase(v) => *v,
         }
     }
 }
@@ -135,6 +152,7 @@ impl DocumentEvent {
         use DocumentEvent as E;
         match (store, self) {
             (_, E::DocumentDeleted { version }) => Some(StoreChange::Remove(*version)),
+            (_, E::DocumentErased { version }) => Some(StoreChange::Erase(*version)),
             (StoreKind::Mysql, E::RowInserted { .. })
             | (StoreKind::Milvus, E::VectorsIndexed { .. })
             | (StoreKind::S3, E::BlobStored { .. }) => Some(StoreChange::Upsert(self)),

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use ::milvus::v2::prelude::{
     ClientV2, ConnectConfig, ConsistencyLevel, CreateCollectionRequest, CreateIndexRequest,
-    DeleteRequest, DescribeCollectionRequest, DropCollectionRequest, FieldData,
+    DeleteRequest, DescribeCollectionRequest, DropCollectionRequest, FieldData, FlushRequest,
     HasCollectionRequest, InsertRequest, ListIndexesRequest, LoadCollectionRequest, QueryRequest,
     QueryResults, RetryConfig, TelemetryConfig, UpsertRequest,
 };
@@ -34,6 +34,9 @@ use crate::sink::{Applied, Batch, Partition, Sink};
 use crate::tls::{self, HandshakeError, TlsMode, TlsTrust};
 
 use self::classify::sink_error;
+
+/// Longest wait for a flush to persist its segments (an erasure's deletions).
+const FLUSH_WAIT_MS: i64 = 60_000;
 use self::plan::{RowToWrite, StoredKey};
 use self::schema::{
     FIELD_CHUNK_INDEX, FIELD_DOC_ID, FIELD_EMBEDDING, FIELD_PK, FIELD_TEXT, FIELD_VERSION,
@@ -436,6 +439,22 @@ impl MilvusSink {
         Ok(u64::try_from(response.delete_count()).unwrap_or_default())
     }
 
+    /// Seals and persists the collection's pending inserts and deletions, waiting until
+    /// they are flushed.
+    async fn flush(&self, operation: &'static str) -> Result<(), SinkError> {
+        let request = FlushRequest::builder()
+            .collection_names([self.collection.as_str()])
+            .wait_flushed_ms(FLUSH_WAIT_MS)
+            .build()
+            .map_err(|e| sink_error(operation, &e))?;
+        self.client()
+            .await?
+            .flush(request)
+            .await
+            .map_err(|e| sink_error(operation, &e))?;
+        Ok(())
+    }
+
     /// Every row of `doc_id`, ordered by chunk index (Strong consistency).
     ///
     /// # Errors
@@ -765,6 +784,17 @@ impl Sink for MilvusSink {
                 schema::pk_in(keys.iter().map(String::as_str))?,
             )
             .await?;
+        }
+        if batch
+            .changes
+            .iter()
+            .any(|c| matches!(c.change, crate::sink::Change::Erase))
+        {
+            // An erasure: the deletions are flushed, so that Milvus' compaction removes the
+            // rows physically, before the change counts as applied. Every batch holding an
+            // erasure flushes, so a crash between the deletion and the flush is put right
+            // when the batch is applied again.
+            self.flush("flush an erasure").await?;
         }
         tracing::debug!(
             documents_read = doc_ids.len(),

@@ -126,7 +126,7 @@ pub fn plan<'a>(
                     chunk,
                 }));
             }
-            Change::Remove | Change::Purge => {
+            Change::Remove | Change::Erase | Change::Purge => {
                 let before = plan.deletes.len();
                 plan.deletes.extend(
                     keys.iter()

@@ -263,7 +263,9 @@ impl GenerationWriter {
         for c in &batch.changes {
             let doc = c.doc_id.as_str();
             match &c.change {
-                crate::sink::Change::Remove | crate::sink::Change::Purge => {
+                crate::sink::Change::Remove
+                | crate::sink::Change::Erase
+                | crate::sink::Change::Purge => {
                     self.written.remove(doc);
                 }
                 crate::sink::Change::Upsert(aggregates::DocumentEvent::VectorsIndexed {

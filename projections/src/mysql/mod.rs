@@ -382,7 +382,9 @@ impl Sink for MysqlSink {
                     Change::Upsert(event) => {
                         upsert_params(doc_id, event).map(|row| (doc_id, RowOp::Upsert(row)))
                     }
-                    Change::Remove => Some((doc_id, RowOp::Remove(change.version, true))),
+                    Change::Remove | Change::Erase => {
+                        Some((doc_id, RowOp::Remove(change.version, true)))
+                    }
                     Change::Purge => Some((doc_id, RowOp::Remove(change.version, false))),
                 }
             })

@@ -216,7 +216,9 @@ impl ShadowWriter {
         let mut params: Vec<Value> = Vec::with_capacity(ROWS_PER_STATEMENT * 11);
         for c in &batch.changes {
             match &c.change {
-                Change::Remove | Change::Purge => removes.push((c.doc_id.as_str(), c.version)),
+                Change::Remove | Change::Erase | Change::Purge => {
+                    removes.push((c.doc_id.as_str(), c.version))
+                }
                 change => {
                     let ready = ready(c.doc_id.as_str(), c.version);
                     if let Some(values) = catalogue_values(c.doc_id.as_str(), change, ready) {

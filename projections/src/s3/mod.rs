@@ -359,7 +359,7 @@ impl S3Sink {
                 self.write_object(doc_id, event, bytes.clone()).await?;
                 Ok(true)
             }
-            Change::Remove | Change::Purge => Err(SinkError::permanent(
+            Change::Remove | Change::Erase | Change::Purge => Err(SinkError::permanent(
                 NAME,
                 "apply",
                 "removals are applied in bulk, not one by one",
@@ -590,7 +590,7 @@ impl Sink for S3Sink {
         let (removals, puts): (Vec<&DocChange>, Vec<&DocChange>) = batch
             .changes
             .iter()
-            .partition(|c| matches!(c.change, Change::Remove | Change::Purge));
+            .partition(|c| matches!(c.change, Change::Remove | Change::Erase | Change::Purge));
         // The futures are built before they enter the stream: a closure inside the stream
         // would make the returned future fail the `Send` check (rust-lang/rust#89976).
         let writes: Vec<_> = puts
