@@ -10,25 +10,15 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use base64::Engine;
 use common::cluster::{Cluster, FAST_LEASES};
-use milvus::v2::prelude::*;
+use common::dumps::{milvus_rows, mysql_dump, occurrences, pg_dump, s3_objects};
 use serde_json::{json, Value};
 
 const MARK: &str = "ERASEME7q3zx";
 const KEEP: &str = "KEEPME9w2vy";
-
-fn hex(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-/// How often `needle` (or its bytes in hex, as a dump shows `bytea`) occurs in `haystack`.
-fn occurrences(haystack: &str, needle: &str) -> usize {
-    haystack.matches(needle).count() + haystack.matches(&hex(needle)).count()
-}
 
 fn body(mark: &str, version: usize, blob: &[u8]) -> Value {
     json!({
@@ -66,108 +56,6 @@ async fn put(http: &reqwest::Client, base: &str, doc_id: &str, body: &Value) -> 
     let (status, answer) = send(http.put(doc_url(base, doc_id, "")).json(body)).await;
     assert_eq!(status, 200, "put {doc_id}: {answer}");
     answer
-}
-
-/// The log database's full dump.
-async fn pg_dump(vars: &HashMap<String, String>) -> String {
-    let out = tokio::process::Command::new("pg_dump")
-        .arg("--dbname")
-        .arg(&vars["DOCLEDGER_EVENTSTORE_URL"])
-        .output()
-        .await
-        .expect("pg_dump runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The catalogue database's full dump (`mysql://user@host:port/db`).
-async fn mysql_dump(vars: &HashMap<String, String>) -> String {
-    let url = &vars["DOCLEDGER_MYSQL_URL"];
-    let rest = url.trim_start_matches("mysql://");
-    let (auth, rest) = rest.split_once('@').expect("user@host");
-    let (hostport, db) = rest.split_once('/').expect("host/db");
-    let (host, port) = hostport.split_once(':').unwrap_or((hostport, "3306"));
-    let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
-    let mut command = tokio::process::Command::new("mariadb-dump");
-    command.args(["-h", host, "-P", port, "-u", user, "--hex-blob"]);
-    if !password.is_empty() {
-        command.arg(format!("-p{password}"));
-    }
-    let out = command
-        .arg(db.split('?').next().unwrap_or(db))
-        .output()
-        .await
-        .expect("mariadb-dump runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Every row of the collection: doc_id and chunk text.
-async fn milvus_rows(cluster: &Cluster, env: &projections::testing::StoreEnv) -> String {
-    let milvus = common::milvus_client(env).await;
-    let q = milvus
-        .query(
-            QueryRequest::builder()
-                .collection_name(cluster.vars["DOCLEDGER_MILVUS_COLLECTION"].as_str())
-                .filter("chunk_index >= 0")
-                .output_fields(["doc_id", "text"])
-                .limit(16_384)
-                .consistency_level(ConsistencyLevel::Strong)
-                .build()
-                .expect("query request"),
-        )
-        .await
-        .expect("milvus query");
-    q.results()
-        .rows()
-        .expect("rows")
-        .map(|r| {
-            format!(
-                "{} {}\n",
-                r.get_str("doc_id").expect("doc_id"),
-                r.get_str("text").expect("text")
-            )
-        })
-        .collect()
-}
-
-/// Every object of the bucket: its key, metadata and bytes.
-async fn s3_objects(cluster: &Cluster, env: &projections::testing::StoreEnv) -> String {
-    let s3 = env.s3_client();
-    let bucket = &cluster.vars["DOCLEDGER_S3_BUCKET"];
-    let listed = s3
-        .list_objects_v2()
-        .bucket(bucket)
-        .max_keys(1000)
-        .send()
-        .await
-        .expect("list objects");
-    let mut out = String::new();
-    for object in listed.contents() {
-        let key = object.key().expect("key");
-        let got = s3
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .expect("get object");
-        let meta = format!("{:?}", got.metadata());
-        let bytes = got.body.collect().await.expect("body").into_bytes();
-        out.push_str(&format!(
-            "{key} {meta} {}\n",
-            String::from_utf8_lossy(&bytes)
-        ));
-    }
-    out
 }
 
 #[actix_rt::test]
@@ -282,8 +170,8 @@ async fn an_erased_document_leaves_no_trace_in_the_log_or_any_store() {
     // Nothing of the marker anywhere; the bystander and the shared bytes intact.
     let log = pg_dump(&cluster.vars).await;
     let catalogue = mysql_dump(&cluster.vars).await;
-    let vectors = milvus_rows(&cluster, &env).await;
-    let objects = s3_objects(&cluster, &env).await;
+    let vectors = milvus_rows(&cluster.vars, &env).await;
+    let objects = s3_objects(&cluster.vars, &env).await;
     for (what, dump) in [
         ("pg_dump of the log", &log),
         ("mariadb-dump", &catalogue),

@@ -108,7 +108,7 @@ const RETENTION_CANDIDATES: &str = "SELECT stream_id, doc_version, deleted, read
      WHERE stream_id > $1
        AND content_floor < LEAST(ready_version - 1,
                                  CASE WHEN deleted THEN doc_version
-                                      ELSE doc_version - GREATEST($2, 1) END)
+                                      ELSE doc_version - GREATEST($2::bigint, 1) END)
      ORDER BY stream_id LIMIT $3
        FOR NO KEY UPDATE SKIP LOCKED";
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // reason: each test binary uses a different subset of these helpers
 
 pub mod cluster;
+pub mod dumps;
 pub mod mariadb;
 pub mod pki;
 pub mod proxy;
