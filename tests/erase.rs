@@ -223,3 +223,51 @@ async fn an_erased_document_leaves_no_trace_in_the_log_or_any_store() {
     );
     assert_eq!(got["title"], "fresh title v1", "{got}");
 }
+
+/// While a store's projectors are paused, an erasure answers 202 after `timeout_ms` with the
+/// stores' state, yet the log already holds none of the content; once they resume, the
+/// store drops the document and the erasure completes.
+#[actix_rt::test]
+async fn an_erasure_waiting_on_a_paused_store_answers_202_with_the_log_already_clean() {
+    let mut settings = FAST_LEASES.to_vec();
+    settings.push(("DOCLEDGER_COMPACT_INTERVAL_SECS", "0"));
+    let cluster = Cluster::start("erase_paused", 2, &settings).await;
+    let http = reqwest::Client::new();
+    let (a, b) = (cluster.base(0), cluster.base(1));
+    put(
+        &http,
+        &a,
+        "held",
+        &body(MARK, 1, format!("{MARK} bytes").as_bytes()),
+    )
+    .await;
+    cluster.caught_up(Duration::from_secs(120)).await;
+
+    let (status, paused) = send(http.post(format!("{a}/v1/projections/milvus/pause"))).await;
+    assert_eq!(status, 200, "{paused}");
+    let (status, erased) = send(http.post(doc_url(&b, "held", ":erase?timeout_ms=1500"))).await;
+    assert_eq!(status, 202, "{erased}");
+    assert_eq!(erased["version"], 2, "{erased}");
+    assert_eq!(erased["consistent"], false, "{erased}");
+    assert_eq!(
+        erased["stores"]["milvus"], 1,
+        "Milvus still holds version 1: {erased}"
+    );
+    assert_eq!(
+        occurrences(&pg_dump(&cluster.vars).await, MARK),
+        0,
+        "the log holds none of the content before every store dropped it"
+    );
+
+    let (status, resumed) = send(http.post(format!("{b}/v1/projections/milvus/resume"))).await;
+    assert_eq!(status, 200, "{resumed}");
+    cluster.caught_up(Duration::from_secs(120)).await;
+    let (_, got) = send(http.get(doc_url(&a, "held", ""))).await;
+    assert_eq!(
+        (&got["consistent"], &got["erased"]),
+        (&json!(true), &json!(true)),
+        "{got}"
+    );
+    let (code, report) = cluster.verify().await;
+    assert_eq!(code, Some(0), "{report}");
+}

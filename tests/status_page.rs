@@ -40,15 +40,28 @@ async fn chromium(args: &[&str]) -> std::process::Output {
 
 #[actix_rt::test]
 async fn the_status_page_shows_live_figures_in_a_browser() {
-    let svc = TestService::start("status_page", &[]).await;
+    // Background compaction every second, keeping one version: the second version of
+    // `status/0` makes a pass remove the first one's content.
+    let svc = TestService::start(
+        "status_page",
+        &[
+            ("DOCLEDGER_RETAIN_VERSIONS", "1"),
+            ("DOCLEDGER_RETAIN_DAYS", "0"),
+            ("DOCLEDGER_COMPACT_INTERVAL_SECS", "1"),
+        ],
+    )
+    .await;
     let http = reqwest::Client::new();
-    for i in 0..10 {
-        let body = json!({"title": format!("t{i}"), "source_type": "s", "chunks": [{"text": "x", "vector": vec![0.1f32; 8]}]});
+    for i in 0..11 {
+        let title = if i == 10 {
+            "t0 again".to_owned()
+        } else {
+            format!("t{i}")
+        };
+        let doc = format!("status/{}", i % 10);
+        let body = json!({"title": title, "source_type": "s", "chunks": [{"text": "x", "vector": vec![0.1f32; 8]}]});
         let res = http
-            .put(svc.doc_url(
-                &format!("status/{i}"),
-                "?consistency=applied&timeout_ms=30000",
-            ))
+            .put(svc.doc_url(&doc, "?consistency=applied&timeout_ms=30000"))
             .json(&body)
             .send()
             .await
@@ -69,6 +82,23 @@ async fn the_status_page_shows_live_figures_in_a_browser() {
             .map(|v| v.trim().to_owned())
             .expect("head position metric")
     };
+    let removed = common::eventually(Duration::from_secs(30), "a compaction pass", || async {
+        let text = http
+            .get(svc.url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(r#"docledger_compaction_removed_total{what="event_contents"} "#)
+            })
+            .map(|v| v.trim().to_owned())
+            .filter(|v| v != "0")
+    })
+    .await;
     let url = svc.url("/");
     let dom = chromium(&["--virtual-time-budget=3000", "--dump-dom", &url]).await;
     let dom = String::from_utf8_lossy(&dom.stdout);
@@ -83,6 +113,10 @@ async fn the_status_page_shows_live_figures_in_a_browser() {
         "the page shows the live head position {head}"
     );
     assert!(dom.contains("<polyline"), "throughput charts are drawn");
+    assert!(
+        dom.contains(&format!(r#"<b id="contents-removed">{removed}</b>"#)),
+        "the page shows the content the passes removed ({removed} events): {dom}"
+    );
     let log_mib: f64 = dom
         .split(r#"<b id="log-size">"#)
         .nth(1)
