@@ -480,3 +480,112 @@ proptest! {
         prop_assert_eq!(Document::replay(&roundtrip), doc);
     }
 }
+
+#[test]
+fn erase_of_an_unknown_document_is_not_found_and_of_any_known_one_is_a_tombstone() {
+    let erase = DocumentCommand::Erase {
+        expected_version: None,
+    };
+    DocumentTest::with(())
+        .given_no_previous_events()
+        .when(erase.clone())
+        .then_expect_error(DocumentError::NotFound);
+    let p = put("t", vec![chunk(0, "a")], Some(blob('a')));
+    let mut history = events_of(1, &p);
+    DocumentTest::with(())
+        .given(history.clone())
+        .when(erase.clone())
+        .then_expect_events(vec![DocumentEvent::DocumentErased { version: 2 }]);
+    // A deleted document still holds content in the log: erasing it is a new version too.
+    history.push(DocumentEvent::DocumentDeleted { version: 2 });
+    DocumentTest::with(())
+        .given(history.clone())
+        .when(erase.clone())
+        .then_expect_events(vec![DocumentEvent::DocumentErased { version: 3 }]);
+    // Erased already: nothing left to remove.
+    history.push(DocumentEvent::DocumentErased { version: 3 });
+    DocumentTest::with(())
+        .given(history.clone())
+        .when(erase)
+        .then_expect_events(vec![]);
+    let erased = Document::replay(&history);
+    assert!(erased.erased && erased.deleted && erased.content.is_none());
+    // A put afterwards starts after the tombstone and is no longer erased.
+    let again = put("new", vec![chunk(0, "b")], None);
+    DocumentTest::with(())
+        .given(history.clone())
+        .when(DocumentCommand::Put(again.clone()))
+        .then_expect_events(events_of(4, &again));
+    let mut revived = erased.clone();
+    for e in events_of(4, &again) {
+        revived.apply_event(&e);
+    }
+    assert!(!revived.erased && !revived.deleted && revived.version == 4);
+    // A retry of an erased document erases again (the stores flush the removal again).
+    DocumentTest::with(())
+        .given(history)
+        .when(DocumentCommand::Redrive {
+            current_version: 3,
+            content: None,
+        })
+        .then_expect_events(vec![DocumentEvent::DocumentErased { version: 4 }]);
+}
+
+/// What retention leaves of an event whose content it removed.
+fn removed(event: &DocumentEvent) -> DocumentEvent {
+    DocumentEvent::ContentRemoved {
+        version: event.version(),
+        removed: event.type_name().to_owned(),
+        cause: aggregates::RemovalCause::Retention,
+        sha256: None,
+        size: None,
+        chunk_count: None,
+        target: None,
+    }
+}
+
+#[test]
+fn a_history_whose_old_versions_lost_their_content_replays_to_the_same_state() {
+    let versions: Vec<PutDocument> = (0..5u32)
+        .map(|v| {
+            put(
+                &format!("title {v}"),
+                (0..=v).map(|i| chunk(i, &format!("v{v} c{i}"))).collect(),
+                (v % 2 == 0).then(|| blob((b'a' + v as u8) as char)),
+            )
+        })
+        .collect();
+    let full: Vec<DocumentEvent> = versions
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| events_of(i as u64 + 1, p))
+        .collect();
+    // Versions 1-3 keep only their metadata.
+    let compacted: Vec<DocumentEvent> = full
+        .iter()
+        .map(|e| {
+            if e.version() <= 3 {
+                removed(e)
+            } else {
+                e.clone()
+            }
+        })
+        .collect();
+    let (a, b) = (Document::replay(&full), Document::replay(&compacted));
+    assert_eq!(
+        (a.version, &a.content, a.stream_version),
+        (b.version, &b.content, b.stream_version)
+    );
+    // A compensation of the current version restores the newest version with content.
+    let refused = [5].into_iter().collect();
+    match restore_point(&compacted, &refused, 5) {
+        Restore::Version { version, content } => {
+            assert_eq!(version, 4);
+            assert_eq!(content.title, "title 3");
+        }
+        Restore::Withdraw => panic!("version 4 holds its content"),
+    }
+    // None left below the kept versions: withdraw rather than restore nothing.
+    let refused = [4, 5].into_iter().collect();
+    assert_eq!(restore_point(&compacted, &refused, 5), Restore::Withdraw);
+}
