@@ -1,7 +1,8 @@
-"""docledger's Python client: puts, deletes, reads and NDJSON batches with automatic
-idempotency keys and retries (`Client`, `AsyncClient`), a full-sync mode that deletes what
-a run did not send, and LangChain / LlamaIndex vector stores (`docledger.langchain`,
-`docledger.llama_index`, with the `langchain` / `llama-index` extras)."""
+"""docledger's Python client: puts, deletes, erasures, reads and NDJSON batches with
+automatic idempotency keys and retries (`Client`, `AsyncClient`), a full-sync mode that
+deletes what a run did not send, and LangChain / LlamaIndex vector stores
+(`docledger.langchain`, `docledger.llama_index`, with the `langchain` / `llama-index`
+extras)."""
 
 from ._core import RetryPolicy
 from .aio import AsyncClient
@@ -34,6 +35,7 @@ from .models import (
     Delete,
     Document,
     DocumentPage,
+    Erase,
     Event,
     ListedDocument,
     Projection,
@@ -56,6 +58,7 @@ __all__ = [
     "DocledgerError",
     "Document",
     "DocumentPage",
+    "Erase",
     "Event",
     "InvalidDocId",
     "InvalidField",

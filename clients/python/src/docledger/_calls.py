@@ -6,7 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ._core import Call, command_result, consistency_params, listing_params, new_idempotency_key
+from ._core import (
+    Call,
+    command_result,
+    consistency_params,
+    listing_params,
+    new_idempotency_key,
+    wait_params,
+)
 from ._encoding import VectorEncoding, doc_path, dumps, put_body
 from .models import (
     CommandResult,
@@ -15,6 +22,7 @@ from .models import (
     Delete,
     Document,
     DocumentPage,
+    Erase,
     Event,
     Projection,
     Put,
@@ -61,6 +69,23 @@ def delete(
         doc_path(op.doc_id),
         command_result,
         params=params,
+        content=dumps(body) if body else None,
+        headers={"content-type": "application/json", **keyed} if body else keyed,
+        idempotent=bool(keyed),
+        wait=wait,
+    )
+
+
+def erase(op: Erase, *, timeout_ms: int | None, auto_keys: bool) -> Call[CommandResult]:
+    # An erasure always waits for the stores (there is no `consistency` parameter).
+    params, wait = wait_params(timeout_ms)
+    keyed = _key(op.idempotency_key, auto_keys)
+    body = {} if op.expected_version is None else {"expected_version": op.expected_version}
+    return Call(
+        "POST",
+        doc_path(op.doc_id) + ":erase",
+        command_result,
+        params=params or None,
         content=dumps(body) if body else None,
         headers={"content-type": "application/json", **keyed} if body else keyed,
         idempotent=bool(keyed),

@@ -5,10 +5,10 @@ clients only send requests and sleep.
 Retries. A 503 `unavailable` or 408 `request_timeout` answer (the server changed nothing;
 likewise a gateway's 429), a gateway's 502 or 504, a timeout and a lost connection are
 retried with exponential backoff and full jitter, at least as long as `Retry-After` asks.
-Puts and deletes carry an idempotency key made once per logical call and reused by every
-retry, so an attempt that reached the server before its answer was lost is answered, not
-applied twice. A call without a key (a rebuild, or keys switched off) is sent again only
-when its request cannot have reached the server.
+Puts, deletes and erasures carry an idempotency key made once per logical call and reused
+by every retry, so an attempt that reached the server before its answer was lost is
+answered, not applied twice. A call without a key (a rebuild, or keys switched off) is sent
+again only when its request cannot have reached the server.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import httpx
 
 from . import errors
 from ._encoding import VectorEncoding, batch_line
-from .models import BatchResult, CommandResult, Delete, Operation, Put
+from .models import BatchResult, CommandResult, Delete, Erase, Operation, Put
 
 T = TypeVar("T")
 
@@ -172,14 +172,18 @@ def consistency_params(consistency: str, timeout_ms: int | None) -> tuple[dict[s
         if timeout_ms is not None:
             raise ValueError("timeout_ms only applies with consistency='applied'")
         return {}, 0.0
-    params: dict[str, Any] = {"consistency": "applied"}
-    wait = 10.0  # the server's default wait
-    if timeout_ms is not None:
-        if not isinstance(timeout_ms, int) or timeout_ms < 0:
-            raise ValueError(f"timeout_ms must be a non-negative integer, got {timeout_ms!r}")
-        params["timeout_ms"] = timeout_ms
-        wait = timeout_ms / 1000
-    return params, wait
+    params, wait = wait_params(timeout_ms)
+    return {"consistency": "applied", **params}, wait
+
+
+def wait_params(timeout_ms: int | None) -> tuple[dict[str, Any], float]:
+    """The `timeout_ms` parameter of a call that waits for the stores (`consistency=applied`,
+    an erasure), and the read time the wait adds."""
+    if timeout_ms is None:
+        return {}, 10.0  # the server's default wait
+    if not isinstance(timeout_ms, int) or timeout_ms < 0:
+        raise ValueError(f"timeout_ms must be a non-negative integer, got {timeout_ms!r}")
+    return {"timeout_ms": timeout_ms}, timeout_ms / 1000
 
 
 def command_result(status: int, body: Any) -> CommandResult:
@@ -194,7 +198,7 @@ def command_result(status: int, body: Any) -> CommandResult:
 class _Line:
     number: int
     doc_id: str
-    op: Literal["put", "delete"]
+    op: Literal["put", "delete", "erase"]
     data: bytes
     keyed: bool
     answer: BatchResult | None = None
@@ -251,8 +255,10 @@ class BatchRun:
         Raises:
             TypeError, ValueError: `op` cannot be encoded.
         """
-        if not isinstance(op, (Put, Delete)):
-            raise TypeError(f"a batch item must be a Put or a Delete, got {type(op).__name__}")
+        if not isinstance(op, (Put, Delete, Erase)):
+            raise TypeError(
+                f"a batch item must be a Put, a Delete or an Erase, got {type(op).__name__}"
+            )
         s = self.settings
         if self.lines and (
             op.doc_id in self._docs
@@ -263,7 +269,9 @@ class BatchRun:
         key = op.idempotency_key or (new_idempotency_key() if s.auto_keys else None)
         data = batch_line(op, s.encoding, key)
         self._count += 1
-        kind: Literal["put", "delete"] = "put" if isinstance(op, Put) else "delete"
+        kind: Literal["put", "delete", "erase"] = (
+            "put" if isinstance(op, Put) else "delete" if isinstance(op, Delete) else "erase"
+        )
         self.lines.append(_Line(self._count, op.doc_id, kind, data, keyed=key is not None))
         self._docs.add(op.doc_id)
         self._bytes += len(data)
@@ -404,8 +412,10 @@ class BatchRun:
 
 def check_sync_item(op: Operation, prefix: str) -> Operation:
     """Refuses a sync line outside the prefix: it could never be cleaned up by the sync."""
-    if not isinstance(op, (Put, Delete)):
-        raise TypeError(f"a batch item must be a Put or a Delete, got {type(op).__name__}")
+    if not isinstance(op, (Put, Delete, Erase)):
+        raise TypeError(
+            f"a batch item must be a Put, a Delete or an Erase, got {type(op).__name__}"
+        )
     if not op.doc_id.startswith(prefix):
         raise ValueError(f"doc_id {op.doc_id!r} is outside the sync prefix {prefix!r}")
     return op

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import quote
 
-from .models import Chunk, Delete, Operation, Put, VectorLike
+from .models import Chunk, Delete, Erase, Operation, Put, VectorLike
 
 VectorEncoding = Literal["json", "b64"]
 """How chunk vectors travel: `json` (a list of numbers, `vector`) or `b64` (`vector_b64`,
@@ -115,12 +115,14 @@ def batch_line(op: Operation, encoding: VectorEncoding, idempotency_key: str | N
     """One NDJSON line (newline included) for `op`."""
     if isinstance(op, Put):
         line: dict[str, Any] = {"op": "put", "doc_id": op.doc_id, **put_body(op, encoding)}
-    elif isinstance(op, Delete):
-        line = {"op": "delete", "doc_id": op.doc_id}
+    elif isinstance(op, (Delete, Erase)):
+        line = {"op": "delete" if isinstance(op, Delete) else "erase", "doc_id": op.doc_id}
         if op.expected_version is not None:
             line["expected_version"] = op.expected_version
     else:
-        raise TypeError(f"a batch item must be a Put or a Delete, got {type(op).__name__}")
+        raise TypeError(
+            f"a batch item must be a Put, a Delete or an Erase, got {type(op).__name__}"
+        )
     if not isinstance(op.doc_id, str) or not op.doc_id:
         raise ValueError(f"doc_id must be a non-empty string, got {op.doc_id!r}")
     if idempotency_key is not None:

@@ -24,6 +24,7 @@ from .models import (
     Delete,
     Document,
     DocumentPage,
+    Erase,
     Event,
     ListedDocument,
     Operation,
@@ -156,6 +157,18 @@ class AsyncClient:
                 op, consistency=consistency, timeout_ms=timeout_ms, auto_keys=self._s.auto_keys
             )
         )
+
+    async def erase(
+        self,
+        doc_id: str,
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+        timeout_ms: int | None = None,
+    ) -> CommandResult:
+        """See `Client.erase`."""
+        op = Erase(doc_id, expected_version, idempotency_key)
+        return await self._run(_calls.erase(op, timeout_ms=timeout_ms, auto_keys=self._s.auto_keys))
 
     async def get(self, doc_id: str, *, verify: bool = False) -> Document:
         """See `Client.get`."""

@@ -32,6 +32,7 @@ from .models import (
     Delete,
     Document,
     DocumentPage,
+    Erase,
     Event,
     ListedDocument,
     Operation,
@@ -100,8 +101,8 @@ class Client:
         retry: the retry policy (503, 408, timeouts, lost connections).
         vector_encoding: `b64` (the default: `vector_b64`, little-endian float32, bit
             exact and cheaper to parse) or `json` (numbers).
-        idempotency_keys: give each put and delete (and batch line) its own key, reused by
-            its retries, unless the call names one.
+        idempotency_keys: give each put, delete and erase (and batch line) its own key,
+            reused by its retries, unless the call names one.
         lines_per_request, bytes_per_request: how a batch is cut into requests.
         http_client: an httpx client to use instead of a new one (its base URL is ignored).
     """
@@ -227,6 +228,30 @@ class Client:
             )
         )
 
+    def erase(
+        self,
+        doc_id: str,
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+        timeout_ms: int | None = None,
+    ) -> CommandResult:
+        """Erases a document (GDPR art. 17): withdraws it from every store and removes
+        every trace of its content from the log at once, without waiting for retention.
+        Always waits for the stores (at most `timeout_ms`, 10000 by default): `consistent`
+        once every store dropped it; `timed_out` (HTTP 202) when some store had not yet
+        (the log is erased all the same, and the stores follow). A document erased already
+        (and not written since) answers `unchanged`. Afterwards `get` shows it `erased` and
+        `deleted`, without content, and its events only metadata; a later put of the id
+        starts a new version.
+
+        Raises:
+            NotFound: never seen.
+            VersionConflict: `expected_version` is not the document's version.
+        """
+        op = Erase(doc_id, expected_version, idempotency_key)
+        return self._run(_calls.erase(op, timeout_ms=timeout_ms, auto_keys=self._s.auto_keys))
+
     def get(self, doc_id: str, *, verify: bool = False) -> Document:
         """A document's state (`verify=True` compares every store now).
 
@@ -279,11 +304,13 @@ class Client:
         consistency: Consistency = "accepted",
         timeout_ms: int | None = None,
     ) -> Iterator[BatchResult]:
-        """Sends `items` (`Put` and `Delete`) as NDJSON and yields each line's result in
-        input order, as it arrives. Memory stays bounded: the items are read as requests
-        are cut (see `lines_per_request`), never all at once. A refused line is a result
-        with `error`; the batch goes on. Lines refused with 503 and lines a lost
-        connection left unanswered are sent again with their idempotency key.
+        """Sends `items` (`Put`, `Delete` and `Erase`) as NDJSON and yields each line's
+        result in input order, as it arrives. Memory stays bounded: the items are read as
+        requests are cut (see `lines_per_request`), never all at once. An `Erase` line is
+        answered with the batch's `consistency` (unlike `erase`, which always waits for the
+        stores). A refused line is a result with `error`; the batch goes on. Lines refused
+        with 503 and lines a lost connection left unanswered are sent again with their
+        idempotency key.
 
         Raises:
             TypeError, ValueError: an item cannot be encoded; and whatever `items` raises

@@ -1,5 +1,5 @@
-"""What goes to docledger (`Put`, `Delete`, `Chunk`, `Blob`) and what comes back (typed
-results), as plain dataclasses. Results are read from the HTTP contract's JSON with
+"""What goes to docledger (`Put`, `Delete`, `Erase`, `Chunk`, `Blob`) and what comes back
+(typed results), as plain dataclasses. Results are read from the HTTP contract's JSON with
 `from_json`, which ignores fields it does not know, so a newer server stays readable."""
 
 from __future__ import annotations
@@ -92,7 +92,17 @@ class Delete:
     idempotency_key: str | None = None
 
 
-Operation = Put | Delete
+@dataclass(frozen=True)
+class Erase:
+    """Erase a document (GDPR art. 17): withdraw it from every store and remove its content
+    from the log at once (a batch line, or `Client.erase`)."""
+
+    doc_id: str
+    expected_version: int | None = None
+    idempotency_key: str | None = None
+
+
+Operation = Put | Delete | Erase
 
 
 @dataclass(frozen=True)
@@ -110,7 +120,7 @@ class Stores:
 
 @dataclass(frozen=True)
 class CommandResult:
-    """The answer to a put, delete or retry."""
+    """The answer to a put, delete, erase or retry."""
 
     doc_id: str
     version: int
@@ -119,8 +129,8 @@ class CommandResult:
     stores: Stores
     consistent: bool
     timed_out: bool = False
-    """True when a `consistency="applied"` wait ended before every store held `version`
-    (HTTP 202): the command is accepted all the same."""
+    """True when a `consistency="applied"` wait (or an erasure's) ended before every store
+    held `version` (HTTP 202): the command is accepted all the same."""
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], *, status: int = 200) -> CommandResult:
@@ -194,6 +204,9 @@ class Document:
     """Every store holds `version`."""
     compensations: list[Compensation] = field(default_factory=list)
     verification: dict[str, Any] | None = None
+    erased: bool = False
+    """The document was erased (then `deleted` is True and no content is left), until it is
+    put again."""
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Document:
@@ -213,6 +226,7 @@ class Document:
             ready=d["ready"],
             compensations=[Compensation.from_json(c) for c in d.get("compensations") or []],
             verification=d.get("verification"),
+            erased=d.get("erased", False),
         )
 
 
@@ -226,6 +240,9 @@ class Event:
     event_version: int
     data: dict[str, Any]
     recorded_at: str
+    content_removed: str | None = None
+    """`"retention"` or `"erasure"` when the event's content was removed (then `data` holds
+    only its metadata); None when it keeps its content."""
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Event:
@@ -236,6 +253,7 @@ class Event:
             event_version=d["event_version"],
             data=d.get("data") or {},
             recorded_at=d["recorded_at"],
+            content_removed=d.get("content_removed"),
         )
 
 
@@ -302,7 +320,7 @@ class BatchResult:
     line: int
     """1-based position of the line in the batch's input."""
     doc_id: str
-    op: Literal["put", "delete"]
+    op: Literal["put", "delete", "erase"]
     status: int
     result: CommandResult | None = None
     error: ApiError | None = None
