@@ -76,6 +76,24 @@ async fn old_document_sharing(t: &TestLog, old: &aggregates::DocId) -> Result<(S
     Ok(shared)
 }
 
+/// Appends `new`'s first version with the `shared` bytes in `tx`, left uncommitted.
+async fn reuse_in(
+    t: &TestLog,
+    tx: &deadpool_postgres::Transaction<'_>,
+    new: &aggregates::DocId,
+    shared: &(String, Bytes),
+) -> Result<()> {
+    let (events, next) = put(&Document::default(), "new", &shared.1);
+    t.log
+        .appends()
+        .append_in(
+            tx,
+            with_blob(new, &Document::default(), &events, &next, shared),
+        )
+        .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retention_pass_keeps_bytes_an_uncommitted_append_reuses() -> Result<()> {
     let t = TestLog::create("content_retention_race", 4).await?;
@@ -85,14 +103,7 @@ async fn a_retention_pass_keeps_bytes_an_uncommitted_append_reuses() -> Result<(
     // Another document's append re-uses the bytes and is not committed yet.
     let mut client = t.log.client().await?;
     let tx = client.transaction().await?;
-    let (events, next) = put(&Document::default(), "new", &shared.1);
-    t.log
-        .appends()
-        .append_in(
-            &tx,
-            with_blob(&new, &Document::default(), &events, &next, &shared),
-        )
-        .await?;
+    reuse_in(&t, &tx, &new, &shared).await?;
 
     let policy = RetentionPolicy {
         versions: 1,
@@ -128,14 +139,7 @@ async fn an_erasure_waits_for_an_append_reusing_its_bytes_and_keeps_them() -> Re
 
     let mut client = t.log.client().await?;
     let tx = client.transaction().await?;
-    let (events, next) = put(&Document::default(), "new", &shared.1);
-    t.log
-        .appends()
-        .append_in(
-            &tx,
-            with_blob(&new, &Document::default(), &events, &next, &shared),
-        )
-        .await?;
+    reuse_in(&t, &tx, &new, &shared).await?;
 
     let erase = tokio::spawn({
         let log = t.log.clone();

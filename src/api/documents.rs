@@ -306,7 +306,23 @@ pub async fn delete(
     query: web::Query<ConsistencyQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let r = match command_request(&req, payload, &query, &state, "delete").await {
+    removal(req, payload, &query, &state, "delete", |expected_version| {
+        DocumentCommand::Delete { expected_version }
+    })
+    .await
+}
+
+/// A delete or an erasure (`op`) from its request: the optional body
+/// `{"expected_version": n}` goes into `command`.
+async fn removal(
+    req: HttpRequest,
+    payload: web::Payload,
+    query: &ConsistencyQuery,
+    state: &AppState,
+    op: &str,
+    command: impl FnOnce(Option<u64>) -> DocumentCommand,
+) -> Result<HttpResponse, ApiError> {
+    let r = match command_request(&req, payload, query, state, op).await {
         Ok(r) => r,
         Err(refused) => return Ok(refused),
     };
@@ -315,16 +331,9 @@ pub async fn delete(
     } else {
         parse_json(&r.body)?
     };
-    let (status, response) = execute_removal(
-        &state,
-        r.doc_id,
-        DocumentCommand::Delete {
-            expected_version: body.expected_version,
-        },
-        r.idempotency,
-        r.wait,
-    )
-    .await?;
+    let command = command(body.expected_version);
+    let (status, response) =
+        execute_removal(state, r.doc_id, command, r.idempotency, r.wait).await?;
     Ok(HttpResponse::build(status).json(response))
 }
 
@@ -366,26 +375,15 @@ pub async fn erase(
         consistency: Some("applied".to_owned()),
         timeout_ms: query.timeout_ms,
     };
-    let r = match command_request(&req, payload, &consistency, &state, "erase").await {
-        Ok(r) => r,
-        Err(refused) => return Ok(refused),
-    };
-    let body: DeleteBody = if r.body.iter().all(u8::is_ascii_whitespace) {
-        DeleteBody::default()
-    } else {
-        parse_json(&r.body)?
-    };
-    let (status, response) = execute_removal(
+    removal(
+        req,
+        payload,
+        &consistency,
         &state,
-        r.doc_id,
-        DocumentCommand::Erase {
-            expected_version: body.expected_version,
-        },
-        r.idempotency,
-        r.wait,
+        "erase",
+        |expected_version| DocumentCommand::Erase { expected_version },
     )
-    .await?;
-    Ok(HttpResponse::build(status).json(response))
+    .await
 }
 
 /// Query of `GET /v1/documents/{doc_id}`.

@@ -9,11 +9,10 @@
 //! 2 the run could not finish.
 
 use std::fmt;
-use std::time::Duration;
 
-use projections::retry::RetryOutcome;
 use projections::RetryPolicy;
-use tokio_util::sync::CancellationToken;
+
+use super::http::{send_retrying, transient_status, PostError};
 
 /// How one document's erasure ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,15 +77,6 @@ impl fmt::Display for EraseLine {
     }
 }
 
-/// A request that failed before an answer worth reporting.
-enum PostError {
-    Transient {
-        why: String,
-        retry_after: Option<Duration>,
-    },
-    Fatal(anyhow::Error),
-}
-
 /// Erases `doc_ids` through the service at `url`, waiting up to `timeout_ms` each.
 ///
 /// # Errors
@@ -121,17 +111,12 @@ pub async fn erase(
                 retry_after: None,
             })?;
             let status = res.status().as_u16();
-            let retry_after = res
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-                .map(Duration::from_secs);
+            let transient = transient_status(&res);
             let text = res.text().await.map_err(|e| PostError::Transient {
                 why: format!("answer cut short: {e}"),
                 retry_after: None,
             })?;
-            if matches!(status, 429 | 502 | 503 | 504) {
+            if let Some(retry_after) = transient {
                 return Err(PostError::Transient {
                     why: format!("{status}: {text}"),
                     retry_after,
@@ -144,30 +129,15 @@ pub async fn erase(
             })?;
             Ok((status, body))
         };
-        let answer = retry
-            .run_waiting_at_least(
-                &CancellationToken::new(),
-                |e| matches!(e, PostError::Transient { .. }),
-                |e| match e {
-                    PostError::Transient { retry_after, .. } => *retry_after,
-                    PostError::Fatal(_) => None,
-                },
-                |attempt, e| {
-                    if let PostError::Transient { why, .. } = e {
-                        eprintln!("erase {doc_id}: attempt {attempt} failed, sending again: {why}");
-                    }
-                },
-                post,
-            )
-            .await;
-        let (status, body) = match answer {
-            Ok(answer) => answer,
-            Err(RetryOutcome::Failed(PostError::Fatal(e))) => return Err(e),
-            Err(RetryOutcome::Failed(PostError::Transient { why, .. })) => {
-                anyhow::bail!("erase {doc_id}: gave up: {why}")
-            }
-            Err(RetryOutcome::Cancelled) => anyhow::bail!("cancelled"),
-        };
+        let (status, body) = send_retrying(
+            retry,
+            |attempt, why| {
+                eprintln!("erase {doc_id}: attempt {attempt} failed, sending again: {why}")
+            },
+            post,
+        )
+        .await
+        .map_err(|e| e.context(format!("erase {doc_id}")))?;
         let version = body["version"].as_u64();
         let outcome = match (status, version) {
             (200, Some(version)) => Erased::Done {

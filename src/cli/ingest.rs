@@ -25,14 +25,13 @@ use std::io::BufRead;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::http::{send_retrying, transient_status, PostError};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use projections::retry::RetryOutcome;
 use projections::sink::stream_hash;
 use projections::RetryPolicy;
 use serde::Deserialize;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 /// Lines per batch request.
 const LINES_PER_REQUEST: usize = 500;
@@ -231,23 +230,6 @@ struct Sender {
     progress: ProgressBar,
 }
 
-/// Why a request got no usable answer.
-enum PostError {
-    /// It may succeed when sent again (after at least `retry_after`).
-    Transient {
-        why: String,
-        retry_after: Option<Duration>,
-    },
-    /// The service refused the whole request, or answered nonsense.
-    Fatal(anyhow::Error),
-}
-
-impl From<anyhow::Error> for PostError {
-    fn from(e: anyhow::Error) -> Self {
-        PostError::Fatal(e)
-    }
-}
-
 impl Sender {
     /// One batch request and its answers, one per line.
     async fn post(&self, lines: &[Line]) -> Result<Vec<Answer>, PostError> {
@@ -272,12 +254,7 @@ impl Sender {
             Err(e) => return transient(format!("POST {}: {e}", self.endpoint), None),
         };
         let status = res.status().as_u16();
-        if matches!(status, 429 | 502 | 503 | 504) {
-            let retry_after = res
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+        if let Some(retry_after) = transient_status(&res) {
             let text = res.text().await.unwrap_or_default();
             return transient(format!("HTTP {status}: {text}"), retry_after);
         }
@@ -312,38 +289,20 @@ impl Sender {
     /// `lines` answered, sent again after transient failures (the one retry policy,
     /// honouring `Retry-After`).
     async fn send(&self, lines: &[Line], resent: &mut usize) -> anyhow::Result<Vec<Answer>> {
-        let sent = self
-            .retry
-            .run_waiting_at_least(
-                &CancellationToken::new(),
-                |e| matches!(e, PostError::Transient { .. }),
-                |e| match e {
-                    PostError::Transient { retry_after, .. } => *retry_after,
-                    PostError::Fatal(_) => None,
-                },
-                |attempt, e| {
-                    if let PostError::Transient { why, .. } = e {
-                        self.progress.suspend(|| {
-                            eprintln!(
-                                "attempt {attempt} of {} lines failed, sending again: {why}",
-                                lines.len()
-                            )
-                        });
-                    }
-                    *resent += 1;
-                },
-                || self.post(lines),
-            )
-            .await;
-        match sent {
-            Ok(answers) => Ok(answers),
-            Err(RetryOutcome::Failed(PostError::Fatal(e))) => Err(e),
-            Err(RetryOutcome::Failed(PostError::Transient { why, .. })) => Err(anyhow::anyhow!(
-                "gave up after {} attempts: {why}",
-                self.retry.max_attempts.unwrap_or_default()
-            )),
-            Err(RetryOutcome::Cancelled) => Err(anyhow::anyhow!("cancelled")),
-        }
+        send_retrying(
+            &self.retry,
+            |attempt, why| {
+                self.progress.suspend(|| {
+                    eprintln!(
+                        "attempt {attempt} of {} lines failed, sending again: {why}",
+                        lines.len()
+                    )
+                });
+                *resent += 1;
+            },
+            || self.post(lines),
+        )
+        .await
     }
 
     /// Sends `lines` (one slice of a lane) and counts their answers; lines refused with 503

@@ -3,6 +3,7 @@
 
 pub mod demo;
 pub mod erase;
+mod http;
 pub mod ingest;
 pub mod rebuild;
 pub mod verify;
