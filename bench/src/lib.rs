@@ -14,6 +14,14 @@
 //! the Milvus server's process tree and the S3 server. Other work on the machine that uses
 //! the shared MariaDB, Milvus or S3 processes meanwhile is counted too: run it on a quiet
 //! machine.
+//!
+//! `--log-size` runs one scenario instead, issue 25's figure: `--docs` documents ×
+//! `--versions` versions through a real `docledger serve` (retaining `--retain-versions`
+//! versions' content, `DOCLEDGER_RETAIN_DAYS=0`, no background compaction), a compaction pass
+//! and a plain `VACUUM` after each version; it reports the log database's size after the
+//! last version, and after `VACUUM FULL`, against its size after the first version (target
+//! ≤ 1.5×), the compactor's rate, and the least the log must hold at that retention (see
+//! `src/log_size.rs`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -42,6 +50,8 @@ use tokio_util::sync::CancellationToken;
 
 use docledger::config::Config;
 use docledger::eventlog::PgConnector;
+
+mod log_size;
 
 /// `USER_HZ`: the unit of CPU times in `/proc/<pid>/stat` on every Linux architecture.
 const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
@@ -113,6 +123,20 @@ pub struct BenchArgs {
     /// Keep the bench's databases, collections and buckets.
     #[arg(long)]
     pub keep: bool,
+    /// Only measure the log database's size under retention (issue 25): `--docs` documents
+    /// x `--versions` versions, a compaction pass and a `VACUUM` after each version; the
+    /// size after the last version and after `VACUUM FULL` against the size after the first
+    /// (target <= 1.5x), and the compactor's rate.
+    #[arg(long)]
+    pub log_size: bool,
+    /// Versions of each document in `--log-size` (each with a new title, texts, vectors
+    /// and blob).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub versions: u64,
+    /// `DOCLEDGER_RETAIN_VERSIONS` in `--log-size`: each document's newest versions that
+    /// keep their content (every version counts as old: `DOCLEDGER_RETAIN_DAYS=0`).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retain_versions: u64,
     /// How requests carry vectors: `b64` (`vector_b64`, little-endian float32) or `json`
     /// (`vector`, numbers).
     #[arg(long, value_enum, default_value_t = VectorEncoding::B64)]
@@ -131,6 +155,7 @@ pub enum VectorEncoding {
 /// One generated document.
 struct Doc {
     id: String,
+    title: String,
     blob: Option<Bytes>,
     sha256: Option<String>,
     chunks: Vec<Chunk>,
@@ -157,8 +182,10 @@ fn generate(prefix: &str, n: usize, blob_bytes: usize, chunks: usize, dim: usize
                     vector: (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
                 })
                 .collect();
+            let id = format!("{prefix}/doc-{i:07}");
             Doc {
-                id: format!("{prefix}/doc-{i:07}"),
+                title: format!("Bench document {id}"),
+                id,
                 blob,
                 sha256,
                 chunks,
@@ -169,7 +196,7 @@ fn generate(prefix: &str, n: usize, blob_bytes: usize, chunks: usize, dim: usize
 
 impl Doc {
     fn title(&self) -> String {
-        format!("Bench document {}", self.id)
+        self.title.clone()
     }
 
     /// The PUT body (also a batch line with `op` and `doc_id` added).
@@ -844,11 +871,14 @@ async fn wait_quiet(timeout: Duration) {
     );
 }
 
-/// The number of `ready` rows.
-async fn count_ready(mysql: &MysqlSink) -> Result<u64, mysql_async::Error> {
+/// The number of `ready` rows at `version` or later.
+async fn count_ready(mysql: &MysqlSink, version: u64) -> Result<u64, mysql_async::Error> {
     let mut conn = mysql.pool().get_conn().await?;
     let ready: Option<u64> = conn
-        .query_first("SELECT COUNT(*) FROM documents WHERE status = 'ready'")
+        .exec_first(
+            "SELECT COUNT(*) FROM documents WHERE status = 'ready' AND version >= ?",
+            (version,),
+        )
         .await?;
     Ok(ready.unwrap_or(0))
 }
@@ -950,9 +980,19 @@ impl<'a> StoreWatch<'a> {
 /// Waits until `n` rows are `ready`; gives up with the store's error when `watch` sees a store
 /// stuck retrying.
 async fn wait_ready(mysql: &MysqlSink, n: usize, watch: &mut StoreWatch<'_>) -> anyhow::Result<()> {
+    wait_ready_at(mysql, n, 1, watch).await
+}
+
+/// Waits until `n` rows are `ready` at `version` or later (see [`wait_ready`]).
+async fn wait_ready_at(
+    mysql: &MysqlSink,
+    n: usize,
+    version: u64,
+    watch: &mut StoreWatch<'_>,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        let ready = match count_ready(mysql).await {
+        let ready = match count_ready(mysql, version).await {
             Ok(ready) => ready,
             Err(mysql_async::Error::Server(e)) if NOT_CREATED_YET.contains(&e.code) => 0,
             Err(e) => return Err(e.into()),
@@ -962,7 +1002,7 @@ async fn wait_ready(mysql: &MysqlSink, n: usize, watch: &mut StoreWatch<'_>) -> 
         }
         if Instant::now() > deadline {
             bail!(
-                "only {ready} of {n} documents ready after {READY_TIMEOUT:?}: {}",
+                "only {ready} of {n} documents ready at version {version} after {READY_TIMEOUT:?}: {}",
                 watch.describe().await
             );
         }
@@ -1281,6 +1321,9 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<String> {
     let run = run_id();
     if let Some(n) = args.touch {
         return touch(config, args, &exe, &Names::new(&run, "touch"), n).await;
+    }
+    if args.log_size {
+        return log_size::run(config, args, &exe, &Names::new(&run, "logsize")).await;
     }
     let load_before = load_average();
     eprintln!(

@@ -1,7 +1,9 @@
 //! `docledger-bench`: docledger end to end against the dual-write coordinator it replaces
 //! and each store's own bulk ceiling, on the stores the `DOCLEDGER_*` configuration names
 //! (see the crate's documentation and the README's "Performance"). It runs the
-//! `docledger` executable beside it (or `--bin`) as the service.
+//! `docledger` executable beside it (or `--bin`) as the service. `--touch N` and
+//! `--log-size` each run one scenario of their own instead (the service's RSS; the log
+//! database's size under retention).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -28,7 +30,8 @@ fn main() -> ExitCode {
     docledger::disable_transparent_huge_pages();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("DOCLEDGER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // The driver's NOTICEs (a migration's "already exists, skipping") are not news.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

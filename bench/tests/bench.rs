@@ -105,6 +105,46 @@ async fn a_finished_bench_prints_its_table_and_leaves_nothing_behind() {
     assert_nothing_left(&env, &run).await;
 }
 
+#[actix_rt::test]
+async fn the_log_size_mode_compacts_each_version_and_leaves_nothing_behind() {
+    let (env, vars) = service_vars("bench_log_size");
+    let (out, run) = run_bench(
+        &vars,
+        &[
+            "--log-size",
+            "--versions",
+            "4",
+            "--retain-versions",
+            "1",
+            "--batch-lines",
+            "2",
+        ],
+        Duration::from_secs(300),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for line in [
+        "log size: 4 documents x 4 versions (",
+        "DOCLEDGER_RETAIN_VERSIONS=1, DOCLEDGER_RETAIN_DAYS=0",
+        // Version 1: 3 events holding content a document, 1 blob each.
+        "| S1: version 1, VACUUM (ANALYZE) |",
+        "| 12 / 0 | 4 |",
+        // After 4 versions only the newest keeps its content; the 3 before keep metadata.
+        "| 12 / 36 | 4 |",
+        "S_full / S1: ",
+        "compactor: 3 passes in ",
+        "content of 36 events removed",
+        "12 documents compacted",
+        "12 blobs deleted",
+        "floor with 1 version of content (S_full): ",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
+    }
+    assert_nothing_left(&env, &run).await;
+}
+
 /// Runs `docledger-bench` on 4 documents of 8 dimensions with `args`, no settling between
 /// scenarios, bounded by `timeout`; returns its output and the prefix of its resources' names.
 async fn run_bench(
