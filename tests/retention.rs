@@ -40,6 +40,9 @@ fn doc_id(d: usize) -> String {
     format!("ret/{d:03}")
 }
 
+/// A document written by one process, then only by the other (see the test).
+const STALE: usize = DOCS;
+
 /// Document 0's blob at version 20 is document 1's at version 1 (shared bytes).
 fn blob(d: usize, v: usize) -> String {
     match (d, v) {
@@ -141,6 +144,12 @@ async fn compaction_keeps_what_retention_keeps_and_every_store_rebuilds_the_same
         let lines = (0..DOCS).map(|d| line(d, v, &blob(d, v))).collect();
         batch(&http, &bases[v % 2], lines).await;
     }
+    // A document whose process 0 wrote versions 1-5 only: its actor there still holds the
+    // state of version 5 when the passes fold versions 1-17 into one row.
+    for v in 1..=VERSIONS {
+        let base = &bases[usize::from(v > 5)];
+        batch(&http, base, vec![line(STALE, v, &blob(STALE, v))]).await;
+    }
     let deletes = DELETED
         .iter()
         .map(|d| json!({"op": "delete", "doc_id": doc_id(*d)}).to_string())
@@ -186,6 +195,25 @@ async fn compaction_keeps_what_retention_keeps_and_every_store_rebuilds_the_same
         json!({"documents": 0, "events": 0, "blobs": 0}),
         "a pass after a complete one removes nothing (the first: {report})"
     );
+
+    // The process whose actor holds version 5, cached inside the folded run, writes the
+    // next version.
+    let mut body: Value =
+        serde_json::from_str(&line(STALE, VERSIONS + 1, "stale bytes")).expect("json");
+    for routing in ["op", "doc_id"] {
+        body.as_object_mut().expect("object").remove(routing);
+    }
+    let stale = http
+        .put(format!("{}/v1/documents/ret%2F{STALE:03}", bases[0]))
+        .json(&body)
+        .send()
+        .await
+        .expect("put");
+    let status = stale.status().as_u16();
+    let answer: Value = stale.json().await.expect("json");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["version"], VERSIONS as u64 + 1, "{answer}");
+    cluster.caught_up(Duration::from_secs(300)).await;
 
     // The dump holds the kept versions' markers only.
     let dump = pg_dump(&cluster.vars).await;
@@ -289,7 +317,11 @@ async fn compaction_keeps_what_retention_keeps_and_every_store_rebuilds_the_same
         "S3 after the rebuild: {:?}",
         differ(&before.2, &after.2)
     );
-    assert_eq!(before.0.len(), DOCS - DELETED.len());
+    assert_eq!(
+        before.0.len(),
+        DOCS + 1 - DELETED.len(),
+        "with the stale document"
+    );
     let (code, report) = cluster.verify().await;
     assert_eq!(code, Some(0), "{report}");
 }

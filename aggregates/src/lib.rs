@@ -9,8 +9,8 @@ pub mod envelope;
 pub use document::{
     decide_retry, restore_point, BlobRef, CatalogueEntry, Chunk, CompensationOutcome,
     CompensationState, Document, DocumentCommand, DocumentContent, DocumentError, DocumentEvent,
-    PutDocument, RemovalCause, Restore, RetryDecision, RetryFacts, StoreChange, StoreKind,
-    MAX_CHUNK_TEXT_BYTES,
+    PutDocument, RemovalCause, RemovedEvent, Restore, RetryDecision, RetryFacts, StoreChange,
+    StoreKind, MAX_CHUNK_TEXT_BYTES,
 };
 pub use envelope::{
     is_doc_id_byte, DocId, DocIdError, LogCursor, RecordedEvent, Version, MAX_DOC_ID_BYTES,

@@ -614,34 +614,40 @@ pub async fn events(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state.config)?;
     let doc_id = doc_id_of(&req)?;
-    let events: Vec<serde_json::Value> = state
-        .log
-        .reads()
-        .stream_events(&doc_id)
-        .await?
-        .into_iter()
-        .map(|e| {
-            let mut event = serde_json::json!({
+    let mut events: Vec<serde_json::Value> = Vec::new();
+    for e in state.log.reads().stream_events(&doc_id).await? {
+        if e.event_type != "ContentRemoved" {
+            events.push(serde_json::json!({
                 "stream_version": e.stream_version,
                 "log_position": e.log_position,
                 "type": e.event_type,
                 "event_version": e.event_version,
                 "data": e.data,
                 "recorded_at": e.recorded_at,
-            });
-            if e.event_type == "ContentRemoved" {
-                // What retention or an erasure left: the event's own type, and why its
-                // content is gone; `data` keeps the metadata (version, sizes, sha256).
-                let data = event["data"].as_object_mut().map(std::mem::take);
-                if let Some(mut data) = data {
-                    event["type"] = data.remove("removed").unwrap_or_default();
-                    event["content_removed"] = data.remove("cause").unwrap_or_default();
-                    event["data"] = serde_json::Value::Object(data);
+            }));
+            continue;
+        }
+        // A run whose content retention or an erasure removed, folded into one row: listed
+        // as the events it stands for, each with its own type, place, time and metadata.
+        let cause = e.data["cause"].clone();
+        for m in e.data["removed"].as_array().into_iter().flatten() {
+            let mut data = serde_json::Map::new();
+            for key in ["version", "sha256", "size", "chunk_count", "target"] {
+                if let Some(v) = m.get(key) {
+                    data.insert(key.to_owned(), v.clone());
                 }
             }
-            event
-        })
-        .collect();
+            events.push(serde_json::json!({
+                "stream_version": m["stream_version"],
+                "log_position": e.log_position,
+                "type": m["type"],
+                "event_version": e.event_version,
+                "content_removed": cause,
+                "data": data,
+                "recorded_at": m["recorded_at"],
+            }));
+        }
+    }
     if events.is_empty() {
         return Err(ApiError::NotFound("document not found".into()));
     }

@@ -2,9 +2,12 @@
 //! erasure (every trace of one document's content, in the transaction that appends its
 //! tombstone).
 //!
-//! An event whose content is removed is rewritten in place, at its position, as a
-//! `ContentRemoved` event holding its type, version and sizes (and the blob's sha256), with
-//! no vectors: [`strip_content`] is the one statement that does it. Blob bytes go once no
+//! Events whose content is removed are folded, each run of consecutive ones of a stream
+//! into one `ContentRemoved` event at the run's first position that lists each event's
+//! type, versions, time and sizes (and the blob's sha256), with no vectors:
+//! [`strip_content`] is the one statement that does it. The stream keeps its stream
+//! versions (the fold stands for each one it lists; readers of a document take the stream
+//! version of the rows they read, not a count). Blob bytes go once no
 //! event that still holds content refers to them ([`DELETE_UNREFERENCED_BLOBS`]); a blob
 //! row is locked before that check, and appends lock the blob rows they refer to (their
 //! `ON CONFLICT … DO UPDATE … WHERE false`), so an append that re-uses bytes a removal is
@@ -35,35 +38,56 @@ use super::{LogCompaction, LogError, LogReads};
 const CONTENT_TYPES: &str =
     "('BlobStored', 'RowInserted', 'VectorsIndexed', 'CompensationRequested')";
 
-/// Rewrites the content events chosen by the `target(position)` CTE that `{target}` defines
-/// as `ContentRemoved` (`$cause`: the cause's name, always the last parameter); returns
-/// each rewritten event's stream and, for a blob, its sha256.
+/// Removes the content of the events chosen by the `target(position)` CTE that `{target}`
+/// defines (`$cause`: the cause's name, always the last parameter). Each run of consecutive
+/// events of a stream among them is folded into one `ContentRemoved` event at the run's
+/// first position, listing every event's metadata (type, versions, time, sha256, sizes);
+/// the run's other rows are deleted. One row per run instead of one per event is what keeps
+/// a long history small (an event row costs about 400 bytes before its payload). Returns
+/// each removed event's stream and, for a blob, its sha256.
 fn strip_content(target: &str, cause_param: usize) -> String {
     format!(
-        "WITH {target}, old AS (
-             SELECT e.position, e.event_type, e.payload FROM events e
+        r#"WITH {target}, old AS (
+             SELECT e.position, e.stream_id, e.stream_version, e.event_type, e.payload,
+                    e.recorded_at,
+                    e.stream_version
+                      - row_number() OVER (PARTITION BY e.stream_id ORDER BY e.stream_version)
+                      AS run
+               FROM events e
               WHERE e.position IN (SELECT position FROM target)
                 AND e.event_type IN {CONTENT_TYPES}
+         ), runs AS (
+             SELECT stream_id, run, min(position) AS head,
+                    min((payload->>'version')::bigint) AS version,
+                    jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+                        'type', event_type,
+                        'version', payload->'version',
+                        'stream_version', stream_version,
+                        'recorded_at', to_char(recorded_at AT TIME ZONE 'UTC',
+                                               'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                        'sha256', COALESCE(payload->'sha256', payload->'blob_sha256'),
+                        'size', COALESCE(payload->'size', payload->'blob_size'),
+                        'chunk_count', CASE event_type
+                            WHEN 'RowInserted' THEN payload->'chunk_count'
+                            WHEN 'VectorsIndexed' THEN to_jsonb(jsonb_array_length(payload->'chunks'))
+                        END,
+                        'target', payload->'target')) ORDER BY stream_version) AS removed
+               FROM old GROUP BY stream_id, run
+         ), folded AS (
+             UPDATE events e
+                SET event_type = 'ContentRemoved', event_version = 1, vectors = NULL,
+                    payload = jsonb_build_object('version', r.version,
+                                                 'cause', ${cause_param}::text,
+                                                 'removed', r.removed)
+               FROM runs r
+              WHERE e.position = r.head
+         ), dropped AS (
+             DELETE FROM events e
+              WHERE e.position IN (SELECT position FROM old)
+                AND e.position NOT IN (SELECT head FROM runs)
          )
-         UPDATE events e
-            SET event_type = 'ContentRemoved',
-                event_version = 1,
-                vectors = NULL,
-                payload = jsonb_strip_nulls(jsonb_build_object(
-                    'version', old.payload->'version',
-                    'removed', old.event_type,
-                    'cause', ${cause_param}::text,
-                    'sha256', COALESCE(old.payload->'sha256', old.payload->'blob_sha256'),
-                    'size', COALESCE(old.payload->'size', old.payload->'blob_size'),
-                    'chunk_count', CASE old.event_type
-                        WHEN 'RowInserted' THEN old.payload->'chunk_count'
-                        WHEN 'VectorsIndexed' THEN to_jsonb(jsonb_array_length(old.payload->'chunks'))
-                    END,
-                    'target', old.payload->'target'))
-           FROM old
-          WHERE e.position = old.position
-         RETURNING e.stream_id,
-                   CASE old.event_type WHEN 'BlobStored' THEN old.payload->>'sha256' END"
+         SELECT o.stream_id, CASE o.event_type WHEN 'BlobStored' THEN o.payload->>'sha256' END
+           FROM old o"#
     )
 }
 
@@ -383,12 +407,13 @@ const ERASURE_LEAKS: &str = "WITH erased AS (
        FROM erased x JOIN parked_changes p ON p.stream_id = x.stream_id
       WHERE p.version < x.doc_version AND p.error <> 'erased'
      UNION ALL
-     SELECT 0, e.stream_id, 'blob ' || (e.payload->>'sha256') || ' is still stored'
+     SELECT 0, e.stream_id, 'blob ' || (m->>'sha256') || ' is still stored'
        FROM erased x JOIN events e ON e.stream_id = x.stream_id
-      WHERE e.event_type = 'ContentRemoved' AND e.payload->>'removed' = 'BlobStored'
-        AND EXISTS (SELECT 1 FROM blobs b WHERE b.sha256 = decode(e.payload->>'sha256', 'hex'))
+            CROSS JOIN LATERAL jsonb_array_elements(e.payload->'removed') AS m
+      WHERE e.event_type = 'ContentRemoved' AND m->>'type' = 'BlobStored'
+        AND EXISTS (SELECT 1 FROM blobs b WHERE b.sha256 = decode(m->>'sha256', 'hex'))
         AND NOT EXISTS (SELECT 1 FROM events r WHERE r.event_type = 'BlobStored'
-                                                 AND r.payload->>'sha256' = e.payload->>'sha256')";
+                                                 AND r.payload->>'sha256' = m->>'sha256')";
 
 impl LogReads<'_> {
     /// Checks that the log holds no content of any erased document (see [`ErasureCheck`]).

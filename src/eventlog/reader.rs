@@ -51,7 +51,8 @@ LIMIT $6
 /// first row only, the snapshot's state (NULL without a snapshot).
 const READ_DOCUMENT: &str = r#"
 SELECT e.position, e.event_type, e.event_version, e.payload, e.vectors,
-       CASE WHEN row_number() OVER (ORDER BY e.stream_version) = 1 THEN s.state END
+       CASE WHEN row_number() OVER (ORDER BY e.stream_version) = 1 THEN s.state END,
+       e.stream_version
 FROM (SELECT $1::text AS stream_id) AS k
 LEFT JOIN snapshots s ON s.stream_id = k.stream_id
 LEFT JOIN events e ON e.stream_id = k.stream_id
@@ -91,7 +92,7 @@ SELECT held FROM fence
 /// A stream's events after a known event count, in stream order: what brings a cached state
 /// up to the log (nothing when no other process appended since).
 const READ_DOCUMENT_AFTER: &str = r#"
-SELECT position, event_type, event_version, payload, vectors
+SELECT position, event_type, event_version, payload, vectors, stream_version
 FROM events WHERE stream_id = $1 AND stream_version > $2
 ORDER BY stream_version
 "#;
@@ -589,6 +590,13 @@ impl LogReads<'_> {
     }
 }
 
+/// Takes the stream version of the row just applied: counting events is not enough once
+/// content removal folded a run of events into one row (a state cached or snapshotted
+/// inside the run then counts fewer events than the stream holds; see `content`).
+fn at_stream_version(doc: &mut Document, stream_version: i64) {
+    doc.stream_version = doc.stream_version.max(stream_version);
+}
+
 impl LogAppends<'_> {
     /// Every event of a stream, in stream order, starting after its snapshot if any; returns
     /// the rebuilt document.
@@ -613,7 +621,11 @@ impl LogAppends<'_> {
                     // A snapshot of an older shape: replay the whole stream.
                     drop(client);
                     let events = self.log.reads().stream_records(doc_id).await?;
-                    return Ok(Document::replay(events.iter().map(|e| &e.event)));
+                    let mut doc = Document::replay(events.iter().map(|e| &e.event));
+                    if let Some(last) = events.last() {
+                        at_stream_version(&mut doc, last.stream_version);
+                    }
+                    return Ok(doc);
                 }
             }
         }
@@ -622,6 +634,7 @@ impl LogAppends<'_> {
                 continue; // no events after the snapshot
             };
             doc.apply_event(&decode_event_columns(row, 1, position)?);
+            at_stream_version(&mut doc, row.get(6));
         }
         Ok(doc)
     }
@@ -645,6 +658,7 @@ impl LogAppends<'_> {
             .map_err(LogError::db("refresh document"))?;
         for row in &rows {
             doc.apply_event(&decode_event_columns(row, 1, row.get(0))?);
+            at_stream_version(&mut doc, row.get(5));
         }
         Ok((doc, !rows.is_empty()))
     }

@@ -115,7 +115,10 @@ fn versions_of(history: &[DocumentEvent]) -> BTreeMap<Version, VersionRecord> {
             }
             // What retention left of an older event: no content to restore.
             DocumentEvent::ContentRemoved { removed, .. } => {
-                if removed == "CompensationRequested" {
+                if removed
+                    .last()
+                    .is_some_and(|r| r.event_type == "CompensationRequested")
+                {
                     after_compensation = true;
                 }
                 continue;

@@ -61,6 +61,33 @@ pub struct BlobRef {
     pub content_type: String,
 }
 
+/// The metadata an event keeps once its content is removed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RemovedEvent {
+    /// The event's type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Its document version.
+    pub version: Version,
+    /// Its place in the document's stream.
+    pub stream_version: i64,
+    /// When it was recorded (RFC 3339, UTC).
+    pub recorded_at: String,
+    /// The blob's sha256 (`BlobStored`, `RowInserted` with a blob).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The blob's size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// The number of chunks (`RowInserted`, `VectorsIndexed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_count: Option<u32>,
+    /// The refusing store (`CompensationRequested`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
 /// One chunk of a document with its embedding.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -127,29 +154,19 @@ pub enum DocumentEvent {
         /// Document version of the erasure.
         version: Version,
     },
-    /// What is left of an event whose content the log removed (retention or erasure): its
-    /// type, version and sizes, never its content. Never decided by the domain: the log
-    /// writes it in place of the event, at the event's position. Carries no change for any
-    /// store (a newer event of the same document always holds the state its stores need).
+    /// What is left of a run of consecutive events whose content the log removed
+    /// (retention or erasure): each one's type, versions, time and sizes, never its
+    /// content. Never decided by the domain: the log writes it in place of the run's first
+    /// event and deletes the others, so it stands for every stream version its entries
+    /// name. Carries no change for any store (a newer event of the same document always
+    /// holds the state its stores need).
     ContentRemoved {
-        /// Document version of the removed event.
+        /// The lowest document version among the removed events.
         version: Version,
-        /// The removed event's type.
-        removed: String,
-        /// Why it was removed.
+        /// Why they were removed.
         cause: RemovalCause,
-        /// The blob's sha256 (`BlobStored`, `RowInserted` with a blob).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        sha256: Option<String>,
-        /// The blob's size in bytes.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        size: Option<u64>,
-        /// The number of chunks (`RowInserted`, `VectorsIndexed`).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        chunk_count: Option<u32>,
-        /// The refusing store (`CompensationRequested`).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        target: Option<String>,
+        /// The removed events, in stream order.
+        removed: Vec<RemovedEvent>,
     },
     /// A projector could not apply `version` to `target` and the document must be made
     /// consistent again.

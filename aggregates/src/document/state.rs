@@ -59,7 +59,9 @@ pub struct Document {
     /// Compensations requested and not yet followed by a newer version (the durable record
     /// of every compensation is the parked change in the log database).
     pub compensations: Vec<OpenCompensation>,
-    /// Number of events applied (the stream's own sequence; the log's expected version).
+    /// The stream version of the last event applied (the log's expected version): the
+    /// number of events, where a run folded by content removal counts for every stream
+    /// version it stands for.
     pub stream_version: i64,
     /// The blob of the version being applied, between its `BlobStored` and `RowInserted`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -250,9 +252,17 @@ impl Document {
     /// Applies one event. Total: never fails, never validates.
     pub fn apply_event(&mut self, event: &DocumentEvent) {
         self.stream_version += 1;
-        if let DocumentEvent::ContentRemoved { version, .. } = event {
-            // What is left of an older event: the events after it hold the state.
-            self.version = self.version.max(*version);
+        if let DocumentEvent::ContentRemoved {
+            version, removed, ..
+        } = event
+        {
+            // What is left of older events: the events after them hold the state. It stands
+            // for every stream version its entries name.
+            let newest = removed.iter().map(|r| r.version).max().unwrap_or(*version);
+            self.version = self.version.max(newest);
+            if let Some(last) = removed.last() {
+                self.stream_version = self.stream_version.max(last.stream_version);
+            }
             return;
         }
         if !matches!(event, DocumentEvent::CompensationRequested { .. }) {

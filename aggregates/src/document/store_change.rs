@@ -79,12 +79,8 @@ fn one_of_each_shape() -> [DocumentEvent; 8] {
         E::DocumentErased { version: 1 },
         E::ContentRemoved {
             version: 1,
-            removed: String::new(),
             cause: crate::document::RemovalCause::Retention,
-            sha256: None,
-            size: None,
-            chunk_count: None,
-            target: None,
+            removed: Vec::new(),
         },
         E::CompensationRequested {
             version: 1,
