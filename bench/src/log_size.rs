@@ -24,7 +24,8 @@
 //! texts, vectors and blob bytes), so nothing is shared between versions. The log must hold
 //! at least S0, the kept versions with their content and the other versions' rows without
 //! it. The report measures a version without its content at S_full (the tuples of the
-//! `ContentRemoved` events and their share of the events' indexes), derives a version with
+//! `ContentRemoved` rows, one per run of a document's removed events, and their share of the
+//! events' indexes), derives a version with
 //! its content from S_full, and gives the floor at the run's retention and at 1 version
 //! against the target.
 
@@ -415,7 +416,7 @@ fn report(args: &BenchArgs, m: &Measured) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "| log database | pg_database_size MiB | log tables MiB | / S1 (database) | / S1 (tables) | {} | events with content / without | blobs |",
+        "| log database | pg_database_size MiB | log tables MiB | / S1 (database) | / S1 (tables) | {} | events with content / rows without (folded) | blobs |",
         LOG_TABLES.join(" | ")
     );
     let _ = writeln!(
@@ -483,13 +484,16 @@ fn report(args: &BenchArgs, m: &Measured) -> String {
     let total1 = s1.tables_total() as f64;
     let empty = s0.tables_total() as f64;
     let kept_now = retain.min(versions);
-    let events_per_doc = s1.held.content_events as f64 / n as f64;
     let stripped = full.held.stripped_bytes();
-    // A version without its content (0 when no version lost it).
+    // A version without its content, all documents (0 when no version lost it): the rows
+    // the passes left for the stripped versions (one per run of a document's removed
+    // events, which the passes fold) over those versions.
+    let stripped_versions_now = versions.saturating_sub(kept_now).max(1) as f64;
+    let rows_per_version = full.held.stripped_events as f64 / stripped_versions_now / n as f64;
     let without_content = if stripped.is_nan() {
         0.0
     } else {
-        stripped * events_per_doc * n as f64
+        stripped * full.held.stripped_events as f64 / stripped_versions_now
     };
     let with_content =
         (full.tables_total() as f64 - empty - (versions - kept_now) as f64 * without_content)
@@ -503,7 +507,7 @@ fn report(args: &BenchArgs, m: &Measured) -> String {
     if !stripped.is_nan() {
         let _ = writeln!(
             out,
-            "  a version without its content: {:.2} MiB ({:.0} B a document: {events_per_doc:.0} events of {stripped:.0} B, {:.0} B of tuple and line pointer and {:.0} B of entries in the events' indexes each)",
+            "  a version without its content: {:.2} MiB ({:.0} B a document: {rows_per_version:.2} rows of {stripped:.0} B, {:.0} B of tuple and line pointer and {:.0} B of entries in the events' indexes each)",
             without_content / MIB,
             per_doc(without_content),
             full.held.stripped_heap as f64 / full.held.stripped_events as f64,

@@ -40,11 +40,13 @@ const CONTENT_TYPES: &str =
 
 /// Removes the content of the events chosen by the `target(position)` CTE that `{target}`
 /// defines (`$cause`: the cause's name, always the last parameter). Each run of consecutive
-/// events of a stream among them is folded into one `ContentRemoved` event at the run's
-/// first position, listing every event's metadata (type, versions, time, sha256, sizes);
-/// the run's other rows are deleted. One row per run instead of one per event is what keeps
-/// a long history small (an event row costs about 400 bytes before its payload). Returns
-/// each removed event's stream and, for a blob, its sha256.
+/// events of a stream among them is folded into one `ContentRemoved` event listing every
+/// event's metadata (type, versions, time, sha256, sizes): appended to the stream's
+/// `ContentRemoved` event of the same cause that ends right before the run (an earlier
+/// pass's), or else written at the run's first position; the run's other rows are deleted.
+/// So a document's removed history is one row, whose payload PostgreSQL compresses, instead
+/// of one row per event (about 400 bytes each before its payload). Returns each removed
+/// event's stream and, for a blob, its sha256.
 fn strip_content(target: &str, cause_param: usize) -> String {
     format!(
         r#"WITH {target}, old AS (
@@ -73,18 +75,37 @@ fn strip_content(target: &str, cause_param: usize) -> String {
                         END,
                         'target', payload->'target')) ORDER BY stream_version) AS removed
                FROM old GROUP BY stream_id, run
+         ), prev AS (
+             SELECT r.stream_id, r.run, p.position
+               FROM runs r
+               JOIN events p ON p.stream_id = r.stream_id AND p.event_type = 'ContentRemoved'
+              WHERE (p.payload->'removed'->-1->>'stream_version')::bigint
+                      = (r.removed->0->>'stream_version')::bigint - 1
+                AND p.payload->>'cause' = ${cause_param}::text
+         ), appended AS (
+             UPDATE events e
+                SET payload = jsonb_build_object(
+                        'version', LEAST((e.payload->>'version')::bigint, r.version),
+                        'cause', ${cause_param}::text,
+                        'removed', (e.payload->'removed') || r.removed)
+               FROM prev p JOIN runs r ON r.stream_id = p.stream_id AND r.run = p.run
+              WHERE e.position = p.position
+         ), heads AS (
+             SELECT r.* FROM runs r
+              WHERE NOT EXISTS (SELECT 1 FROM prev p
+                                 WHERE p.stream_id = r.stream_id AND p.run = r.run)
          ), folded AS (
              UPDATE events e
                 SET event_type = 'ContentRemoved', event_version = 1, vectors = NULL,
-                    payload = jsonb_build_object('version', r.version,
+                    payload = jsonb_build_object('version', h.version,
                                                  'cause', ${cause_param}::text,
-                                                 'removed', r.removed)
-               FROM runs r
-              WHERE e.position = r.head
+                                                 'removed', h.removed)
+               FROM heads h
+              WHERE e.position = h.head
          ), dropped AS (
              DELETE FROM events e
               WHERE e.position IN (SELECT position FROM old)
-                AND e.position NOT IN (SELECT head FROM runs)
+                AND e.position NOT IN (SELECT head FROM heads)
          )
          SELECT o.stream_id, CASE o.event_type WHEN 'BlobStored' THEN o.payload->>'sha256' END
            FROM old o"#
