@@ -2,9 +2,10 @@
 //! erasure (every trace of one document's content, in the transaction that appends its
 //! tombstone).
 //!
-//! Events whose content is removed are folded, each run of consecutive ones of a stream
-//! into one `ContentRemoved` event at the run's first position that lists each event's
-//! type, versions, time and sizes (and the blob's sha256), with no vectors:
+//! Events whose content is removed are folded into one `ContentRemoved` event per document
+//! and cause that lists each event's type, versions, time and sizes (and the blob's
+//! sha256), with no vectors: each run of consecutive removed events is appended to the
+//! document's row that ends right before it, or else written at the run's first position.
 //! [`strip_content`] is the one statement that does it. The stream keeps its stream
 //! versions (the fold stands for each one it lists; readers of a document take the stream
 //! version of the rows they read, not a count). Blob bytes go once no
