@@ -145,6 +145,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// The exit code of a command that talks to a service: 0 when `report` prints the outcome
+/// and says all went well, 1 when it says something was refused, 2 when the run could not
+/// finish.
+fn run_outcome<T>(outcome: anyhow::Result<T>, report: impl FnOnce(&T) -> bool) -> ExitCode {
+    match outcome {
+        Ok(done) if report(&done) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = load_config(cli.config.as_ref())?;
     let system = actix_rt::System::new();
@@ -178,25 +192,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut options = docledger::cli::ingest::IngestOptions::new(&url);
             options.concurrency = concurrency;
             options.retry.max_attempts = Some(attempts);
-            options.bearer = token
-                .map(|t| format!("Bearer {t}"))
-                .or_else(|| docledger::cli::bearer(&config));
+            options.bearer = docledger::cli::bearer_or(token, &config);
             options.sync_prefix = sync_prefix;
             let input = docledger::cli::ingest::Input::from_arg(&input);
-            match docledger::cli::ingest::ingest(input, &options).await {
-                Ok(summary) => {
+            Ok(run_outcome(
+                docledger::cli::ingest::ingest(input, &options).await,
+                |summary| {
                     println!("{summary}");
-                    Ok(if summary.num_refused() == 0 {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(1)
-                    })
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    Ok(ExitCode::from(2))
-                }
-            }
+                    summary.num_refused() == 0
+                },
+            ))
         }),
         Command::Demo { docs, url } => system.block_on(async move {
             let report =
@@ -231,28 +236,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             token,
             timeout_ms,
         } => system.block_on(async move {
-            let bearer = token
-                .map(|t| format!("Bearer {t}"))
-                .or_else(|| docledger::cli::bearer(&config));
+            let bearer = docledger::cli::bearer_or(token, &config);
             let retry = docledger::cli::ingest::IngestOptions::new(&url).retry;
-            match docledger::cli::erase::erase(&url, bearer.as_deref(), &doc_ids, timeout_ms, &retry)
-                .await
-            {
-                Ok(lines) => {
-                    for line in &lines {
+            Ok(run_outcome(
+                docledger::cli::erase::erase(&url, bearer.as_deref(), &doc_ids, timeout_ms, &retry)
+                    .await,
+                |lines| {
+                    for line in lines {
                         println!("{line}");
                     }
-                    Ok(if lines.iter().all(|l| l.is_done()) {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(1)
-                    })
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    Ok(ExitCode::from(2))
-                }
-            }
+                    lines.iter().all(|l| l.is_done())
+                },
+            ))
         }),
         Command::Compact { json } => system.block_on(async move {
             let log = docledger::eventlog::PgLog::connect_with_tls(

@@ -15,3 +15,10 @@ pub fn bearer(config: &crate::config::Config) -> Option<String> {
         .first()
         .map(|t| format!("Bearer {}", t.expose()))
 }
+
+/// `Authorization` header value for `--token`, else for the first configured token.
+pub fn bearer_or(token: Option<String>, config: &crate::config::Config) -> Option<String> {
+    token
+        .map(|t| format!("Bearer {t}"))
+        .or_else(|| bearer(config))
+}
