@@ -136,7 +136,7 @@ pub async fn run(
     );
 
     if docs >= 2 {
-        // Replace the first document with fewer chunks, and delete the second.
+        // Replace the first document with fewer chunks, delete the second, erase the third.
         let (body, chunks, sha) = generate(0, config.vector_dim, 1, true);
         let r = put(expected[0].doc_id.clone(), body).await?;
         expected[0].version = r.version;
@@ -146,25 +146,48 @@ pub async fn run(
             "replaced {} with 1 chunk (version {})",
             expected[0].doc_id, r.version
         );
+        // A delete or an erasure, waiting until every store applied it.
+        let remove = |req: reqwest::RequestBuilder, what: String| {
+            let req = match &bearer {
+                Some(b) => req.header("authorization", b),
+                None => req,
+            };
+            async move {
+                let res = req.send().await?;
+                if !res.status().is_success() {
+                    bail!("{what} answered {}", res.status());
+                }
+                Ok::<CommandResponse, anyhow::Error>(res.json().await?)
+            }
+        };
+        let encoded = |doc_id: &str| {
+            percent_encoding::utf8_percent_encode(doc_id, percent_encoding::NON_ALPHANUMERIC)
+                .to_string()
+        };
         let endpoint = format!(
             "{base}/v1/documents/{}?consistency=applied&timeout_ms=60000",
-            percent_encoding::utf8_percent_encode(
-                &expected[1].doc_id,
-                percent_encoding::NON_ALPHANUMERIC
-            )
+            encoded(&expected[1].doc_id)
         );
-        let mut req = client.delete(&endpoint);
-        if let Some(b) = &bearer {
-            req = req.header("authorization", b);
-        }
-        let res = req.send().await?;
-        if !res.status().is_success() {
-            bail!("DELETE {} answered {}", expected[1].doc_id, res.status());
-        }
-        let r: CommandResponse = res.json().await?;
+        let what = format!("DELETE {}", expected[1].doc_id);
+        let r = remove(client.delete(&endpoint), what).await?;
         expected[1].version = r.version;
         expected[1].deleted = true;
         println!("deleted {} (version {})", expected[1].doc_id, r.version);
+        if docs >= 3 {
+            // Erase the third: no store holds it, and the log keeps none of its content.
+            let endpoint = format!(
+                "{base}/v1/documents/{}:erase?timeout_ms=60000",
+                encoded(&expected[2].doc_id)
+            );
+            let what = format!("erase {}", expected[2].doc_id);
+            let r = remove(client.post(&endpoint), what).await?;
+            expected[2].version = r.version;
+            expected[2].deleted = true;
+            println!(
+                "erased {} (version {}): no store holds it, the log keeps none of its content",
+                expected[2].doc_id, r.version
+            );
+        }
     }
 
     let stores = Stores::connect(config).await?;
