@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::HashSet;
 
+use common::send;
 use common::TestService;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -16,16 +17,6 @@ fn doc_body(title: &str, n_chunks: usize) -> Value {
         "source_type": "note",
         "chunks": (0..n_chunks).map(|i| json!({"text": format!("{title} {i}"), "vector": vec![i as f32; 8]})).collect::<Vec<_>>(),
     })
-}
-
-async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
-    let res = req.send().await.expect("request");
-    let status = res.status().as_u16();
-    let text = res.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 /// `(version, number of events)` of a document as the API reports them.

@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::send;
 use common::TestService;
 use milvus::v2::prelude::*;
 use mysql_async::prelude::*;
@@ -168,16 +169,6 @@ impl RawStores {
             Err(e) => panic!("get object: {}", aws_sdk_s3::error::DisplayErrorContext(&e)),
         }
     }
-}
-
-async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
-    let res = req.send().await.expect("request");
-    let status = res.status().as_u16();
-    let text = res.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 #[actix_rt::test]

@@ -13,8 +13,10 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine;
-use common::cluster::{Cluster, FAST_LEASES};
+use common::cluster::{partitions_in, Cluster, FAST_LEASES};
 use common::dumps::{milvus_rows, mysql_dump, occurrences, pg_dump, s3_objects};
+use common::send;
+use milvus::v2::prelude::{ListPersistentSegmentsRequest, SegmentState};
 use serde_json::{json, Value};
 
 const MARK: &str = "ERASEME7q3zx";
@@ -40,16 +42,6 @@ fn body(mark: &str, version: usize, blob: &[u8]) -> Value {
 fn doc_url(base: &str, doc_id: &str, rest: &str) -> String {
     let enc = percent_encoding::utf8_percent_encode(doc_id, percent_encoding::NON_ALPHANUMERIC);
     format!("{base}/v1/documents/{enc}{rest}")
-}
-
-async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
-    let res = req.send().await.expect("request");
-    let status = res.status().as_u16();
-    let text = res.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 async fn put(http: &reqwest::Client, base: &str, doc_id: &str, body: &Value) -> Value {
@@ -245,6 +237,20 @@ async fn an_erasure_waiting_on_a_paused_store_answers_202_with_the_log_already_c
 
     let (status, paused) = send(http.post(format!("{a}/v1/projections/milvus/pause"))).await;
     assert_eq!(status, 200, "{paused}");
+    // The pause is asked of every process; each runner stops after its batch in flight.
+    cluster
+        .until(
+            Duration::from_secs(60),
+            "both Milvus partitions paused",
+            || {
+                let (http, bases) = (&http, [a.clone(), b.clone()]);
+                async move {
+                    let paused = partitions_in(http, &bases, "milvus", "paused").await?;
+                    (paused.len() == 2).then_some(())
+                }
+            },
+        )
+        .await;
     let (status, erased) = send(http.post(doc_url(&b, "held", ":erase?timeout_ms=1500"))).await;
     assert_eq!(status, 202, "{erased}");
     assert_eq!(erased["version"], 2, "{erased}");
@@ -270,4 +276,27 @@ async fn an_erasure_waiting_on_a_paused_store_answers_202_with_the_log_already_c
     );
     let (code, report) = cluster.verify().await;
     assert_eq!(code, Some(0), "{report}");
+    // The projector flushed the erasure before it counted as applied: the collection's one
+    // version of `held` was only ever in a growing segment (Milvus seals an idle one after
+    // minutes), and a flush persists it with the deletion, which Milvus' compaction applies.
+    let milvus = common::milvus_client(&projections::testing::StoreEnv::require()).await;
+    let segments = milvus
+        .list_persistent_segments(
+            ListPersistentSegmentsRequest::builder()
+                .collection_name(cluster.vars["DOCLEDGER_MILVUS_COLLECTION"].as_str())
+                .build()
+                .expect("request"),
+        )
+        .await
+        .expect("list persistent segments");
+    let flushed: Vec<_> = segments
+        .segments()
+        .iter()
+        .filter(|s| s.get_state() == SegmentState::Flushed)
+        .map(|s| s.get_row_count())
+        .collect();
+    assert!(
+        !flushed.is_empty(),
+        "no flushed segment after the erasure: {segments:?}"
+    );
 }

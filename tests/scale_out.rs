@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{projections_at, Cluster, FAST_LEASES};
+use common::cluster::{partitions_in, projections_at, Cluster, FAST_LEASES};
 use serde_json::{json, Value};
 
 fn body(title: &str) -> Value {
@@ -172,25 +172,6 @@ async fn rebuild_status(http: &reqwest::Client, base: &str, store: &str) -> Opti
 }
 
 /// Partitions of `store` shown `state` by any of `bases`.
-async fn partitions_in(
-    http: &reqwest::Client,
-    bases: &[String],
-    store: &str,
-    state: &str,
-) -> Option<std::collections::BTreeSet<u64>> {
-    let mut out = std::collections::BTreeSet::new();
-    for base in bases {
-        let all = projections_at(http, base).await?;
-        let s = all.as_array()?.iter().find(|s| s["name"] == store)?;
-        for p in s["partitions"].as_array()? {
-            if p["state"] == state {
-                out.insert(p["partition"].as_u64()?);
-            }
-        }
-    }
-    Some(out)
-}
-
 async fn wait_consistent(http: &reqwest::Client, base: &str, docs: &[String]) {
     for doc in docs {
         common::until_document(

@@ -883,6 +883,23 @@ async fn count_ready(mysql: &MysqlSink, version: u64) -> Result<u64, mysql_async
     Ok(ready.unwrap_or(0))
 }
 
+/// The bench-owned catalogue that readiness is read from, and a watch of `service`'s
+/// projections while the bench waits for it.
+fn readiness_watch<'a>(
+    config: &Config,
+    names: &Names,
+    service: &'a Service,
+    bearer: Option<&'a str>,
+    args: &BenchArgs,
+) -> anyhow::Result<(MysqlSink, StoreWatch<'a>)> {
+    let mysql = MysqlSink::with_tls(
+        &with_database(config.mysql_url.expose(), &names.name)?,
+        &config.tls,
+    )?;
+    let watch = StoreWatch::new(service, bearer, Duration::from_secs(args.stuck_after_secs));
+    Ok((mysql, watch))
+}
+
 /// Watches the service's `GET /v1/projections` while the bench waits for readiness.
 struct StoreWatch<'a> {
     service: &'a Service,
@@ -1022,16 +1039,8 @@ async fn run_docledger(
 ) -> anyhow::Result<(Row, Option<u64>)> {
     let vars = service_vars(config, names, args.dim)?;
     let service = Service::spawn(exe, &vars).await?;
-    let mysql = MysqlSink::with_tls(
-        &with_database(config.mysql_url.expose(), &names.name)?,
-        &config.tls,
-    )?;
     let bearer = docledger::cli::bearer(config);
-    let mut watch = StoreWatch::new(
-        &service,
-        bearer.as_deref(),
-        Duration::from_secs(args.stuck_after_secs),
-    );
+    let (mysql, mut watch) = readiness_watch(config, names, &service, bearer.as_deref(), args)?;
     // Steady state, not start-up: a new service's first documents wait while its projectors
     // create the bench's Milvus collection, index and bucket (about 3 s here). One document
     // through every store first; the clock starts after it.

@@ -41,8 +41,9 @@ use docledger::eventlog::PgLog;
 use projections::mysql::MysqlSink;
 
 use super::{
-    drop_names, encode_requests, generate, load_average, send_requests, service_vars, wait_quiet,
-    wait_ready_at, with_database, BenchArgs, Names, Service, StoreWatch, READY_POLL, READY_TIMEOUT,
+    drop_names, encode_requests, generate, load_average, readiness_watch, send_requests,
+    service_vars, wait_quiet, wait_ready_at, with_database, BenchArgs, Names, Service, StoreWatch,
+    READY_POLL, READY_TIMEOUT,
 };
 
 /// The log's tables whose sizes make up "log tables" (each with its TOAST and indexes).
@@ -60,10 +61,6 @@ const TARGET_RATIO: f64 = 1.5;
 
 /// Connections of the bench's own handle on the log (compaction passes, sizes, VACUUM).
 const LOG_POOL_SIZE: usize = 2;
-
-/// The event types that hold content (`DocumentEvent::has_content`).
-const CONTENT_TYPES: &str =
-    "('BlobStored', 'RowInserted', 'VectorsIndexed', 'CompensationRequested')";
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -139,15 +136,16 @@ async fn measure(log: &PgLog) -> anyhow::Result<LogSize> {
             .get(0);
         tables.push(size);
     }
+    let content_types = &*docledger::eventlog::content::CONTENT_TYPES;
     let row = client
         .query_one(
             &format!(
                 "SELECT
                    (SELECT COALESCE(SUM(pg_column_size(payload)::bigint
                                         + COALESCE(pg_column_size(vectors), 0)), 0)::bigint
-                      FROM events WHERE event_type IN {CONTENT_TYPES}),
+                      FROM events WHERE event_type IN {content_types}),
                    (SELECT COALESCE(SUM(pg_column_size(content)), 0)::bigint FROM blobs),
-                   (SELECT count(*) FROM events WHERE event_type IN {CONTENT_TYPES}),
+                   (SELECT count(*) FROM events WHERE event_type IN {content_types}),
                    (SELECT count(*) FROM events WHERE event_type = 'ContentRemoved'),
                    (SELECT COALESCE(SUM((pg_column_size(e.*) + 7) / 8 * 8 + 4), 0)::bigint
                       FROM events e WHERE event_type = 'ContentRemoved'),
@@ -300,16 +298,8 @@ async fn measure_run(
             interval: None,
         },
     );
-    let mysql = MysqlSink::with_tls(
-        &with_database(config.mysql_url.expose(), &names.name)?,
-        &config.tls,
-    )?;
     let bearer = docledger::cli::bearer(config);
-    let mut watch = StoreWatch::new(
-        &service,
-        bearer.as_deref(),
-        Duration::from_secs(args.stuck_after_secs),
-    );
+    let (mysql, mut watch) = readiness_watch(config, names, &service, bearer.as_deref(), args)?;
     let s0 = measure(&log).await?;
     let mut passes = Passes::default();
     let mut s1 = None;

@@ -207,6 +207,26 @@ struct CommandRequest {
     idempotency: Option<IdempotencyKey>,
 }
 
+/// A command's name (the idempotency key's canonical request starts with it) and where its
+/// route holds the document id.
+struct Op {
+    name: &'static str,
+    doc_id: fn(&HttpRequest) -> Result<DocId, ApiError>,
+}
+
+const PUT: Op = Op {
+    name: "put",
+    doc_id: doc_id_of,
+};
+const DELETE: Op = Op {
+    name: "delete",
+    doc_id: doc_id_of,
+};
+const ERASE: Op = Op {
+    name: "erase",
+    doc_id: erased_doc_id_of,
+};
+
 /// Authorises, reads the document id, the consistency wait and the body (within the size
 /// and time limits), and keys an `Idempotency-Key` to the canonical request
 /// `op \0 doc_id \0 body`. A refusal is the whole answer; it closes the connection when the
@@ -216,16 +236,12 @@ async fn command_request(
     payload: web::Payload,
     query: &ConsistencyQuery,
     state: &AppState,
-    op: &str,
+    op: &Op,
 ) -> Result<CommandRequest, HttpResponse> {
     let mut body = TimedBody::whole(payload, &state.config.http);
     let read = async {
         authorize(req, &state.config)?;
-        let doc_id = if op == "erase" {
-            erased_doc_id_of(req)?
-        } else {
-            doc_id_of(req)?
-        };
+        let doc_id = (op.doc_id)(req)?;
         let wait = wait_of(query)?;
         let bytes = body.read_whole(req, state.config.max_body_bytes).await?;
         Ok::<_, ApiError>((doc_id, wait, bytes))
@@ -235,7 +251,7 @@ async fn command_request(
         Err(e) => return Err(body.refuse(&e)),
     };
     let canonical = [
-        op.as_bytes(),
+        op.name.as_bytes(),
         b"\0",
         doc_id.as_str().as_bytes(),
         b"\0",
@@ -272,7 +288,7 @@ pub async fn put(
     query: web::Query<ConsistencyQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let r = match command_request(&req, payload, &query, &state, "put").await {
+    let r = match command_request(&req, payload, &query, &state, &PUT).await {
         Ok(r) => r,
         Err(refused) => return Ok(refused),
     };
@@ -306,7 +322,7 @@ pub async fn delete(
     query: web::Query<ConsistencyQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    removal(req, payload, &query, &state, "delete", |expected_version| {
+    removal(req, payload, &query, &state, &DELETE, |expected_version| {
         DocumentCommand::Delete { expected_version }
     })
     .await
@@ -319,7 +335,7 @@ async fn removal(
     payload: web::Payload,
     query: &ConsistencyQuery,
     state: &AppState,
-    op: &str,
+    op: &Op,
     command: impl FnOnce(Option<u64>) -> DocumentCommand,
 ) -> Result<HttpResponse, ApiError> {
     let r = match command_request(&req, payload, query, state, op).await {
@@ -380,7 +396,7 @@ pub async fn erase(
         payload,
         &consistency,
         &state,
-        "erase",
+        &ERASE,
         |expected_version| DocumentCommand::Erase { expected_version },
     )
     .await

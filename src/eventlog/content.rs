@@ -35,9 +35,15 @@ use serde::Serialize;
 use super::append::prepared;
 use super::{LogCompaction, LogError, LogReads};
 
-/// The event types that hold content (`DocumentEvent::has_content`), as SQL.
-const CONTENT_TYPES: &str =
-    "('BlobStored', 'RowInserted', 'VectorsIndexed', 'CompensationRequested')";
+/// The event types that hold content ([`aggregates::document::CONTENT_EVENT_TYPES`]), as a
+/// SQL list: `('BlobStored', …)`.
+pub static CONTENT_TYPES: LazyLock<String> = LazyLock::new(|| {
+    let quoted: Vec<String> = aggregates::document::CONTENT_EVENT_TYPES
+        .iter()
+        .map(|t| format!("'{t}'"))
+        .collect();
+    format!("({})", quoted.join(", "))
+});
 
 /// Removes the content of the events chosen by the `target(position)` CTE that `{target}`
 /// defines (`$cause`: the cause's name, always the last parameter). Each run of consecutive
@@ -49,6 +55,7 @@ const CONTENT_TYPES: &str =
 /// of one row per event (about 400 bytes each before its payload). Returns each removed
 /// event's stream and, for a blob, its sha256.
 fn strip_content(target: &str, cause_param: usize) -> String {
+    let content_types = &*CONTENT_TYPES;
     format!(
         r#"WITH {target}, old AS (
              SELECT e.position, e.stream_id, e.stream_version, e.event_type, e.payload,
@@ -58,7 +65,7 @@ fn strip_content(target: &str, cause_param: usize) -> String {
                       AS run
                FROM events e
               WHERE e.position IN (SELECT position FROM target)
-                AND e.event_type IN {CONTENT_TYPES}
+                AND e.event_type IN {content_types}
          ), runs AS (
              SELECT stream_id, run, min(position) AS head,
                     min((payload->>'version')::bigint) AS version,
@@ -160,11 +167,15 @@ const RETENTION_CANDIDATES: &str = "SELECT stream_id, doc_version, deleted, read
 
 /// The content events of the page's documents: stream, stream version, document version
 /// and age in seconds.
-const CONTENT_EVENTS: &str = "SELECT stream_id, stream_version, (payload->>'version')::bigint,
-           EXTRACT(EPOCH FROM now() - recorded_at)::float8
-      FROM events
-     WHERE stream_id = ANY($1) AND event_type IN ('BlobStored', 'RowInserted',
-                                                  'VectorsIndexed', 'CompensationRequested')";
+static CONTENT_EVENTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT stream_id, stream_version, (payload->>'version')::bigint,
+                EXTRACT(EPOCH FROM now() - recorded_at)::float8
+           FROM events
+          WHERE stream_id = ANY($1) AND event_type IN {}",
+        *CONTENT_TYPES
+    )
+});
 
 /// Documents a retention page handles in one transaction.
 pub const RETENTION_PAGE: i64 = 200;
@@ -324,7 +335,7 @@ impl LogCompaction<'_> {
             .collect();
         let ids: Vec<&str> = facts.keys().map(String::as_str).collect();
         let events = tx
-            .query(CONTENT_EVENTS, &[&ids])
+            .query(CONTENT_EVENTS.as_str(), &[&ids])
             .await
             .map_err(LogError::db("read content events"))?;
         let mut strip: (Vec<&str>, Vec<i64>) = (Vec::new(), Vec::new());
@@ -409,7 +420,9 @@ pub struct ErasureCheck {
 /// that still hold content, a snapshot, parked changes with a store error, and the blobs
 /// its removed events named that still exist though no event holding content refers to
 /// them.
-const ERASURE_LEAKS: &str = "WITH erased AS (
+static ERASURE_LEAKS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH erased AS (
          SELECT s.stream_id, s.doc_version FROM streams s
           WHERE s.deleted AND s.catalogue_type = 'DocumentErased'
      )
@@ -418,8 +431,7 @@ const ERASURE_LEAKS: &str = "WITH erased AS (
      SELECT 0, e.stream_id, 'event ' || e.stream_version || ' (' || e.event_type || ') holds content'
        FROM erased x JOIN events e ON e.stream_id = x.stream_id
       WHERE (e.payload->>'version')::bigint < x.doc_version
-        AND (e.event_type IN ('BlobStored', 'RowInserted', 'VectorsIndexed', 'CompensationRequested')
-             OR e.vectors IS NOT NULL)
+        AND (e.event_type IN {content_types} OR e.vectors IS NOT NULL)
      UNION ALL
      SELECT 0, p.stream_id, 'snapshot at stream version ' || p.stream_version
        FROM erased x JOIN snapshots p ON p.stream_id = x.stream_id
@@ -435,7 +447,10 @@ const ERASURE_LEAKS: &str = "WITH erased AS (
       WHERE e.event_type = 'ContentRemoved' AND m->>'type' = 'BlobStored'
         AND EXISTS (SELECT 1 FROM blobs b WHERE b.sha256 = decode(m->>'sha256', 'hex'))
         AND NOT EXISTS (SELECT 1 FROM events r WHERE r.event_type = 'BlobStored'
-                                                 AND r.payload->>'sha256' = m->>'sha256')";
+                                                 AND r.payload->>'sha256' = m->>'sha256')",
+        content_types = *CONTENT_TYPES
+    )
+});
 
 impl LogReads<'_> {
     /// Checks that the log holds no content of any erased document (see [`ErasureCheck`]).
@@ -445,7 +460,7 @@ impl LogReads<'_> {
     pub async fn erasure_check(self) -> Result<ErasureCheck, LogError> {
         let client = self.log.client().await?;
         let rows = client
-            .query(ERASURE_LEAKS, &[])
+            .query(ERASURE_LEAKS.as_str(), &[])
             .await
             .map_err(LogError::db("check erasures"))?;
         let mut check = ErasureCheck::default();

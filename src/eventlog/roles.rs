@@ -46,8 +46,9 @@ pub struct LogControl<'a> {
     pub(super) log: &'a PgLog,
 }
 
-/// The log's life: what the compaction pass removes once it is past its time (idempotency
-/// keys after their TTL).
+/// The log's life: what the compaction pass removes once it is past its time (old
+/// versions' content and unreferenced blobs, idempotency keys after their TTL, settled
+/// compensations).
 #[derive(Clone, Copy, Debug)]
 pub struct LogCompaction<'a> {
     pub(super) log: &'a PgLog,

@@ -29,6 +29,27 @@ pub async fn projections_at(http: &reqwest::Client, base: &str) -> Option<Value>
         .ok()
 }
 
+/// The partitions of `store` in `state` at any of the processes at `bases`, as their
+/// `GET /v1/projections` shows them; None when one does not answer.
+pub async fn partitions_in(
+    http: &reqwest::Client,
+    bases: &[String],
+    store: &str,
+    state: &str,
+) -> Option<std::collections::BTreeSet<u64>> {
+    let mut out = std::collections::BTreeSet::new();
+    for base in bases {
+        let all = projections_at(http, base).await?;
+        let s = all.as_array()?.iter().find(|s| s["name"] == store)?;
+        for p in s["partitions"].as_array()? {
+            if p["state"] == state {
+                out.insert(p["partition"].as_u64()?);
+            }
+        }
+    }
+    Some(out)
+}
+
 /// One `serve` process of a [`Cluster`].
 pub struct Member {
     /// `127.0.0.1:port`.

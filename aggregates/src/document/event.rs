@@ -23,6 +23,15 @@ const VECTORS_INDEXED: &str = "VectorsIndexed";
 const DOCUMENT_DELETED: &str = "DocumentDeleted";
 const COMPENSATION_REQUESTED: &str = "CompensationRequested";
 const DOCUMENT_ERASED: &str = "DocumentErased";
+
+/// The stored type names of the events that hold content ([`DocumentEvent::has_content`]):
+/// what retention and erasure remove.
+pub const CONTENT_EVENT_TYPES: [&str; 4] = [
+    BLOB_STORED,
+    ROW_INSERTED,
+    VECTORS_INDEXED,
+    COMPENSATION_REQUESTED,
+];
 const CONTENT_REMOVED: &str = "ContentRemoved";
 
 /// Why an event's content was removed from the log.
@@ -157,8 +166,8 @@ pub enum DocumentEvent {
     /// What is left of a run of consecutive events whose content the log removed
     /// (retention or erasure): each one's type, versions, time and sizes, never its
     /// content. Never decided by the domain: the log writes it in place of the run's first
-    /// event and deletes the others, so it stands for every stream version its entries
-    /// name. Carries no change for any store (a newer event of the same document always
+    /// event, or appends the run to the document's earlier one that ends right before it,
+    /// and deletes the run's rows; it stands for every stream version its entries name. Carries no change for any store (a newer event of the same document always
     /// holds the state its stores need).
     ContentRemoved {
         /// The lowest document version among the removed events.

@@ -16,7 +16,9 @@ pub use compensation::{
     UnknownCompensationState,
 };
 pub use error::DocumentError;
-pub use event::{BlobRef, Chunk, DocumentEvent, RemovalCause, RemovedEvent, EVENT_TYPES};
+pub use event::{
+    BlobRef, Chunk, DocumentEvent, RemovalCause, RemovedEvent, CONTENT_EVENT_TYPES, EVENT_TYPES,
+};
 pub mod retention;
 pub use retry::{decide_retry, RetryDecision, RetryFacts};
 pub use state::{chunk_digest, Document, DocumentContent};

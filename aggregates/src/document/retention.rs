@@ -1,7 +1,7 @@
 //! Retention: which versions of a document keep their content in the log.
 //!
 //! The rule, in one place (the log's compaction pass asks it for every event that still
-//! holds content; docs/operations.md states it for users):
+//! holds content; docs/retention.md states it for users):
 //! - the newest version every store accepted (`ready_version`, what a compensation rolls
 //!   back to) and every version after it (not yet in every store) keep their content;
 //! - a live document keeps its newest `versions` versions;
@@ -122,7 +122,7 @@ mod tests {
     }
 
     #[test]
-    fn at_least_the_newest_version_is_kept_and_nothing_is_kept_before_readiness() {
+    fn at_least_the_newest_version_is_kept_and_everything_is_kept_before_readiness() {
         let one = RetentionPolicy {
             versions: 0,
             max_age: Duration::ZERO,

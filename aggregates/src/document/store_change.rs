@@ -93,13 +93,21 @@ fn one_of_each_shape() -> [DocumentEvent; 8] {
 #[cfg(test)]
 mod event_type_tests {
     use super::*;
-    use crate::document::EVENT_TYPES;
+    use crate::document::{CONTENT_EVENT_TYPES, EVENT_TYPES};
 
     #[test]
     fn every_event_type_has_a_shape_and_each_store_reads_its_types() {
         let shapes: Vec<&str> = one_of_each_shape().iter().map(|e| e.type_name()).collect();
         for t in EVENT_TYPES {
             assert!(shapes.contains(&t), "{t} has no sample shape");
+        }
+        for e in one_of_each_shape() {
+            assert_eq!(
+                e.has_content(),
+                CONTENT_EVENT_TYPES.contains(&e.type_name()),
+                "{} in CONTENT_EVENT_TYPES iff it holds content",
+                e.type_name()
+            );
         }
         assert_eq!(
             StoreKind::Mysql.event_types(),
