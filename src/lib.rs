@@ -41,18 +41,43 @@ use crate::verify::Verifier;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Turns transparent huge pages off for this process and the processes it starts, unless
-/// `MIMALLOC_ALLOW_THP` is set (mimalloc's own switch: `1` keeps them). mimalloc asks for huge
-/// pages on its arenas (`madvise(MADV_HUGEPAGE)`), so on a kernel in THP `madvise` or `always`
-/// mode the first touch of every fresh 2 MiB range zeroes all of it: request buffers, store
-/// client buffers and a new thread's heap each paid for 2 MiB, ~5 % of the service's CPU in a
-/// batch run (`clear_page_erms` under `perf`; README "Performance"). With 4 KiB pages only what
-/// is touched is zeroed. A kernel without the switch keeps huge pages: nothing else changes.
-pub fn disable_transparent_huge_pages() {
+/// mimalloc's `mi_option_purge_delay` (`mimalloc.h`, v2: the 16th option; the sys crate has
+/// no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// How long freed memory stays with the process before mimalloc gives it back to the kernel,
+/// in ms (mimalloc's default: 10; for its arenas × 10).
+const PURGE_DELAY_MS: std::ffi::c_long = 1000;
+
+/// Sets the allocator up for a long-running service that allocates and frees the same
+/// amounts over and over; call first thing in `main`, before other threads start. Each
+/// setting keeps mimalloc's own environment variable as the operator's override.
+///
+/// - Transparent huge pages off for this process and the processes it starts, unless
+///   `MIMALLOC_ALLOW_THP` is set (`1` keeps them). mimalloc asks for huge pages on its arenas
+///   (`madvise(MADV_HUGEPAGE)`), so on a kernel in THP `madvise` or `always` mode the first
+///   touch of every fresh 2 MiB range zeroes all of it: request buffers, store client
+///   buffers and a new thread's heap each paid for 2 MiB, ~5 % of the service's CPU in a
+///   batch run (`clear_page_erms` under `perf`; README "Performance"). With 4 KiB pages only
+///   what is touched is zeroed. A kernel without the switch keeps huge pages.
+/// - Freed memory is given back after [`PURGE_DELAY_MS`] instead of 10 ms, unless
+///   `MIMALLOC_PURGE_DELAY` is set. A batch's request bodies, vectors and store requests are
+///   freed between two batches, and with the default delay their pages went back to the
+///   kernel and were faulted in again, zeroed, for the next batch: page faults and
+///   `madvise` were a tenth of the service's CPU in a batch run, and alternating runs
+///   measured 17 % less service CPU per document with the longer delay
+///   (`benches/HISTORY.md`, "Allocator purge delay"). Memory freed for good still goes back
+///   within a second.
+pub fn tune_allocator() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
         // SAFETY: PR_SET_THP_DISABLE takes integer arguments and only sets a flag on this
         // process.
         unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    }
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one integer option; not thread safe, so called before other threads
+        // start (mimalloc reads options without locks).
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
     }
 }
 
@@ -281,4 +306,32 @@ pub async fn serve(
 
 fn handle_addr(config: &Config) -> String {
     config.listen.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The option index is the one whose mimalloc default is the purge delay's 10 ms (its
+    /// neighbours default to 1 and 0), and setting it takes.
+    #[test]
+    fn the_purge_delay_option_is_mimallocs_and_is_set() {
+        // SAFETY: reads and sets integer options.
+        unsafe {
+            if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+                assert_eq!(
+                    libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY),
+                    10
+                );
+            }
+            assert_eq!(
+                libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY - 1),
+                1
+            );
+        }
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            super::tune_allocator();
+            // SAFETY: as above.
+            let delay = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+            assert_eq!(delay, super::PURGE_DELAY_MS);
+        }
+    }
 }

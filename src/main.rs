@@ -133,7 +133,7 @@ fn load_config(file: Option<&PathBuf>) -> anyhow::Result<Config> {
 }
 
 fn main() -> ExitCode {
-    docledger::disable_transparent_huge_pages();
+    docledger::tune_allocator();
     let cli = Cli::parse();
     init_tracing(cli.log_format == "json");
     match run(cli) {

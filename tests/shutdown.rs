@@ -50,7 +50,7 @@ async fn sigterm_drains_requests_and_exits_cleanly() {
     )
     .await;
     // The binary turns transparent huge pages off for itself (see
-    // docledger::disable_transparent_huge_pages).
+    // docledger::tune_allocator).
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id().expect("pid")))
         .expect("the process's status");
     assert!(

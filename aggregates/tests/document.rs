@@ -595,3 +595,27 @@ fn a_history_whose_old_versions_lost_their_content_replays_to_the_same_state() {
     let refused = [4, 5].into_iter().collect();
     assert_eq!(restore_point(&compacted, &refused, 5), Restore::Withdraw);
 }
+
+/// The chunk digest is part of every stored state and snapshot: its bytes never change.
+/// Expected: sha256 over, per chunk, the index (u32 LE), the text's length (u64 LE) and
+/// bytes, the vector's length (u64 LE) and each value's bits (f32 LE), computed apart
+/// (Python's `hashlib` and `struct`).
+#[test]
+fn the_chunk_digest_is_stable() {
+    let chunks = [
+        aggregates::Chunk {
+            index: 0,
+            text: "revenue grew".into(),
+            vector: vec![1.0, -0.5, 3.25],
+        },
+        aggregates::Chunk {
+            index: 1,
+            text: String::new(),
+            vector: vec![f32::MIN_POSITIVE, -0.0, 0.1],
+        },
+    ];
+    assert_eq!(
+        aggregates::document::chunk_digest(&chunks),
+        "882241ca52d4c38ef38eee2da44849b062284e56f0ae7071ca9ce6044f27e8d5"
+    );
+}

@@ -27,7 +27,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    docledger::disable_transparent_huge_pages();
+    docledger::tune_allocator();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("DOCLEDGER_LOG")
         // The driver's NOTICEs (a migration's "already exists, skipping") are not news.

@@ -71,14 +71,18 @@ pub struct Document {
 /// A stable digest of a document's chunks: index, text and the exact bits of every value.
 pub fn chunk_digest(chunks: &[Chunk]) -> String {
     let mut h = Sha256::new();
+    let mut bits: Vec<u8> = Vec::new();
     for c in chunks {
         h.update(c.index.to_le_bytes());
         h.update((c.text.len() as u64).to_le_bytes());
         h.update(c.text.as_bytes());
         h.update((c.vector.len() as u64).to_le_bytes());
-        for x in &c.vector {
-            h.update(x.to_bits().to_le_bytes());
-        }
+        // The values' little-endian bits, fed in one piece per chunk: the same bytes as one
+        // `update` per value, without the hasher's per-call buffering (3,072 calls for a
+        // document of 8 chunks × 384 values).
+        bits.clear();
+        bits.extend(c.vector.iter().flat_map(|x| x.to_bits().to_le_bytes()));
+        h.update(&bits);
     }
     hex::encode(h.finalize())
 }
