@@ -199,6 +199,27 @@ async fn an_erased_document_leaves_no_trace_in_the_log_or_any_store() {
         report.contains("log erasure secret-cli: snapshot at stream version 3"),
         "{report}"
     );
+    // The document's own verification names it too, through either process; another
+    // erased document's stays clean.
+    for process in [&writer, &eraser] {
+        let (_, got) = send(http.get(doc_url(process, "secret-cli", "?verify=true"))).await;
+        let verification = &got["verification"];
+        assert_eq!(verification["matches"], json!(false), "{got}");
+        assert_eq!(
+            verification["erasure_leaks"],
+            json!(["snapshot at stream version 3"]),
+            "{got}"
+        );
+        let (_, clean) = send(http.get(doc_url(process, "secret", "?verify=true"))).await;
+        assert_eq!(
+            (
+                &clean["verification"]["matches"],
+                &clean["verification"]["erasure_leaks"]
+            ),
+            (&json!(true), &json!([])),
+            "{clean}"
+        );
+    }
     log_db
         .execute("DELETE FROM snapshots WHERE stream_id = 'secret-cli'", &[])
         .await

@@ -28,7 +28,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use aggregates::document::retention::{RetentionFacts, RetentionPolicy};
-use aggregates::{RemovalCause, Version};
+use aggregates::{DocId, RemovalCause, Version};
 use deadpool_postgres::GenericClient;
 use serde::Serialize;
 
@@ -416,15 +416,16 @@ pub struct ErasureCheck {
     pub leaks: Vec<ErasureLeak>,
 }
 
-/// For every document whose current version is an erasure: events before its tombstone
-/// that still hold content, a snapshot, parked changes with a store error, and the blobs
-/// its removed events named that still exist though no event holding content refers to
-/// them.
+/// For every document whose current version is an erasure (only `$1`'s, when it names one):
+/// events before its tombstone that still hold content, a snapshot, parked changes with a
+/// store error, and the blobs its removed events named that still exist though no event
+/// holding content refers to them.
 static ERASURE_LEAKS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH erased AS (
          SELECT s.stream_id, s.doc_version FROM streams s
           WHERE s.deleted AND s.catalogue_type = 'DocumentErased'
+            AND ($1::text IS NULL OR s.stream_id = $1::text)
      )
      SELECT (SELECT count(*) FROM erased), NULL::text, NULL::text
      UNION ALL
@@ -458,9 +459,18 @@ impl LogReads<'_> {
     /// # Errors
     /// [`LogError::Unavailable`].
     pub async fn erasure_check(self) -> Result<ErasureCheck, LogError> {
+        self.erasure_check_of(None).await
+    }
+
+    /// [`LogReads::erasure_check`] of one document (`erased_documents` is 0 or 1), or of
+    /// every document with `None`.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`].
+    pub async fn erasure_check_of(self, doc_id: Option<&DocId>) -> Result<ErasureCheck, LogError> {
         let client = self.log.client().await?;
         let rows = client
-            .query(ERASURE_LEAKS.as_str(), &[])
+            .query(ERASURE_LEAKS.as_str(), &[&doc_id.map(DocId::as_str)])
             .await
             .map_err(LogError::db("check erasures"))?;
         let mut check = ErasureCheck::default();

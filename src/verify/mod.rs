@@ -165,10 +165,14 @@ impl VerifyReport {
 /// One document's verification (`GET /v1/documents/{doc_id}?verify=true`).
 #[derive(Debug, Clone, Serialize)]
 pub struct DocumentVerification {
-    /// Every store holds exactly what the log implies.
+    /// Every store holds exactly what the log implies, and, for an erased document, the
+    /// log holds none of its content.
     pub matches: bool,
     /// What differs.
     pub findings: Vec<Finding>,
+    /// For an erased document: what the log still holds of its content (the per-document
+    /// part of `docledger verify`'s `log` line); empty otherwise.
+    pub erasure_leaks: Vec<String>,
 }
 
 /// Compares the stores with the log; cheap to clone.
@@ -286,9 +290,19 @@ impl Verifier {
         let findings = self
             .check_document(doc_id.as_str(), &StoreKind::ALL, &checkpoints)
             .await?;
+        let erasure_leaks: Vec<String> = self
+            .log
+            .reads()
+            .erasure_check_of(Some(doc_id))
+            .await?
+            .leaks
+            .into_iter()
+            .map(|l| l.what)
+            .collect();
         Ok(DocumentVerification {
-            matches: findings.is_empty(),
+            matches: findings.is_empty() && erasure_leaks.is_empty(),
             findings,
+            erasure_leaks,
         })
     }
 
