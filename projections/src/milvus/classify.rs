@@ -42,6 +42,8 @@ mod server {
     pub const FIELD_INVALID_NAME: i32 = 1701;
     /// `ErrInvalidInsertData`.
     pub const INVALID_INSERT_DATA: i32 = 1804;
+    /// `ErrAliasCollectionNameConfilct` (sic): a collection still holds the alias' name.
+    pub const ALIAS_COLLECTION_NAME_CONFLICT: i32 = 1601;
     /// `errUnexpected`: what Milvus 2.3 answers for anything unclassified, including a
     /// filter it cannot parse.
     pub const UNEXPECTED: i32 = (1 << 16) - 1;
@@ -144,6 +146,19 @@ pub fn is_index_not_found(err: &Error) -> bool {
     }
 }
 
+/// Whether `err` says an alias cannot be created because a collection holds its name: a
+/// collection made under that name meanwhile, or one dropped whose name Milvus has not
+/// released yet (it removes a dropped collection's name in a step after answering).
+pub fn is_alias_name_conflict(err: &Error) -> bool {
+    match err {
+        Error::Server(e) => {
+            e.code() & server::REASON_MASK == server::ALIAS_COLLECTION_NAME_CONFLICT
+        }
+        Error::RetryExhausted { source, .. } => is_alias_name_conflict(source),
+        _ => false,
+    }
+}
+
 /// `err` as a classified [`SinkError`] of `operation`.
 pub fn sink_error(operation: &'static str, err: &Error) -> SinkError {
     SinkError {
@@ -204,6 +219,23 @@ mod tests {
             25,
             "index not found[indexName=]"
         )));
+    }
+
+    #[test]
+    fn an_alias_name_taken_by_a_collection_is_told_apart() {
+        // What Milvus 2.3.5 answered in the scale-out test's rebuild.
+        let conflict = server_with(
+            1601,
+            1,
+            "alias and collection name conflict[database=default][alias=t_x]",
+        );
+        assert!(is_alias_name_conflict(&conflict));
+        assert!(is_alias_name_conflict(&Error::RetryExhausted {
+            attempts: 1,
+            source: Box::new(conflict),
+        }));
+        assert!(!is_alias_name_conflict(&server(1600, 1)));
+        assert!(!is_alias_name_conflict(&Error::Timeout("rpc".into())));
     }
 
     #[test]

@@ -283,7 +283,11 @@ impl MilvusSink {
         u32::try_from(self.dim).expect("connect checked dim <= MAX_DIM")
     }
 
-    async fn exists(&self) -> Result<bool, SinkError> {
+    /// Whether the name resolves, to a collection or through an alias.
+    ///
+    /// # Errors
+    /// The classified Milvus failure.
+    pub async fn exists(&self) -> Result<bool, SinkError> {
         let request = HasCollectionRequest::builder()
             .collection_name(&self.collection)
             .build()

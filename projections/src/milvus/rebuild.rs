@@ -22,7 +22,7 @@ use ::milvus::v2::prelude::{
 };
 use futures::stream::{self, StreamExt, TryStreamExt};
 
-use super::classify::sink_error;
+use super::classify::{is_alias_name_conflict, sink_error};
 use super::plan::{self, RowToWrite, StoredKey};
 use super::{columns, schema, upsert_requests, MilvusSink, DELETE_MAX_KEYS};
 use crate::error::SinkError;
@@ -34,6 +34,16 @@ pub const GENERATION_SEPARATOR: &str = "__g";
 
 /// Write requests of one page in flight at the same time.
 pub const CONCURRENT_REQUESTS: usize = 4;
+
+/// Attempts to create the alias where a collection of its name was just dropped (see
+/// [`MilvusSink::switch_alias`]), and the wait before the second (growing linearly).
+const ALIAS_ATTEMPTS: u32 = 20;
+const ALIAS_RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Failpoint (the `failpoints` feature) between dropping the plain collection of the name and
+/// creating the alias: a test holds it (`pause`) to make the collection anew there, as a
+/// projector starting at that moment would.
+pub const FAILPOINT_AFTER_PLAIN_DROP: &str = "milvus-after-plain-collection-drop";
 
 /// The generation collection named after `alias` and `number`.
 pub fn generation_name(alias: &str, number: u64) -> String {
@@ -133,21 +143,35 @@ impl MilvusSink {
                 Ok(Some(current))
             }
             current => {
-                if current.is_some() {
-                    // The plain collection of the contract's name: migrate it to an alias.
-                    self.drop_collection().await?;
+                let mut plain = current.is_some();
+                let mut attempt = 1;
+                loop {
+                    if plain {
+                        // The plain collection of the contract's name: migrate it to an
+                        // alias. Again after a conflict when a projector starting meanwhile
+                        // made it anew (its runner is held paused by the rebuild, so it
+                        // holds nothing the rebuild does not write).
+                        self.drop_collection().await?;
+                        fail::fail_point!(FAILPOINT_AFTER_PLAIN_DROP);
+                    }
+                    let request = CreateAliasRequest::builder()
+                        .collection_name(target)
+                        .alias(&alias)
+                        .build()
+                        .map_err(|e| sink_error("create alias", &e))?;
+                    match self.client().await?.create_alias(request).await {
+                        Ok(()) => return Ok(None),
+                        Err(e) if is_alias_name_conflict(&e) && attempt < ALIAS_ATTEMPTS => {
+                            // Milvus releases a dropped collection's name a moment after
+                            // the drop answers (seen once in a run of the scale-out test).
+                            tracing::info!(attempt, alias = %alias, "the alias' name is still taken, retrying");
+                            tokio::time::sleep(ALIAS_RETRY_WAIT * attempt).await;
+                            plain = self.resolve().await?.as_deref() == Some(alias.as_str());
+                            attempt += 1;
+                        }
+                        Err(e) => return Err(sink_error("create alias", &e)),
+                    }
                 }
-                let request = CreateAliasRequest::builder()
-                    .collection_name(target)
-                    .alias(&alias)
-                    .build()
-                    .map_err(|e| sink_error("create alias", &e))?;
-                self.client()
-                    .await?
-                    .create_alias(request)
-                    .await
-                    .map_err(|e| sink_error("create alias", &e))?;
-                Ok(None)
             }
         }
     }
