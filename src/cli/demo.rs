@@ -82,29 +82,34 @@ pub async fn run(
     let client = reqwest::Client::new();
     let base = url.trim_end_matches('/').to_owned();
     let started = Instant::now();
-    let put = |doc_id: String, body: serde_json::Value| {
-        let client = client.clone();
-        let bearer = bearer.clone();
-        let endpoint = format!(
-            "{base}/v1/documents/{}?consistency=applied&timeout_ms=60000",
-            percent_encoding::utf8_percent_encode(&doc_id, percent_encoding::NON_ALPHANUMERIC)
-        );
+    // One command (`what` names it in errors), its answer once every store applied it.
+    let send = |req: reqwest::RequestBuilder, what: String| {
+        let req = match &bearer {
+            Some(b) => req.header("authorization", b),
+            None => req,
+        };
         async move {
-            let mut req = client.put(&endpoint).json(&body);
-            if let Some(b) = &bearer {
-                req = req.header("authorization", b);
-            }
-            let res = req
-                .send()
-                .await
-                .with_context(|| format!("PUT {endpoint}"))?;
+            let res = req.send().await.with_context(|| what.clone())?;
             let status = res.status();
             let text = res.text().await?;
             if !status.is_success() {
-                bail!("PUT {doc_id} answered {status}: {text}");
+                bail!("{what} answered {status}: {text}");
             }
             Ok::<CommandResponse, anyhow::Error>(serde_json::from_str(&text)?)
         }
+    };
+    let doc_url = |doc_id: &str, rest: &str| {
+        format!(
+            "{base}/v1/documents/{}{rest}",
+            percent_encoding::utf8_percent_encode(doc_id, percent_encoding::NON_ALPHANUMERIC)
+        )
+    };
+    const APPLIED: &str = "?consistency=applied&timeout_ms=60000";
+    let put = |doc_id: String, body: serde_json::Value| {
+        send(
+            client.put(doc_url(&doc_id, APPLIED)).json(&body),
+            format!("PUT {doc_id}"),
+        )
     };
 
     let mut expected: Vec<Expected> = Vec::with_capacity(docs);
@@ -146,41 +151,21 @@ pub async fn run(
             "replaced {} with 1 chunk (version {})",
             expected[0].doc_id, r.version
         );
-        // A delete or an erasure, waiting until every store applied it.
-        let remove = |req: reqwest::RequestBuilder, what: String| {
-            let req = match &bearer {
-                Some(b) => req.header("authorization", b),
-                None => req,
-            };
-            async move {
-                let res = req.send().await?;
-                if !res.status().is_success() {
-                    bail!("{what} answered {}", res.status());
-                }
-                Ok::<CommandResponse, anyhow::Error>(res.json().await?)
-            }
-        };
-        let encoded = |doc_id: &str| {
-            percent_encoding::utf8_percent_encode(doc_id, percent_encoding::NON_ALPHANUMERIC)
-                .to_string()
-        };
-        let endpoint = format!(
-            "{base}/v1/documents/{}?consistency=applied&timeout_ms=60000",
-            encoded(&expected[1].doc_id)
-        );
-        let what = format!("DELETE {}", expected[1].doc_id);
-        let r = remove(client.delete(&endpoint), what).await?;
+        let r = send(
+            client.delete(doc_url(&expected[1].doc_id, APPLIED)),
+            format!("DELETE {}", expected[1].doc_id),
+        )
+        .await?;
         expected[1].version = r.version;
         expected[1].deleted = true;
         println!("deleted {} (version {})", expected[1].doc_id, r.version);
         if docs >= 3 {
             // Erase the third: no store holds it, and the log keeps none of its content.
-            let endpoint = format!(
-                "{base}/v1/documents/{}:erase?timeout_ms=60000",
-                encoded(&expected[2].doc_id)
-            );
-            let what = format!("erase {}", expected[2].doc_id);
-            let r = remove(client.post(&endpoint), what).await?;
+            let r = send(
+                client.post(doc_url(&expected[2].doc_id, ":erase?timeout_ms=60000")),
+                format!("erase {}", expected[2].doc_id),
+            )
+            .await?;
             expected[2].version = r.version;
             expected[2].deleted = true;
             println!(

@@ -167,8 +167,9 @@ pub enum DocumentEvent {
     /// (retention or erasure): each one's type, versions, time and sizes, never its
     /// content. Never decided by the domain: the log writes it in place of the run's first
     /// event, or appends the run to the document's earlier one that ends right before it,
-    /// and deletes the run's rows; it stands for every stream version its entries name. Carries no change for any store (a newer event of the same document always
-    /// holds the state its stores need).
+    /// and deletes the run's rows; it stands for every stream version its entries name.
+    /// Carries no change for any store (a newer event of the same document always holds
+    /// the state its stores need).
     ContentRemoved {
         /// The lowest document version among the removed events.
         version: Version,

@@ -27,7 +27,9 @@ use super::plan::{self, RowToWrite, StoredKey};
 use super::{columns, schema, upsert_requests, MilvusSink, DELETE_MAX_KEYS};
 use crate::error::SinkError;
 use crate::rebuild::{Rebuild, RebuildPage, RebuildStyle, RebuildTarget};
+use crate::retry::{RetryOutcome, RetryPolicy};
 use crate::sink::{Batch, Sink};
+use tokio_util::sync::CancellationToken;
 
 /// Separates the contract's name from a generation's number: `doc_chunks__g1700000000000`.
 pub const GENERATION_SEPARATOR: &str = "__g";
@@ -35,10 +37,17 @@ pub const GENERATION_SEPARATOR: &str = "__g";
 /// Write requests of one page in flight at the same time.
 pub const CONCURRENT_REQUESTS: usize = 4;
 
-/// Attempts to create the alias where a collection of its name was just dropped (see
-/// [`MilvusSink::switch_alias`]), and the wait before the second (growing linearly).
-const ALIAS_ATTEMPTS: u32 = 20;
-const ALIAS_RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+/// Creating the alias where a collection of its name was just dropped (see
+/// [`MilvusSink::switch_alias`]): up to 12 attempts, at most 2 s apart (under 18 s in all).
+const ALIAS_RETRY: RetryPolicy = RetryPolicy {
+    base: std::time::Duration::from_millis(100),
+    max: std::time::Duration::from_secs(2),
+    max_attempts: Some(12),
+};
+
+/// The operation a create-alias failure is named by when the alias' name is taken (the
+/// one failure [`ALIAS_RETRY`] retries).
+const NAME_TAKEN: &str = "create alias (name taken)";
 
 /// Failpoint (the `failpoints` feature) between dropping the plain collection of the name and
 /// creating the alias: a test holds it (`pause`) to make the collection anew there, as a
@@ -142,15 +151,16 @@ impl MilvusSink {
                     .map_err(|e| sink_error("alter alias", &e))?;
                 Ok(Some(current))
             }
-            current => {
-                let mut plain = current.is_some();
-                let mut attempt = 1;
-                loop {
-                    if plain {
-                        // The plain collection of the contract's name: migrate it to an
-                        // alias. Again after a conflict when a projector starting meanwhile
-                        // made it anew (its runner is held paused by the rebuild, so it
-                        // holds nothing the rebuild does not write).
+            _ => {
+                // The name is the plain collection of the contract's name, or nothing:
+                // migrate it to an alias. The name can still be taken when the alias is
+                // created: Milvus releases a dropped collection's name a moment after the
+                // drop answers, and a projector starting meanwhile makes the plain
+                // collection anew (its runner is held paused by the rebuild, so it holds
+                // nothing the rebuild does not write). Seen once in a run of the scale-out
+                // test; each attempt drops what holds the name again.
+                let attempt = || async {
+                    if self.resolve().await?.as_deref() == Some(alias.as_str()) {
                         self.drop_collection().await?;
                         fail::fail_point!(FAILPOINT_AFTER_PLAIN_DROP);
                     }
@@ -159,19 +169,31 @@ impl MilvusSink {
                         .alias(&alias)
                         .build()
                         .map_err(|e| sink_error("create alias", &e))?;
-                    match self.client().await?.create_alias(request).await {
-                        Ok(()) => return Ok(None),
-                        Err(e) if is_alias_name_conflict(&e) && attempt < ALIAS_ATTEMPTS => {
-                            // Milvus releases a dropped collection's name a moment after
-                            // the drop answers (seen once in a run of the scale-out test).
-                            tracing::info!(attempt, alias = %alias, "the alias' name is still taken, retrying");
-                            tokio::time::sleep(ALIAS_RETRY_WAIT * attempt).await;
-                            plain = self.resolve().await?.as_deref() == Some(alias.as_str());
-                            attempt += 1;
-                        }
-                        Err(e) => return Err(sink_error("create alias", &e)),
-                    }
-                }
+                    self.client()
+                        .await?
+                        .create_alias(request)
+                        .await
+                        .map_err(|e| {
+                            let mut error = sink_error("create alias", &e);
+                            if is_alias_name_conflict(&e) {
+                                error.operation = NAME_TAKEN;
+                            }
+                            error
+                        })
+                };
+                ALIAS_RETRY
+                    .run(
+                        &CancellationToken::new(),
+                        |e: &SinkError| e.operation == NAME_TAKEN,
+                        |attempt, _| tracing::info!(attempt, alias = %alias, "the alias' name is still taken, retrying"),
+                        attempt,
+                    )
+                    .await
+                    .map_err(|outcome| match outcome {
+                        RetryOutcome::Failed(e) => e,
+                        RetryOutcome::Cancelled => unreachable!("never cancelled"),
+                    })?;
+                Ok(None)
             }
         }
     }
