@@ -1,12 +1,15 @@
 //! Graceful shutdown of the real binary: on SIGTERM in-flight commands complete, projectors
 //! finish their batch and checkpoint, and the process exits 0 within a bounded time; after a
-//! restart every acknowledged put is there and the stores match the log.
+//! restart every acknowledged put is there and the stores match the log. A stop ends the HTTP
+//! workers' runtimes first: the log's pooled connections must not end with them.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{eventually, TestService};
+use common::{eventually, store_url, TestLog, TestService};
+use docledger::eventlog::PgLog;
+use projections::testing::StoreEnv;
 use serde_json::{json, Value};
 
 #[actix_rt::test]
@@ -128,4 +131,59 @@ async fn sigterm_drains_requests_and_exits_cleanly() {
     )
     .await;
     svc.stop().await;
+}
+
+/// A pooled connection to the log outlives the runtime that opened it. A graceful stop ends
+/// the HTTP workers' runtimes while a rebuild, the projectors and the compactor still use the
+/// pool; a connection driven by a worker's runtime closed under whoever held it then, and a
+/// rebuild polling its pause through it ended `failed` ("count paused partitions failed:
+/// connection closed"; seen in a rolling deploy of `scale_out_faults`).
+#[tokio::test]
+async fn a_pooled_log_connection_outlives_the_runtime_that_opened_it() {
+    let test = TestLog::create("pool_home", 1).await.expect("log");
+    let url = store_url(&StoreEnv::require().pg_database_url(&test.database)).expect("url");
+    // Another runtime, on a thread of its own, opens the pool's only connection, then ends
+    // when told to, as an HTTP worker's runtime does when the server stops.
+    let (log_tx, log_rx) = tokio::sync::oneshot::channel::<PgLog>();
+    let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("worker runtime");
+        runtime.block_on(async move {
+            let log = PgLog::connect(&url, 1)
+                .await
+                .expect("connect on the worker");
+            log.client()
+                .await
+                .expect("the worker's connection")
+                .simple_query("SELECT 1")
+                .await
+                .expect("used on the worker");
+            log_tx.send(log).expect("hand the log over");
+            let _ = end_rx.await;
+        });
+        drop(runtime);
+    });
+    let log = log_rx.await.expect("the worker's log");
+    // This runtime holds the connection the worker opened (a pool of one) and queries
+    // through it while the worker's runtime ends.
+    let client = log.client().await.expect("the pooled connection");
+    let query = client.query_one("SELECT 42::int4 FROM pg_sleep(1)", &[]);
+    let end_worker = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        end_tx.send(()).expect("tell the worker to end");
+        tokio::task::spawn_blocking(move || worker.join().expect("worker thread"))
+            .await
+            .expect("join");
+    };
+    let (answer, ()) = tokio::join!(query, end_worker);
+    let answer = answer.expect("the query outlives the runtime that opened its connection");
+    assert_eq!(answer.get::<_, i32>(0), 42);
+    drop(client);
+    let again = log.client().await.expect("the pool after the worker ended");
+    again.simple_query("SELECT 1").await.expect("usable");
+    drop((again, log));
+    test.drop_database().await.expect("drop database");
 }

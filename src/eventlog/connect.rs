@@ -2,11 +2,22 @@
 //! asks ([`projections::tls::postgres_tls`]), TLS verified against the same trust as the
 //! other stores' clients. The pool, the LISTEN and NOTIFY connections and the lease
 //! connection all come from one [`PgConnector`].
+//!
+//! A pooled connection is shared by every runtime of the process (HTTP workers, actor
+//! arbiters, the projectors' runtime), so its socket and its driver task live on a runtime
+//! of their own, [`home`], which lasts as long as the process: the runtime that happened to
+//! open it may stop first (a graceful stop ends the HTTP workers' runtimes while the
+//! projectors, a rebuild and the compactor still use the pool), and a connection driven
+//! there would close under whoever holds it then.
 
 use std::str::FromStr;
+use std::sync::OnceLock;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, Runtime};
+use deadpool_postgres::{Connect, Manager, ManagerConfig, Pool, Runtime};
+use futures::future::BoxFuture;
 use projections::tls::{self, TlsMode, TlsTrust};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::Socket;
@@ -95,7 +106,11 @@ impl PgConnector {
     /// # Errors
     /// [`LogError::Unavailable`] when the pool cannot be built.
     pub fn pool(&self, size: usize, manager: ManagerConfig) -> Result<Pool, LogError> {
-        let manager = Manager::from_config(self.config.clone(), self.tls.clone(), manager);
+        let connect = HomedConnect {
+            tls: self.tls.clone(),
+            home: home(),
+        };
+        let manager = Manager::from_connect(self.config.clone(), connect, manager);
         Pool::builder(manager)
             .max_size(size)
             .runtime(Runtime::Tokio1)
@@ -104,6 +119,58 @@ impl PgConnector {
                 operation: "build pool",
                 message: e.to_string(),
             })
+    }
+}
+
+/// The runtime that drives every pooled connection to the log: one thread of its own,
+/// started on first use, that runs until the process exits.
+pub fn home() -> Handle {
+    static HOME: OnceLock<Handle> = OnceLock::new();
+    HOME.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("docledger-log-io".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("the log connections' runtime");
+                let _ = tx.send(runtime.handle().clone());
+                runtime.block_on(std::future::pending::<()>());
+            })
+            .expect("the log connections' thread");
+        rx.recv().expect("the log connections' runtime handle")
+    })
+    .clone()
+}
+
+/// Opens a pooled connection on [`home`]: its socket is registered with that runtime's
+/// reactor and its driver task runs there, whichever runtime asked for it.
+struct HomedConnect {
+    tls: MakeRustlsConnect,
+    home: Handle,
+}
+
+impl Connect for HomedConnect {
+    fn connect(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> BoxFuture<'_, Result<(tokio_postgres::Client, JoinHandle<()>), tokio_postgres::Error>>
+    {
+        let (tls, config) = (self.tls.clone(), config.clone());
+        let opened = self.home.spawn(async move {
+            let (client, connection) = config.connect(tls).await?;
+            let driver = tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %super::db_message(&e), "log connection ended");
+                }
+            });
+            Ok((client, driver))
+        });
+        Box::pin(async move {
+            // The home runtime never stops while the process runs, so the task ends.
+            opened.await.expect("the log connections' runtime runs")
+        })
     }
 }
 

@@ -181,6 +181,10 @@ impl PgLog {
     /// Connects (creating the database when missing), migrates, and starts listening for
     /// appends; a URL asking for TLS (`sslmode=require`) trusts the system's roots.
     ///
+    /// The listener, the notifier and the group commit run as tasks of the calling runtime,
+    /// which must outlive the handle's users (the service connects on its main runtime); the
+    /// pooled connections run on a runtime of their own ([`connect::home`]).
+    ///
     /// # Errors
     /// [`LogError::Unavailable`] when the database cannot be reached or migrated.
     pub async fn connect(url: &StoreUrl, pool_size: usize) -> Result<PgLog, LogError> {
