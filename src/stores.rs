@@ -28,13 +28,18 @@ pub struct Stores {
 impl Stores {
     /// The clients of the three stores named in `config`, over TLS where a URL asks for it
     /// (trusting `config.tls`). Nothing is sent yet: each client connects at its first
-    /// request, so a service starts and takes commands while a store is unreachable.
+    /// request, so a service starts and takes commands while a store is unreachable. Must
+    /// be called on a runtime that outlives the clients' users (the service's main one).
     ///
     /// # Errors
     /// A permanent [`SinkError`] when a store's URL or setting can never work.
     pub async fn connect(config: &Config) -> Result<Stores, SinkError> {
+        let mysql = MysqlSink::with_tls(config.mysql_url.expose(), &config.tls)?;
+        // The pool's background work runs here, on the caller's runtime (the service's
+        // main one), not on the runtime of whichever request comes first.
+        mysql.bind_to_current_runtime();
         Ok(Stores {
-            mysql: Arc::new(MysqlSink::with_tls(config.mysql_url.expose(), &config.tls)?),
+            mysql: Arc::new(mysql),
             milvus: Arc::new(MilvusSink::lazy(
                 &config.milvus_access(),
                 &config.milvus_collection,

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use common::{eventually, store_url, TestLog, TestService};
 use docledger::eventlog::PgLog;
+use docledger::stores::Stores;
+use projections::mysql::MysqlSink;
 use projections::testing::StoreEnv;
+use projections::Sink;
 use serde_json::{json, Value};
 
 #[actix_rt::test]
@@ -186,4 +189,43 @@ async fn a_pooled_log_connection_outlives_the_runtime_that_opened_it() {
     again.simple_query("SELECT 1").await.expect("usable");
     drop((again, log));
     test.drop_database().await.expect("drop database");
+}
+
+/// The service's catalogue client outlives the runtime of its first request. mysql_async
+/// starts a pool's background work at the pool's first request, on that request's runtime,
+/// and once that runtime ends the pool answers "Pool was disconnected" for good. A process
+/// owning no MySQL partition makes its first catalogue request from an HTTP worker
+/// (`?verify=true`): at the next graceful stop, a rebuild still running there lost its
+/// catalogue.
+#[actix_rt::test]
+async fn the_catalogue_client_outlives_the_runtime_of_its_first_request() {
+    let svc = TestService::start("pool_mysql_home", &[]).await;
+    // The catalogue exists (made through a sink of its own, whose pool is not under test).
+    MysqlSink::new(&svc.vars["DOCLEDGER_MYSQL_URL"])
+        .expect("setup sink")
+        .prepare()
+        .await
+        .expect("catalogue");
+    let stores = Stores::connect(&svc.config).await.expect("store clients");
+    let mysql = stores.mysql.clone();
+    let worker = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("worker runtime");
+        runtime.block_on(async move {
+            let row = mysql.row("absent").await.expect("the first request");
+            assert!(row.is_none(), "{row:?}");
+        });
+    });
+    tokio::task::spawn_blocking(move || worker.join().expect("worker thread"))
+        .await
+        .expect("join");
+    let row = stores
+        .mysql
+        .row("absent")
+        .await
+        .expect("the catalogue after the first request's runtime ended");
+    assert!(row.is_none(), "{row:?}");
+    svc.stop().await;
 }

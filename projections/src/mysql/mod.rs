@@ -136,6 +136,17 @@ impl MysqlSink {
         })
     }
 
+    /// Starts the pool's background work (its recycler) on the calling runtime, which must
+    /// outlive every user of the sink; sends nothing. mysql_async starts it at the pool's
+    /// first request, on whatever runtime that runs, and once that runtime ends the pool
+    /// answers every request with "Pool was disconnected", for good: a first request from an
+    /// HTTP worker (`?verify=true`) would break the sink at the next graceful stop.
+    pub fn bind_to_current_runtime(&self) {
+        use futures::FutureExt;
+        // The first poll starts the recycler; the connection attempt is then dropped.
+        drop(self.pool.get_conn().now_or_never());
+    }
+
     /// The connection pool (for tools and tests that read the catalogue).
     pub fn pool(&self) -> &Pool {
         &self.pool
