@@ -229,3 +229,32 @@ async fn the_catalogue_client_outlives_the_runtime_of_its_first_request() {
     assert!(row.is_none(), "{row:?}");
     svc.stop().await;
 }
+
+/// The service's vector client outlives the runtime of its first request. The Milvus client
+/// is made at the sink's first request; its channel's background tasks run on the runtime
+/// that made it, and once that runtime ends every request fails, for good. A process owning
+/// no Milvus partition makes its first request from an HTTP worker (`?verify=true`).
+#[actix_rt::test]
+async fn the_vector_client_outlives_the_runtime_of_its_first_request() {
+    let svc = TestService::start("pool_milvus_home", &[]).await;
+    let stores = Stores::connect(&svc.config).await.expect("store clients");
+    let milvus = stores.milvus.clone();
+    let worker = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("worker runtime");
+        runtime.block_on(async move {
+            milvus.exists().await.expect("the first request");
+        });
+    });
+    tokio::task::spawn_blocking(move || worker.join().expect("worker thread"))
+        .await
+        .expect("join");
+    stores
+        .milvus
+        .exists()
+        .await
+        .expect("Milvus after the first request's runtime ended");
+    svc.stop().await;
+}

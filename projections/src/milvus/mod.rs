@@ -204,9 +204,14 @@ pub struct MilvusSink {
 /// The client, made at the first request that needs it (and again after a failed attempt):
 /// a service starts and accepts commands while Milvus is unreachable, and its runners show
 /// the store `retrying` with the connection's error until it answers.
+///
+/// The client's channel runs background tasks on the runtime that makes it, and fails every
+/// request for good once that runtime ends; so it is made on the runtime that made the sink
+/// (`home`, the service's main one), whichever runtime asks first (an HTTP worker's, say).
 struct Connection {
     access: MilvusAccess,
     client: tokio::sync::OnceCell<ClientV2>,
+    home: Option<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for MilvusSink {
@@ -239,7 +244,8 @@ impl MilvusSink {
     }
 
     /// A sink whose client connects at its first request: only what can never work (the
-    /// dimension, the URL's form) is refused here.
+    /// dimension, the URL's form) is refused here. Called on a runtime, the client is made
+    /// on that runtime, which must outlive the sink's users.
     ///
     /// # Errors
     /// Permanent when `dim` is not a valid Milvus dimension or the URL is malformed.
@@ -260,6 +266,7 @@ impl MilvusSink {
             conn: Arc::new(Connection {
                 access: access.clone(),
                 client: tokio::sync::OnceCell::new(),
+                home: tokio::runtime::Handle::try_current().ok(),
             }),
             collection: collection.to_owned(),
             dim,
@@ -270,7 +277,15 @@ impl MilvusSink {
     async fn client(&self) -> Result<&ClientV2, SinkError> {
         self.conn
             .client
-            .get_or_try_init(|| new_client(&self.conn.access))
+            .get_or_try_init(|| async {
+                let Some(home) = &self.conn.home else {
+                    return new_client(&self.conn.access).await;
+                };
+                let access = self.conn.access.clone();
+                home.spawn(async move { new_client(&access).await })
+                    .await
+                    .map_err(|e| SinkError::transient(NAME, "connect", e.to_string()))?
+            })
             .await
     }
 
