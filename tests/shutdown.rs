@@ -149,25 +149,18 @@ async fn a_pooled_log_connection_outlives_the_runtime_that_opened_it() {
     // when told to, as an HTTP worker's runtime does when the server stops.
     let (log_tx, log_rx) = tokio::sync::oneshot::channel::<PgLog>();
     let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
-    let worker = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("worker runtime");
-        runtime.block_on(async move {
-            let log = PgLog::connect(&url, 1)
-                .await
-                .expect("connect on the worker");
-            log.client()
-                .await
-                .expect("the worker's connection")
-                .simple_query("SELECT 1")
-                .await
-                .expect("used on the worker");
-            log_tx.send(log).expect("hand the log over");
-            let _ = end_rx.await;
-        });
-        drop(runtime);
+    let worker = WorkerRuntime::run(async move {
+        let log = PgLog::connect(&url, 1)
+            .await
+            .expect("connect on the worker");
+        log.client()
+            .await
+            .expect("the worker's connection")
+            .simple_query("SELECT 1")
+            .await
+            .expect("used on the worker");
+        log_tx.send(log).expect("hand the log over");
+        let _ = end_rx.await;
     });
     let log = log_rx.await.expect("the worker's log");
     // This runtime holds the connection the worker opened (a pool of one) and queries
@@ -177,9 +170,7 @@ async fn a_pooled_log_connection_outlives_the_runtime_that_opened_it() {
     let end_worker = async {
         tokio::time::sleep(Duration::from_millis(200)).await;
         end_tx.send(()).expect("tell the worker to end");
-        tokio::task::spawn_blocking(move || worker.join().expect("worker thread"))
-            .await
-            .expect("join");
+        worker.ended().await;
     };
     let (answer, ()) = tokio::join!(query, end_worker);
     let answer = answer.expect("the query outlives the runtime that opened its connection");
@@ -208,19 +199,12 @@ async fn the_catalogue_client_outlives_the_runtime_of_its_first_request() {
         .expect("catalogue");
     let stores = Stores::connect(&svc.config).await.expect("store clients");
     let mysql = stores.mysql.clone();
-    let worker = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("worker runtime");
-        runtime.block_on(async move {
-            let row = mysql.row("absent").await.expect("the first request");
-            assert!(row.is_none(), "{row:?}");
-        });
-    });
-    tokio::task::spawn_blocking(move || worker.join().expect("worker thread"))
-        .await
-        .expect("join");
+    WorkerRuntime::run(async move {
+        let row = mysql.row("absent").await.expect("the first request");
+        assert!(row.is_none(), "{row:?}");
+    })
+    .ended()
+    .await;
     let row = stores
         .mysql
         .row("absent")
@@ -239,22 +223,38 @@ async fn the_vector_client_outlives_the_runtime_of_its_first_request() {
     let svc = TestService::start("pool_milvus_home", &[]).await;
     let stores = Stores::connect(&svc.config).await.expect("store clients");
     let milvus = stores.milvus.clone();
-    let worker = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("worker runtime");
-        runtime.block_on(async move {
-            milvus.exists().await.expect("the first request");
-        });
-    });
-    tokio::task::spawn_blocking(move || worker.join().expect("worker thread"))
-        .await
-        .expect("join");
+    WorkerRuntime::run(async move {
+        milvus.exists().await.expect("the first request");
+    })
+    .ended()
+    .await;
     stores
         .milvus
         .exists()
         .await
         .expect("Milvus after the first request's runtime ended");
     svc.stop().await;
+}
+
+/// A runtime on a thread of its own, running one piece of work; it ends when the work does,
+/// as an HTTP worker's runtime ends when the server stops.
+struct WorkerRuntime(std::thread::JoinHandle<()>);
+
+impl WorkerRuntime {
+    fn run(work: impl std::future::Future<Output = ()> + Send + 'static) -> WorkerRuntime {
+        WorkerRuntime(std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("worker runtime");
+            runtime.block_on(work);
+        }))
+    }
+
+    /// Returns once the runtime has ended, without blocking the caller's runtime.
+    async fn ended(self) {
+        tokio::task::spawn_blocking(move || self.0.join().expect("worker thread"))
+            .await
+            .expect("join");
+    }
 }
