@@ -34,10 +34,12 @@ impl Stores {
     /// # Errors
     /// A permanent [`SinkError`] when a store's URL or setting can never work.
     pub async fn connect(config: &Config) -> Result<Stores, SinkError> {
-        // Each client's background work runs on this runtime (the service's main one), not
-        // on the runtime of whichever request comes first.
+        let mysql = MysqlSink::with_tls(config.mysql_url.expose(), &config.tls)?;
+        // The pool's background work runs here, on the caller's runtime (the service's
+        // main one), not on the runtime of whichever request comes first.
+        mysql.bind_to_current_runtime();
         Ok(Stores {
-            mysql: Arc::new(MysqlSink::with_tls(config.mysql_url.expose(), &config.tls)?),
+            mysql: Arc::new(mysql),
             milvus: Arc::new(MilvusSink::lazy(
                 &config.milvus_access(),
                 &config.milvus_collection,

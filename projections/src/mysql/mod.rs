@@ -71,20 +71,6 @@ impl std::fmt::Debug for MysqlSink {
     }
 }
 
-/// Starts the pool's background work (its recycler) on the calling runtime, if any; sends
-/// nothing. mysql_async starts it at the pool's first request, on whatever runtime that runs,
-/// and once that runtime ends the pool answers every request with "Pool was disconnected",
-/// for good: a first request from an HTTP worker (`?verify=true`) would break the sink at
-/// the next graceful stop. Like the Milvus client, the pool belongs to the runtime that made
-/// the sink.
-fn start_on_current_runtime(pool: &Pool) {
-    use futures::FutureExt;
-    if tokio::runtime::Handle::try_current().is_ok() {
-        // The first poll starts the recycler; the connection attempt is then dropped.
-        drop(pool.get_conn().now_or_never());
-    }
-}
-
 impl MysqlSink {
     /// A sink for the database named in `url` (created by [`Sink::prepare`] when missing),
     /// trusting the system's roots when the URL asks for TLS.
@@ -95,10 +81,9 @@ impl MysqlSink {
         Self::with_tls(url, &TlsTrust::system())
     }
 
-    /// A sink for the database named in `url`; called on a runtime, the pool's background
-    /// work runs on that runtime, which must outlive the sink's users. When the URL asks for
-    /// TLS (`require_ssl=true`), the server's certificate must chain to a root of `trust`
-    /// and name the URL's host, and the connection never moves to the server's unix socket.
+    /// A sink for the database named in `url`; when the URL asks for TLS
+    /// (`require_ssl=true`), the server's certificate must chain to a root of `trust` and
+    /// name the URL's host, and the connection never moves to the server's unix socket.
     ///
     /// # Errors
     /// A permanent [`SinkError`] for a URL without database or that does not parse.
@@ -144,13 +129,22 @@ impl MysqlSink {
         let admin_opts: Opts = OptsBuilder::from_opts(opts.clone())
             .db_name(None::<String>)
             .into();
-        let pool = Pool::new(opts);
-        start_on_current_runtime(&pool);
         Ok(MysqlSink {
-            pool,
+            pool: Pool::new(opts),
             admin_opts,
             database,
         })
+    }
+
+    /// Starts the pool's background work (its recycler) on the calling runtime, which must
+    /// outlive every user of the sink; sends nothing. mysql_async starts it at the pool's
+    /// first request, on whatever runtime that runs, and once that runtime ends the pool
+    /// answers every request with "Pool was disconnected", for good: a first request from an
+    /// HTTP worker (`?verify=true`) would break the sink at the next graceful stop.
+    pub fn bind_to_current_runtime(&self) {
+        use futures::FutureExt;
+        // The first poll starts the recycler; the connection attempt is then dropped.
+        drop(self.pool.get_conn().now_or_never());
     }
 
     /// The connection pool (for tools and tests that read the catalogue).
