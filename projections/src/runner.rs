@@ -462,7 +462,7 @@ impl<S: Sink, L: LogSource> Runner<S, L> {
                     Some(tokio::time::Instant::from_std(read_started) + self.config.linger);
             }
             let mut batch = Batch::coalesce_owned(S::STORE, end, page.events);
-            batch.num_events = page.num_read;
+            batch.num_events = page.num_of_partition;
             batch.fence = self.fence;
             let span = tracing::debug_span!(
                 "batch",

@@ -37,10 +37,13 @@ pub struct StorePage {
     /// The page's events of the store's types, in log order.
     pub events: Vec<RecordedEvent<DocumentEvent>>,
     /// Cursor and recording time (ms since the epoch) of the page's last event, of the
-    /// store's types or not; `None` for an empty page.
+    /// store's types and partition or not; `None` for an empty page.
     pub last: Option<(LogCursor, i64)>,
-    /// Number of events in the page, of the store's types or not.
+    /// Number of events in the page, of the store's types and partition or not: a page of
+    /// the `limit` asked for may be followed by more.
     pub num_read: usize,
+    /// Number of the page's events of the reader's partition, of the store's types or not.
+    pub num_of_partition: usize,
 }
 
 /// The log, as the projection runtime sees it.
@@ -48,10 +51,11 @@ pub trait LogSource: Clone + Send + Sync + 'static {
     /// Identity of this log (a UUID fixed at its creation); checkpoints of another log are refused.
     fn log_id(&self) -> &str;
 
-    /// Up to `limit` events of `part` after `after`, in log order, only of transactions older
-    /// than every transaction still running, so nothing can later appear before them. Only
-    /// the events of `store`'s types ([`StoreKind::event_types`]) are decoded and returned;
-    /// the others count in the page's end and size, their payloads never leave the log.
+    /// Up to `limit` events of the log after `after`, in log order, only of transactions
+    /// older than every transaction still running, so nothing can later appear before them.
+    /// Only the events of `part` and of `store`'s types ([`StoreKind::event_types`]) are
+    /// decoded and returned; the others count in the page's end and size, their payloads
+    /// never leave the log.
     fn read_for_store(
         &self,
         store: StoreKind,

@@ -23,22 +23,34 @@ use super::append::prepared;
 use super::codec::{decode, decode_catalogue_row};
 use super::{db_message, LogAppends, LogError, LogReads, PgLog, StoreRecords};
 
-/// Events after a cursor, below the horizon, in log order; `$4 = 1` reads every partition.
-/// The sort names the table's columns: a bare `xid` would be the output column `xid::text`,
-/// a text order (`10` before `9`) that pages would skip events by, and that no index serves
-/// (every page would sort everything after the cursor). With `$7` (event types) the other
-/// events' payload and vectors are NULL (the column is NOT NULL otherwise): their cursors
-/// are read, their out-of-line vectors are never fetched nor sent.
-const READ_AFTER: &str = r#"
+/// Events after a cursor, below the horizon, in log order, the payload and vectors only of
+/// the events of partition `$5` of `$4` (`$4 = 1`: all) and of the types `$7` (`NULL`: all);
+/// the others' are NULL (the column is NOT NULL otherwise): their cursors are read, their
+/// out-of-line vectors are never fetched nor sent.
+///
+/// - The sort names the table's columns: a bare `xid` would be the output column
+///   `xid::text`, a text order (`10` before `9`) that pages would skip events by, and that no
+///   index serves (every page would sort everything after the cursor).
+/// - Neither the partition nor the types filter the scan. PostgreSQL estimates a filter
+///   like `stream_hash % 2 = 0` at 0.5 % of the rows (it keeps no statistics of the
+///   expression), so below about 200 × `LIMIT` events after the cursor it expected the limit
+///   never to be reached early and read every event after the cursor (a bitmap or
+///   sequential scan) and sorted them, for each page: a page cost the whole backlog, and
+///   catching up a backlog cost its square. Without a filter the page is one range scan of
+///   `events_log_order` that stops after `LIMIT` rows, with or without statistics.
+///
+/// Public for tests and diagnostics that look at its plan (`EXPLAIN`).
+pub const READ_AFTER: &str = r#"
 SELECT epoch, xid::text, position, stream_id, stream_version, event_type, event_version,
-       CASE WHEN $7::text[] IS NULL OR event_type = ANY($7) THEN payload END,
-       CASE WHEN $7::text[] IS NULL OR event_type = ANY($7) THEN vectors END,
+       CASE WHEN ($4::integer = 1 OR stream_hash % $4::integer = $5::integer)
+                 AND ($7::text[] IS NULL OR event_type = ANY($7)) THEN payload END,
+       CASE WHEN ($4::integer = 1 OR stream_hash % $4::integer = $5::integer)
+                 AND ($7::text[] IS NULL OR event_type = ANY($7)) THEN vectors END,
        (extract(epoch FROM recorded_at) * 1000)::bigint
 FROM events
 WHERE (epoch, xid, position) > ($1, $2::text::xid8, $3)
   AND (epoch < (SELECT epoch FROM log_meta)
        OR xid < pg_snapshot_xmin(pg_current_snapshot()))
-  AND ($4::integer = 1 OR stream_hash % $4::integer = $5::integer)
 ORDER BY events.epoch, events.xid, events.position
 LIMIT $6
 "#;
@@ -303,20 +315,24 @@ pub(super) fn decode_doc_id(
 }
 
 impl LogReads<'_> {
-    /// Up to `limit` events of `part` after `after` (see the module doc for why this order).
+    /// Up to `limit` events of the log after `after` (see the module doc for why this order).
     ///
     /// # Errors
     /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
     pub async fn read_after(
         self,
         after: LogCursor,
-        part: Partition,
         limit: usize,
     ) -> Result<Vec<RecordedEvent<DocumentEvent>>, LogError> {
-        Ok(self.read_page(after, part, limit, None).await?.events)
+        Ok(self
+            .read_page(after, Partition::ALL, limit, None)
+            .await?
+            .events)
     }
 
-    /// [`LogReads::read_after`], decoding only the events of `types` (all when `None`).
+    /// A page of up to `limit` events of the log after `after`, of which only those of
+    /// `part` and of `types` (all when `None`) are decoded and returned; the page's end and
+    /// size count the others too ([`StorePage`]).
     ///
     /// # Errors
     /// [`LogError::Unavailable`]; [`LogError::Corrupt`].
@@ -345,7 +361,12 @@ impl LogReads<'_> {
             .await
             .map_err(LogError::db("read events"))?;
         let mut events = Vec::with_capacity(rows.len());
+        let mut num_of_partition = 0;
         for row in &rows {
+            if !part.contains(row.get(3)) {
+                continue;
+            }
+            num_of_partition += 1;
             // A NULL payload is an event of another type (payload is NOT NULL).
             if row
                 .try_get::<_, Option<JsonText>>(7)
@@ -359,6 +380,7 @@ impl LogReads<'_> {
             events,
             last: rows.last().map(|row| (row_cursor(row), row.get(9))),
             num_read: rows.len(),
+            num_of_partition,
         })
     }
 

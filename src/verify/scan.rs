@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 
 use aggregates::{LogCursor, StoreKind};
 use projections::audit::{AuditedStore, Expected, ExpectedState, Progress};
-use projections::Partition;
 
 use super::{ExpectedDoc, Finding, StoreScan, VerifyError};
 use crate::eventlog::PgLog;
@@ -70,10 +69,7 @@ async fn read_log(
     let mut cursor = LogCursor::START;
     let mut num_events = 0u64;
     loop {
-        let page = log
-            .reads()
-            .read_after(cursor, Partition::ALL, LOG_PAGE)
-            .await?;
+        let page = log.reads().read_after(cursor, LOG_PAGE).await?;
         let Some(last) = page.last() else { break };
         cursor = last.cursor;
         for recorded in &page {

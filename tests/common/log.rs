@@ -18,7 +18,7 @@ use bytes::Bytes;
 use docledger::config::{Config, StoreUrl};
 use docledger::eventlog::{AppendRequest, PgLog};
 use projections::testing::{unique_name, StoreEnv};
-use projections::{LogSource, Partition};
+use projections::LogSource;
 use sha2::{Digest, Sha256};
 use tokio_postgres::NoTls;
 
@@ -233,7 +233,7 @@ impl Follower {
     pub async fn read_page(&mut self, log: &PgLog) -> Result<usize> {
         let page = log
             .reads()
-            .read_after(self.cursor, Partition::ALL, self.limit)
+            .read_after(self.cursor, self.limit)
             .await
             .context("read_after")?;
         ensure!(
