@@ -13,7 +13,7 @@ use std::collections::HashSet;
 
 use aggregates::LogCursor;
 use anyhow::{Context, Result};
-use docledger::eventlog::{Appended, READ_AFTER};
+use docledger::eventlog::{Appended, LAG_COUNT, READ_AFTER};
 use projections::Partition;
 
 use common::{doc, request, row_events, Follower, TestLog};
@@ -490,13 +490,25 @@ async fn page_plan(client: &tokio_postgres::Client, limit: i64) -> Result<String
     Ok(row.get::<_, serde_json::Value>(0).to_string())
 }
 
+/// The plan of a projection's lag count from the start of the log, for partition 0 of 2,
+/// among the first 200 events (the log holds 4,500).
+async fn lag_plan(client: &tokio_postgres::Client) -> Result<String> {
+    let explain = client
+        .prepare(&format!("EXPLAIN (FORMAT JSON) {LAG_COUNT}"))
+        .await?;
+    let row = client
+        .query_one(&explain, &[&0i32, &"0", &0i64, &2i32, &0i32, &200i64])
+        .await?;
+    Ok(row.get::<_, serde_json::Value>(0).to_string())
+}
+
 fn assert_one_range_scan(plan: &str, when: &str) {
     assert!(
         plan.contains("\"Index Scan\"")
             && plan.contains("events_log_order")
             && !plan.contains("\"Sort\"")
             && !plan.contains("Seq Scan\",\"Parallel Aware\":false,\"Parent Relationship\":\"Outer\""),
-        "{when}: a page must be one range scan of the log order's index that stops at its limit, not a scan and sort of every event after the cursor: {plan}"
+        "{when}: a read must be one range scan of the log order's index that stops at its limit, not a scan and sort of every event after the cursor: {plan}"
     );
 }
 
@@ -535,6 +547,7 @@ async fn a_partition_page_is_one_range_scan_with_or_without_statistics() -> Resu
         .get::<_, i64>(0);
     assert_eq!(analyzed, 0, "the test needs a log never analyzed");
     assert_one_range_scan(&page_plan(&raw, 50).await?, "never analyzed");
+    assert_one_range_scan(&lag_plan(&raw).await?, "a lag count, never analyzed");
 
     // Every partition's pages, 7 events of the log at a time.
     // Transactions of other tests (other databases of the server) hold the horizon back
@@ -575,6 +588,22 @@ async fn a_partition_page_is_one_range_scan_with_or_without_statistics() -> Resu
             got, expected,
             "partition {index}: its events once, in log order"
         );
+        // Its lag from the start: all of them, or those among the first 5 × 2 of the log.
+        let lag = t
+            .log
+            .reads()
+            .lag_after(LogCursor::START, part, 100_000)
+            .await?;
+        assert_eq!(
+            lag,
+            (expected.len() as i64, Some(expected[0].recorded_at_ms))
+        );
+        let among_first = all[..10]
+            .iter()
+            .filter(|e| part.contains(e.doc_id.as_str()))
+            .count();
+        let (capped, _) = t.log.reads().lag_after(LogCursor::START, part, 5).await?;
+        assert_eq!(capped, among_first as i64);
         assert_eq!(counted, expected.len());
         assert!(
             pages_without_own > 0,
@@ -586,6 +615,7 @@ async fn a_partition_page_is_one_range_scan_with_or_without_statistics() -> Resu
 
     raw.batch_execute("ANALYZE events").await?;
     assert_one_range_scan(&page_plan(&raw, 50).await?, "analyzed");
+    assert_one_range_scan(&lag_plan(&raw).await?, "a lag count, analyzed");
 
     drop(raw);
     t.drop_database().await

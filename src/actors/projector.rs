@@ -16,8 +16,9 @@ use crate::eventlog::RebuildStatus;
 use crate::eventlog::{LogError, PgLog};
 use crate::stores::{StoreVisitor, Stores};
 
-/// Unapplied events are counted up to this many per partition (`lag_events`); a larger
-/// backlog shows as this number, and `lag_seconds` tells how far behind it is.
+/// Unapplied events are counted among the next this many × partitions events of the log,
+/// about this many per partition (`lag_events`); a larger backlog shows as about this
+/// number, and `lag_seconds` tells how far behind it is.
 pub const LAG_COUNT_CAP: i64 = 10_000;
 
 /// Every runner of the service.

@@ -41,7 +41,7 @@ pub use append::{AppendRequest, Appended, IdempotencyKey, IdempotentResult};
 pub use connect::PgConnector;
 pub use content::{ContentRemoval, ErasureCheck, ErasureLeak};
 pub use parked::{CompensationView, ParkedResolution, PendingParked, ResolveTarget};
-pub use reader::{EventRecord, HorizonStatus, ListedDocument, StreamState, READ_AFTER};
+pub use reader::{EventRecord, HorizonStatus, ListedDocument, StreamState, LAG_COUNT, READ_AFTER};
 pub use roles::{LogAppends, LogCompaction, LogControl, LogReads, ParkedChanges, StoreRecords};
 pub use store_reader::{CataloguePage, CatalogueScan, CatalogueState, CatalogueStates, RawEvents};
 

@@ -55,6 +55,21 @@ ORDER BY events.epoch, events.xid, events.position
 LIMIT $6
 "#;
 
+/// How many of the next `$6` events of the log after a cursor are of partition `$5` of
+/// `$4`, and the recording time (Unix ms) of the oldest of them ([`LogReads::lag_after`]).
+/// Public for tests and diagnostics that look at its plan (`EXPLAIN`).
+pub const LAG_COUNT: &str = r#"
+SELECT count(*) FILTER (WHERE ours),
+       (extract(epoch FROM min(recorded_at) FILTER (WHERE ours)) * 1000)::bigint
+FROM (
+    SELECT $4::integer = 1 OR stream_hash % $4::integer = $5::integer AS ours, recorded_at
+    FROM events
+    WHERE (epoch, xid, position) > ($1, $2::text::xid8, $3)
+    ORDER BY events.epoch, events.xid, events.position
+    LIMIT $6
+) AS pending
+"#;
+
 /// A document's snapshot and the events after it, in stream order, in one statement: one
 /// round trip per document a command loads (statements run for every loaded document are
 /// prepared once per connection: parsing and planning them again would cost the log more
@@ -545,11 +560,13 @@ impl LogReads<'_> {
         })
     }
 
-    /// Events of `part` after `after`: how many, counted up to `cap`, and the recording
-    /// time (Unix ms) of the oldest of them (the projection's lag). The count walks the log
-    /// index from `after` and stops at `cap`, so a status sample costs at most `cap` rows
-    /// however far a projection lags (it used to count the whole backlog, several times a
-    /// sample, which loaded PostgreSQL most exactly when the projectors were behind).
+    /// Events of `part` after `after`: how many, counted among the next `cap` × partitions
+    /// events of the log (about `cap` of the partition's), and the recording time (Unix ms)
+    /// of the oldest of them (the projection's lag). The count walks the log index from
+    /// `after` and stops there, so a status sample costs at most that many rows however far
+    /// a projection lags. As for a page ([`READ_AFTER`]), the partition does not filter the
+    /// walk: with the filter, the planner expected the limit never to be reached on a log
+    /// of less than about 200 × `cap` events after `after`, and counted them all.
     ///
     /// # Errors
     /// [`LogError::Unavailable`].
@@ -562,20 +579,14 @@ impl LogReads<'_> {
         let client = self.log.client().await?;
         let row = client
             .query_one(
-                "SELECT count(*), (extract(epoch FROM min(recorded_at)) * 1000)::bigint FROM (
-                     SELECT recorded_at FROM events
-                     WHERE (epoch, xid, position) > ($1, $2::text::xid8, $3)
-                       AND ($4::integer = 1 OR stream_hash % $4::integer = $5::integer)
-                     ORDER BY events.epoch, events.xid, events.position
-                     LIMIT $6
-                 ) AS pending",
+                LAG_COUNT,
                 &[
                     &after.epoch,
                     &after.xid.to_string(),
                     &after.position,
                     &(part.count as i32),
                     &(part.index as i32),
-                    &cap.max(1),
+                    &(cap.max(1) * i64::from(part.count.max(1))),
                 ],
             )
             .await
