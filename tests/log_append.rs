@@ -607,3 +607,55 @@ async fn a_committed_append_wakes_a_waiting_reader() -> Result<()> {
     }
     t.drop_database().await
 }
+
+/// A parked change wakes the compensator of every process at once (NOTIFY on a channel of
+/// its own), and a committed append does not: the compensator used to wait on the appends'
+/// notification and read the parked changes after every group of appends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_change_wakes_every_process_and_an_append_does_not() -> Result<()> {
+    const LONG_WAIT: Duration = Duration::from_secs(30);
+    let t = TestLog::create("parking_wakes_compensators", 4).await?;
+    let other = t.connect_again(4).await?;
+    // Both listeners are up once a NOTIFY they send reaches them; give them the time.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for round in 0..2i64 {
+        let waiters: Vec<_> = [t.log.clone(), other.clone()]
+            .into_iter()
+            .map(|log| {
+                tokio::spawn(async move {
+                    let started = std::time::Instant::now();
+                    log.wait_for_parked(LONG_WAIT).await;
+                    started.elapsed()
+                })
+            })
+            .collect();
+        let appended = doc(&format!("appended-{round}"));
+        t.log
+            .appends()
+            .append(request(&appended, 0, &row_events(1, 1, "appended")))
+            .await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            waiters.iter().all(|w| !w.is_finished()),
+            "round {round}: an append woke a compensator"
+        );
+
+        let change = projections::sink::DocChange {
+            doc_id: appended.clone(),
+            version: 1,
+            cursor: LogCursor::START,
+            change: projections::sink::Change::Remove,
+        };
+        let refused = projections::SinkError::permanent("mysql", "apply", "refused in a test");
+        t.log.park("mysql", &change, &refused).await?;
+        for waiter in waiters {
+            let waited = tokio::time::timeout(NO_HANG, waiter).await??;
+            assert!(
+                waited < Duration::from_secs(5),
+                "round {round}: woken after {waited:?}, not by the parking's NOTIFY"
+            );
+        }
+    }
+    drop(other);
+    t.drop_database().await
+}

@@ -7,13 +7,14 @@
 //! the command through the registry; the actor appends the compensation's events and
 //! resolves the parked row in one transaction. A crash anywhere in between leaves the row open, and the next pass handles
 //! it; a second compensator (another process) finds it resolved and appends nothing.
-//! Wake-ups: the NOTIFY that parking sends, with polling as the fallback.
+//! Wake-ups: the NOTIFY that parking sends (on a channel of its own: appends do not wake it),
+//! with polling as the fallback.
 
 use std::time::Duration;
 
 use aggregates::{DocId, DocumentCommand};
 use projections::retry::RetryOutcome;
-use projections::{LogSource, RetryPolicy};
+use projections::RetryPolicy;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -48,7 +49,7 @@ pub fn spawn(
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = compensator.log.wait_for_append(poll) => {}
+                _ = compensator.log.wait_for_parked(poll) => {}
             }
         }
         info!("compensator stopped");

@@ -1,6 +1,7 @@
-//! LISTEN on a dedicated connection: each NOTIFY bumps a counter that readers wait on; and
-//! the NOTIFY of committed appends, sent from another dedicated connection. Polling stays the
-//! fallback, so a lost connection or notification only delays readers, never stalls them.
+//! LISTEN on a dedicated connection: each NOTIFY bumps its channel's counter, that readers
+//! (appends) or the compensator (parked changes) wait on; and the NOTIFY of committed
+//! appends, sent from another dedicated connection. Polling stays the fallback, so a lost
+//! connection or notification only delays its waiters, never stalls them.
 
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
@@ -9,12 +10,19 @@ use tracing::{debug, warn};
 
 use projections::RetryPolicy;
 
-use super::{PgConnector, NOTIFY_CHANNEL};
+use super::{PgConnector, NOTIFY_CHANNEL, PARKED_CHANNEL};
 
-/// Starts the listener task; the receiver changes on every notification. The task ends when
-/// every receiver is dropped.
-pub fn spawn(connector: PgConnector) -> watch::Receiver<u64> {
+/// What the listener counts: notifications of committed appends, and of parked changes.
+pub struct Notified {
+    pub appended: watch::Receiver<u64>,
+    pub parked: watch::Receiver<u64>,
+}
+
+/// Starts the listener task; each receiver changes on every notification of its channel (and
+/// both whenever listening starts again). The task ends when every append receiver is dropped.
+pub fn spawn(connector: PgConnector) -> Notified {
     let (tx, rx) = watch::channel(0u64);
+    let (parked_tx, parked_rx) = watch::channel(0u64);
     tokio::spawn(async move {
         let retry = RetryPolicy::default();
         let mut failures = 0u32;
@@ -22,7 +30,7 @@ pub fn spawn(connector: PgConnector) -> watch::Receiver<u64> {
             match connector.connect().await {
                 Ok((client, mut conn)) => {
                     let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-                    let sql = format!("LISTEN {NOTIFY_CHANNEL}");
+                    let sql = format!("LISTEN {NOTIFY_CHANNEL}; LISTEN {PARKED_CHANNEL}");
                     let listen = client.batch_execute(&sql);
                     tokio::pin!(listen);
                     let mut listening = false;
@@ -32,10 +40,15 @@ pub fn spawn(connector: PgConnector) -> watch::Receiver<u64> {
                                 if let Err(e) = r { warn!(error = %e, "LISTEN failed"); break; }
                                 listening = true;
                                 failures = 0;
-                                // Appends may have happened while we were not listening.
+                                // Appends and parkings may have happened while we were not
+                                // listening.
                                 tx.send_modify(|n| *n += 1);
+                                parked_tx.send_modify(|n| *n += 1);
                             }
                             m = messages.next() => match m {
+                                Some(Ok(AsyncMessage::Notification(n))) if n.channel() == PARKED_CHANNEL => {
+                                    parked_tx.send_modify(|n| *n += 1)
+                                }
                                 Some(Ok(AsyncMessage::Notification(_))) => tx.send_modify(|n| *n += 1),
                                 Some(Ok(_)) => {}
                                 Some(Err(e)) => { debug!(error = %e, "listen connection failed"); break; }
@@ -51,7 +64,10 @@ pub fn spawn(connector: PgConnector) -> watch::Receiver<u64> {
             retry.backoff(failures).await;
         }
     });
-    rx
+    Notified {
+        appended: rx,
+        parked: parked_rx,
+    }
 }
 
 /// Starts the notifier task: every message on the returned sender is followed by a NOTIFY

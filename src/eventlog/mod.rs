@@ -52,6 +52,9 @@ const STORE: &str = "PostgreSQL";
 
 /// The channel NOTIFY wakes readers on. Notifications never carry data.
 pub const NOTIFY_CHANNEL: &str = "docledger_log";
+/// The channel a parked change is announced on (the compensator's wake-up; appends do not
+/// wake it).
+pub const PARKED_CHANNEL: &str = "docledger_parked";
 
 /// A failure of the log.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +130,8 @@ pub struct PgLog {
     connector: PgConnector,
     log_id: Arc<str>,
     appended: watch::Receiver<u64>,
+    /// Changes when a change is parked (NOTIFY on [`PARKED_CHANNEL`]).
+    parked_notified: watch::Receiver<u64>,
     /// Asks for a NOTIFY after a committed append (see [`listen::spawn_notifier`]).
     notify: mpsc::Sender<()>,
     /// Append counters, for `/metrics`.
@@ -226,7 +231,7 @@ impl PgLog {
         )?;
         let log_id = migrate(&pool).await?;
         let notify = listen::spawn_notifier(connector.clone());
-        let appended = listen::spawn(connector.clone());
+        let notified = listen::spawn(connector.clone());
         let stats = Arc::<AppendStats>::default();
         let group = (group.max_commands > 1).then(|| {
             group::GroupAppender::spawn(pool.clone(), stats.clone(), notify.clone(), group)
@@ -237,7 +242,8 @@ impl PgLog {
             pool,
             connector,
             log_id: log_id.into(),
-            appended,
+            appended: notified.appended,
+            parked_notified: notified.parked,
             notify,
         })
     }
@@ -250,6 +256,14 @@ impl PgLog {
     /// This log's identity.
     pub fn log_id(&self) -> &str {
         &self.log_id
+    }
+
+    /// Returns when a change was parked, by this process or another (NOTIFY), or after
+    /// `timeout` (polling fallback).
+    pub async fn wait_for_parked(&self, timeout: std::time::Duration) {
+        let mut rx = self.parked_notified.clone();
+        rx.mark_unchanged();
+        let _ = tokio::time::timeout(timeout, rx.changed()).await;
     }
 
     /// A pooled connection (for tests and tools that inspect the log directly).

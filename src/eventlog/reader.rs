@@ -1066,9 +1066,9 @@ impl LogSource for PgLog {
             )
             .await
             .map_err(pg_source_error("park change"))?;
-        // Wakes the compensator (and, harmlessly, the readers) without waiting for a poll.
+        // Wakes the compensators (of every process) without waiting for a poll.
         client
-            .batch_execute(&format!("NOTIFY {}", super::NOTIFY_CHANNEL))
+            .batch_execute(&format!("NOTIFY {}", super::PARKED_CHANNEL))
             .await
             .map_err(pg_source_error("notify parked change"))?;
         Ok(())
