@@ -197,7 +197,7 @@ impl fmt::Debug for StoreUrl {
 pub struct ProjectionConfig {
     /// Partitions per store.
     pub partitions: NonZeroU32,
-    /// Most events per batch.
+    /// Most events of the log a projector reads per batch (of any partition and type).
     pub batch_size: usize,
     /// Events a rebuild reads per page of the log.
     pub rebuild_page_events: usize,

@@ -45,7 +45,8 @@ fn simulated_crash(sink: &str, point: &str) -> Stop {
 /// Tuning of a runner.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
-    /// Most events read per batch.
+    /// Most events of the log read per batch, of any partition and type (only the
+    /// runner's are applied).
     pub batch_size: usize,
     /// Longest wait for a NOTIFY before polling the log again.
     pub idle_poll: Duration,
