@@ -616,10 +616,8 @@ async fn a_parked_change_wakes_every_process_and_an_append_does_not() -> Result<
     const LONG_WAIT: Duration = Duration::from_secs(30);
     let t = TestLog::create("parking_wakes_compensators", 4).await?;
     let other = t.connect_again(4).await?;
-    // Both listeners are up once a NOTIFY they send reaches them; give them the time.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    for round in 0..2i64 {
-        let waiters: Vec<_> = [t.log.clone(), other.clone()]
+    let wait_both = || -> Vec<tokio::task::JoinHandle<Duration>> {
+        [t.log.clone(), other.clone()]
             .into_iter()
             .map(|log| {
                 tokio::spawn(async move {
@@ -628,7 +626,25 @@ async fn a_parked_change_wakes_every_process_and_an_append_does_not() -> Result<
                     started.elapsed()
                 })
             })
-            .collect();
+            .collect()
+    };
+    let refused = projections::SinkError::permanent("mysql", "apply", "refused in a test");
+    let parked = |doc_id: &DocId| projections::sink::DocChange {
+        doc_id: doc_id.clone(),
+        version: 1,
+        cursor: LogCursor::START,
+        change: projections::sink::Change::Remove,
+    };
+    // Warm-up: once a parking has woken both, both listeners listen.
+    let warm_up = wait_both();
+    t.log
+        .park("mysql", &parked(&doc("warm-up")), &refused)
+        .await?;
+    for waiter in warm_up {
+        tokio::time::timeout(NO_HANG, waiter).await??;
+    }
+    for round in 0..2i64 {
+        let waiters = wait_both();
         let appended = doc(&format!("appended-{round}"));
         t.log
             .appends()
@@ -640,14 +656,7 @@ async fn a_parked_change_wakes_every_process_and_an_append_does_not() -> Result<
             "round {round}: an append woke a compensator"
         );
 
-        let change = projections::sink::DocChange {
-            doc_id: appended.clone(),
-            version: 1,
-            cursor: LogCursor::START,
-            change: projections::sink::Change::Remove,
-        };
-        let refused = projections::SinkError::permanent("mysql", "apply", "refused in a test");
-        t.log.park("mysql", &change, &refused).await?;
+        t.log.park("mysql", &parked(&appended), &refused).await?;
         for waiter in waiters {
             let waited = tokio::time::timeout(NO_HANG, waiter).await??;
             assert!(
