@@ -70,6 +70,14 @@ pub fn spawn(connector: PgConnector) -> Notified {
     }
 }
 
+/// Returns at the next notification counted by `counter` (not one counted before the call),
+/// or after `timeout`.
+pub async fn wait_for_next(counter: &watch::Receiver<u64>, timeout: std::time::Duration) {
+    let mut rx = counter.clone();
+    rx.mark_unchanged();
+    let _ = tokio::time::timeout(timeout, rx.changed()).await;
+}
+
 /// Starts the notifier task: every message on the returned sender is followed by a NOTIFY
 /// that starts after it was sent. Messages sent while one is pending share its NOTIFY (send
 /// with `try_send`: a full channel means one is already due). The task ends when every sender

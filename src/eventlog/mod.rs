@@ -261,9 +261,7 @@ impl PgLog {
     /// Returns when a change was parked, by this process or another (NOTIFY), or after
     /// `timeout` (polling fallback).
     pub async fn wait_for_parked(&self, timeout: std::time::Duration) {
-        let mut rx = self.parked_notified.clone();
-        rx.mark_unchanged();
-        let _ = tokio::time::timeout(timeout, rx.changed()).await;
+        listen::wait_for_next(&self.parked_notified, timeout).await;
     }
 
     /// A pooled connection (for tests and tools that inspect the log directly).

@@ -26,7 +26,8 @@ use super::{db_message, LogAppends, LogError, LogReads, PgLog, StoreRecords};
 /// Events after a cursor, below the horizon, in log order, the payload and vectors only of
 /// the events of partition `$5` of `$4` (`$4 = 1`: all) and of the types `$7` (`NULL`: all);
 /// the others' are NULL (the column is NOT NULL otherwise): their cursors are read, their
-/// out-of-line vectors are never fetched nor sent.
+/// out-of-line vectors are never fetched nor sent. The last column says whether the event
+/// is of the partition (the readers take it from here, the one place that decides it).
 ///
 /// - The sort names the table's columns: a bare `xid` would be the output column
 ///   `xid::text`, a text order (`10` before `9`) that pages would skip events by, and that no
@@ -46,7 +47,8 @@ SELECT epoch, xid::text, position, stream_id, stream_version, event_type, event_
                  AND ($7::text[] IS NULL OR event_type = ANY($7)) THEN payload END,
        CASE WHEN ($4::integer = 1 OR stream_hash % $4::integer = $5::integer)
                  AND ($7::text[] IS NULL OR event_type = ANY($7)) THEN vectors END,
-       (extract(epoch FROM recorded_at) * 1000)::bigint
+       (extract(epoch FROM recorded_at) * 1000)::bigint,
+       $4::integer = 1 OR stream_hash % $4::integer = $5::integer
 FROM events
 WHERE (epoch, xid, position) > ($1, $2::text::xid8, $3)
   AND (epoch < (SELECT epoch FROM log_meta)
@@ -378,8 +380,8 @@ impl LogReads<'_> {
         let mut events = Vec::with_capacity(rows.len());
         let mut num_of_partition = 0;
         for row in &rows {
-            if !part.contains(row.get(3)) {
-                continue;
+            if !row.get::<_, bool>(10) {
+                continue; // another partition's
             }
             num_of_partition += 1;
             // A NULL payload is an event of another type (payload is NOT NULL).
@@ -897,9 +899,7 @@ impl LogSource for PgLog {
     }
 
     async fn wait_for_append(&self, timeout: Duration) {
-        let mut rx = self.appended.clone();
-        rx.mark_unchanged();
-        let _ = tokio::time::timeout(timeout, rx.changed()).await;
+        super::listen::wait_for_next(&self.appended, timeout).await;
     }
 
     async fn load_blobs(&self, sha256s: &[String]) -> Result<HashMap<String, Bytes>, SourceError> {
